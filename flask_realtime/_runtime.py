@@ -1,0 +1,56 @@
+"""Greenlets when gevent has patched the process, threads otherwise.
+
+Production servers (gunicorn's gevent workers, ``flask realtime serve``) run
+with gevent's monkey patching; ``flask run`` and plain scripts do not. The
+node asks this module which world it is in instead of guessing per call.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import typing as t
+
+
+def gevent_active() -> bool:
+    if "gevent.monkey" not in sys.modules:
+        return False
+    from gevent import monkey
+
+    return bool(monkey.is_module_patched("socket"))
+
+
+def spawn(func: t.Callable[..., t.Any], *args: t.Any) -> t.Any:
+    if gevent_active():
+        import gevent
+
+        return gevent.spawn(func, *args)
+    thread = threading.Thread(target=func, args=args, daemon=True)
+    thread.start()
+    return thread
+
+
+def sleep(seconds: float) -> None:
+    if gevent_active():
+        import gevent
+
+        gevent.sleep(seconds)
+    else:
+        import time
+
+        time.sleep(seconds)
+
+
+def real_lock() -> t.Any:
+    """An OS lock even under monkey patching.
+
+    The hub never yields while holding it, so greenlets cannot deadlock on
+    it, and ``flask run``'s threads are still kept apart.
+    """
+    if "gevent.monkey" in sys.modules:
+        from gevent import monkey
+
+        return monkey.get_original("_thread", "allocate_lock")()
+    import _thread
+
+    return _thread.allocate_lock()

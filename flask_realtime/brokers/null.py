@@ -1,0 +1,24 @@
+"""One process, no broker server: publishing delivers to this node at once."""
+
+from __future__ import annotations
+
+from .base import MessageCallback
+
+
+class NullBroker:
+    def __init__(self, on_message: MessageCallback) -> None:
+        self._on_message = on_message
+        self._topics: set[str] = set()
+
+    def publish(self, topic: str, data: bytes) -> None:
+        if topic in self._topics:
+            self._on_message(topic, data)
+
+    def subscribe(self, *topics: str) -> None:
+        self._topics.update(topics)
+
+    def unsubscribe(self, *topics: str) -> None:
+        self._topics.difference_update(topics)
+
+    def close(self) -> None:
+        self._topics.clear()

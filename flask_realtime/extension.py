@@ -1,0 +1,280 @@
+"""The Flask extension: configuration, routes, decorators and the server-side API."""
+
+from __future__ import annotations
+
+import typing as t
+import weakref
+
+from flask import Blueprint, Flask, current_app, has_app_context, jsonify
+
+from . import channels as _channels
+from . import config as _config
+from .node import Node
+from .testing import Recorder, TestClient
+from .transports import websocket as _websocket
+
+F = t.TypeVar("F", bound=t.Callable[..., t.Any])
+
+# Apps initialised in this process, so that ``broadcast()`` outside an app
+# context (a script, a Celery task) finds the one app there is.
+_initialised: weakref.WeakSet[Flask] = weakref.WeakSet()
+
+
+class Channel:
+    """A channel seen from the server: who is in it, how many listen."""
+
+    def __init__(self, node: Node, name: str) -> None:
+        if not _channels.is_valid_name(name):
+            raise ValueError(f"invalid channel name: {name!r}")
+        self._node = node
+        self.name = name
+
+    @property
+    def kind(self) -> str:
+        """``public``, ``private`` or ``presence``."""
+        return self._node.rules.kind(self.name)
+
+    def get_presence_data(self) -> list[dict[str, t.Any]]:
+        """Presence members: ``user_id``, ``user_info``, ``connected_at`` each."""
+        return self._node.presence_members(self.name)
+
+    @property
+    def subscriber_count(self) -> int:
+        return self._node.subscriber_count(self.name)
+
+    def broadcast(self, event: str, data: t.Any = None) -> None:
+        self._node.broadcast(self.name, event, data)
+
+    def __repr__(self) -> str:
+        return f"<Channel {self.name!r} ({self.kind})>"
+
+
+class Realtime:
+    """Realtime messaging for a Flask app.
+
+    ``Realtime(app)`` or ``Realtime()`` then :meth:`init_app`. One instance may
+    serve several apps; each app gets its own node, configured from its
+    ``REALTIME_*`` keys.
+    """
+
+    def __init__(self, app: Flask | None = None) -> None:
+        self._authenticate: t.Callable[..., t.Any] | None = None
+        self._authorizers: list[tuple[str, t.Callable[..., t.Any]]] = []
+        self._handlers = _channels.HandlerTable()
+        self._nodes: weakref.WeakKeyDictionary[Flask, Node] = (
+            weakref.WeakKeyDictionary()
+        )
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Flask) -> None:
+        """Register the extension on ``app``.
+
+        Reads, with these defaults (the seed's environment variables, e.g.
+        ``REALTIME_TRANSPORT``, ``REALTIME_BROKER``, ``REDIS_HOST``,
+        ``RABBITMQ_*`` and ``NATS_URL``, are used when a key is not set):
+
+        - ``REALTIME_TRANSPORTS``: ``["websocket", "sse", "longpolling"]``, or
+          ``"memory"``
+        - ``REALTIME_BROKER``: ``"null"``; ``REALTIME_BROKER_URL``: ``None``
+        - ``REALTIME_REDIS``, ``REALTIME_RABBITMQ``, ``REALTIME_NATS_URL``
+        - ``REALTIME_URL_PREFIX``: ``"/realtime"``; ``REALTIME_WEBSOCKET_PATH``:
+          ``"/ws"``; ``REALTIME_SSE_PATH``: ``"/sse"``; ``REALTIME_LONGPOLL_PATH``:
+          ``"/poll"``
+        - ``REALTIME_HOST``: ``"0.0.0.0"``; ``REALTIME_PORT``: ``6001`` (for
+          ``flask realtime serve``)
+        - ``REALTIME_HEARTBEAT``: ``25`` s; ``REALTIME_LONGPOLL_TIMEOUT``: ``30`` s
+        - ``REALTIME_MAX_MESSAGE_SIZE``: 64 KiB; ``REALTIME_MAX_SUBSCRIPTIONS``: ``100``
+        - ``REALTIME_MAX_QUEUE_MESSAGES``: ``1000``; ``REALTIME_MAX_QUEUE_BYTES``: 1 MiB
+        - ``REALTIME_BACKPRESSURE_BYTES``: 64 MiB
+        - ``REALTIME_RATE_LIMIT``: ``{"enabled": True, "messages_per_minute": 60}``
+        - ``REALTIME_ALLOWED_ORIGINS``: ``[]`` (same origin only)
+        - ``REALTIME_AUTHORIZERS``: ``{}`` (channel pattern -> callable)
+
+        :raises ConfigError: a value is wrong; the message names the key.
+        """
+        if "realtime" in app.extensions:
+            raise RuntimeError(
+                "A 'Realtime' instance is already registered on this app. Call"
+                " init_app once per app, or use app.extensions['realtime']."
+            )
+        fallbacks = _config.environment_defaults()
+        for key, default in _config.DEFAULTS.items():
+            app.config.setdefault(key, fallbacks.get(key, default))
+        settings = _config.load(app.config)
+
+        rules = _channels.ChannelRules()
+        for pattern, func in app.config["REALTIME_AUTHORIZERS"].items():
+            rules.add_authorizer(pattern, func)
+        for pattern, func in self._authorizers:
+            rules.add_authorizer(pattern, func)
+        recorder = Recorder() if "memory" in settings.transports else None
+        node = Node(
+            app, settings, rules, self._handlers, lambda: self._authenticate, recorder
+        )
+        self._nodes[app] = node
+        app.extensions["realtime"] = self
+        app.register_blueprint(self._blueprint(settings))
+        _websocket.defer_upgrades(settings.url_prefix or "/")
+        from .cli import realtime_cli
+
+        if "realtime" not in app.cli.commands:
+            app.cli.add_command(realtime_cli)
+        _initialised.add(app)
+
+    def _blueprint(self, settings: _config.Settings) -> Blueprint:
+        bp = Blueprint("realtime", __name__, url_prefix=settings.url_prefix or None)
+
+        @bp.route(settings.websocket_path, websocket=True, endpoint="websocket")
+        def websocket_endpoint() -> t.Any:
+            return _websocket.websocket_view(self.node, self._authenticate)
+
+        @bp.route(settings.websocket_path, endpoint="websocket_http")
+        def websocket_without_upgrade() -> t.Any:
+            response = jsonify(
+                error={"code": 400, "message": "expected a WebSocket upgrade request"}
+            )
+            response.status_code = 400
+            return response
+
+        @bp.route("/health")
+        def health() -> t.Any:
+            node = self.node
+            return jsonify(
+                status="ok",
+                node=node.id,
+                connections=len(node.hub),
+                transports=list(node.settings.transports),
+                broker=node.settings.broker,
+            )
+
+        return bp
+
+    # -- which app ----------------------------------------------------------
+
+    @property
+    def node(self) -> Node:
+        """The node of the current app, or of the only app outside a context."""
+        if has_app_context():
+            app = current_app._get_current_object()  # type: ignore[attr-defined]
+            try:
+                return self._nodes[app]
+            except KeyError:
+                raise RuntimeError(
+                    "Realtime is not registered on the current app. Did you"
+                    " forget to call 'realtime.init_app(app)'?"
+                ) from None
+        nodes = list(self._nodes.values())
+        if len(nodes) == 1:
+            return nodes[0]
+        if not nodes:
+            raise RuntimeError(
+                "Realtime has no app. Did you forget to call 'realtime.init_app(app)'?"
+            )
+        raise RuntimeError(
+            "Realtime serves several apps here; push an app context"
+            " ('with app.app_context():') to choose one."
+        )
+
+    # -- decorators -----------------------------------------------------------
+
+    def authenticate(self, func: F) -> F:
+        """Identify the user of each new connection from its handshake request.
+
+        The function receives the request (in its request context) and returns
+        None (anonymous), a user id, or ``(user_id, user_info)``; False or an
+        exception refuses the connection (WebSocket close 4001).
+        """
+        self._authenticate = func
+        return func
+
+    def authorizer(self, pattern: str) -> t.Callable[[F], F]:
+        """Guard channels matching ``pattern`` (``*`` is a wildcard).
+
+        The function gets ``(connection, channel)`` and returns a bool, or for
+        a presence channel a dict to use as the member's ``user_info``.
+        """
+
+        def decorator(func: F) -> F:
+            self._authorizers.append((pattern, func))
+            for node in self._nodes.values():
+                node.rules.add_authorizer(pattern, func)
+            return func
+
+        return decorator
+
+    def on(self, event: str, channel: str = "*") -> t.Callable[[F], F]:
+        """Handle client events named ``event`` on channels matching ``channel``.
+
+        The handler gets ``(connection, channel, data)`` and runs in the app
+        context. Raise :class:`~flask_realtime.Rejected` or return False to
+        refuse the event (error 403).
+        """
+
+        def decorator(func: F) -> F:
+            self._handlers.add(event, channel, func)
+            return func
+
+        return decorator
+
+    # -- server-side API ------------------------------------------------------
+
+    def broadcast(self, channel: str, event: str, data: t.Any = None) -> None:
+        """Send ``event`` to every subscriber of ``channel`` on every node."""
+        self.node.broadcast(channel, event, data)
+
+    def send_to_user(self, user_id: t.Any, event: str, data: t.Any = None) -> None:
+        """Send to every connection of ``user_id`` (``5`` and ``"5"`` are one user)."""
+        self.node.send_to_user(user_id, event, data)
+
+    def send(self, connection_id: str, event: str, data: t.Any = None) -> None:
+        """Send to one connection, wherever it lives."""
+        self.node.send(connection_id, event, data)
+
+    def channel(self, name: str) -> Channel:
+        return Channel(self.node, name)
+
+    # -- testing --------------------------------------------------------------
+
+    def test_client(self, user_id: t.Any = None, user_info: t.Any = None) -> TestClient:
+        """An in-process client speaking protocol v1 through the real code paths."""
+        return TestClient(self.node, user_id=user_id, user_info=user_info)
+
+    @property
+    def recorder(self) -> Recorder:
+        """What was broadcast and sent, when the ``memory`` transport is enabled."""
+        recorder = self.node.recorder
+        if recorder is None:
+            raise RuntimeError(
+                "Nothing is recorded: add 'memory' to REALTIME_TRANSPORTS"
+                " (or set REALTIME_TRANSPORT=memory)."
+            )
+        return recorder
+
+
+def current_realtime() -> Realtime:
+    """The extension of the current app, or of the only initialised app."""
+    if has_app_context():
+        try:
+            return current_app.extensions["realtime"]  # type: ignore[no-any-return]
+        except KeyError:
+            raise RuntimeError(
+                "Realtime is not registered on the current app. Did you forget"
+                " to call 'realtime.init_app(app)'?"
+            ) from None
+    apps = list(_initialised)
+    if len(apps) == 1:
+        return apps[0].extensions["realtime"]  # type: ignore[no-any-return]
+    if not apps:
+        raise RuntimeError(
+            "No app has Realtime. Did you forget to call 'Realtime(app)' or"
+            " 'realtime.init_app(app)'?"
+        )
+    raise RuntimeError(
+        "Several apps use Realtime here; push an app context to choose one."
+    )
+
+
+def broadcast(channel: str, event: str, data: t.Any = None) -> None:
+    """Broadcast through the current app's Realtime (see :meth:`Realtime.broadcast`)."""
+    current_realtime().broadcast(channel, event, data)

@@ -1,0 +1,137 @@
+"""The node's local registry: connections by id, by user and by channel.
+
+Only the hub mutates these maps, under one lock it never yields inside.
+Delivery iterates over immutable snapshots, so a connection closing in the
+middle of a broadcast (queue overflow) cannot upset the loop.
+"""
+
+from __future__ import annotations
+
+import typing as t
+
+from ._runtime import real_lock
+from .connection import Connection, Outbound
+
+
+class Hub:
+    def __init__(self) -> None:
+        self._lock = real_lock()
+        self.connections: dict[str, Connection] = {}
+        self._by_user: dict[str, set[Connection]] = {}
+        self._by_channel: dict[str, dict[Connection, None]] = {}
+        self._snapshots: dict[str, tuple[Connection, ...]] = {}
+
+    def __len__(self) -> int:
+        return len(self.connections)
+
+    def add(self, conn: Connection) -> bool:
+        """Register a connection; True if it is its user's first one here."""
+        with self._lock:
+            self.connections[conn.id] = conn
+            if conn.user_key is None:
+                return False
+            conns = self._by_user.setdefault(conn.user_key, set())
+            conns.add(conn)
+            return len(conns) == 1
+
+    def remove(self, conn: Connection) -> tuple[list[str], bool]:
+        """Forget a connection; returns the channels it left and whether it was
+        its user's last connection here."""
+        with self._lock:
+            if self.connections.pop(conn.id, None) is None:
+                return [], False
+            left = list(conn.channels)
+            for name in left:
+                self._unsubscribe_locked(conn, name)
+            last_of_user = False
+            if conn.user_key is not None:
+                conns = self._by_user.get(conn.user_key)
+                if conns is not None:
+                    conns.discard(conn)
+                    if not conns:
+                        del self._by_user[conn.user_key]
+                        last_of_user = True
+            return left, last_of_user
+
+    def subscribe(self, conn: Connection, channel: str) -> bool:
+        """True if this is the channel's first local subscriber."""
+        with self._lock:
+            subs = self._by_channel.get(channel)
+            first = subs is None
+            if first:
+                subs = self._by_channel[channel] = {}
+            subs[conn] = None
+            conn.channels.add(channel)
+            self._snapshots.pop(channel, None)
+            return first
+
+    def unsubscribe(self, conn: Connection, channel: str) -> bool:
+        """True if the channel has no local subscriber left."""
+        with self._lock:
+            return self._unsubscribe_locked(conn, channel)
+
+    def _unsubscribe_locked(self, conn: Connection, channel: str) -> bool:
+        conn.channels.discard(channel)
+        subs = self._by_channel.get(channel)
+        if subs is None:
+            return False
+        subs.pop(conn, None)
+        self._snapshots.pop(channel, None)
+        if subs:
+            return False
+        del self._by_channel[channel]
+        return True
+
+    def subscribers(self, channel: str) -> tuple[Connection, ...]:
+        snapshot = self._snapshots.get(channel)
+        if snapshot is None:
+            with self._lock:
+                snapshot = tuple(self._by_channel.get(channel, ()))
+                self._snapshots[channel] = snapshot
+        return snapshot
+
+    def subscriber_count(self, channel: str) -> int:
+        return len(self._by_channel.get(channel, ()))
+
+    def channels(self) -> list[str]:
+        return list(self._by_channel)
+
+    def user_connections(self, key: str) -> tuple[Connection, ...]:
+        with self._lock:
+            return tuple(self._by_user.get(key, ()))
+
+    def has_user(self, key: str) -> bool:
+        return key in self._by_user
+
+    def users(self) -> list[str]:
+        return list(self._by_user)
+
+    def deliver_channel(
+        self, channel: str, message: Outbound, exclude: str | None = None
+    ) -> int:
+        count = 0
+        for conn in self.subscribers(channel):
+            if conn.id != exclude:
+                conn.sink.push(message)
+                count += 1
+        return count
+
+    def deliver_user(self, key: str, message: Outbound) -> int:
+        conns = self.user_connections(key)
+        for conn in conns:
+            conn.sink.push(message)
+        return len(conns)
+
+    def deliver_connection(self, connection_id: str, message: Outbound) -> int:
+        conn = self.connections.get(connection_id)
+        if conn is None:
+            return 0
+        conn.sink.push(message)
+        return 1
+
+    def all(self) -> list[Connection]:
+        return list(self.connections.values())
+
+
+__all__ = ["Hub"]
+_ = t

@@ -1,0 +1,188 @@
+"""Wire protocol v1: parse client messages and build server messages.
+
+No I/O happens here. Server messages are built as ``bytes`` once per
+broadcast; transports frame those bytes without decoding them again.
+"""
+
+from __future__ import annotations
+
+import json
+import typing as t
+
+from . import channels
+
+PROTOCOL_VERSION = 1
+
+# Error codes carried in ``{"type": "error", "data": {"code": ...}}``.
+BAD_REQUEST = 400
+UNAUTHORIZED = 401
+FORBIDDEN = 403
+NOT_SUBSCRIBED = 404
+TOO_LARGE = 413
+RATE_LIMITED = 429
+INTERNAL_ERROR = 500  # extension: an application handler raised
+
+# WebSocket close codes (PROTOCOL.md, "WebSocket close codes").
+CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001
+CLOSE_TOO_LARGE = 1009
+CLOSE_AUTH_FAILED = 4001
+CLOSE_ORIGIN_NOT_ALLOWED = 4003
+CLOSE_POLICY_VIOLATION = 4008
+CLOSE_TOO_SLOW = 4100
+CLOSE_HEARTBEAT_TIMEOUT = 4101  # extension: no frame for two heartbeats
+CLOSE_RATE_LIMIT_ABUSE = 4129
+CLOSE_SHUTDOWN = 4200
+
+CLIENT_TYPES = frozenset({"subscribe", "unsubscribe", "event", "ping"})
+
+_compact = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+class ProtocolError(Exception):
+    """A client message the server refuses; becomes an ``error`` envelope."""
+
+    def __init__(
+        self,
+        code: int,
+        message: str,
+        *,
+        request_id: t.Any = None,
+        channel: str | None = None,
+        **extra: t.Any,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.request_id = request_id
+        self.channel = channel
+        self.extra = extra
+
+    def envelope(self) -> bytes:
+        return error(
+            self.code,
+            self.message,
+            request_id=self.request_id,
+            channel=self.channel,
+            **self.extra,
+        )
+
+
+class ClientMessage(t.NamedTuple):
+    type: str
+    id: t.Any
+    channel: str | None
+    event: str | None
+    data: t.Any
+
+
+def encode(message: dict[str, t.Any]) -> bytes:
+    """Serialise one envelope to compact UTF-8 JSON."""
+    return _compact(message).encode()
+
+
+def parse(text: str | bytes) -> ClientMessage:
+    """Validate one client message; raise :class:`ProtocolError` (400) if it is bad."""
+    try:
+        obj = json.loads(text)
+    except (ValueError, UnicodeDecodeError):
+        raise ProtocolError(BAD_REQUEST, "invalid JSON") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError(BAD_REQUEST, "a message must be a JSON object")
+    request_id = obj.get("id")
+    if request_id is not None and not isinstance(request_id, (int, str)):
+        raise ProtocolError(BAD_REQUEST, "'id' must be a string or an integer")
+    if isinstance(request_id, bool):
+        raise ProtocolError(BAD_REQUEST, "'id' must be a string or an integer")
+    kind = obj.get("type")
+    if not isinstance(kind, str):
+        raise ProtocolError(
+            BAD_REQUEST, "missing or non-string field 'type'", request_id=request_id
+        )
+    if kind not in CLIENT_TYPES:
+        raise ProtocolError(
+            BAD_REQUEST, f"unknown message type {kind[:50]!r}", request_id=request_id
+        )
+    if kind == "ping":
+        return ClientMessage(kind, request_id, None, None, None)
+
+    channel = obj.get("channel")
+    if not isinstance(channel, str):
+        raise ProtocolError(
+            BAD_REQUEST, "missing or non-string field 'channel'", request_id=request_id
+        )
+    if not channels.is_valid_name(channel):
+        raise ProtocolError(
+            BAD_REQUEST,
+            "invalid channel name",
+            request_id=request_id,
+            channel=channel[:200],
+        )
+    if kind != "event":
+        return ClientMessage(kind, request_id, channel, None, None)
+
+    event = obj.get("event")
+    if not isinstance(event, str) or not event or len(event) > 200:
+        raise ProtocolError(
+            BAD_REQUEST,
+            "missing or invalid field 'event' (a string of 1-200 characters)",
+            request_id=request_id,
+            channel=channel,
+        )
+    return ClientMessage(kind, request_id, channel, event, obj.get("data"))
+
+
+def _with_id(message: dict[str, t.Any], request_id: t.Any) -> dict[str, t.Any]:
+    if request_id is not None:
+        message["id"] = request_id
+    return message
+
+
+def connected(connection_id: str, heartbeat: float, token: str | None = None) -> bytes:
+    data: dict[str, t.Any] = {
+        "connection_id": connection_id,
+        "heartbeat": heartbeat,
+        "protocol": PROTOCOL_VERSION,
+    }
+    if token is not None:
+        data["token"] = token
+    return encode({"type": "connected", "data": data})
+
+
+def event(channel: str | None, name: str, data: t.Any) -> bytes:
+    """A channel broadcast, or a direct message when ``channel`` is None."""
+    if channel is None:
+        return encode({"type": "event", "event": name, "data": data})
+    return encode({"type": "event", "channel": channel, "event": name, "data": data})
+
+
+def subscribed(channel: str, request_id: t.Any, data: t.Any = None) -> bytes:
+    message: dict[str, t.Any] = {"type": "subscribed", "channel": channel}
+    _with_id(message, request_id)
+    if data is not None:
+        message["data"] = data
+    return encode(message)
+
+
+def unsubscribed(channel: str, request_id: t.Any) -> bytes:
+    return encode(_with_id({"type": "unsubscribed", "channel": channel}, request_id))
+
+
+def pong(request_id: t.Any) -> bytes:
+    return encode(_with_id({"type": "pong"}, request_id))
+
+
+def error(
+    code: int,
+    message: str,
+    *,
+    request_id: t.Any = None,
+    channel: str | None = None,
+    **extra: t.Any,
+) -> bytes:
+    envelope: dict[str, t.Any] = {"type": "error"}
+    _with_id(envelope, request_id)
+    if channel is not None:
+        envelope["channel"] = channel
+    envelope["data"] = {"code": code, "message": message, **extra}
+    return encode(envelope)

@@ -1,0 +1,63 @@
+"""The gevent server behind ``flask realtime serve`` (patched before import)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import signal
+import sys
+import typing as t
+
+from . import protocol
+from .config import TRANSPORTS
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="flask realtime serve")
+    parser.add_argument("--app")
+    parser.add_argument("--host")
+    parser.add_argument("--port", type=int)
+    parser.add_argument("--transport")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+
+    import gevent
+    from flask.cli import NoAppException, ScriptInfo
+    from gevent.pywsgi import WSGIServer
+    from geventwebsocket.handler import WebSocketHandler
+
+    try:
+        app = ScriptInfo(app_import_path=args.app).load_app()
+    except NoAppException as exc:
+        sys.exit(f"Error: {exc}")
+    realtime = app.extensions.get("realtime")
+    if realtime is None:
+        sys.exit("Error: the app does not use flask_realtime (call Realtime(app)).")
+    node = realtime._nodes[app]
+    settings = node.settings
+    if args.transport:
+        chosen = tuple(p.strip() for p in args.transport.split(",") if p.strip())
+        unknown = [p for p in chosen if p not in TRANSPORTS]
+        if unknown or not chosen:
+            sys.exit(
+                f"Error: --transport: unknown transport(s) {unknown};"
+                f" choose from {TRANSPORTS}"
+            )
+        node.settings = settings = dataclasses.replace(settings, transports=chosen)
+    host = args.host or settings.host
+    port = settings.port if args.port is None else args.port
+
+    server = WSGIServer((host, port), app, handler_class=WebSocketHandler)
+
+    def stop(*_: t.Any) -> None:
+        node.shutdown(protocol.CLOSE_SHUTDOWN)
+        gevent.spawn(server.stop, timeout=2)
+
+    gevent.signal_handler(signal.SIGTERM, stop)
+    gevent.signal_handler(signal.SIGINT, stop)
+    node.ensure_started()
+    print(
+        f" * flask_realtime serving {app.import_name!r} on http://{host}:{port}"
+        f" (transports: {', '.join(settings.transports)}; broker: {settings.broker})",
+        flush=True,
+    )
+    server.serve_forever()

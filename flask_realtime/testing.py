@@ -1,0 +1,206 @@
+"""Testing helpers: the memory transport's recorder and an in-process client."""
+
+from __future__ import annotations
+
+import json
+import typing as t
+
+from .connection import Connection, Outbound
+
+if t.TYPE_CHECKING:
+    from .node import Node
+
+
+class _Any:
+    def __eq__(self, other: object) -> bool:
+        return True
+
+    def __repr__(self) -> str:
+        return "ANY"
+
+
+ANY: t.Any = _Any()
+
+
+class Record(t.NamedTuple):
+    kind: str  # "broadcast", "user" or "connection"
+    target: t.Any  # channel name, user id or connection id
+    event: str
+    data: t.Any
+
+
+class Recorder:
+    """Every broadcast and direct message of the app, for assertions in tests."""
+
+    def __init__(self) -> None:
+        self.records: list[Record] = []
+
+    def record(self, kind: str, target: t.Any, event: str, data: t.Any) -> None:
+        self.records.append(Record(kind, target, event, data))
+
+    def clear(self) -> None:
+        self.records.clear()
+
+    def broadcasts(self, channel: str | None = None) -> list[Record]:
+        return [
+            r
+            for r in self.records
+            if r.kind == "broadcast" and channel in (None, r.target)
+        ]
+
+    def _assert(self, kind: str, target: t.Any, event: str, data: t.Any) -> Record:
+        key = str(target) if kind == "user" else target
+        for record in self.records:
+            record_key = str(record.target) if kind == "user" else record.target
+            if (
+                record.kind == kind
+                and record_key == key
+                and record.event == event
+                and data == record.data
+            ):
+                return record
+        seen = "\n  ".join(repr(r) for r in self.records) or "(nothing)"
+        raise AssertionError(
+            f"no {kind} message {event!r} to {target!r} with data {data!r}; "
+            f"recorded:\n  {seen}"
+        )
+
+    def assert_broadcast(self, channel: str, event: str, data: t.Any = ANY) -> Record:
+        return self._assert("broadcast", channel, event, data)
+
+    def assert_sent_to_user(
+        self, user_id: t.Any, event: str, data: t.Any = ANY
+    ) -> Record:
+        return self._assert("user", user_id, event, data)
+
+    def assert_sent(self, connection_id: str, event: str, data: t.Any = ANY) -> Record:
+        return self._assert("connection", connection_id, event, data)
+
+    def assert_nothing_broadcast(self) -> None:
+        found = self.broadcasts()
+        if found:
+            raise AssertionError(f"expected no broadcast, got {found!r}")
+
+
+class _MemorySink:
+    def __init__(self, client: TestClient) -> None:
+        self._client = client
+
+    def push(self, message: Outbound) -> None:
+        self._client.received.append(json.loads(message.json))
+
+    def close(self, code: int, reason: str = "") -> None:
+        client = self._client
+        if client.close_code is None:
+            client.close_code = code
+            client.node.disconnect(client.connection)
+
+
+class TestClient:
+    """A client in the test's own process, speaking protocol v1.
+
+    Requests go through the node's real code paths (rate limit, parsing,
+    authorizers, handlers, presence); replies are returned by the call that
+    made the request, everything else collects in :attr:`received`.
+    """
+
+    __test__ = False  # not a pytest test class
+
+    def __init__(
+        self, node: Node, user_id: t.Any = None, user_info: t.Any = None
+    ) -> None:
+        self.node = node
+        self.received: list[dict[str, t.Any]] = []
+        self.close_code: int | None = None
+        self._next_id = 0
+        self.connection: Connection = node.open(
+            "memory", _MemorySink(self), user_id, user_info
+        )
+        self.connected = self.received.pop(0)
+
+    @property
+    def connection_id(self) -> str:
+        return self.connection.id
+
+    def __enter__(self) -> TestClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.disconnect()
+
+    def request(self, message: dict[str, t.Any] | str) -> dict[str, t.Any] | None:
+        """Send one raw client message; returns the reply envelope, if any."""
+        if self.close_code is not None:
+            raise RuntimeError(f"the connection was closed with {self.close_code}")
+        raw = message if isinstance(message, str) else json.dumps(message)
+        refusal = self.node.admit(self.connection)
+        reply = (
+            refusal if refusal is not None else self.node.receive(self.connection, raw)
+        )
+        return None if reply is None else json.loads(reply)
+
+    def _id(self) -> int:
+        self._next_id += 1
+        return self._next_id
+
+    def subscribe(self, channel: str) -> dict[str, t.Any]:
+        reply = self.request(
+            {"type": "subscribe", "channel": channel, "id": self._id()}
+        )
+        assert reply is not None
+        return reply
+
+    def unsubscribe(self, channel: str) -> dict[str, t.Any]:
+        reply = self.request(
+            {"type": "unsubscribe", "channel": channel, "id": self._id()}
+        )
+        assert reply is not None
+        return reply
+
+    def emit(
+        self, channel: str, event: str, data: t.Any = None
+    ) -> dict[str, t.Any] | None:
+        """A client event; returns None when accepted, else the error envelope."""
+        return self.request(
+            {
+                "type": "event",
+                "channel": channel,
+                "event": event,
+                "data": data,
+                "id": self._id(),
+            }
+        )
+
+    def ping(self) -> dict[str, t.Any]:
+        reply = self.request({"type": "ping", "id": self._id()})
+        assert reply is not None
+        return reply
+
+    def get_received(
+        self, channel: str | None = None, event: str | None = None
+    ) -> list[dict[str, t.Any]]:
+        """Take the received messages (matching the filters) out of the buffer."""
+        taken, kept = [], []
+        for message in self.received:
+            if channel in (None, message.get("channel")) and event in (
+                None,
+                message.get("event"),
+            ):
+                taken.append(message)
+            else:
+                kept.append(message)
+        self.received[:] = kept
+        return taken
+
+    def events(self, channel: str | None = None) -> list[tuple[str, t.Any]]:
+        """``(event, data)`` of received events, left in the buffer."""
+        return [
+            (m["event"], m.get("data"))
+            for m in self.received
+            if m.get("type") == "event" and channel in (None, m.get("channel"))
+        ]
+
+    def disconnect(self) -> None:
+        if self.close_code is None:
+            self.close_code = 1000
+            self.node.disconnect(self.connection)

@@ -1,0 +1,697 @@
+"""The WebSocket endpoint, on whichever WebSocket machinery the server has.
+
+* gevent-websocket's worker (``GeventWebSocketWorker``, ``flask realtime
+  serve``): its handler normally answers 101 before Flask runs. A small hook
+  on its upgrade step defers the upgrade to our view for paths under our
+  prefix, so a foreign origin or a malformed key gets a real HTTP status,
+  and a bad ``Sec-WebSocket-Key`` no longer crashes it.
+* Every other server (``gunicorn -k gevent``, ``flask run``):
+  simple-websocket performs the handshake; its reader thread is not started.
+
+After the handshake both paths speak frames through :mod:`._ws_frames`. Under
+gevent the socket is then detached from the request: a duplicated file
+descriptor and an event-loop watcher carry the connection, so an idle client
+costs no greenlet, no request context and no stack. Without gevent
+(``flask run``), a thread per connection reads and another writes.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import os
+import socket
+import threading
+import time
+import typing as t
+from collections import deque
+
+from flask import Response, jsonify, request
+
+from .. import protocol
+from .._runtime import gevent_active
+from .._ws_frames import (
+    OP_BINARY,
+    OP_CLOSE,
+    OP_PING,
+    OP_PONG,
+    OP_TEXT,
+    PING_FRAME,
+    FrameError,
+    FrameParser,
+    MessageTooLarge,
+    build_frame,
+    close_frame,
+    parse_close,
+)
+from ..connection import Connection, Outbound
+
+if t.TYPE_CHECKING:
+    from ..node import Node
+
+logger = logging.getLogger("flask_realtime")
+
+_ACCEPT_KEY = "flask_realtime.accept"
+_deferred_prefixes: set[str] = set()
+_READ_SIZE = 65536
+_CLOSE_GRACE = 5.0  # seconds a closing socket may take to flush its close frame
+
+
+# -- handshake -----------------------------------------------------------------
+
+
+def valid_key(key: str) -> bool:
+    try:
+        return len(base64.b64decode(key.encode("ascii"), validate=True)) == 16
+    except (binascii.Error, UnicodeEncodeError, ValueError):
+        return False
+
+
+def defer_upgrades(prefix: str) -> None:
+    """Make gevent-websocket leave upgrades under ``prefix`` to our view."""
+    try:
+        from geventwebsocket.handler import WebSocketHandler
+    except ImportError:  # pragma: no cover - gevent-websocket is a dependency
+        return
+    _deferred_prefixes.add(prefix.rstrip("/") + "/")
+    if getattr(WebSocketHandler, "_realtime_hooked", False):
+        return
+    original_upgrade = WebSocketHandler.upgrade_websocket
+
+    def upgrade_websocket(handler: t.Any) -> t.Any:
+        environ = handler.environ
+        path = environ.get("PATH_INFO", "")
+        if not any(path.startswith(p) for p in _deferred_prefixes):
+            key = environ.get("HTTP_SEC_WEBSOCKET_KEY")
+            if key is not None and not valid_key(key.strip()):
+                # gevent-websocket would raise binascii.Error here.
+                handler.start_response("400 Bad Request", [])
+                return [b"invalid Sec-WebSocket-Key"]
+            return original_upgrade(handler)
+
+        def accept() -> t.Any:
+            result = handler.upgrade_connection()
+            ws = environ.get("wsgi.websocket")
+            if ws is None:
+                raise _HandshakeRefused(result)
+            handler.write(b"")  # sends the 101 headers now
+            ws.closed = True  # it must never write to the socket we take over
+            environ["wsgi.websocket"] = None
+            return handler.socket
+
+        environ[_ACCEPT_KEY] = accept
+        return None
+
+    WebSocketHandler.upgrade_websocket = upgrade_websocket  # type: ignore[method-assign]
+    WebSocketHandler._realtime_hooked = True  # type: ignore[attr-defined]
+
+
+class _HandshakeRefused(Exception):
+    pass
+
+
+class _NoThread:
+    """simple-websocket starts a reader thread; we read frames ourselves."""
+
+    def __init__(self, target: t.Any = None, **kwargs: t.Any) -> None:
+        self.name = "unused"
+
+    def start(self) -> None:
+        pass
+
+
+def _json_error(status: int, message: str) -> Response:
+    response = jsonify(error={"code": status, "message": message})
+    response.status_code = status
+    return response
+
+
+def origin_allowed(origin: str | None, allowed: tuple[str, ...]) -> bool:
+    """Same origin always; others only when listed (``"*"`` allows any).
+
+    A request without ``Origin`` is not from a browser page and cannot be a
+    cross-site attack, so it passes.
+    """
+    if not origin:
+        return True
+    origin = origin.rstrip("/")
+    if "*" in allowed or origin in allowed:
+        return True
+    return (
+        origin
+        == request.host_url.rstrip("/").replace(
+            "http://", "ws://" if origin.startswith("ws") else "http://"
+        )
+        or origin == f"{request.scheme}://{request.host}"
+    )
+
+
+class _Finished(Response):
+    """The response a WebSocket view returns once it gave its socket away.
+
+    Each server needs a different way to hear that nothing is left to send.
+    """
+
+    def __init__(self, mode: str) -> None:
+        super().__init__()
+        self._mode = mode
+
+    def __call__(self, environ: t.Any, start_response: t.Any) -> t.Any:
+        if self._mode == "gunicorn":
+            raise StopIteration()
+        if self._mode == "werkzeug":
+            return super().__call__(environ, start_response)
+        return []
+
+
+def websocket_view(node: Node, authenticate: t.Callable[..., t.Any] | None) -> Response:
+    settings = node.settings
+    if "websocket" not in settings.transports:
+        return _json_error(404, "the websocket transport is disabled")
+    environ = request.environ
+    upgraded = environ.get("wsgi.websocket")  # gevent-websocket without our hook
+    if upgraded is None:
+        if request.headers.get("Upgrade", "").lower() != "websocket":
+            return _json_error(400, "expected a WebSocket upgrade request")
+        key = request.headers.get("Sec-WebSocket-Key", "").strip()
+        if not valid_key(key):
+            return _json_error(400, "invalid Sec-WebSocket-Key")
+        if request.headers.get("Sec-WebSocket-Version") != "13":
+            response = _json_error(426, "only WebSocket version 13 is supported")
+            response.headers["Sec-WebSocket-Version"] = "13"
+            return response
+    origin_ok = origin_allowed(request.headers.get("Origin"), settings.allowed_origins)
+    if not origin_ok and upgraded is None:
+        return _json_error(403, "origin not allowed")
+
+    refusal: tuple[int, str] | None = None
+    user_id = user_info = None
+    if not origin_ok:
+        refusal = (protocol.CLOSE_ORIGIN_NOT_ALLOWED, "origin not allowed")
+    else:
+        try:
+            user_id, user_info = identify(authenticate)
+        except _Refused:
+            refusal = (protocol.CLOSE_AUTH_FAILED, "authentication failed")
+
+    # -- the handshake --------------------------------------------------------
+    accept = environ.pop(_ACCEPT_KEY, None)
+    if accept is not None:
+        try:
+            sock = accept()
+        except _HandshakeRefused:
+            return _json_error(400, "WebSocket handshake refused")
+        mode = "gevent"
+    elif upgraded is not None:
+        sock = upgraded.handler.socket
+        upgraded.closed = True
+        environ["wsgi.websocket"] = None
+        mode = "gevent"
+    else:
+        from simple_websocket import Server
+
+        ws = Server(environ, thread_class=_NoThread)
+        sock, mode = ws.sock, ws.mode
+
+    if refusal is not None:
+        try:
+            sock.sendall(close_frame(*refusal))
+        except OSError:
+            pass
+        if mode == "werkzeug":
+            sock.close()
+        return _Finished(mode)
+
+    if gevent_active():
+        fd = os.dup(sock.fileno())
+        session: _Session = _GeventSession(node, socket.socket(fileno=fd))
+        session.start(user_id, user_info)
+        return _Finished(mode)
+    session = _ThreadedSession(node, sock)
+    session.start(user_id, user_info)
+    session.run()
+    return _Finished(mode)
+
+
+class _Refused(Exception):
+    pass
+
+
+def identify(authenticate: t.Callable[..., t.Any] | None) -> tuple[t.Any, t.Any]:
+    """Run the app's ``@realtime.authenticate`` callback on this request."""
+    if authenticate is None:
+        return None, None
+    try:
+        result = authenticate(request)
+    except Exception:
+        logger.warning(
+            "flask_realtime: authenticate raised; connection refused", exc_info=True
+        )
+        raise _Refused() from None
+    if result is False:
+        raise _Refused()
+    if isinstance(result, tuple):
+        if len(result) != 2:
+            raise TypeError(
+                "authenticate must return None, a user id or (user_id, user_info)"
+            )
+        user_id, user_info = result
+    else:
+        user_id, user_info = result, None
+    if user_id is None:
+        return None, None
+    return user_id, user_info
+
+
+# -- sessions ------------------------------------------------------------------
+
+
+class _Session:
+    """Reads frames into the node, writes the node's messages as frames."""
+
+    conn: Connection
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        settings = node.settings
+        self.parser = FrameParser(settings.max_message_size)
+        self.max_messages = settings.max_queue_messages
+        self.max_bytes = settings.max_queue_bytes
+        self.closing = False
+
+    def start(self, user_id: t.Any, user_info: t.Any) -> None:
+        self.conn = self.node.open("websocket", self, user_id, user_info)  # type: ignore[arg-type]
+
+    def push(self, message: Outbound) -> None:
+        raise NotImplementedError
+
+    def push_frame(self, frame: bytes) -> None:
+        raise NotImplementedError
+
+    def close(self, code: int, reason: str = "") -> None:
+        raise NotImplementedError
+
+    def tick(self, conn: Connection, now: float, heartbeat: float) -> None:
+        idle = now - conn.last_seen
+        if idle > 2 * heartbeat:
+            self.close(protocol.CLOSE_HEARTBEAT_TIMEOUT, "heartbeat timeout")
+        elif idle >= heartbeat:
+            self.push_frame(PING_FRAME)
+
+    def data_received(self, data: bytes) -> list[bytes]:
+        """Parse frames; answer control frames; return admitted text messages."""
+        conn = self.conn
+        conn.last_seen = time.monotonic()
+        try:
+            frames = self.parser.feed(data)
+        except MessageTooLarge as exc:
+            self.push_frame(
+                build_frame(
+                    OP_TEXT,
+                    protocol.error(
+                        protocol.TOO_LARGE,
+                        f"message too large (limit {exc.limit} bytes)",
+                    ),
+                )
+            )
+            self.close(protocol.CLOSE_TOO_LARGE, "message too large")
+            return []
+        except FrameError as exc:
+            self.close(exc.code, exc.reason)
+            return []
+        texts: list[bytes] = []
+        for opcode, payload in frames:
+            if opcode == OP_TEXT:
+                refusal = self.node.admit(conn)
+                if refusal is None:
+                    texts.append(payload)
+                else:
+                    self.push_frame(build_frame(OP_TEXT, refusal))
+            elif opcode == OP_PING:
+                self.push_frame(build_frame(OP_PONG, payload))
+            elif opcode == OP_CLOSE:
+                code = parse_close(payload)
+                self.close(protocol.CLOSE_NORMAL if code == 1005 else code, "")
+                break
+            elif opcode == OP_BINARY:
+                self.push_frame(
+                    build_frame(
+                        OP_TEXT,
+                        protocol.error(
+                            protocol.BAD_REQUEST, "binary frames are not supported"
+                        ),
+                    )
+                )
+            # pongs only refresh last_seen
+        return texts
+
+    def handle_text(self, payload: bytes) -> None:
+        reply = self.node.receive(self.conn, payload)
+        if reply is not None:
+            self.push_frame(build_frame(OP_TEXT, reply))
+
+
+class _Flusher:
+    """Writes what broadcasts queued, once per pass of the event loop.
+
+    Broadcasts only append frames to queues; the flush runs when the
+    publishing greenlet yields, so several messages for one socket leave in
+    one ``send``. When a flush is overdue by more than ``_INLINE_BYTES`` the
+    publisher does it itself, which slows a publisher that outruns the CPU.
+    """
+
+    _INLINE_BYTES = 512 * 1024
+
+    def __init__(self) -> None:
+        import gevent
+
+        self._loop = gevent.get_hub().loop
+        self._pending: list[_GeventSession] = []
+        self._pending_bytes = 0
+        self._scheduled = False
+
+    def add(self, session: _GeventSession, size: int) -> None:
+        self._pending.append(session)
+        self._pending_bytes += size
+        if not self._scheduled:
+            self._scheduled = True
+            self._loop.run_callback(self.flush)
+
+    def grew(self, size: int) -> None:
+        self._pending_bytes += size
+        if self._pending_bytes > self._INLINE_BYTES:
+            self.flush()
+
+    def flush(self) -> None:
+        pending = self._pending
+        self._pending = []
+        self._pending_bytes = 0
+        self._scheduled = False
+        for session in pending:
+            session.flush()
+
+
+_flushers: dict[int, _Flusher] = {}
+
+
+def _flusher() -> _Flusher:
+    pid = os.getpid()
+    flusher = _flushers.get(pid)
+    if flusher is None:
+        flusher = _flushers[pid] = _Flusher()
+    return flusher
+
+
+class _GeventSession(_Session):
+    """A detached socket: a read watcher, a queue, a writer only when blocked."""
+
+    def __init__(self, node: Node, sock: socket.socket) -> None:
+        super().__init__(node)
+        import gevent
+
+        self._gevent = gevent
+        self.sock = sock
+        self.raw = sock._sock  # type: ignore[attr-defined]
+        self.queue: list[bytes] = []
+        self.queued_bytes = 0
+        self.scheduled = False
+        self.blocked = False  # a writer greenlet waits for the socket
+        self.inbox: deque[bytes] = deque()
+        self.worker: t.Any = None
+        self.flusher = _flusher()
+        self.watcher = gevent.get_hub().loop.io(sock.fileno(), 1)
+        self.draining = False
+        self.finished = False
+
+    def start(self, user_id: t.Any, user_info: t.Any) -> None:
+        super().start(user_id, user_info)
+        self.watcher.start(self._readable)
+
+    # writing ---------------------------------------------------------------
+
+    def push(self, message: Outbound) -> None:
+        if self.closing:
+            return
+        frame = message.ws_frame
+        self.queue.append(frame)
+        size = len(frame)
+        self.queued_bytes += size
+        if self.blocked:
+            self.node.backlog_bytes += size
+            if (
+                len(self.queue) > self.max_messages
+                or self.queued_bytes > self.max_bytes
+            ):
+                self.close(protocol.CLOSE_TOO_SLOW, "too slow")
+        elif self.scheduled:
+            self.flusher.grew(size)
+        else:
+            self.scheduled = True
+            self.flusher.add(self, size)
+
+    def push_frame(self, frame: bytes) -> None:
+        if self.closing:
+            return
+        self.queue.append(frame)
+        self.queued_bytes += len(frame)
+        if self.blocked:
+            self.node.backlog_bytes += len(frame)
+        elif not self.scheduled:
+            self.scheduled = True
+            self.flusher.add(self, len(frame))
+
+    def flush(self) -> None:
+        self.scheduled = False
+        if self.blocked or self.finished or not self.queue:
+            return
+        queue = self.queue
+        data = queue[0] if len(queue) == 1 else b"".join(queue)
+        queue.clear()
+        self.queued_bytes = 0
+        try:
+            sent = self.raw.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self._lost()
+            return
+        if sent < len(data):
+            rest = data[sent:]
+            self.queue.append(rest)
+            self.queued_bytes = len(rest)
+            self.node.backlog_bytes += len(rest)
+            self.blocked = True
+            self._gevent.spawn(self._write_blocked)
+        elif self.closing:
+            self._half_close()
+
+    def _write_blocked(self) -> None:
+        """Only for a socket that was full: wait for it, then write the rest."""
+        node = self.node
+        try:
+            while self.queue and not self.finished:
+                data = b"".join(self.queue)
+                self.queue.clear()
+                self.queued_bytes = 0
+                try:
+                    self.sock.sendall(data)
+                finally:
+                    node.backlog_bytes -= len(data)
+        except OSError:
+            self._lost()
+            return
+        finally:
+            self.blocked = False
+        if self.closing:
+            self._half_close()
+
+    def close(self, code: int, reason: str = "") -> None:
+        if self.closing:
+            return
+        self.closing = True
+        if self.blocked:
+            # Drop what a slow client had not read; its close frame goes next.
+            self.node.backlog_bytes -= sum(len(f) for f in self.queue)
+            self.queue.clear()
+        self.queue.append(close_frame(code, reason))
+        self.queued_bytes = len(self.queue[-1])
+        if self.blocked:
+            self.node.backlog_bytes += self.queued_bytes
+            self._gevent.spawn_later(_CLOSE_GRACE, self._finish)
+        else:
+            self.flush()
+        self._detach_from_node()
+
+    def _detach_from_node(self) -> None:
+        if not self.conn.closed:
+            self.node.disconnect(self.conn)
+
+    def _half_close(self) -> None:
+        """The close frame is out: stop sending, read and drop until the peer
+        closes too. Closing at once could reset the connection while the client
+        still has unread frames, and it would never see our last message."""
+        if self.draining or self.finished:
+            return
+        self.draining = True
+        try:
+            self.raw.shutdown(socket.SHUT_WR)
+        except OSError:
+            self._finish()
+            return
+        self._gevent.spawn_later(_CLOSE_GRACE, self._finish)
+
+    def _finish(self) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        self.watcher.stop()
+        if self.blocked:
+            self.node.backlog_bytes -= sum(len(f) for f in self.queue)
+        self.queue.clear()
+        try:
+            self.sock.close()
+        except OSError:  # pragma: no cover
+            pass
+        if not self.conn.closed:
+            self.node.disconnect(self.conn)
+
+    def _lost(self) -> None:
+        """The peer went away without a close handshake."""
+        self.closing = True
+        self._finish()
+
+    # reading ---------------------------------------------------------------
+
+    def _readable(self) -> None:
+        if self.finished:
+            return
+        try:
+            data = self.raw.recv(_READ_SIZE)
+        except BlockingIOError:
+            return
+        except OSError:
+            self._lost()
+            return
+        if not data:
+            self._lost()
+            return
+        if self.closing:
+            return  # dropped: we are waiting for the peer to close
+        texts = self.data_received(data)
+        if texts:
+            self.inbox.extend(texts)
+            if self.worker is None:
+                self.worker = self._gevent.spawn(self._drain)
+
+    def _drain(self) -> None:
+        """Client messages run in a greenlet: authorizers and handlers may block."""
+        try:
+            while self.inbox and not self.conn.closed:
+                self.handle_text(self.inbox.popleft())
+        except Exception:  # pragma: no cover - receive() handles app errors
+            logger.exception("flask_realtime: error handling a client message")
+        finally:
+            self.worker = None
+            if self.inbox and not self.conn.closed:
+                self.worker = self._gevent.spawn(self._drain)
+
+
+class _ThreadedSession(_Session):
+    """For servers without gevent (``flask run``): a reader and a writer thread."""
+
+    def __init__(self, node: Node, sock: socket.socket) -> None:
+        super().__init__(node)
+        self.sock = sock
+        self.queue: deque[bytes] = deque()
+        self.queued_bytes = 0
+        self.cond = threading.Condition()
+        self.reader_done = threading.Event()
+        self.finished = False
+
+    def push(self, message: Outbound) -> None:
+        self.push_frame(message.ws_frame)
+
+    def push_frame(self, frame: bytes, *, final: bool = False) -> None:
+        with self.cond:
+            if self.closing and not final:
+                return
+            self.queue.append(frame)
+            self.queued_bytes += len(frame)
+            over = (
+                len(self.queue) > self.max_messages
+                or self.queued_bytes > self.max_bytes
+            )
+            self.cond.notify()
+        if over and not final:
+            self.close(protocol.CLOSE_TOO_SLOW, "too slow")
+
+    def close(self, code: int, reason: str = "") -> None:
+        with self.cond:
+            if self.closing:
+                return
+            self.closing = True
+            if code == protocol.CLOSE_TOO_SLOW:
+                # What a slow client had not read is dropped; the rest (an
+                # error explaining the close, say) still goes before the close.
+                self.queue.clear()
+                self.queued_bytes = 0
+        self.push_frame(close_frame(code, reason), final=True)
+        if not self.conn.closed:
+            self.node.disconnect(self.conn)
+
+    def _writer(self) -> None:
+        try:
+            while True:
+                with self.cond:
+                    while not self.queue and not self.finished:
+                        self.cond.wait()
+                    if not self.queue:
+                        return
+                    data = b"".join(self.queue)
+                    self.queue.clear()
+                    self.queued_bytes = 0
+                    closing = self.closing
+                self.sock.sendall(data)
+                if closing:
+                    break
+            # Close frame sent: half-close, give the reader time to see the
+            # peer's close, then cut the connection (see _half_close above).
+            self.sock.shutdown(socket.SHUT_WR)
+            self.reader_done.wait(_CLOSE_GRACE)
+        except OSError:
+            pass
+        finally:
+            self.finished = True
+            try:
+                self.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def run(self) -> None:
+        writer = threading.Thread(target=self._writer, daemon=True)
+        writer.start()
+        try:
+            while not self.finished:
+                try:
+                    data = self.sock.recv(_READ_SIZE)
+                except OSError:
+                    break
+                if not data:
+                    break
+                if self.closing:
+                    continue  # dropped: waiting for the peer to close
+                for text in self.data_received(data):
+                    self.handle_text(text)
+        finally:
+            self.reader_done.set()
+            with self.cond:
+                self.finished = True
+                self.cond.notify()
+            if not self.conn.closed:
+                self.node.disconnect(self.conn)
+            writer.join(_CLOSE_GRACE)
+            try:
+                self.sock.close()
+            except OSError:  # pragma: no cover
+                pass
