@@ -60,7 +60,9 @@ def text_frame(payload: bytes) -> bytes:
 def close_frame(code: int, reason: str = "") -> bytes:
     # The code goes on the wire as two bytes: gevent-websocket's close()
     # never does this, which is why every close is framed here.
-    return build_frame(OP_CLOSE, struct.pack("!H", code) + reason.encode()[:120])
+    # 123 bytes at most, cut on a character boundary.
+    encoded = reason.encode()[:123].decode("utf-8", "ignore").encode()
+    return build_frame(OP_CLOSE, struct.pack("!H", code) + encoded)
 
 
 PING_FRAME = build_frame(OP_PING, b"")

@@ -20,7 +20,12 @@ class ConfigError(ValueError):
 
 
 def _env_bool(value: str) -> bool:
-    return value.strip().lower() in {"1", "true", "yes", "on"}
+    word = value.strip().lower()
+    if word in {"1", "true", "yes", "on"}:
+        return True
+    if word in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError(value)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,7 +104,9 @@ def environment_defaults(environ: t.Mapping[str, str] = os.environ) -> dict[str,
     found: dict[str, t.Any] = {}
     if environ.get("REALTIME_TRANSPORT"):
         found["REALTIME_TRANSPORTS"] = [
-            part.strip() for part in environ["REALTIME_TRANSPORT"].split(",") if part
+            part.strip()
+            for part in environ["REALTIME_TRANSPORT"].split(",")
+            if part.strip()
         ]
     if environ.get("REALTIME_BROKER"):
         found["REALTIME_BROKER"] = environ["REALTIME_BROKER"].strip()
@@ -189,6 +196,19 @@ def load(config: t.Mapping[str, t.Any]) -> Settings:
     unknown = set(redis) - {"host", "port", "password", "db"}
     if unknown:
         raise ConfigError(f"REALTIME_REDIS: unknown option(s) {sorted(unknown)}")
+    for key, kinds in (
+        ("host", (str,)),
+        ("port", (int,)),
+        ("password", (str, type(None))),
+        ("db", (int,)),
+    ):
+        if key in redis and (
+            not isinstance(redis[key], kinds) or isinstance(redis[key], bool)
+        ):
+            raise ConfigError(
+                f"REALTIME_REDIS[{key!r}] must be"
+                f" {' or '.join(k.__name__ for k in kinds)}, got {redis[key]!r}"
+            )
     redis = {"host": "127.0.0.1", "port": 6379, "password": None, "db": 0, **redis}
 
     rabbitmq = config["REALTIME_RABBITMQ"]

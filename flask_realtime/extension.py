@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import typing as t
 import weakref
 
@@ -100,7 +101,8 @@ class Realtime:
             )
         fallbacks = _config.environment_defaults()
         for key, default in _config.DEFAULTS.items():
-            app.config.setdefault(key, fallbacks.get(key, default))
+            # A copy: apps must not share (and mutate) one default list or dict.
+            app.config.setdefault(key, copy.deepcopy(fallbacks.get(key, default)))
         settings = _config.load(app.config)
 
         rules = _channels.ChannelRules()

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import secrets
 import signal
-import threading
 import time
 import typing as t
+import weakref
 
 from flask import Flask, current_app, has_app_context
 
@@ -39,6 +40,25 @@ _USER = "u:"
 _NODE = "n:"
 
 
+def _tick_forever(node_ref: weakref.ref[Node], interval: float) -> None:
+    """The node's one timer; it ends when the node is gone."""
+    while True:
+        sleep(interval)
+        node = node_ref()
+        if node is None:
+            return
+        try:
+            node.tick(time.monotonic())
+        except Exception:  # pragma: no cover - the timer must survive
+            logger.exception("flask_realtime: periodic task failed")
+        del node
+
+
+def _check_event(event: t.Any) -> None:
+    if not isinstance(event, str) or not event or len(event) > 200:
+        raise ValueError(f"invalid event name: {event!r}")
+
+
 class Rejected(Exception):
     """Raise in an event handler to refuse a client event with a 403 error."""
 
@@ -55,7 +75,9 @@ class Node:
         authenticate: t.Callable[[], t.Callable[..., t.Any] | None],
         recorder: Recorder | None = None,
     ) -> None:
-        self.app = app
+        # Weak: a Realtime shared by an app factory's apps, or a timer that
+        # outlives a test, must not keep apps alive.
+        self._app_ref = weakref.ref(app)
         self.settings = settings
         self.rules = rules
         self.handlers = handlers
@@ -65,19 +87,35 @@ class Node:
         self.hub = Hub()
         self.presence = LocalPresence()
         self.broker = create_broker(settings, self._on_broker_message)
-        self.backlog_bytes = 0  # bytes waiting on sockets that were full
+        # Backpressure state, kept by the transports: bytes waiting on sockets
+        # that were full, how many such sockets, and bytes they drained so far.
+        self.backlog_bytes = 0
+        self.blocked_sessions = 0
+        self.drained_bytes = 0
+        self.backpressure_waits = 0
+        self._last_yield = 0.0
         self.shutting_down = False
         self._lock = real_lock()
         self._started_pid: int | None = None
         self._ticker: t.Any = None
         self.broker.subscribe(_NODE + self.id)
+        self._chain_sigterm()
+
+    @property
+    def app(self) -> Flask:
+        app = self._app_ref()
+        if app is None:
+            raise RuntimeError("the Flask app of this realtime node no longer exists")
+        return app
 
     # -- lifecycle -----------------------------------------------------------
 
-    def ensure_started(self) -> None:
-        """Start the shared timer in this process (again after a fork)."""
-        import os
+    def ensure_started(self, *, handle_sigterm: bool = True) -> None:
+        """Start the shared timer in this process (again after a fork).
 
+        ``handle_sigterm=False`` is for servers that route SIGTERM to
+        :meth:`shutdown` themselves.
+        """
         pid = os.getpid()
         if self._started_pid == pid:
             return
@@ -85,27 +123,71 @@ class Node:
             if self._started_pid == pid:
                 return
             self._started_pid = pid
-        self._ticker = spawn(self._tick_forever)
-        self._chain_sigterm()
+        self._ticker = spawn(
+            _tick_forever, weakref.ref(self), self.settings.heartbeat / 2
+        )
+        if handle_sigterm:
+            self._chain_sigterm()
+        else:
+            self._release_sigterm()
 
     def _chain_sigterm(self) -> None:
         """Close every connection with 4200 when the server is told to stop.
 
         gunicorn's workers set their own SIGTERM handler; ours runs first and
-        then hands over, so shutdown proceeds as the server intends.
+        then hands over, so shutdown proceeds as the server intends. Where
+        SIGTERM would simply kill the process (``flask run``), the close
+        frames get a moment to leave before the default action. Tried when
+        the app loads (gunicorn's workers have set their handlers by then) and
+        again when the node starts; only the main thread may do it.
         """
-        if threading.current_thread() is not threading.main_thread():
-            return
-        previous = signal.getsignal(signal.SIGTERM)
-        if not callable(previous) or getattr(previous, "_realtime_node", None):
-            return
+        try:
+            previous = signal.getsignal(signal.SIGTERM)
+            if getattr(previous, "_realtime_node", lambda: None)() is self:
+                return
+            if previous is signal.SIG_IGN or previous is None:
+                return
+            node_ref = weakref.ref(self)
 
-        def on_sigterm(signum: int, frame: t.Any) -> None:
-            self.shutdown()
-            previous(signum, frame)
+            def on_sigterm(signum: int, frame: t.Any) -> None:
+                node = node_ref()
+                had_connections = node is not None and len(node.hub) > 0
+                if node is not None:
+                    node.shutdown()
+                    del node
+                if callable(previous):
+                    previous(signum, frame)
+                elif not had_connections:
+                    self._exit_now(signum)
+                elif gevent_active():
+                    spawn(Node._exit_after_shutdown, signum)
+                else:
+                    # Writer threads send the close frames meanwhile.
+                    Node._exit_after_shutdown(signum)
 
-        on_sigterm._realtime_node = self  # type: ignore[attr-defined]
-        signal.signal(signal.SIGTERM, on_sigterm)
+            on_sigterm._realtime_node = node_ref  # type: ignore[attr-defined]
+            signal.signal(signal.SIGTERM, on_sigterm)
+        except ValueError:
+            pass  # not the main thread: signals are not ours to set here
+
+    def _release_sigterm(self) -> None:
+        """Give SIGTERM back to a server that routes it to :meth:`shutdown`."""
+        try:
+            handler = signal.getsignal(signal.SIGTERM)
+            if getattr(handler, "_realtime_node", lambda: None)() is self:
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        except ValueError:
+            pass
+
+    @staticmethod
+    def _exit_after_shutdown(signum: int) -> None:
+        sleep(0.2)  # the close frames are queued; let the writers send them
+        Node._exit_now(signum)
+
+    @staticmethod
+    def _exit_now(signum: int) -> None:
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
 
     def shutdown(self, code: int = protocol.CLOSE_SHUTDOWN) -> None:
         """Close all connections (4200 by default: clients reconnect at once)."""
@@ -115,15 +197,6 @@ class Node:
                 conn.sink.close(code, "server shutting down")
             except Exception:  # pragma: no cover - best effort while exiting
                 logger.debug("close failed during shutdown", exc_info=True)
-
-    def _tick_forever(self) -> None:
-        interval = self.settings.heartbeat / 2
-        while True:
-            sleep(interval)
-            try:
-                self.tick(time.monotonic())
-            except Exception:  # pragma: no cover - the timer must survive
-                logger.exception("flask_realtime: periodic task failed")
 
     def tick(self, now: float) -> None:
         """Heartbeats and expiry for every local connection, from one timer."""
@@ -175,15 +248,18 @@ class Node:
         if self.hub.subscriber_count(name) == 0:
             self.broker.unsubscribe(_CHANNEL + name)
         if conn.user_key is not None and self.rules.kind(name) == _channels.PRESENCE:
-            if self.presence.leave(name, conn.id, conn.user_key):
+            member = self.presence.leave(name, conn.id, conn.user_key)
+            if member is not None:
+                # The id as the join announced it: 5 and "5" are one user.
+                user_id = member["user_id"]
                 self.publish_channel(
                     name,
-                    protocol.event(name, "presence.leave", {"user_id": conn.user_id}),
+                    protocol.event(name, "presence.leave", {"user_id": user_id}),
                 )
 
     # -- client messages -----------------------------------------------------
 
-    def admit(self, conn: Connection) -> bytes | None:
+    def admit(self, conn: Connection, payload: bytes | str = b"") -> bytes | None:
         """Apply the rate limit to one client message.
 
         Returns the 429 error to send when the message is refused; closes the
@@ -200,6 +276,7 @@ class Node:
         return protocol.error(
             protocol.RATE_LIMITED,
             "rate limit exceeded",
+            request_id=protocol.request_id(payload),
             retry_after=round(wait, 3),
         )
 
@@ -250,7 +327,7 @@ class Node:
                     channel=name,
                 )
             allowed = self._authorize(conn, name)
-            if not allowed:
+            if not allowed and not (kind == _channels.PRESENCE and allowed == {}):
                 raise protocol.ProtocolError(
                     protocol.FORBIDDEN,
                     "not allowed to subscribe to this channel",
@@ -375,23 +452,39 @@ class Node:
     # -- publishing ----------------------------------------------------------
 
     def wait_for_capacity(self) -> None:
-        """Backpressure: when sockets across the node hold more than the
-        budget, the publisher waits for them to drain to half of it.
+        """Slow the publisher when the node, not one client, is the bottleneck.
 
-        One slow client never triggers this: its own queue is closed (4100)
-        long before the node-wide budget is reached.
+        When many sockets are full at once (or their backlog exceeds the byte
+        budget), the publisher waits while they drain. Sockets that drain
+        nothing are stuck clients, not an overloaded node: they do not hold
+        the publisher, their own queue bound closes them (4100). Otherwise the
+        publisher still yields every few milliseconds so that pings, reads and
+        timers keep running while it publishes in a tight loop.
         """
-        limit = self.settings.backpressure_bytes
-        if self.backlog_bytes <= limit:
+        if not gevent_active():
             return
-        if gevent_active():
-            import gevent
+        import gevent
 
-            if gevent.getcurrent() is gevent.get_hub():
-                return
-        deadline = time.monotonic() + 30
-        while self.backlog_bytes > limit // 2 and time.monotonic() < deadline:
-            sleep(0.002)
+        if gevent.getcurrent() is gevent.get_hub():
+            return  # a broker callback: the loop itself, never blocked
+        limit = self.settings.backpressure_bytes
+        threshold = max(8, len(self.hub) // 10)
+        now = time.monotonic()
+        if self.blocked_sessions <= threshold and self.backlog_bytes <= limit:
+            if now - self._last_yield > 0.005:
+                self._last_yield = now
+                gevent.sleep(0)
+            return
+        self.backpressure_waits += 1
+        deadline = now + 10.0
+        while (
+            self.blocked_sessions > threshold // 2 or self.backlog_bytes > limit // 2
+        ) and time.monotonic() < deadline:
+            before = self.drained_bytes
+            gevent.sleep(0.005)
+            if self.drained_bytes == before:
+                break  # nothing moves: stuck clients, not load
+        self._last_yield = time.monotonic()
 
     def publish_channel(
         self, channel: str, envelope: bytes, exclude: str | None = None
@@ -403,8 +496,7 @@ class Node:
     def broadcast(self, channel: str, event: str, data: t.Any) -> None:
         if not isinstance(channel, str) or not _channels.is_valid_name(channel):
             raise ValueError(f"invalid channel name: {channel!r}")
-        if not isinstance(event, str) or not event:
-            raise ValueError(f"invalid event name: {event!r}")
+        _check_event(event)
         envelope = protocol.event(channel, event, data)
         if self.recorder is not None:
             self.recorder.record("broadcast", channel, event, data)
@@ -415,6 +507,7 @@ class Node:
         key = user_key(user_id)
         if key is None:
             raise ValueError("user_id must not be None")
+        _check_event(event)
         envelope = protocol.event(None, event, data)
         if self.recorder is not None:
             self.recorder.record("user", user_id, event, data)
@@ -422,6 +515,7 @@ class Node:
         self.broker.publish(_USER + key, b"\n" + envelope)
 
     def send(self, connection_id: str, event: str, data: t.Any) -> None:
+        _check_event(event)
         envelope = protocol.event(None, event, data)
         if self.recorder is not None:
             self.recorder.record("connection", connection_id, event, data)

@@ -15,8 +15,10 @@ class Presence(t.Protocol):
     def join(self, channel: str, connection_id: str, member: dict[str, t.Any]) -> bool:
         """Add one connection of ``member['user_id']``; True if the user is new."""
 
-    def leave(self, channel: str, connection_id: str, user_key: str) -> bool:
-        """Remove one connection; True if it was the user's last one."""
+    def leave(
+        self, channel: str, connection_id: str, user_key: str
+    ) -> dict[str, t.Any] | None:
+        """Remove one connection; the member if it was the user's last one."""
 
     def members(self, channel: str) -> list[dict[str, t.Any]]:
         """One entry per user: ``user_id``, ``user_info``, ``connected_at``."""
@@ -44,18 +46,20 @@ class LocalPresence:
         entry[1].add(connection_id)
         return False
 
-    def leave(self, channel: str, connection_id: str, user_key: str) -> bool:
+    def leave(
+        self, channel: str, connection_id: str, user_key: str
+    ) -> dict[str, t.Any] | None:
         users = self._channels.get(channel)
         if not users or user_key not in users:
-            return False
-        conns = users[user_key][1]
+            return None
+        member, conns = users[user_key]
         conns.discard(connection_id)
         if conns:
-            return False
+            return None
         del users[user_key]
         if not users:
             del self._channels[channel]
-        return True
+        return member
 
     def members(self, channel: str) -> list[dict[str, t.Any]]:
         return [dict(member) for member, _ in self._channels.get(channel, {}).values()]

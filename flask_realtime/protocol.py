@@ -85,7 +85,8 @@ def parse(text: str | bytes) -> ClientMessage:
     """Validate one client message; raise :class:`ProtocolError` (400) if it is bad."""
     try:
         obj = json.loads(text)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        # RecursionError: "[[[[..." nested deeper than the parser goes.
         raise ProtocolError(BAD_REQUEST, "invalid JSON") from None
     if not isinstance(obj, dict):
         raise ProtocolError(BAD_REQUEST, "a message must be a JSON object")
@@ -130,6 +131,18 @@ def parse(text: str | bytes) -> ClientMessage:
             channel=channel,
         )
     return ClientMessage(kind, request_id, channel, event, obj.get("data"))
+
+
+def request_id(text: str | bytes) -> t.Any:
+    """The ``id`` of a message that will not be processed, for its error."""
+    try:
+        obj = json.loads(text)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return None
+    value = obj.get("id") if isinstance(obj, dict) else None
+    return (
+        value if isinstance(value, (int, str)) and not isinstance(value, bool) else None
+    )
 
 
 def _with_id(message: dict[str, t.Any], request_id: t.Any) -> dict[str, t.Any]:

@@ -52,9 +52,9 @@ def main(argv: list[str] | None = None) -> None:
         node.shutdown(protocol.CLOSE_SHUTDOWN)
         gevent.spawn(server.stop, timeout=2)
 
+    node.ensure_started(handle_sigterm=False)  # before gevent takes SIGTERM
     gevent.signal_handler(signal.SIGTERM, stop)
     gevent.signal_handler(signal.SIGINT, stop)
-    node.ensure_started()
     print(
         f" * flask_realtime serving {app.import_name!r} on http://{host}:{port}"
         f" (transports: {', '.join(settings.transports)}; broker: {settings.broker})",

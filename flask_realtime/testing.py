@@ -133,7 +133,7 @@ class TestClient:
         if self.close_code is not None:
             raise RuntimeError(f"the connection was closed with {self.close_code}")
         raw = message if isinstance(message, str) else json.dumps(message)
-        refusal = self.node.admit(self.connection)
+        refusal = self.node.admit(self.connection, raw)
         reply = (
             refusal if refusal is not None else self.node.receive(self.connection, raw)
         )

@@ -56,6 +56,10 @@ _ACCEPT_KEY = "flask_realtime.accept"
 _deferred_prefixes: set[str] = set()
 _READ_SIZE = 65536
 _CLOSE_GRACE = 5.0  # seconds a closing socket may take to flush its close frame
+# A client too slow for its queue still has the kernel's buffers to read
+# before its close frame (4100) fits: it gets longer.
+_SLOW_CLOSE_GRACE = 30.0
+_WRITE_CHUNK = 64 * 1024
 
 
 # -- handshake -----------------------------------------------------------------
@@ -323,7 +327,7 @@ class _Session:
         texts: list[bytes] = []
         for opcode, payload in frames:
             if opcode == OP_TEXT:
-                refusal = self.node.admit(conn)
+                refusal = self.node.admit(conn, payload)
                 if refusal is None:
                     texts.append(payload)
                 else:
@@ -413,8 +417,9 @@ class _GeventSession(_Session):
         self._gevent = gevent
         self.sock = sock
         self.raw = sock._sock  # type: ignore[attr-defined]
-        self.queue: list[bytes] = []
+        self.queue: list[bytes] = []  # whole frames not yet written
         self.queued_bytes = 0
+        self.head = b""  # the partly written rest of a write, goes first
         self.scheduled = False
         self.blocked = False  # a writer greenlet waits for the socket
         self.inbox: deque[bytes] = deque()
@@ -477,32 +482,46 @@ class _GeventSession(_Session):
             self._lost()
             return
         if sent < len(data):
+            # The unsent tail may end in the middle of a frame: it is kept
+            # apart from the queue, which a 4100 close empties.
             rest = data[sent:]
-            self.queue.append(rest)
-            self.queued_bytes = len(rest)
+            self.head = rest
             self.node.backlog_bytes += len(rest)
+            self.node.blocked_sessions += 1
             self.blocked = True
             self._gevent.spawn(self._write_blocked)
         elif self.closing:
             self._half_close()
 
     def _write_blocked(self) -> None:
-        """Only for a socket that was full: wait for it, then write the rest."""
+        """Only for a socket that was full: wait for it, then write the rest.
+
+        Writes go in chunks of at most ``_WRITE_CHUNK`` so that the node sees
+        progress (``drained_bytes``) while a large backlog drains.
+        """
         node = self.node
+        unsent = 0
         try:
-            while self.queue and not self.finished:
-                data = b"".join(self.queue)
+            while (self.head or self.queue) and not self.finished:
+                data = self.head + b"".join(self.queue)
+                self.head = b""
                 self.queue.clear()
                 self.queued_bytes = 0
-                try:
-                    self.sock.sendall(data)
-                finally:
-                    node.backlog_bytes -= len(data)
+                unsent = len(data)
+                with memoryview(data) as view:
+                    for start in range(0, len(data), _WRITE_CHUNK):
+                        chunk = view[start : start + _WRITE_CHUNK]
+                        self.sock.sendall(chunk)
+                        unsent -= len(chunk)
+                        node.backlog_bytes -= len(chunk)
+                        node.drained_bytes += len(chunk)
         except OSError:
+            node.backlog_bytes -= unsent
             self._lost()
             return
         finally:
             self.blocked = False
+            node.blocked_sessions -= 1
         if self.closing:
             self._half_close()
 
@@ -518,7 +537,7 @@ class _GeventSession(_Session):
         self.queued_bytes = len(self.queue[-1])
         if self.blocked:
             self.node.backlog_bytes += self.queued_bytes
-            self._gevent.spawn_later(_CLOSE_GRACE, self._finish)
+            self._gevent.spawn_later(_SLOW_CLOSE_GRACE, self._finish)
         else:
             self.flush()
         self._detach_from_node()
@@ -547,7 +566,8 @@ class _GeventSession(_Session):
         self.finished = True
         self.watcher.stop()
         if self.blocked:
-            self.node.backlog_bytes -= sum(len(f) for f in self.queue)
+            self.node.backlog_bytes -= len(self.head) + sum(len(f) for f in self.queue)
+        self.head = b""
         self.queue.clear()
         try:
             self.sock.close()

@@ -1,0 +1,1 @@
+"""Flask applications the tests serve (``tests.apps.basic:app`` ...)."""

@@ -1,0 +1,100 @@
+from __future__ import annotations
+
+import os
+import typing as t
+from pathlib import Path
+
+import pytest
+
+from tests import servers
+from tests.servers import Server
+
+_CLEARED_PREFIXES = ("REALTIME_", "REDIS_", "RABBITMQ_")
+_CLEARED_NAMES = ("NATS_URL",)
+_STARTED = pytest.StashKey[list]()
+
+
+@pytest.fixture(autouse=True)
+def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The library reads these as configuration fallbacks: start from none."""
+    for key in list(os.environ):
+        if key.startswith(_CLEARED_PREFIXES) or key in _CLEARED_NAMES:
+            monkeypatch.delenv(key)
+
+
+class LiveServerFactory(t.Protocol):
+    def __call__(
+        self,
+        kind: str,
+        app: str = ...,
+        env: t.Mapping[str, str | None] | None = ...,
+        workers: int = ...,
+    ) -> Server: ...
+
+
+@pytest.fixture
+def live_server(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> t.Iterator[LiveServerFactory]:
+    """Start real servers: ``live_server(kind, app=..., env=..., workers=1)``.
+
+    ``kind`` is one of ``servers.KINDS``. Each server gets a free port on
+    127.0.0.1, logs to a file in the test's ``tmp_path``, is healthy
+    when returned, and is stopped when the test ends. A failing test's report
+    shows the tail of each server's log.
+    """
+    started: list[Server] = []
+    request.node.stash[_STARTED] = started
+
+    def start(
+        kind: str,
+        app: str = servers.DEFAULT_APP,
+        env: t.Mapping[str, str | None] | None = None,
+        workers: int = 1,
+    ) -> Server:
+        server = servers.start(
+            kind,
+            tmp_path,
+            app=app,
+            env=env,
+            workers=workers,
+            name=f"{kind}-{len(started) + 1}",
+        )
+        started.append(server)
+        return server
+
+    yield start
+
+    errors = []
+    for server in reversed(started):
+        try:
+            server.stop()
+        except Exception as exc:  # stop the others all the same
+            errors.append(exc)
+    if errors:
+        raise errors[0]
+
+
+@pytest.fixture(params=servers.KINDS)
+def server_kind(request: pytest.FixtureRequest) -> str:
+    """Each server kind in turn: geventwebsocket, gevent, cli, flask-run."""
+    return request.param
+
+
+@pytest.fixture
+def any_server(live_server: LiveServerFactory, server_kind: str) -> Server:
+    """The basic test app on each kind of server in turn."""
+    return live_server(server_kind)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> t.Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    if report.failed:
+        for server in item.stash.get(_STARTED, []):
+            report.sections.append(
+                (f"server log: {server!r} ({server.log_path})", server.log_tail(200))
+            )
+    return report

@@ -1,0 +1,171 @@
+"""Limits and failure on real servers: each test starts the servers it needs."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import threading
+import time
+import typing as t
+
+import pytest
+import requests
+import websocket
+
+from tests import servers
+from tests.conftest import LiveServerFactory
+from tests.wsclient import Client, connect
+
+
+def _env(**config: t.Any) -> dict[str, str]:
+    return {f"TESTAPP_{key}": json.dumps(value) for key, value in config.items()}
+
+
+@pytest.mark.parametrize("kind", servers.KINDS)
+def test_rate_limit_answers_429_then_closes_abuse_with_4129(
+    live_server: LiveServerFactory, kind: str
+) -> None:
+    server = live_server(
+        kind,
+        env=_env(
+            REALTIME_RATE_LIMIT={
+                "enabled": True,
+                "messages_per_minute": 5,
+                "close_after": 3,
+            }
+        ),
+    )
+    with connect(server.ws_url) as bystander, connect(server.ws_url) as client:
+        for n in range(5):
+            assert client.ping(id=n)["type"] == "pong"
+        refused = client.ping(id="six")
+        assert refused["type"] == "error"
+        assert refused["data"]["code"] == 429
+        assert 0 < refused["data"]["retry_after"] <= 12
+        client.send_json({"type": "ping", "id": "seven"})
+        client.send_json({"type": "ping", "id": "eight"})
+        assert client.expect_close() == 4129
+        # Counted per connection: the other one on the same address is fine.
+        assert bystander.ping()["type"] == "pong"
+
+
+@pytest.mark.parametrize("kind", servers.KINDS)
+def test_silent_connection_is_closed_after_two_heartbeats(
+    live_server: LiveServerFactory, kind: str
+) -> None:
+    server = live_server(kind, env=_env(REALTIME_HEARTBEAT=0.5))
+    with connect(server.ws_url) as silent, connect(server.ws_url) as lively:
+        assert silent.welcome["data"]["heartbeat"] == 0.5
+        # Not reading means never answering the server's ping frames.
+        silent.ws.sock.settimeout(None)
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:
+            # websocket-client answers ping frames while it reads.
+            assert lively.ping()["type"] == "pong"
+            time.sleep(0.1)  # pacing the pings, not synchronisation
+        assert silent.expect_close(timeout=5) == 4101
+        assert lively.ping()["type"] == "pong"
+
+
+@pytest.mark.parametrize("kind", servers.KINDS)
+def test_max_subscriptions(live_server: LiveServerFactory, kind: str) -> None:
+    server = live_server(kind, env=_env(REALTIME_MAX_SUBSCRIPTIONS=2))
+    with connect(server.ws_url) as client:
+        assert client.subscribe("a")["type"] == "subscribed"
+        assert client.subscribe("b")["type"] == "subscribed"
+        refused = client.subscribe("c")
+        assert refused["type"] == "error" and refused["data"]["code"] == 403
+        assert client.unsubscribe("a")["type"] == "unsubscribed"
+        assert client.subscribe("c")["type"] == "subscribed"
+
+
+@pytest.mark.parametrize("kind", servers.KINDS)
+def test_allowed_origins(live_server: LiveServerFactory, kind: str) -> None:
+    server = live_server(
+        kind, env=_env(REALTIME_ALLOWED_ORIGINS=["https://app.example"])
+    )
+    with connect(server.ws_url, origin="https://app.example") as client:
+        assert client.ping()["type"] == "pong"
+    with pytest.raises(websocket.WebSocketBadStatusException) as refused:
+        connect(server.ws_url, origin="https://other.example")
+    assert refused.value.status_code == 403
+
+
+@pytest.mark.parametrize("kind", servers.KINDS)
+def test_disabled_websocket_transport_answers_404(
+    live_server: LiveServerFactory, kind: str
+) -> None:
+    server = live_server(kind, env=_env(REALTIME_TRANSPORTS=["sse"]))
+    with pytest.raises(websocket.WebSocketBadStatusException) as refused:
+        connect(server.ws_url)
+    assert refused.value.status_code == 404
+
+
+@pytest.mark.parametrize("kind", servers.KINDS)
+def test_client_that_stops_reading_is_closed_with_4100_and_harms_nobody(
+    live_server: LiveServerFactory, kind: str
+) -> None:
+    server = live_server(
+        kind,
+        env=_env(REALTIME_MAX_QUEUE_MESSAGES=100, REALTIME_MAX_QUEUE_BYTES=256 * 1024),
+    )
+    # A modest receive buffer, so the kernel holds little on its behalf and the
+    # server's queue for it fills while it does not read.
+    stuck = connect(
+        server.ws_url, sockopt=[(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)]
+    )
+    stuck.subscribe("firehose")
+    count = 1000
+    with connect(server.ws_url) as reader:
+        reader.subscribe("firehose")
+        seqs: list[int] = []
+
+        def read_all() -> None:
+            for _ in range(count):
+                seqs.append(
+                    reader.wait_event("flood", "firehose", timeout=30)["data"]["seq"]
+                )
+
+        reading = threading.Thread(target=read_all)
+        reading.start()
+        started = time.monotonic()
+        response = requests.get(
+            f"{server.url}/flood",
+            # Paced so that a client that reads keeps up; the stuck one cannot.
+            params={
+                "channel": "firehose",
+                "count": count,
+                "size": 10_000,
+                "pause": 0.002,
+            },
+            timeout=60,
+        )
+        assert response.json() == {"published": count}
+        publish_seconds = time.monotonic() - started
+        reading.join(60)
+        assert seqs == list(range(count))
+    # The publisher never waited for the stuck client: a blocking send to it
+    # would never have finished.
+    assert publish_seconds < 20
+    # Reading again, it gets what was already on its way, then the close.
+    assert stuck.expect_close(timeout=30) == 4100
+    received = [m["data"]["seq"] for m in stuck.skipped if m.get("event") == "flood"]
+    assert received == list(range(len(received)))  # in order, no gaps
+    assert len(received) < count
+    stuck.close()
+
+
+@pytest.mark.parametrize("kind", servers.KINDS)
+def test_sigterm_closes_connections_with_4200(
+    live_server: LiveServerFactory, kind: str
+) -> None:
+    server = live_server(kind)
+    clients: list[Client] = [connect(server.ws_url) for _ in range(3)]
+    for client in clients:
+        client.subscribe("news")
+    server.signal(signal.SIGTERM)
+    for client in clients:
+        assert client.expect_close(timeout=10) == 4200
+        client.close()
+    server.process.wait(timeout=10)
