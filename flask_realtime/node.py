@@ -34,6 +34,10 @@ if t.TYPE_CHECKING:
 
 logger = logging.getLogger("flask_realtime")
 
+# Backpressure (see Node.wait_for_capacity).
+_STUCK_AFTER = 15.0
+_MAX_PUBLISH_WAIT = 30.0
+
 # Broker topics. A node subscribes only to what its own clients need.
 _CHANNEL = "c:"
 _USER = "u:"
@@ -92,6 +96,7 @@ class Node:
         self.backlog_bytes = 0
         self.blocked_sessions = 0
         self.drained_bytes = 0
+        self.pressured: set[t.Any] = set()  # sessions past half their queue bound
         self.backpressure_waits = 0
         self._last_yield = 0.0
         self.shutting_down = False
@@ -454,12 +459,14 @@ class Node:
     def wait_for_capacity(self) -> None:
         """Slow the publisher when the node, not one client, is the bottleneck.
 
-        When many sockets are full at once (or their backlog exceeds the byte
-        budget), the publisher waits while they drain. Sockets that drain
-        nothing are stuck clients, not an overloaded node: they do not hold
-        the publisher, their own queue bound closes them (4100). Otherwise the
-        publisher still yields every few milliseconds so that pings, reads and
-        timers keep running while it publishes in a tight loop.
+        A session whose socket is full and whose queue is past half its bound
+        is *pressured*. When more than two sessions, and more than one in a
+        hundred, are pressured, clients as a whole cannot take what is
+        published: the publisher waits until most have drained. A pressured session that
+        drains nothing for ``_STUCK_AFTER`` seconds is a stuck client, not
+        load: it no longer counts, and its own bound closes it (4100). Without
+        pressure the publisher still yields every few milliseconds, so that
+        reads, pings and timers keep running while it publishes in a loop.
         """
         if not gevent_active():
             return
@@ -467,24 +474,32 @@ class Node:
 
         if gevent.getcurrent() is gevent.get_hub():
             return  # a broker callback: the loop itself, never blocked
-        limit = self.settings.backpressure_bytes
-        threshold = max(8, len(self.hub) // 10)
         now = time.monotonic()
-        if self.blocked_sessions <= threshold and self.backlog_bytes <= limit:
+        pressured = self.pressured
+        threshold = max(2, len(self.hub) // 100)
+        limit = self.settings.backpressure_bytes
+        if len(pressured) <= threshold and self.backlog_bytes <= limit:
             if now - self._last_yield > 0.005:
                 self._last_yield = now
                 gevent.sleep(0)
             return
         self.backpressure_waits += 1
-        deadline = now + 10.0
-        while (
-            self.blocked_sessions > threshold // 2 or self.backlog_bytes > limit // 2
-        ) and time.monotonic() < deadline:
-            before = self.drained_bytes
+        deadline = now + _MAX_PUBLISH_WAIT
+        while now < deadline:
+            for session in [
+                s for s in pressured if now - s.last_progress > _STUCK_AFTER
+            ]:
+                logger.info(
+                    "flask_realtime: %s drains nothing; it no longer holds publishers",
+                    session.conn.id,
+                )
+                session.pressured = False  # re-marked if it drains and fills again
+                pressured.discard(session)
+            if len(pressured) <= threshold // 2 and self.backlog_bytes <= limit // 2:
+                break
             gevent.sleep(0.005)
-            if self.drained_bytes == before:
-                break  # nothing moves: stuck clients, not load
-        self._last_yield = time.monotonic()
+            now = time.monotonic()
+        self._last_yield = now
 
     def publish_channel(
         self, channel: str, envelope: bytes, exclude: str | None = None

@@ -417,11 +417,13 @@ class _GeventSession(_Session):
         self._gevent = gevent
         self.sock = sock
         self.raw = sock._sock  # type: ignore[attr-defined]
-        self.queue: list[bytes] = []  # whole frames not yet written
+        self.queue: deque[bytes] = deque()  # whole frames not yet written
         self.queued_bytes = 0
         self.head = b""  # the partly written rest of a write, goes first
         self.scheduled = False
         self.blocked = False  # a writer greenlet waits for the socket
+        self.pressured = False  # queue past half its bound (see Node.pressured)
+        self.last_progress = 0.0
         self.inbox: deque[bytes] = deque()
         self.worker: t.Any = None
         self.flusher = _flusher()
@@ -444,11 +446,7 @@ class _GeventSession(_Session):
         self.queued_bytes += size
         if self.blocked:
             self.node.backlog_bytes += size
-            if (
-                len(self.queue) > self.max_messages
-                or self.queued_bytes > self.max_bytes
-            ):
-                self.close(protocol.CLOSE_TOO_SLOW, "too slow")
+            self._check_bounds()
         elif self.scheduled:
             self.flusher.grew(size)
         else:
@@ -465,6 +463,29 @@ class _GeventSession(_Session):
         elif not self.scheduled:
             self.scheduled = True
             self.flusher.add(self, len(frame))
+
+    def _check_bounds(self) -> None:
+        count, size = len(self.queue), self.queued_bytes
+        if count > self.max_messages or size > self.max_bytes:
+            logger.warning(
+                "flask_realtime: closing %s (4100): %d messages, %d bytes queued;"
+                " last write progress %.1f s ago",
+                self.conn.id,
+                count,
+                size,
+                time.monotonic() - self.last_progress,
+            )
+            self.close(protocol.CLOSE_TOO_SLOW, "too slow")
+        elif not self.pressured and (
+            count > self.max_messages // 2 or size > self.max_bytes // 2
+        ):
+            self.pressured = True
+            self.node.pressured.add(self)
+
+    def _relieve(self) -> None:
+        if self.pressured:
+            self.pressured = False
+            self.node.pressured.discard(self)
 
     def flush(self) -> None:
         self.scheduled = False
@@ -484,44 +505,59 @@ class _GeventSession(_Session):
         if sent < len(data):
             # The unsent tail may end in the middle of a frame: it is kept
             # apart from the queue, which a 4100 close empties.
-            rest = data[sent:]
-            self.head = rest
-            self.node.backlog_bytes += len(rest)
+            self.head = data[sent:]
+            self.node.backlog_bytes += len(self.head)
             self.node.blocked_sessions += 1
             self.blocked = True
+            self.last_progress = time.monotonic()
             self._gevent.spawn(self._write_blocked)
         elif self.closing:
             self._half_close()
 
+    def _next_batch(self) -> bytes:
+        """The head, else frames from the queue up to about ``_WRITE_CHUNK``."""
+        if self.head:
+            data, self.head = self.head, b""
+            return data
+        queue = self.queue
+        frames = []
+        size = 0
+        while queue and size < _WRITE_CHUNK:
+            frame = queue.popleft()
+            frames.append(frame)
+            size += len(frame)
+        self.queued_bytes -= size
+        return b"".join(frames)
+
     def _write_blocked(self) -> None:
         """Only for a socket that was full: wait for it, then write the rest.
 
-        Writes go in chunks of at most ``_WRITE_CHUNK`` so that the node sees
-        progress (``drained_bytes``) while a large backlog drains.
+        Batches of about ``_WRITE_CHUNK`` keep the queue's length a true
+        measure of what waits, and show the node this socket's progress.
         """
         node = self.node
-        unsent = 0
+        data = b""
         try:
             while (self.head or self.queue) and not self.finished:
-                data = self.head + b"".join(self.queue)
-                self.head = b""
-                self.queue.clear()
-                self.queued_bytes = 0
-                unsent = len(data)
-                with memoryview(data) as view:
-                    for start in range(0, len(data), _WRITE_CHUNK):
-                        chunk = view[start : start + _WRITE_CHUNK]
-                        self.sock.sendall(chunk)
-                        unsent -= len(chunk)
-                        node.backlog_bytes -= len(chunk)
-                        node.drained_bytes += len(chunk)
+                data = self._next_batch()
+                self.sock.sendall(data)
+                node.backlog_bytes -= len(data)
+                node.drained_bytes += len(data)
+                data = b""
+                self.last_progress = time.monotonic()
+                if self.pressured and (
+                    len(self.queue) <= self.max_messages // 4
+                    and self.queued_bytes <= self.max_bytes // 4
+                ):
+                    self._relieve()
         except OSError:
-            node.backlog_bytes -= unsent
+            node.backlog_bytes -= len(data)
             self._lost()
             return
         finally:
             self.blocked = False
             node.blocked_sessions -= 1
+        self._relieve()
         if self.closing:
             self._half_close()
 
@@ -529,14 +565,16 @@ class _GeventSession(_Session):
         if self.closing:
             return
         self.closing = True
+        self._relieve()
         if self.blocked:
             # Drop what a slow client had not read; its close frame goes next.
-            self.node.backlog_bytes -= sum(len(f) for f in self.queue)
+            self.node.backlog_bytes -= self.queued_bytes
             self.queue.clear()
-        self.queue.append(close_frame(code, reason))
-        self.queued_bytes = len(self.queue[-1])
+        frame = close_frame(code, reason)
+        self.queue.append(frame)
+        self.queued_bytes = len(frame)
         if self.blocked:
-            self.node.backlog_bytes += self.queued_bytes
+            self.node.backlog_bytes += len(frame)
             self._gevent.spawn_later(_SLOW_CLOSE_GRACE, self._finish)
         else:
             self.flush()
@@ -564,11 +602,13 @@ class _GeventSession(_Session):
         if self.finished:
             return
         self.finished = True
+        self._relieve()
         self.watcher.stop()
         if self.blocked:
-            self.node.backlog_bytes -= len(self.head) + sum(len(f) for f in self.queue)
+            self.node.backlog_bytes -= len(self.head) + self.queued_bytes
         self.head = b""
         self.queue.clear()
+        self.queued_bytes = 0
         try:
             self.sock.close()
         except OSError:  # pragma: no cover

@@ -121,3 +121,22 @@ def flood() -> t.Any:
         if pause:
             time.sleep(pause)
     return jsonify(published=count)
+
+
+@app.get("/overload")
+def overload() -> t.Any:
+    """Publish in a tight loop for ``seconds``: faster than any worker delivers."""
+    channel = _arg("channel")
+    seconds = float(request.args.get("seconds", "10"))
+    node = realtime.node
+    waits_before = node.backpressure_waits
+    started = time.monotonic()
+    published = 0
+    while time.monotonic() - started < seconds:
+        broadcast(channel, "m", {"seq": published})
+        published += 1
+    return jsonify(
+        published=published,
+        seconds=time.monotonic() - started,
+        backpressure_waits=node.backpressure_waits - waits_before,
+    )

@@ -1,0 +1,194 @@
+"""Many WebSocket clients in one process, reading as fast as they can.
+
+Run as a subprocess by the overload test::
+
+    python -m tests.loadclient ws://127.0.0.1:PORT/realtime/ws CLIENTS CHANNEL
+
+It connects and subscribes every client, prints ``READY``, then reads. Each
+client checks that the ``seq`` of the events it receives counts up from 0
+with no gap, answers the server's ping frames and sends a protocol ping every
+few seconds. When a line ``EXPECT N`` arrives on stdin, it waits (up to a
+deadline) until every open client has seen N events, then prints one JSON
+line with the results and exits.
+
+Plain sockets and a selector, not a WebSocket library: the point is to read
+faster than one server worker can write, so that the server is what is
+measured.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import selectors
+import socket
+import struct
+import sys
+import time
+import urllib.parse
+
+_SEQ = re.compile(rb'"seq":(\d+)')
+PING_EVERY = 5.0
+
+
+def _mask(opcode: int, payload: bytes) -> bytes:
+    key = os.urandom(4)
+    length = len(payload)
+    if length < 126:
+        header = struct.pack("!BB", 0x80 | opcode, 0x80 | length)
+    else:
+        header = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, length)
+    masked = bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+    return header + key + masked
+
+
+class Client:
+    def __init__(self, index: int, host: str, port: int, path: str) -> None:
+        self.index = index
+        self.sock = socket.create_connection((host, port))
+        key = base64.b64encode(os.urandom(16)).decode()
+        self.sock.sendall(
+            (
+                f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+                "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            ).encode()
+        )
+        response = b""
+        while b"\r\n\r\n" not in response:
+            chunk = self.sock.recv(4096)
+            if not chunk:
+                raise ConnectionError("closed during the handshake")
+            response += chunk
+        head, _, self.buffer = response.partition(b"\r\n\r\n")
+        if not head.startswith(b"HTTP/1.1 101"):
+            raise ConnectionError(head.decode(errors="replace"))
+        self.buffer = bytearray(self.buffer)
+        self.next_seq = 0
+        self.errors: list[str] = []
+        self.close_code: int | None = None
+        self.pongs = 0
+        self.pings_sent = 0
+        self.subscribed = False
+
+    def send_text(self, obj: dict) -> None:
+        self.sock.sendall(_mask(0x1, json.dumps(obj).encode()))
+
+    def feed(self, data: bytes) -> None:
+        buffer = self.buffer
+        buffer += data
+        pos = 0
+        end = len(buffer)
+        while end - pos >= 2:
+            opcode = buffer[pos] & 0x0F
+            length = buffer[pos + 1] & 0x7F
+            header = 2
+            if length == 126:
+                if end - pos < 4:
+                    break
+                (length,) = struct.unpack_from("!H", buffer, pos + 2)
+                header = 4
+            elif length == 127:
+                if end - pos < 10:
+                    break
+                (length,) = struct.unpack_from("!Q", buffer, pos + 2)
+                header = 10
+            if end - pos < header + length:
+                break
+            payload = bytes(buffer[pos + header : pos + header + length])
+            pos += header + length
+            self.handle(opcode, payload)
+        del buffer[:pos]
+
+    def handle(self, opcode: int, payload: bytes) -> None:
+        if opcode == 0x1:
+            if payload.startswith(b'{"type":"event"'):
+                match = _SEQ.search(payload)
+                seq = int(match.group(1)) if match else -1
+                if seq != self.next_seq:
+                    self.errors.append(f"expected seq {self.next_seq}, got {seq}")
+                self.next_seq = seq + 1
+            elif b'"pong"' in payload:
+                self.pongs += 1
+            elif b'"subscribed"' in payload:
+                self.subscribed = True
+            elif b'"error"' in payload:
+                self.errors.append(payload.decode(errors="replace"))
+        elif opcode == 0x9:
+            self.sock.sendall(_mask(0xA, payload))
+        elif opcode == 0x8:
+            self.close_code = struct.unpack("!H", payload[:2])[0] if payload else 1005
+
+
+def main() -> None:
+    url, count, channel = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    parts = urllib.parse.urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    clients = [Client(i, host, port, parts.path) for i in range(count)]
+    selector = selectors.DefaultSelector()
+    for client in clients:
+        client.sock.setblocking(False)
+        selector.register(client.sock, selectors.EVENT_READ, client)
+        client.send_text({"type": "subscribe", "channel": channel, "id": "s"})
+    selector.register(sys.stdin, selectors.EVENT_READ, None)
+
+    expected: int | None = None
+    deadline = time.monotonic() + 60
+    next_ping = time.monotonic() + PING_EVERY
+    ready = False
+    while True:
+        now = time.monotonic()
+        if not ready and all(c.subscribed for c in clients):
+            ready = True
+            print("READY", flush=True)
+        if now >= next_ping:
+            next_ping = now + PING_EVERY
+            for client in clients:
+                if client.close_code is None:
+                    client.pings_sent += 1
+                    client.send_text({"type": "ping", "id": client.pings_sent})
+        if expected is not None and (
+            all(c.next_seq >= expected or c.close_code is not None for c in clients)
+            or now > deadline
+        ):
+            break
+        for key, _ in selector.select(timeout=0.5):
+            client = key.data
+            if client is None:
+                line = sys.stdin.readline()
+                if line.startswith("EXPECT"):
+                    expected = int(line.split()[1])
+                    deadline = time.monotonic() + 60
+                selector.unregister(sys.stdin)
+                continue
+            try:
+                data = client.sock.recv(65536)
+            except BlockingIOError:
+                continue
+            except OSError as exc:
+                client.errors.append(f"recv: {exc}")
+                data = b""
+            if not data:
+                if client.close_code is None:
+                    client.close_code = 1006
+                selector.unregister(client.sock)
+                continue
+            client.feed(data)
+    print(
+        json.dumps(
+            {
+                "received": [c.next_seq for c in clients],
+                "closed": [c.close_code for c in clients if c.close_code is not None],
+                "errors": [e for c in clients for e in c.errors][:20],
+                "pongs": sum(c.pongs for c in clients),
+                "pings": sum(c.pings_sent for c in clients),
+            }
+        ),
+        flush=True,
+    )
+
+
+if __name__ == "__main__":
+    main()

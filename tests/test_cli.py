@@ -1,0 +1,110 @@
+"""``flask realtime serve``: the CLI server."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+from tests.conftest import LiveServerFactory
+from tests.servers import ROOT, child_environment, free_port
+from tests.wsclient import connect
+
+
+def test_serve_patches_before_the_app_is_imported(
+    live_server: LiveServerFactory,
+) -> None:
+    server = live_server("cli", app="tests.apps.with_ssl:app")
+    with connect(server.ws_url) as client:
+        assert client.ping()["type"] == "pong"
+    log = server.log()
+    assert "flask_realtime serving" in log
+    assert "MonkeyPatchWarning" not in log
+
+
+def test_serve_with_one_transport(tmp_path: Path) -> None:
+    port = free_port()
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "flask",
+                "--app",
+                "tests.apps.basic:app",
+                "realtime",
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--transport",
+                "websocket",
+            ],
+            cwd=ROOT,
+            env=child_environment(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                health = requests.get(
+                    f"http://127.0.0.1:{port}/realtime/health", timeout=1
+                )
+                break
+            except requests.ConnectionError:
+                assert process.poll() is None, log.read_text()
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.1)  # polling for the server to listen
+        assert health.json()["transports"] == ["websocket"]
+        assert "transports: websocket;" in log.read_text()
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def test_serve_refuses_an_unknown_transport() -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "flask",
+            "--app",
+            "tests.apps.basic:app",
+            "realtime",
+            "serve",
+            "--transport",
+            "carrier-pigeon",
+        ],
+        cwd=ROOT,
+        env=child_environment(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode != 0
+    assert "carrier-pigeon" in result.stderr
+
+
+def test_serve_without_realtime_says_so(tmp_path: Path) -> None:
+    (tmp_path / "plain.py").write_text(
+        "from flask import Flask\napp = Flask(__name__)\n"
+    )
+    env = child_environment()
+    env["PYTHONPATH"] = f"{tmp_path}:{env.get('PYTHONPATH', '')}"
+    result = subprocess.run(
+        [sys.executable, "-m", "flask", "--app", "plain:app", "realtime", "serve"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode != 0
+    assert "Realtime(app)" in result.stderr
