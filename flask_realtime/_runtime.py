@@ -54,3 +54,12 @@ def real_lock() -> t.Any:
     import _thread
 
     return _thread.allocate_lock()
+
+
+def event() -> t.Any:
+    """An Event for the current world: gevent's or threading's."""
+    if gevent_active():
+        import gevent.event
+
+        return gevent.event.Event()
+    return threading.Event()

@@ -44,6 +44,7 @@ class Settings:
     port: int
     heartbeat: float
     longpoll_timeout: float
+    longpoll_expiry: float
     max_message_size: int
     max_subscriptions: int
     max_queue_messages: int
@@ -71,6 +72,7 @@ DEFAULTS: dict[str, t.Any] = {
     "REALTIME_PORT": 6001,
     "REALTIME_HEARTBEAT": 25,
     "REALTIME_LONGPOLL_TIMEOUT": 30,
+    "REALTIME_LONGPOLL_EXPIRY": 60,
     "REALTIME_MAX_MESSAGE_SIZE": 64 * 1024,
     "REALTIME_MAX_SUBSCRIPTIONS": 100,
     "REALTIME_MAX_QUEUE_MESSAGES": 10_000,
@@ -286,6 +288,9 @@ def load(config: t.Mapping[str, t.Any]) -> Settings:
         heartbeat=_number(config, "REALTIME_HEARTBEAT", minimum=0.05, integer=False),
         longpoll_timeout=_number(
             config, "REALTIME_LONGPOLL_TIMEOUT", minimum=0, integer=False
+        ),
+        longpoll_expiry=_number(
+            config, "REALTIME_LONGPOLL_EXPIRY", minimum=0.1, integer=False
         ),
         max_message_size=_number(config, "REALTIME_MAX_MESSAGE_SIZE", minimum=64),
         max_subscriptions=_number(config, "REALTIME_MAX_SUBSCRIPTIONS", minimum=1),

@@ -3,16 +3,30 @@
 from __future__ import annotations
 
 import copy
+import os
 import typing as t
 import weakref
 
-from flask import Blueprint, Flask, current_app, has_app_context, jsonify
+from flask import (
+    Blueprint,
+    Flask,
+    current_app,
+    has_app_context,
+    jsonify,
+    send_from_directory,
+)
 
 from . import channels as _channels
 from . import config as _config
 from .node import Node
 from .testing import Recorder, TestClient
+from .transports import longpoll as _longpoll
+from .transports import send as _send
+from .transports import sse as _sse
 from .transports import websocket as _websocket
+from .transports._http import json_error as _json_error
+
+_STATIC = os.path.join(os.path.dirname(__file__), "static")
 
 F = t.TypeVar("F", bound=t.Callable[..., t.Any])
 
@@ -138,6 +152,40 @@ class Realtime:
             )
             response.status_code = 400
             return response
+
+        @bp.route(settings.sse_path, endpoint="sse")
+        def sse_endpoint() -> t.Any:
+            return _sse.sse_view(self.node, self._authenticate)
+
+        @bp.route(settings.longpoll_path, endpoint="poll")
+        def poll_endpoint() -> t.Any:
+            return _longpoll.poll_view(self.node, self._authenticate)
+
+        @bp.route("/send", methods=["POST", "OPTIONS"], endpoint="send")
+        def send_endpoint() -> t.Any:
+            return _send.send_view(self.node)
+
+        @bp.route("/client.js", endpoint="client_js")
+        def client_js() -> t.Any:
+            return send_from_directory(
+                _STATIC, "client.js", mimetype="application/javascript", max_age=300
+            )
+
+        @bp.route("/client.mjs", endpoint="client_mjs")
+        def client_mjs() -> t.Any:
+            return send_from_directory(
+                _STATIC, "client.mjs", mimetype="application/javascript", max_age=300
+            )
+
+        @bp.route("/client.d.ts", endpoint="client_dts")
+        def client_dts() -> t.Any:
+            return send_from_directory(
+                _STATIC, "client.d.ts", mimetype="application/typescript", max_age=300
+            )
+
+        @bp.errorhandler(405)
+        def wrong_method(error: t.Any) -> t.Any:
+            return _json_error(405, "method not allowed")
 
         @bp.route("/health")
         def health() -> t.Any:

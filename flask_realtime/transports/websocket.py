@@ -27,7 +27,7 @@ import time
 import typing as t
 from collections import deque
 
-from flask import Response, jsonify, request
+from flask import Response, request
 
 from .. import protocol
 from .._runtime import gevent_active
@@ -46,6 +46,7 @@ from .._ws_frames import (
     parse_close,
 )
 from ..connection import Connection, Outbound
+from ._http import Refused, identify, json_error, origin_allowed
 
 if t.TYPE_CHECKING:
     from ..node import Node
@@ -125,32 +126,6 @@ class _NoThread:
         pass
 
 
-def _json_error(status: int, message: str) -> Response:
-    response = jsonify(error={"code": status, "message": message})
-    response.status_code = status
-    return response
-
-
-def origin_allowed(origin: str | None, allowed: tuple[str, ...]) -> bool:
-    """Same origin always; others only when listed (``"*"`` allows any).
-
-    A request without ``Origin`` is not from a browser page and cannot be a
-    cross-site attack, so it passes.
-    """
-    if not origin:
-        return True
-    origin = origin.rstrip("/")
-    if "*" in allowed or origin in allowed:
-        return True
-    return (
-        origin
-        == request.host_url.rstrip("/").replace(
-            "http://", "ws://" if origin.startswith("ws") else "http://"
-        )
-        or origin == f"{request.scheme}://{request.host}"
-    )
-
-
 class _Finished(Response):
     """The response a WebSocket view returns once it gave its socket away.
 
@@ -172,22 +147,22 @@ class _Finished(Response):
 def websocket_view(node: Node, authenticate: t.Callable[..., t.Any] | None) -> Response:
     settings = node.settings
     if "websocket" not in settings.transports:
-        return _json_error(404, "the websocket transport is disabled")
+        return json_error(404, "the websocket transport is disabled")
     environ = request.environ
     upgraded = environ.get("wsgi.websocket")  # gevent-websocket without our hook
     if upgraded is None:
         if request.headers.get("Upgrade", "").lower() != "websocket":
-            return _json_error(400, "expected a WebSocket upgrade request")
+            return json_error(400, "expected a WebSocket upgrade request")
         key = request.headers.get("Sec-WebSocket-Key", "").strip()
         if not valid_key(key):
-            return _json_error(400, "invalid Sec-WebSocket-Key")
+            return json_error(400, "invalid Sec-WebSocket-Key")
         if request.headers.get("Sec-WebSocket-Version") != "13":
-            response = _json_error(426, "only WebSocket version 13 is supported")
+            response = json_error(426, "only WebSocket version 13 is supported")
             response.headers["Sec-WebSocket-Version"] = "13"
             return response
     origin_ok = origin_allowed(request.headers.get("Origin"), settings.allowed_origins)
     if not origin_ok and upgraded is None:
-        return _json_error(403, "origin not allowed")
+        return json_error(403, "origin not allowed")
 
     refusal: tuple[int, str] | None = None
     user_id = user_info = None
@@ -196,7 +171,7 @@ def websocket_view(node: Node, authenticate: t.Callable[..., t.Any] | None) -> R
     else:
         try:
             user_id, user_info = identify(authenticate)
-        except _Refused:
+        except Refused:
             refusal = (protocol.CLOSE_AUTH_FAILED, "authentication failed")
 
     # -- the handshake --------------------------------------------------------
@@ -205,7 +180,7 @@ def websocket_view(node: Node, authenticate: t.Callable[..., t.Any] | None) -> R
         try:
             sock = accept()
         except _HandshakeRefused:
-            return _json_error(400, "WebSocket handshake refused")
+            return json_error(400, "WebSocket handshake refused")
         mode = "gevent"
     elif upgraded is not None:
         sock = upgraded.handler.socket
@@ -236,36 +211,6 @@ def websocket_view(node: Node, authenticate: t.Callable[..., t.Any] | None) -> R
     session.start(user_id, user_info)
     session.run()
     return _Finished(mode)
-
-
-class _Refused(Exception):
-    pass
-
-
-def identify(authenticate: t.Callable[..., t.Any] | None) -> tuple[t.Any, t.Any]:
-    """Run the app's ``@realtime.authenticate`` callback on this request."""
-    if authenticate is None:
-        return None, None
-    try:
-        result = authenticate(request)
-    except Exception:
-        logger.warning(
-            "flask_realtime: authenticate raised; connection refused", exc_info=True
-        )
-        raise _Refused() from None
-    if result is False:
-        raise _Refused()
-    if isinstance(result, tuple):
-        if len(result) != 2:
-            raise TypeError(
-                "authenticate must return None, a user id or (user_id, user_info)"
-            )
-        user_id, user_info = result
-    else:
-        user_id, user_info = result, None
-    if user_id is None:
-        return None, None
-    return user_id, user_info
 
 
 # -- sessions ------------------------------------------------------------------

@@ -1,0 +1,81 @@
+"""What every endpoint does with its request: origins, identity, errors, CORS."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import typing as t
+
+from flask import Response, jsonify, request
+
+logger = logging.getLogger("flask_realtime")
+
+
+class Refused(Exception):
+    """The app's ``authenticate`` callback refused the request."""
+
+
+def json_error(status: int, message: str) -> Response:
+    response = jsonify(error={"code": status, "message": message})
+    response.status_code = status
+    return response
+
+
+def origin_allowed(origin: str | None, allowed: tuple[str, ...]) -> bool:
+    """Same origin always; others only when listed (``"*"`` allows any).
+
+    A request without ``Origin`` does not come from a page of another site
+    (browsers send it on every cross-origin request), so it passes.
+    """
+    if not origin:
+        return True
+    origin = origin.rstrip("/")
+    if "*" in allowed or origin in allowed:
+        return True
+    return origin in (
+        f"{request.scheme}://{request.host}",
+        request.host_url.rstrip("/"),
+    )
+
+
+def cors(response: Response, allowed: tuple[str, ...]) -> Response:
+    """Let allowed foreign origins read the answer (cookies included)."""
+    origin = request.headers.get("Origin")
+    if origin and ("*" in allowed or origin.rstrip("/") in allowed):
+        response.headers["Access-Control-Allow-Origin"] = origin
+        response.headers["Access-Control-Allow-Credentials"] = "true"
+        response.headers["Vary"] = "Origin"
+    return response
+
+
+def identify(authenticate: t.Callable[..., t.Any] | None) -> tuple[t.Any, t.Any]:
+    """Run the app's ``@realtime.authenticate`` callback on this request."""
+    if authenticate is None:
+        return None, None
+    try:
+        result = authenticate(request)
+    except Exception:
+        logger.warning(
+            "flask_realtime: authenticate raised; connection refused", exc_info=True
+        )
+        raise Refused() from None
+    if result is False:
+        raise Refused()
+    if isinstance(result, tuple):
+        if len(result) != 2:
+            raise TypeError(
+                "authenticate must return None, a user id or (user_id, user_info)"
+            )
+        user_id, user_info = result
+    else:
+        user_id, user_info = result, None
+    if user_id is None:
+        return None, None
+    return user_id, user_info
+
+
+def same_secret(given: t.Any, expected: str | None) -> bool:
+    """Constant-time comparison, so timing tells nothing about the token."""
+    if not isinstance(given, str) or expected is None:
+        return False
+    return hmac.compare_digest(given.encode(), expected.encode())

@@ -1,0 +1,63 @@
+"""``POST /send``: client messages of SSE and long-poll connections."""
+
+from __future__ import annotations
+
+import json
+import typing as t
+
+from flask import Response, request
+
+from .. import protocol
+from ._http import cors, json_error, origin_allowed, same_secret
+
+if t.TYPE_CHECKING:
+    from ..node import Node
+
+# Room for the wrapper around the message itself.
+_ENVELOPE_ALLOWANCE = 1024
+
+
+def send_view(node: Node) -> Response:
+    settings = node.settings
+    allowed = settings.allowed_origins
+    if not origin_allowed(request.headers.get("Origin"), allowed):
+        return json_error(403, "origin not allowed")
+    if request.method == "OPTIONS":
+        response = cors(Response(status=204), allowed)
+        response.headers["Access-Control-Allow-Methods"] = "POST"
+        response.headers["Access-Control-Allow-Headers"] = "Content-Type"
+        return response
+    return cors(_send(node), allowed)
+
+
+def _send(node: Node) -> Response:
+    limit = node.settings.max_message_size
+    length = request.content_length
+    if length is not None and length > limit + _ENVELOPE_ALLOWANCE:
+        return json_error(413, f"message too large (limit {limit} bytes)")
+    raw = request.stream.read(limit + _ENVELOPE_ALLOWANCE + 1)
+    if len(raw) > limit + _ENVELOPE_ALLOWANCE:
+        return json_error(413, f"message too large (limit {limit} bytes)")
+    try:
+        body = json.loads(raw)
+    except (ValueError, RecursionError):
+        return json_error(400, "the body must be JSON")
+    if not isinstance(body, dict):
+        return json_error(400, "the body must be a JSON object")
+    connection_id = body.get("connection_id")
+    message = body.get("message")
+    if not isinstance(connection_id, str):
+        return json_error(400, "missing or non-string 'connection_id'")
+    if not isinstance(message, dict):
+        return json_error(400, "'message' must be a JSON object")
+    conn = node.hub.connections.get(connection_id)
+    if conn is None or conn.transport not in ("sse", "longpolling"):
+        return json_error(404, "unknown or expired connection; open a new one")
+    if not same_secret(body.get("token"), conn.token):
+        return json_error(403, "wrong or missing token")
+    text = protocol.encode(message)
+    if len(text) > limit:
+        return json_error(413, f"message too large (limit {limit} bytes)")
+    refusal = node.admit(conn, text)
+    reply = refusal if refusal is not None else node.receive(conn, text)
+    return Response(b"[" + (reply or b"") + b"]", mimetype="application/json")
