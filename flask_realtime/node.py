@@ -221,8 +221,10 @@ class Node:
         user_info: t.Any = None,
         *,
         with_token: bool = False,
+        welcome: bool = True,
     ) -> Connection:
-        """Register a new client connection and send it ``connected``."""
+        """Register a new client connection and send it ``connected``
+        (``welcome=False``: the transport sends :meth:`welcome` itself)."""
         self.ensure_started()
         conn = Connection(
             f"{self.id}.{secrets.token_urlsafe(12)}",
@@ -237,8 +239,13 @@ class Node:
             conn.rate = RateLimiter(self.settings.messages_per_minute)
         if self.hub.add(conn):
             self.broker.subscribe(_USER + conn.user_key)  # type: ignore[operator]
-        conn.push_json(protocol.connected(conn.id, self.settings.heartbeat, conn.token))
+        if welcome:
+            conn.push_json(self.welcome(conn))
         return conn
+
+    def welcome(self, conn: Connection) -> bytes:
+        """The ``connected`` message, the first on every connection."""
+        return protocol.connected(conn.id, self.settings.heartbeat, conn.token)
 
     def disconnect(self, conn: Connection) -> None:
         """Forget a connection that went away: subscriptions, presence, user."""

@@ -15,7 +15,7 @@ import websocket
 
 from tests import servers
 from tests.conftest import LiveServerFactory
-from tests.wsclient import Client, connect
+from tests.wsclient import Client, ConnectionClosed, connect
 
 
 def _env(**config: t.Any) -> dict[str, str]:
@@ -169,3 +169,31 @@ def test_sigterm_closes_connections_with_4200(
         assert client.expect_close(timeout=10) == 4200
         client.close()
     server.process.wait(timeout=10)
+
+
+@pytest.mark.parametrize("kind", ["geventwebsocket", "gevent", "cli"])
+def test_newcomers_during_shutdown_are_sent_on_with_4200(
+    live_server: LiveServerFactory, kind: str
+) -> None:
+    server = live_server(kind)
+    holder = connect(server.ws_url)  # keeps the node busy shutting down
+    server.signal(signal.SIGTERM)
+    assert holder.expect_close(timeout=10) == 4200
+    holder.close()
+    # Until the worker stops listening, every newcomer is refused or told to
+    # go elsewhere; none is welcomed and then dropped.
+    deadline = time.monotonic() + 1.5
+    outcomes = set()
+    while time.monotonic() < deadline and server.process.poll() is None:
+        try:
+            client = connect(server.ws_url, timeout=2)
+        except ConnectionClosed as closed:
+            outcomes.add(closed.code)
+            continue
+        except (ConnectionRefusedError, websocket.WebSocketException, OSError):
+            outcomes.add("refused")
+            continue
+        code = client.expect_close(timeout=5)
+        client.close()
+        outcomes.add(f"welcomed, then {code}")
+    assert outcomes <= {4200, "refused"}, outcomes

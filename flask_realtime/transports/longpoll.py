@@ -50,6 +50,8 @@ def poll_view(node: Node, authenticate: t.Callable[..., t.Any] | None) -> Respon
         return json_error(403, "origin not allowed")
     connection_id = request.args.get("connection_id")
     if connection_id is None:
+        if node.shutting_down:
+            return json_error(503, "server shutting down; connect again")
         return cors(_open(node, authenticate), allowed)
     return cors(_poll(node, connection_id), allowed)
 

@@ -25,6 +25,8 @@ def sse_view(node: Node, authenticate: t.Callable[..., t.Any] | None) -> Respons
         return json_error(404, "the sse transport is disabled")
     if not origin_allowed(request.headers.get("Origin"), settings.allowed_origins):
         return json_error(403, "origin not allowed")
+    if node.shutting_down:
+        return json_error(503, "server shutting down; connect again")
     try:
         user_id, user_info = identify(authenticate)
     except Refused:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import logging
 import os
 import socket
@@ -95,14 +96,19 @@ def defer_upgrades(prefix: str) -> None:
                 return [b"invalid Sec-WebSocket-Key"]
             return original_upgrade(handler)
 
-        def accept() -> t.Any:
-            result = handler.upgrade_connection()
-            ws = environ.get("wsgi.websocket")
-            if ws is None:
-                raise _HandshakeRefused(result)
-            handler.write(b"")  # sends the 101 headers now
-            ws.closed = True  # it must never write to the socket we take over
-            environ["wsgi.websocket"] = None
+        def accept(first_frame: bytes) -> t.Any:
+            # The view has checked the request. The 101 and the first frame
+            # leave in one write, and gevent-websocket's WebSocket object,
+            # which would go unused, is never built.
+            key = environ["HTTP_SEC_WEBSOCKET_KEY"].strip()
+            handler.socket.sendall(_switching_protocols(key) + first_frame)
+            # What pywsgi reads after the view returns: a 101 already sent,
+            # a connection not to be reused.
+            handler.status = b"101 Switching Protocols"
+            handler._orig_status = "101 Switching Protocols"
+            handler.code = 101
+            handler.headers_sent = True
+            handler.close_connection = True
             return handler.socket
 
         environ[_ACCEPT_KEY] = accept
@@ -112,8 +118,15 @@ def defer_upgrades(prefix: str) -> None:
     WebSocketHandler._realtime_hooked = True  # type: ignore[attr-defined]
 
 
-class _HandshakeRefused(Exception):
-    pass
+_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+def _switching_protocols(key: str) -> bytes:
+    accept = base64.b64encode(hashlib.sha1(key.encode("ascii") + _GUID).digest())
+    return (
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+        b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n"
+    )
 
 
 class _NoThread:
@@ -168,6 +181,9 @@ def websocket_view(node: Node, authenticate: t.Callable[..., t.Any] | None) -> R
     user_id = user_info = None
     if not origin_ok:
         refusal = (protocol.CLOSE_ORIGIN_NOT_ALLOWED, "origin not allowed")
+    elif node.shutting_down:
+        # Until the server stops listening, newcomers are sent on at once.
+        refusal = (protocol.CLOSE_SHUTDOWN, "server shutting down")
     else:
         try:
             user_id, user_info = identify(authenticate)
@@ -176,15 +192,24 @@ def websocket_view(node: Node, authenticate: t.Callable[..., t.Any] | None) -> R
 
     # -- the handshake --------------------------------------------------------
     accept = environ.pop(_ACCEPT_KEY, None)
-    if accept is not None:
+    if accept is not None and refusal is None and gevent_active():
+        # gevent-websocket's worker: the fast path, one write for the 101 and
+        # the welcome.
+        session = _GeventSession(node)
+        welcome = session.open(user_id, user_info)
         try:
-            sock = accept()
-        except _HandshakeRefused:
-            return json_error(400, "WebSocket handshake refused")
+            sock = accept(build_frame(OP_TEXT, welcome))
+        except OSError:
+            session.abandon()
+            return _Finished("gevent")
+        session.attach(_take_over(sock))
+        return _Finished("gevent")
+    if accept is not None:
+        sock = accept(b"")
         mode = "gevent"
     elif upgraded is not None:
         sock = upgraded.handler.socket
-        upgraded.closed = True
+        upgraded.closed = True  # it must never write to the socket we take
         environ["wsgi.websocket"] = None
         mode = "gevent"
     else:
@@ -203,14 +228,24 @@ def websocket_view(node: Node, authenticate: t.Callable[..., t.Any] | None) -> R
         return _Finished(mode)
 
     if gevent_active():
-        fd = os.dup(sock.fileno())
-        session: _Session = _GeventSession(node, socket.socket(fileno=fd))
-        session.start(user_id, user_info)
+        session = _GeventSession(node)
+        welcome = session.open(user_id, user_info)
+        session.push_frame(build_frame(OP_TEXT, welcome))
+        session.attach(_take_over(sock))
         return _Finished(mode)
-    session = _ThreadedSession(node, sock)
-    session.start(user_id, user_info)
-    session.run()
+    threaded = _ThreadedSession(node, sock)
+    threaded.start(user_id, user_info)
+    threaded.run()
     return _Finished(mode)
+
+
+def _take_over(sock: t.Any) -> socket.socket:
+    """The connection's socket, out of the server's hands.
+
+    ``detach`` leaves the descriptor open when the server closes its socket
+    object at the end of the request; the new object is ours alone.
+    """
+    return socket.socket(fileno=sock.detach())
 
 
 # -- sessions ------------------------------------------------------------------
@@ -355,13 +390,14 @@ def _flusher() -> _Flusher:
 class _GeventSession(_Session):
     """A detached socket: a read watcher, a queue, a writer only when blocked."""
 
-    def __init__(self, node: Node, sock: socket.socket) -> None:
+    def __init__(self, node: Node) -> None:
         super().__init__(node)
         import gevent
 
         self._gevent = gevent
-        self.sock = sock
-        self.raw = sock._sock  # type: ignore[attr-defined]
+        self.sock: t.Any = None
+        self.raw: t.Any = None
+        self.watcher: t.Any = None
         self.queue: deque[bytes] = deque()  # whole frames not yet written
         self.queued_bytes = 0
         self.head = b""  # the partly written rest of a write, goes first
@@ -372,13 +408,32 @@ class _GeventSession(_Session):
         self.inbox: deque[bytes] = deque()
         self.worker: t.Any = None
         self.flusher = _flusher()
-        self.watcher = gevent.get_hub().loop.io(sock.fileno(), 1)
         self.draining = False
         self.finished = False
 
-    def start(self, user_id: t.Any, user_info: t.Any) -> None:
-        super().start(user_id, user_info)
+    def open(self, user_id: t.Any, user_info: t.Any) -> bytes:
+        """Register the connection; returns its ``connected`` message, which
+        the caller writes (with the handshake, when it can)."""
+        self.conn = self.node.open("websocket", self, user_id, user_info, welcome=False)
+        return self.node.welcome(self.conn)
+
+    def attach(self, sock: socket.socket) -> None:
+        """Start reading and writing on the socket, now that it is ours."""
+        self.sock = sock
+        self.raw = sock._sock  # type: ignore[attr-defined]
+        self.watcher = self._gevent.get_hub().loop.io(sock.fileno(), 1)
         self.watcher.start(self._readable)
+        if self.closing:
+            self.flush()
+        elif self.queue and not self.scheduled:
+            self.scheduled = True
+            self.flusher.add(self, self.queued_bytes)
+
+    def abandon(self) -> None:
+        """The handshake failed: the connection never existed."""
+        self.closing = self.finished = True
+        if not self.conn.closed:
+            self.node.disconnect(self.conn)
 
     # writing ---------------------------------------------------------------
 
@@ -434,8 +489,8 @@ class _GeventSession(_Session):
 
     def flush(self) -> None:
         self.scheduled = False
-        if self.blocked or self.finished or not self.queue:
-            return
+        if self.blocked or self.finished or not self.queue or self.raw is None:
+            return  # (before attach, attach flushes)
         queue = self.queue
         data = queue[0] if len(queue) == 1 else b"".join(queue)
         queue.clear()
@@ -533,7 +588,7 @@ class _GeventSession(_Session):
         """The close frame is out: stop sending, read and drop until the peer
         closes too. Closing at once could reset the connection while the client
         still has unread frames, and it would never see our last message."""
-        if self.draining or self.finished:
+        if self.draining or self.finished or self.raw is None:
             return
         self.draining = True
         try:
@@ -548,16 +603,18 @@ class _GeventSession(_Session):
             return
         self.finished = True
         self._relieve()
-        self.watcher.stop()
+        if self.watcher is not None:
+            self.watcher.stop()
         if self.blocked:
             self.node.backlog_bytes -= len(self.head) + self.queued_bytes
         self.head = b""
         self.queue.clear()
         self.queued_bytes = 0
-        try:
-            self.sock.close()
-        except OSError:  # pragma: no cover
-            pass
+        if self.sock is not None:
+            try:
+                self.sock.close()
+            except OSError:  # pragma: no cover
+                pass
         if not self.conn.closed:
             self.node.disconnect(self.conn)
 

@@ -1,0 +1,41 @@
+"""flask_realtime target: the library under test, configured as documented."""
+
+from __future__ import annotations
+
+import typing as t
+
+from bench_common import dumps, spawn_publisher, stats
+from flask import Flask, request
+
+from flask_realtime import Realtime, broadcast
+
+app = Flask(__name__)
+app.config["REALTIME_ALLOWED_ORIGINS"] = ["*"]
+app.config["REALTIME_MAX_QUEUE_MESSAGES"] = 10000
+realtime = Realtime(app)
+
+
+def envelope(data: dict[str, t.Any]) -> str:
+    """The library's event envelope (compact JSON), for sizing the padding."""
+    return dumps({"type": "event", "channel": "bench", "event": "msg", "data": data})
+
+
+def publish(channel: str, data: dict[str, t.Any]) -> None:
+    """One channel broadcast through the public API.
+
+    No app context is pushed: with one app, ``broadcast`` finds its node
+    without one, and Flask-SocketIO's emit gets no context either.
+    """
+    broadcast(channel, "msg", data)
+
+
+@app.get("/bench/publish")
+def bench_publish() -> dict[str, t.Any]:
+    """Start a publishing greenlet and return at once."""
+    return spawn_publisher(request.query_string.decode(), envelope, publish)
+
+
+@app.get("/bench/stats")
+def bench_stats() -> dict[str, t.Any]:
+    """Worker pid."""
+    return stats()
