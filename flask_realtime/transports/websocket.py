@@ -26,6 +26,7 @@ import socket
 import threading
 import time
 import typing as t
+from _socket import socket as _c_socket
 from collections import deque
 
 from flask import Response, request
@@ -239,13 +240,18 @@ def websocket_view(node: Node, authenticate: t.Callable[..., t.Any] | None) -> R
     return _Finished(mode)
 
 
-def _take_over(sock: t.Any) -> socket.socket:
+def _take_over(sock: t.Any) -> t.Any:
     """The connection's socket, out of the server's hands.
 
     ``detach`` leaves the descriptor open when the server closes its socket
-    object at the end of the request; the new object is ours alone.
+    object at the end of the request. The session keeps a plain C socket
+    (gevent's wrapper would add two event watchers it never uses) and waits
+    on the event loop itself, only when the socket is full.
     """
-    return socket.socket(fileno=sock.detach())
+    family, kind, proto = sock.family, sock.type, sock.proto
+    raw = _c_socket(family, kind, proto, sock.detach())
+    raw.setblocking(False)
+    return raw
 
 
 # -- sessions ------------------------------------------------------------------
@@ -395,9 +401,9 @@ class _GeventSession(_Session):
         import gevent
 
         self._gevent = gevent
-        self.sock: t.Any = None
-        self.raw: t.Any = None
+        self.raw: t.Any = None  # a non-blocking C socket
         self.watcher: t.Any = None
+        self.write_watcher: t.Any = None  # only while the socket is full
         self.queue: deque[bytes] = deque()  # whole frames not yet written
         self.queued_bytes = 0
         self.head = b""  # the partly written rest of a write, goes first
@@ -417,11 +423,10 @@ class _GeventSession(_Session):
         self.conn = self.node.open("websocket", self, user_id, user_info, welcome=False)
         return self.node.welcome(self.conn)
 
-    def attach(self, sock: socket.socket) -> None:
+    def attach(self, raw: t.Any) -> None:
         """Start reading and writing on the socket, now that it is ours."""
-        self.sock = sock
-        self.raw = sock._sock  # type: ignore[attr-defined]
-        self.watcher = self._gevent.get_hub().loop.io(sock.fileno(), 1)
+        self.raw = raw
+        self.watcher = self._gevent.get_hub().loop.io(raw.fileno(), 1)
         self.watcher.start(self._readable)
         if self.closing:
             self.flush()
@@ -540,7 +545,7 @@ class _GeventSession(_Session):
         try:
             while (self.head or self.queue) and not self.finished:
                 data = self._next_batch()
-                self.sock.sendall(data)
+                self._send_all(data)
                 node.backlog_bytes -= len(data)
                 node.drained_bytes += len(data)
                 data = b""
@@ -560,6 +565,22 @@ class _GeventSession(_Session):
         self._relieve()
         if self.closing:
             self._half_close()
+
+    def _send_all(self, data: bytes) -> None:
+        """Send everything, waiting for the socket to drain when it is full."""
+        raw = self.raw
+        hub = self._gevent.get_hub()
+        view = memoryview(data)
+        while view:
+            try:
+                sent = raw.send(view)
+            except BlockingIOError:
+                sent = 0
+            view = view[sent:]
+            if view:
+                if self.write_watcher is None:
+                    self.write_watcher = hub.loop.io(raw.fileno(), 2)
+                hub.wait(self.write_watcher)  # raises if _finish cancels it
 
     def close(self, code: int, reason: str = "") -> None:
         if self.closing:
@@ -610,13 +631,25 @@ class _GeventSession(_Session):
         self.head = b""
         self.queue.clear()
         self.queued_bytes = 0
-        if self.sock is not None:
-            try:
-                self.sock.close()
-            except OSError:  # pragma: no cover
-                pass
+        if self.write_watcher is not None:
+            # A writer waiting on this socket is woken with an error first;
+            # the descriptor is closed after that, never under a live watcher
+            # (loop callbacks run in order).
+            hub = self._gevent.get_hub()
+            hub.cancel_wait(self.write_watcher, OSError("connection closed"), True)
+            self.write_watcher = None
+            hub.loop.run_callback(self._close_socket)
+        else:
+            self._close_socket()
         if not self.conn.closed:
             self.node.disconnect(self.conn)
+
+    def _close_socket(self) -> None:
+        if self.raw is not None:
+            try:
+                self.raw.close()
+            except OSError:  # pragma: no cover
+                pass
 
     def _lost(self) -> None:
         """The peer went away without a close handshake."""
@@ -669,6 +702,7 @@ class _ThreadedSession(_Session):
         self.queued_bytes = 0
         self.cond = threading.Condition()
         self.reader_done = threading.Event()
+        self.sending = False  # the writer is inside sendall
         self.finished = False
 
     def push(self, message: Outbound) -> None:
@@ -680,7 +714,9 @@ class _ThreadedSession(_Session):
                 return
             self.queue.append(frame)
             self.queued_bytes += len(frame)
-            over = (
+            # Only a socket that is full makes a client slow; frames waiting
+            # for the writer thread to be scheduled do not.
+            over = self.sending and (
                 len(self.queue) > self.max_messages
                 or self.queued_bytes > self.max_bytes
             )
@@ -714,7 +750,11 @@ class _ThreadedSession(_Session):
                     self.queue.clear()
                     self.queued_bytes = 0
                     closing = self.closing
-                self.sock.sendall(data)
+                    self.sending = True
+                try:
+                    self.sock.sendall(data)
+                finally:
+                    self.sending = False
                 if closing:
                     break
             # Close frame sent: half-close, give the reader time to see the
