@@ -165,6 +165,10 @@ class Realtime:
         def send_endpoint() -> t.Any:
             return _send.send_view(self.node)
 
+        @bp.route("/close", methods=["POST"], endpoint="close")
+        def close_endpoint() -> t.Any:
+            return _send.close_view(self.node)
+
         @bp.route("/client.js", endpoint="client_js")
         def client_js() -> t.Any:
             return send_from_directory(

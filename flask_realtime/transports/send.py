@@ -61,3 +61,31 @@ def _send(node: Node) -> Response:
     refusal = node.admit(conn, text)
     reply = refusal if refusal is not None else node.receive(conn, text)
     return Response(b"[" + (reply or b"") + b"]", mimetype="application/json")
+
+
+def close_view(node: Node) -> Response:
+    """``POST /close``: an SSE or long-poll client says goodbye.
+
+    Over HTTP nothing else tells the server a page is gone: without it, the
+    others learn that someone left only when a write fails or a poll is
+    missed. Browsers send it with ``navigator.sendBeacon`` on ``pagehide``,
+    whose body arrives as ``text/plain``, hence no content-type check.
+    """
+    settings = node.settings
+    allowed = settings.allowed_origins
+    if not origin_allowed(request.headers.get("Origin"), allowed):
+        return json_error(403, "origin not allowed")
+    raw = request.stream.read(_ENVELOPE_ALLOWANCE + 1)
+    try:
+        body = json.loads(raw)
+    except (ValueError, RecursionError):
+        return json_error(400, "the body must be JSON")
+    if not isinstance(body, dict) or not isinstance(body.get("connection_id"), str):
+        return json_error(400, "the body must be {'connection_id': ..., 'token': ...}")
+    conn = node.hub.connections.get(body["connection_id"])
+    if conn is None or conn.transport not in ("sse", "longpolling"):
+        return json_error(404, "unknown or expired connection")
+    if not same_secret(body.get("token"), conn.token):
+        return json_error(403, "wrong or missing token")
+    conn.sink.close(protocol.CLOSE_NORMAL, "closed by the client")
+    return cors(Response(status=204), allowed)
