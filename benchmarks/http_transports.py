@@ -104,6 +104,8 @@ class Fleet:
         self.batch = 0.0
         self.responses = 0
         self.min_t = float("inf")
+        #: Publish times seen: one per broadcast that reached anyone.
+        self.sent_times: set[float] = set()
 
     # -- connections -------------------------------------------------------
 
@@ -227,6 +229,7 @@ class Fleet:
         self.latencies = array("d")
         self.first_arrival = self.last_arrival = 0.0
         self.min_t = float("inf")
+        self.sent_times = set()
 
     # -- to fill in ------------------------------------------------------------
 
@@ -249,6 +252,7 @@ class Fleet:
             sent = float(text[start:end])
             if sent < self.min_t:
                 self.min_t = sent
+            self.sent_times.add(sent)
             lat.append(arrived - sent)
             found += 1
             pos = text.find(T_MARK, end)
@@ -400,11 +404,19 @@ def publish(port: int, count: int, rate: float, size: int) -> None:
 def latency_summary(fleet: Fleet, expected: int) -> dict[str, t.Any]:
     lat = sorted(fleet.latencies)
     ms = [v * 1000 for v in lat]
+    published = len(fleet.sent_times)
     res: dict[str, t.Any] = {
         "received": fleet.received,
         "expected": expected,
-        "lost": expected - fleet.received,
+        "published_seen": published,
+        # Deliveries missing of the broadcasts someone got (publisher lag
+        # is not loss: see published_seen).
+        "lost": fleet.ready * published - fleet.received,
+        "not_received": expected - fleet.received,
     }
+    if published > 1:
+        times = sorted(fleet.sent_times)
+        res["publish_rate"] = round((published - 1) / (times[-1] - times[0]), 2)
     if ms:
         res.update(
             p50_ms=round(loadgen.percentile(ms, 50), 2),
@@ -467,16 +479,20 @@ def scenario_sse_steady(port: int, pid: int, args: argparse.Namespace) -> dict:
         count = int(args.sse_rate * args.duration)
         expected = n * count
         meter = loadgen.Meter(pid)
+        started = time.time()
         publish(port, count, args.sse_rate, args.size)
         fleet.run_until(
             lambda: fleet.received >= expected, idle=3, limit=args.duration + 30
         )
         res.update(meter.stop())
         res.update(latency_summary(fleet, expected))
+        # Over the real span: a publisher that falls behind takes longer.
+        took = max(fleet.last_arrival - started, args.duration)
         res["streams"] = n
         res["rate"] = args.sse_rate
         res["duration_s"] = args.duration
-        res["deliveries_per_s"] = round(fleet.received / args.duration)
+        res["span_s"] = round(took, 2)
+        res["deliveries_per_s"] = round(fleet.received / took)
         res["reasons"] = fleet.reasons
         return res
     finally:
@@ -500,6 +516,7 @@ def scenario_longpoll(port: int, pid: int, args: argparse.Namespace) -> dict:
         res.update(meter.stop())
         res.update(latency_summary(fleet, expected))
         took = max(fleet.last_arrival - started, args.duration)
+        res["span_s"] = round(took, 2)
         res["pollers"] = n
         res["rate"] = args.rate
         res["duration_s"] = args.duration
@@ -527,7 +544,10 @@ ROWS: dict[str, list[tuple[str, str, str]]] = {
         ("kb_per_conn", "server RSS per stream (KB)", "{:.1f}"),
         ("broadcasts", "broadcasts in the burst", "{:,}"),
         ("received", "deliveries received", "{:,}"),
-        ("lost", "lost deliveries", "{:,}"),
+        ("published_seen", "broadcasts that reached a client", "{:,}"),
+        ("publish_rate", "achieved publish rate (/s)", "{:,.1f}"),
+        ("lost", "lost deliveries (of those broadcasts)", "{:,}"),
+        ("not_received", "planned deliveries not received", "{:,}"),
         ("span_s", "first publish -> last receipt (s)", "{:.2f}"),
         ("deliveries_per_s", "deliveries/s", "{:,.0f}"),
         ("p50_ms", "latency p50 (ms)", "{:.1f}"),
@@ -541,9 +561,13 @@ ROWS: dict[str, list[tuple[str, str, str]]] = {
     "sse-steady": [
         ("streams", "SSE streams open", "{:,}"),
         ("rate", "broadcasts/s", "{:g}"),
-        ("duration_s", "seconds", "{:g}"),
+        ("duration_s", "seconds planned", "{:g}"),
+        ("span_s", "publish start -> last receipt (s)", "{:.2f}"),
         ("received", "deliveries received", "{:,}"),
-        ("lost", "lost deliveries", "{:,}"),
+        ("published_seen", "broadcasts that reached a client", "{:,}"),
+        ("publish_rate", "achieved publish rate (/s)", "{:,.1f}"),
+        ("lost", "lost deliveries (of those broadcasts)", "{:,}"),
+        ("not_received", "planned deliveries not received", "{:,}"),
         ("deliveries_per_s", "deliveries/s", "{:,.0f}"),
         ("p50_ms", "latency p50 (ms)", "{:.2f}"),
         ("p90_ms", "latency p90 (ms)", "{:.2f}"),
@@ -559,9 +583,13 @@ ROWS: dict[str, list[tuple[str, str, str]]] = {
         ("failed", "failed opens", "{:,}"),
         ("kb_per_conn", "server RSS per poller (KB)", "{:.1f}"),
         ("rate", "broadcasts/s", "{:g}"),
-        ("duration_s", "seconds", "{:g}"),
+        ("duration_s", "seconds planned", "{:g}"),
+        ("span_s", "publish start -> last receipt (s)", "{:.2f}"),
         ("received", "deliveries received", "{:,}"),
-        ("lost", "lost deliveries", "{:,}"),
+        ("published_seen", "broadcasts that reached a client", "{:,}"),
+        ("publish_rate", "achieved publish rate (/s)", "{:,.1f}"),
+        ("lost", "lost deliveries (of those broadcasts)", "{:,}"),
+        ("not_received", "planned deliveries not received", "{:,}"),
         ("deliveries_per_s", "deliveries/s", "{:,.0f}"),
         ("poll_answers_per_s", "poll answers/s", "{:,.0f}"),
         ("messages_per_answer", "messages per answer", "{:.2f}"),

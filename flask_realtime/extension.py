@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import os
 import typing as t
 import weakref
@@ -13,6 +14,7 @@ from flask import (
     current_app,
     has_app_context,
     jsonify,
+    request,
     send_from_directory,
 )
 
@@ -27,6 +29,7 @@ from .transports import websocket as _websocket
 from .transports._http import json_error as _json_error
 
 _STATIC = os.path.join(os.path.dirname(__file__), "static")
+_ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 F = t.TypeVar("F", bound=t.Callable[..., t.Any])
 
@@ -141,57 +144,67 @@ class Realtime:
     def _blueprint(self, settings: _config.Settings) -> Blueprint:
         bp = Blueprint("realtime", __name__, url_prefix=settings.url_prefix or None)
 
+        def route(
+            rule: str, methods: tuple[str, ...], **options: t.Any
+        ) -> t.Callable[[F], F]:
+            """A route that takes every method and answers the wrong ones
+            with a JSON 405: Flask never gives routing errors to a
+            blueprint's error handlers."""
+
+            def decorator(view: F) -> F:
+                allowed = {*methods, "HEAD"} if "GET" in methods else set(methods)
+
+                @functools.wraps(view)
+                def checked() -> t.Any:
+                    if request.method not in allowed:
+                        response = _json_error(405, "method not allowed")
+                        response.headers["Allow"] = ", ".join(sorted(allowed))
+                        return response
+                    return view()
+
+                bp.add_url_rule(
+                    rule, view_func=checked, methods=_ALL_METHODS, **options
+                )
+                return view
+
+            return decorator
+
         @bp.route(settings.websocket_path, websocket=True, endpoint="websocket")
         def websocket_endpoint() -> t.Any:
             return _websocket.websocket_view(self.node, self._authenticate)
 
-        @bp.route(settings.websocket_path, endpoint="websocket_http")
+        @route(settings.websocket_path, ("GET",), endpoint="websocket_http")
         def websocket_without_upgrade() -> t.Any:
-            response = jsonify(
-                error={"code": 400, "message": "expected a WebSocket upgrade request"}
-            )
-            response.status_code = 400
-            return response
+            return _json_error(400, "expected a WebSocket upgrade request")
 
-        @bp.route(settings.sse_path, endpoint="sse")
+        @route(settings.sse_path, ("GET",), endpoint="sse")
         def sse_endpoint() -> t.Any:
             return _sse.sse_view(self.node, self._authenticate)
 
-        @bp.route(settings.longpoll_path, endpoint="poll")
+        @route(settings.longpoll_path, ("GET",), endpoint="poll")
         def poll_endpoint() -> t.Any:
             return _longpoll.poll_view(self.node, self._authenticate)
 
-        @bp.route("/send", methods=["POST", "OPTIONS"], endpoint="send")
+        @route("/send", ("POST", "OPTIONS"), endpoint="send")
         def send_endpoint() -> t.Any:
             return _send.send_view(self.node)
 
-        @bp.route("/close", methods=["POST"], endpoint="close")
+        @route("/close", ("POST",), endpoint="close")
         def close_endpoint() -> t.Any:
             return _send.close_view(self.node)
 
-        @bp.route("/client.js", endpoint="client_js")
-        def client_js() -> t.Any:
-            return send_from_directory(
-                _STATIC, "client.js", mimetype="application/javascript", max_age=300
+        for name, mimetype in (
+            ("client.js", "application/javascript"),
+            ("client.mjs", "application/javascript"),
+            ("client.d.ts", "application/typescript"),
+        ):
+            route(f"/{name}", ("GET",), endpoint=name.replace(".", "_"))(
+                functools.partial(
+                    send_from_directory, _STATIC, name, mimetype=mimetype, max_age=300
+                )
             )
 
-        @bp.route("/client.mjs", endpoint="client_mjs")
-        def client_mjs() -> t.Any:
-            return send_from_directory(
-                _STATIC, "client.mjs", mimetype="application/javascript", max_age=300
-            )
-
-        @bp.route("/client.d.ts", endpoint="client_dts")
-        def client_dts() -> t.Any:
-            return send_from_directory(
-                _STATIC, "client.d.ts", mimetype="application/typescript", max_age=300
-            )
-
-        @bp.errorhandler(405)
-        def wrong_method(error: t.Any) -> t.Any:
-            return _json_error(405, "method not allowed")
-
-        @bp.route("/health")
+        @route("/health", ("GET",), endpoint="health")
         def health() -> t.Any:
             node = self.node
             return jsonify(

@@ -128,9 +128,9 @@ class Node:
             if self._started_pid == pid:
                 return
             self._started_pid = pid
-        self._ticker = spawn(
-            _tick_forever, weakref.ref(self), self.settings.heartbeat / 2
-        )
+        # Heartbeats and long-poll expiry both run from this one timer.
+        interval = min(self.settings.heartbeat, self.settings.longpoll_expiry) / 2
+        self._ticker = spawn(_tick_forever, weakref.ref(self), interval)
         if handle_sigterm:
             self._chain_sigterm()
         else:

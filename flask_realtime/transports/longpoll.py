@@ -28,8 +28,17 @@ class PollBox(Mailbox):
         self.expiry = settings.longpoll_expiry
 
     def tick(self, conn: Connection, now: float, heartbeat: float) -> None:
+        self.expire_if_stale(now)
+
+    def expire_if_stale(self, now: float) -> bool:
+        """Expire a connection nobody polled for ``expiry`` seconds.
+
+        Checked by the timer and on each use, so that a request arriving
+        between two ticks never finds a connection that should be gone.
+        """
         if not self.polling and now - self.last_poll > self.expiry:
             self.close(protocol.CLOSE_HEARTBEAT_TIMEOUT, "not polled")
+        return self.close_code is not None
 
 
 def _answer(items: list[tuple[int, bytes]], cursor: int, **extra: t.Any) -> Response:
@@ -74,6 +83,8 @@ def _poll(node: Node, connection_id: str) -> Response:
         return json_error(404, "unknown or expired connection; open a new one")
     if not same_secret(request.args.get("token"), conn.token):
         return json_error(403, "wrong or missing token")
+    if t.cast(PollBox, conn.sink).expire_if_stale(time.monotonic()):
+        return json_error(404, "the connection expired; open a new one")
     try:
         cursor = int(request.args.get("cursor", ""))
     except ValueError:

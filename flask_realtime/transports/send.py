@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import typing as t
 
 from flask import Response, request
@@ -55,6 +56,9 @@ def _send(node: Node) -> Response:
         return json_error(404, "unknown or expired connection; open a new one")
     if not same_secret(body.get("token"), conn.token):
         return json_error(403, "wrong or missing token")
+    expire = getattr(conn.sink, "expire_if_stale", None)
+    if expire is not None and expire(time.monotonic()):
+        return json_error(404, "the connection expired; open a new one")
     text = protocol.encode(message)
     if len(text) > limit:
         return json_error(413, f"message too large (limit {limit} bytes)")
