@@ -162,14 +162,20 @@ def main() -> None:
         if not ready and all(c.subscribed for c in clients):
             ready = True
             print("READY", flush=True)
-        if now >= next_ping:
+        if now >= next_ping and expected is None:
             next_ping = now + PING_EVERY
             for client in clients:
                 if client.close_code is None:
                     client.pings_sent += 1
                     client.send_text({"type": "ping", "id": client.pings_sent})
+        # Done when every open client has every message and every pong (no
+        # ping is sent once the count is known).
         if expected is not None and (
-            all(c.next_seq >= expected or c.close_code is not None for c in clients)
+            all(
+                c.close_code is not None
+                or (c.next_seq >= expected and c.pongs >= c.pings_sent)
+                for c in clients
+            )
             or now > deadline
         ):
             break
