@@ -34,6 +34,10 @@ if t.TYPE_CHECKING:
 
 logger = logging.getLogger("flask_realtime")
 
+# An SSE stream carries at least a comment this often (proxies close idle
+# streams), and half the heartbeat when that is shorter.
+KEEPALIVE = 10.0
+
 # Backpressure (see Node.wait_for_capacity).
 _STUCK_AFTER = 15.0
 _MAX_PUBLISH_WAIT = 30.0
@@ -102,6 +106,11 @@ class Node:
         self.shutting_down = False
         self._lock = real_lock()
         self._started_pid: int | None = None
+        # Heartbeats, SSE keepalives and long-poll expiry run from one timer;
+        # a quarter of the shortest period keeps each on time.
+        self.tick_interval = (
+            min(settings.heartbeat, settings.longpoll_expiry, KEEPALIVE * 2) / 4
+        )
         self._ticker: t.Any = None
         self.broker.subscribe(_NODE + self.id)
         self._chain_sigterm()
@@ -128,9 +137,7 @@ class Node:
             if self._started_pid == pid:
                 return
             self._started_pid = pid
-        # Heartbeats and long-poll expiry both run from this one timer.
-        interval = min(self.settings.heartbeat, self.settings.longpoll_expiry) / 2
-        self._ticker = spawn(_tick_forever, weakref.ref(self), interval)
+        self._ticker = spawn(_tick_forever, weakref.ref(self), self.tick_interval)
         if handle_sigterm:
             self._chain_sigterm()
         else:

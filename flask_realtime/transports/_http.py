@@ -79,3 +79,21 @@ def same_secret(given: t.Any, expected: str | None) -> bool:
     if not isinstance(given, str) or expected is None:
         return False
     return hmac.compare_digest(given.encode(), expected.encode())
+
+
+class Finished(Response):
+    """The response a WebSocket view returns once it gave its socket away.
+
+    Each server needs a different way to hear that nothing is left to send.
+    """
+
+    def __init__(self, mode: str) -> None:
+        super().__init__()
+        self._mode = mode
+
+    def __call__(self, environ: t.Any, start_response: t.Any) -> t.Any:
+        if self._mode == "gunicorn":
+            raise StopIteration()
+        if self._mode == "werkzeug":
+            return super().__call__(environ, start_response)
+        return []

@@ -7,16 +7,80 @@ import typing as t
 from flask import Response, request, stream_with_context
 
 from .. import protocol
-from ._http import Refused, cors, identify, json_error, origin_allowed
+from .._runtime import gevent_active
+from ..connection import Connection, Outbound
+from ..node import KEEPALIVE
+from ._http import Finished, Refused, cors, identify, json_error, origin_allowed
 from ._mailbox import Mailbox
+from ._socket_session import SocketSession, socket_taker, take_over
 
 if t.TYPE_CHECKING:
     from ..node import Node
 
-# A comment line at least this often: proxies keep the stream open, and a
-# client that went away is noticed when the write fails.
-_KEEPALIVE = 15.0
 _RETRY_MS = 2000
+
+
+class SSESession(SocketSession):
+    """An SSE stream on a socket of its own (under gevent).
+
+    Each connection numbers its events (the ``id:`` cursor); the JSON is the
+    broadcast's, encoded once. The read watcher notices a closed page at
+    once: the browser closes the connection, recv returns nothing.
+    """
+
+    transport = "sse"
+
+    def __init__(self, node: t.Any) -> None:
+        super().__init__(node)
+        self.seq = 0
+        self.seq_at_tick = 0
+        self.quiet_since = 0.0
+        self.keepalive = min(KEEPALIVE, node.settings.heartbeat / 2)
+
+    def encode(self, message: Outbound) -> bytes:
+        self.seq += 1
+        return b"id: %d\ndata: %b\n\n" % (self.seq, message.json)
+
+    def closing_bytes(self, code: int, reason: str) -> bytes:
+        return b": closed %d\n\n" % code
+
+    def tick(self, conn: Connection, now: float, heartbeat: float) -> None:
+        if self.seq != self.seq_at_tick:
+            self.seq_at_tick = self.seq
+            self.quiet_since = now
+        elif now - self.quiet_since >= self.keepalive:
+            self.quiet_since = now
+            self.push_frame(b": keepalive\n\n")
+
+
+def _head(allowed: tuple[str, ...]) -> bytes:
+    """The response head of a stream the session writes itself.
+
+    No length and no chunking: ``Connection: close`` ends the body with the
+    connection, which is what an event stream does.
+    """
+    head = (
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream; charset=utf-8\r\n"
+        b"Cache-Control: no-cache\r\nX-Accel-Buffering: no\r\nConnection: close\r\n"
+    )
+    origin = request.headers.get("Origin")
+    if origin and ("*" in allowed or origin.rstrip("/") in allowed):
+        head += (
+            b"Access-Control-Allow-Origin: " + origin.encode("latin-1") + b"\r\n"
+            b"Access-Control-Allow-Credentials: true\r\nVary: Origin\r\n"
+        )
+    return head + b"\r\n"
+
+
+def _subscribe_initial(node: t.Any, conn: Connection, names: list[str]) -> None:
+    """The channels of the query are subscribed like client subscribes; their
+    replies (and refusals, as error events) come first on the stream."""
+    for name in names:
+        message = protocol.encode({"type": "subscribe", "channel": name})
+        refusal = node.admit(conn, message)
+        reply = refusal or node.receive(conn, message)
+        if reply is not None:
+            conn.push_json(reply)
 
 
 def sse_view(node: Node, authenticate: t.Callable[..., t.Any] | None) -> Response:
@@ -33,18 +97,31 @@ def sse_view(node: Node, authenticate: t.Callable[..., t.Any] | None) -> Respons
         return cors(json_error(401, "authentication failed"), settings.allowed_origins)
     names = [n for n in request.args.get("channels", "").split(",") if n]
 
+    taker = socket_taker(request.environ) if gevent_active() else None
+    if taker is not None:
+        take, mode = taker
+        session = SSESession(node)
+        welcome = session.encode(
+            Outbound(session.open(user_id, user_info, with_token=True))
+        )
+        _subscribe_initial(node, session.conn, names)
+        try:
+            sock = take(
+                _head(settings.allowed_origins) + b"retry: %d\n\n" % _RETRY_MS + welcome
+            )
+        except OSError:
+            session.abandon()
+            return Finished(mode)
+        session.attach(take_over(sock))
+        return Finished(mode)
+
+    # Servers that cannot hand their socket over (flask run): a streamed
+    # response, one greenlet or thread per connection.
     box = Mailbox(node)
     conn = node.open("sse", box, user_id, user_info, with_token=True)
     box.conn = conn
-    # The channels of the query are subscribed like client subscribes; their
-    # replies (and refusals, as error events) come first on the stream.
-    for name in names:
-        message = protocol.encode({"type": "subscribe", "channel": name})
-        refusal = node.admit(conn, message)
-        reply = refusal or node.receive(conn, message)
-        if reply is not None:
-            conn.push_json(reply)
-    keepalive = min(_KEEPALIVE, settings.heartbeat / 2)
+    _subscribe_initial(node, conn, names)
+    keepalive = min(KEEPALIVE, settings.heartbeat / 2)
 
     def stream() -> t.Iterator[bytes]:
         try:
