@@ -41,10 +41,12 @@ export interface RealtimeOptions {
   /** The server's path prefix, `REALTIME_URL_PREFIX`. Default `"/realtime"`. */
   prefix?: string;
   /**
-   * Endpoint paths under the prefix. Default `{websocket: "/ws", sse: "/sse", longpolling:
-   * "/poll", send: "/send"}`.
+   * Endpoint paths under the prefix (`REALTIME_WEBSOCKET_PATH` …). Default `{websocket: "/ws",
+   * sse: "/sse", longpolling: "/poll", send: "/send", close: "/close"}`. SSE and long-poll
+   * connections say goodbye by `POST /close` (a beacon, also on `pagehide`), so that presence
+   * channels see them leave at once.
    */
-  paths?: Partial<Record<TransportName | "send", string>>;
+  paths?: Partial<Record<TransportName | "send" | "close", string>>;
   /** Transports to try, in order. Default `["websocket", "sse", "longpolling"]`. */
   transports?: TransportName[];
   /**

@@ -30,7 +30,7 @@
 
   const DEFAULTS = {
     prefix: "/realtime",
-    paths: { websocket: "/ws", sse: "/sse", longpolling: "/poll", send: "/send" },
+    paths: { websocket: "/ws", sse: "/sse", longpolling: "/poll", send: "/send", close: "/close" },
     transports: TRANSPORTS,
     params: {},
     headers: {},
@@ -243,12 +243,55 @@
     }
   }
 
-  class SSETransport {
-    constructor(client) {
+  /** What SSE and long-polling share: POST /send, failing, and saying goodbye. */
+  class HttpTransport {
+    constructor(client, name) {
       this.client = client;
-      this.name = "sse";
+      this.name = name;
       this.sender = new HttpSender(this);
       this.closed = false;
+    }
+
+    send(message) {
+      this.sender.send(message);
+    }
+
+    close() {
+      this.closed = true;
+      this._goodbye();
+    }
+
+    _fail(code, reason, immediate) {
+      if (this.closed) return;
+      this.close();
+      this.client._closed(this, code, reason, immediate);
+    }
+
+    /**
+     * Over HTTP nothing tells the server that we left (the other members of a
+     * presence channel would wait for a timeout): POST /close says it. A
+     * beacon, because it still goes out while the page unloads.
+     */
+    _goodbye() {
+      if (this.token === undefined) return;
+      const url = this.client._url("close");
+      const body = JSON.stringify({ connection_id: this.connectionId, token: this.token });
+      this.token = undefined; // once
+      if (typeof navigator !== "undefined" && navigator.sendBeacon) {
+        if (navigator.sendBeacon(url, body)) return;
+      }
+      fetch(url, {
+        method: "POST",
+        body,
+        keepalive: true,
+        credentials: this.client._credentials(),
+      }).catch(() => {}); // best effort: the server times the connection out anyway
+    }
+  }
+
+  class SSETransport extends HttpTransport {
+    constructor(client) {
+      super(client, "sse");
     }
 
     static available() {
@@ -266,30 +309,17 @@
       this.source.onerror = () => this._fail(1006, "event stream failed");
     }
 
-    send(message) {
-      this.sender.send(message);
-    }
-
     close() {
-      this.closed = true;
+      super.close();
       if (!this.source) return; // new EventSource() threw
       this.source.onmessage = this.source.onerror = null;
       this.source.close();
     }
-
-    _fail(code, reason, immediate) {
-      if (this.closed) return;
-      this.close();
-      this.client._closed(this, code, reason, immediate);
-    }
   }
 
-  class LongPollTransport {
+  class LongPollTransport extends HttpTransport {
     constructor(client) {
-      this.client = client;
-      this.name = "longpolling";
-      this.sender = new HttpSender(this);
-      this.closed = false;
+      super(client, "longpolling");
       this.cursor = null;
     }
 
@@ -302,19 +332,9 @@
       this._loop();
     }
 
-    send(message) {
-      this.sender.send(message);
-    }
-
     close() {
-      this.closed = true;
+      super.close();
       this.abort.abort();
-    }
-
-    _fail(code, reason, immediate) {
-      if (this.closed) return;
-      this.close();
-      this.client._closed(this, code, reason, immediate);
     }
 
     async _loop() {
@@ -424,6 +444,13 @@
         addEventListener("online", () => {
           if (this._timers.reconnect) this._startAttempt();
         });
+        // The page is going: an HTTP connection says goodbye while it still
+        // can (a WebSocket is closed by the browser). Should the page come
+        // back from the back-forward cache, the next poll or stream error
+        // finds the connection gone and reconnects.
+        addEventListener("pagehide", () => {
+          if (this._conn && this._conn._goodbye) this._conn._goodbye();
+        });
       }
       if (this.options.autoConnect) {
         // Deferred, so that listeners added right after `new` see the first state.
@@ -481,12 +508,12 @@
       this._emit("state", state, previous);
     }
 
-    /** An endpoint's URL; `params` go to those that open connections, not to POST /send. */
+    /** An endpoint's URL; `params` go to those that open connections, not to POST /send or /close. */
     _url(kind, extra) {
       const base = kind === "websocket" ? this._base.websocket : this._base.http;
       const url = new URL(base + this.options.paths[kind]);
       const params =
-        kind === "send"
+        kind === "send" || kind === "close"
           ? {}
           : { ...Object.fromEntries(this._base.query), ...resolve(this.options.params) };
       const query = { ...params, ...extra };

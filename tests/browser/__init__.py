@@ -1,0 +1,1 @@
+"""The JavaScript client in a real headless Chromium, driven by Playwright."""
