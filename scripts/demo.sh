@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
-# Run the clock demo: ./scripts/demo.sh, then open http://127.0.0.1:6001/
+# Run the chat demo: ./scripts/demo.sh, then open http://127.0.0.1:6001/ in two
+# browser windows (one of them private) and sign in with two names.
 #
 # Uses the same .venv as scripts/test.sh (created and installed when missing or
-# when setup.cfg changed), then serves examples/clock/app.py with the
-# library's own server, `flask realtime serve`.
+# when setup.cfg changed), then serves examples/chat/app.py with the library's
+# own server, `flask realtime serve`, on the embedded defaults: one process, the
+# null broker, no outside services. docs/chat-example.md describes the demo;
+# the smaller clock example runs with
+# `flask --app examples/clock/app.py realtime serve --port 6001`.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -34,5 +38,5 @@ if [[ "$(cat "$stamp" 2>/dev/null)" != "$want" ]]; then
     echo "$want" >"$stamp"
 fi
 
-echo "open http://127.0.0.1:$port/"
-exec "$venv/bin/flask" --app examples/clock/app.py realtime serve --port "$port"
+echo "open http://127.0.0.1:$port/ (two windows, two names)"
+exec "$venv/bin/flask" --app examples/chat/app.py realtime serve --port "$port"
