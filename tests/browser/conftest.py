@@ -48,10 +48,12 @@ def chromium_path() -> str | None:
 
 @pytest.fixture(scope="session")
 def browser() -> t.Iterator[Browser]:
-    sync_api = pytest.importorskip("playwright.sync_api")
+    from playwright import sync_api
+
     executable = chromium_path()
     if executable is None:
-        pytest.skip("no Chromium: install Debian's chromium package")
+        # Never a skip: a missing browser must fail the run, in CI above all.
+        pytest.fail("no Chromium: install Debian's chromium package")
     with sync_api.sync_playwright() as playwright:
         launched = playwright.chromium.launch(
             executable_path=executable, args=CHROMIUM_ARGS

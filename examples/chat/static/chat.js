@@ -589,8 +589,12 @@
     if (event.key === "Escape" && dm && document.activeElement === $("dm-input")) closeDm();
   });
 
-  // Leaving the page: close the connection cleanly, so the others see us go at once.
+  // Leaving the page: close the connection cleanly, so the others see us go at
+  // once. A page the browser keeps in its back/forward cache comes back here.
   addEventListener("pagehide", () => client.disconnect());
+  addEventListener("pageshow", (event) => {
+    if (event.persisted) client.connect();
+  });
 
   $("toggle-sidebar").addEventListener("click", (event) => {
     event.stopPropagation();
