@@ -42,6 +42,7 @@ class Settings:
     longpoll_path: str
     host: str
     port: int
+    ssl: dict[str, str] | None
     heartbeat: float
     longpoll_timeout: float
     longpoll_expiry: float
@@ -70,6 +71,7 @@ DEFAULTS: dict[str, t.Any] = {
     "REALTIME_LONGPOLL_PATH": "/poll",
     "REALTIME_HOST": "0.0.0.0",
     "REALTIME_PORT": 6001,
+    "REALTIME_SSL": False,
     "REALTIME_HEARTBEAT": 25,
     "REALTIME_LONGPOLL_TIMEOUT": 30,
     "REALTIME_LONGPOLL_EXPIRY": 60,
@@ -272,6 +274,23 @@ def load(config: t.Mapping[str, t.Any]) -> Settings:
     if port > 65535:
         raise ConfigError(f"REALTIME_PORT must be at most 65535, got {port!r}")
 
+    ssl = config["REALTIME_SSL"]
+    if ssl is False or ssl is None:
+        ssl = None
+    elif (
+        not isinstance(ssl, dict)
+        or set(ssl) != {"certfile", "keyfile"}
+        or not all(isinstance(v, str) and v for v in ssl.values())
+    ):
+        raise ConfigError(
+            "REALTIME_SSL must be False or {'certfile': path, 'keyfile': path},"
+            f" got {ssl!r}"
+        )
+    else:
+        for key, path in ssl.items():
+            if not os.path.isfile(path):
+                raise ConfigError(f"REALTIME_SSL[{key!r}]: no such file {path!r}")
+
     return Settings(
         transports=tuple(dict.fromkeys(transports)),
         broker=broker,
@@ -285,6 +304,7 @@ def load(config: t.Mapping[str, t.Any]) -> Settings:
         longpoll_path=_path(config, "REALTIME_LONGPOLL_PATH"),
         host=host,
         port=port,
+        ssl=ssl,
         heartbeat=_number(config, "REALTIME_HEARTBEAT", minimum=0.05, integer=False),
         longpoll_timeout=_number(
             config, "REALTIME_LONGPOLL_TIMEOUT", minimum=0, integer=False

@@ -99,8 +99,8 @@ class Realtime:
         - ``REALTIME_URL_PREFIX``: ``"/realtime"``; ``REALTIME_WEBSOCKET_PATH``:
           ``"/ws"``; ``REALTIME_SSE_PATH``: ``"/sse"``; ``REALTIME_LONGPOLL_PATH``:
           ``"/poll"``
-        - ``REALTIME_HOST``: ``"0.0.0.0"``; ``REALTIME_PORT``: ``6001`` (for
-          ``flask realtime serve``)
+        - ``REALTIME_HOST``: ``"0.0.0.0"``; ``REALTIME_PORT``: ``6001``;
+          ``REALTIME_SSL``: ``False`` (for ``flask realtime serve``)
         - ``REALTIME_HEARTBEAT``: ``25`` s; ``REALTIME_LONGPOLL_TIMEOUT``: ``30`` s
         - ``REALTIME_MAX_MESSAGE_SIZE``: 64 KiB; ``REALTIME_MAX_SUBSCRIPTIONS``: ``100``
         - ``REALTIME_MAX_QUEUE_MESSAGES``: ``1000``; ``REALTIME_MAX_QUEUE_BYTES``: 1 MiB

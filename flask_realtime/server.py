@@ -46,7 +46,10 @@ def main(argv: list[str] | None = None) -> None:
     host = args.host or settings.host
     port = settings.port if args.port is None else args.port
 
-    server = WSGIServer((host, port), app, handler_class=WebSocketHandler)
+    server = WSGIServer(
+        (host, port), app, handler_class=WebSocketHandler, **(settings.ssl or {})
+    )
+    scheme = "https" if settings.ssl else "http"
 
     def stop(*_: t.Any) -> None:
         node.shutdown(protocol.CLOSE_SHUTDOWN)
@@ -56,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
     gevent.signal_handler(signal.SIGTERM, stop)
     gevent.signal_handler(signal.SIGINT, stop)
     print(
-        f" * flask_realtime serving {app.import_name!r} on http://{host}:{port}"
+        f" * flask_realtime serving {app.import_name!r} on {scheme}://{host}:{port}"
         f" (transports: {', '.join(settings.transports)}; broker: {settings.broker})",
         flush=True,
     )

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import ssl
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import requests
+import websocket
 
 from tests.conftest import LiveServerFactory
 from tests.servers import ROOT, child_environment, free_port
@@ -108,3 +111,60 @@ def test_serve_without_realtime_says_so(tmp_path: Path) -> None:
     )
     assert result.returncode != 0
     assert "Realtime(app)" in result.stderr
+
+
+def test_serve_speaks_tls_with_realtime_ssl(tmp_path: Path) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]
+        + ["-subj", "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    port = free_port()
+    log = tmp_path / "serve.log"
+    env = child_environment(
+        {
+            "TESTAPP_REALTIME_SSL": json.dumps(
+                {"certfile": str(cert), "keyfile": str(key)}
+            )
+        }
+    )
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "flask", "--app", "tests.apps.basic:app"]
+            + ["realtime", "serve", "--host", "127.0.0.1", "--port", str(port)],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                health = requests.get(
+                    f"https://127.0.0.1:{port}/realtime/health", timeout=1, verify=False
+                )
+                break
+            except requests.ConnectionError:
+                assert process.poll() is None, log.read_text()
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.1)  # polling for the server to listen
+        assert health.json()["status"] == "ok"
+        assert f"on https://127.0.0.1:{port}" in log.read_text()
+        ws = websocket.create_connection(
+            f"wss://127.0.0.1:{port}/realtime/ws",
+            sslopt={"cert_reqs": ssl.CERT_NONE},
+            timeout=5,
+        )
+        try:
+            assert json.loads(ws.recv())["type"] == "connected"
+            ws.send(json.dumps({"type": "ping", "id": 1}))
+            assert json.loads(ws.recv()) == {"type": "pong", "id": 1}
+        finally:
+            ws.close()
+    finally:
+        process.terminate()
+        process.wait(10)

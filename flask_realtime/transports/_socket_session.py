@@ -44,9 +44,9 @@ def socket_taker(environ: dict[str, t.Any]) -> tuple[t.Any, str] | None:
     """
     take = environ.pop(TAKE_KEY, None)
     if take is not None:
-        return take, "gevent"
+        return None if is_tls(take.socket) else (take, "gevent")
     sock = environ.get("gunicorn.socket")
-    if sock is not None:
+    if sock is not None and not is_tls(sock):
 
         def take_gunicorn(head: bytes) -> t.Any:
             sock.sendall(head)
@@ -54,6 +54,12 @@ def socket_taker(environ: dict[str, t.Any]) -> tuple[t.Any, str] | None:
 
         return take_gunicorn, "gunicorn"
     return None
+
+
+def is_tls(sock: t.Any) -> bool:
+    """A TLS socket is never taken over: its descriptor carries ciphertext,
+    and only the SSL object can write to it."""
+    return hasattr(sock, "getpeercert")
 
 
 def take_over(sock: t.Any) -> t.Any:

@@ -53,6 +53,7 @@ from ._socket_session import (
     READ_SIZE,
     TAKE_KEY,
     SocketSession,
+    is_tls,
     take_over,
 )
 
@@ -111,6 +112,7 @@ def defer_upgrades(prefix: str) -> None:
             handler.close_connection = True
             return handler.socket
 
+        take.socket = handler.socket  # type: ignore[attr-defined]
         environ[TAKE_KEY] = take
         return None
 
@@ -177,7 +179,9 @@ def websocket_view(node: Node, authenticate: t.Callable[..., t.Any] | None) -> R
     # -- the handshake --------------------------------------------------------
     take = environ.pop(TAKE_KEY, None)
     switching = _switching_protocols(request.headers.get("Sec-WebSocket-Key", ""))
-    if take is not None and refusal is None and gevent_active():
+    server_socket = take.socket if take is not None else environ.get("gunicorn.socket")
+    detach = gevent_active() and not is_tls(server_socket)
+    if take is not None and refusal is None and detach:
         # gevent-websocket's worker: the fast path, one write for the 101 and
         # the welcome.
         session = _GeventSession(node)
@@ -212,12 +216,15 @@ def websocket_view(node: Node, authenticate: t.Callable[..., t.Any] | None) -> R
             sock.close()
         return _Finished(mode)
 
-    if gevent_active():
+    if detach:
         session = _GeventSession(node)
         welcome = session.open(user_id, user_info)
         session.push_frame(build_frame(OP_TEXT, welcome))
         session.attach(take_over(sock))
         return _Finished(mode)
+    # No event loop to hand the socket to (flask run), or a TLS socket that
+    # must stay in its SSL object: this request's thread (or greenlet) reads,
+    # another writes.
     threaded = _ThreadedSession(node, sock)
     threaded.start(user_id, user_info)
     threaded.run()
