@@ -92,8 +92,15 @@ class Client:
             self._parse_frames(data)
             return
         text = self.tail + data
+        # Scan up to the last complete message: an event ends with "}}", a
+        # pong with "}" (and may be the last thing to arrive).
         end = text.rfind(b"}}")
-        cut = end + 2 if end >= 0 else 0  # scan up to the last complete event
+        cut = end + 2 if end >= 0 else 0
+        pong = text.rfind(b'"type":"pong"')
+        if pong >= cut:
+            pong_end = text.find(b"}", pong)
+            if pong_end >= 0:
+                cut = pong_end + 1
         scanned, self.tail = text[:cut], text[cut:]
         if len(self.tail) > 4096:
             self.tail = self.tail[-4096:]

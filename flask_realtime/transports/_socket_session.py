@@ -77,20 +77,27 @@ def take_over(sock: t.Any) -> t.Any:
 
 
 class _Flusher:
-    """Writes what broadcasts queued, once per pass of the event loop.
+    """Writes what broadcasts queued, when the event loop has nothing else to do.
 
-    Broadcasts only append frames to queues; the flush runs when the
-    publishing greenlet yields, so several messages for one socket leave in
-    one ``send``. When a flush is overdue by more than ``_INLINE_BYTES`` the
-    publisher does it itself, which slows a publisher that outruns the CPU.
+    Broadcasts only append frames to queues. The flush runs from an idle
+    watcher: with a publisher that comes and goes, that is at once; with a
+    saturated loop (a burst, many publishers) messages gather and each socket
+    gets several of them in one ``send``, which is where the time goes (a
+    loopback ``send`` costs more than everything else a delivery does). A
+    timer bounds the wait at ``_MAX_DELAY``; and when more than
+    ``_INLINE_BYTES`` wait, the publisher flushes itself, which slows a
+    publisher that outruns the CPU.
     """
 
     _INLINE_BYTES = 512 * 1024
+    _MAX_DELAY = 0.002
 
     def __init__(self) -> None:
         import gevent
 
-        self._loop = gevent.get_hub().loop
+        loop = gevent.get_hub().loop
+        self._idle = loop.idle()
+        self._timer = loop.timer(self._MAX_DELAY)
         self._pending: list[SocketSession] = []
         self._pending_bytes = 0
         self._scheduled = False
@@ -100,7 +107,8 @@ class _Flusher:
         self._pending_bytes += size
         if not self._scheduled:
             self._scheduled = True
-            self._loop.run_callback(self.flush)
+            self._idle.start(self.flush)
+            self._timer.start(self.flush)
 
     def grew(self, size: int) -> None:
         self._pending_bytes += size
@@ -108,10 +116,13 @@ class _Flusher:
             self.flush()
 
     def flush(self) -> None:
+        if self._scheduled:
+            self._scheduled = False
+            self._idle.stop()
+            self._timer.stop()
         pending = self._pending
         self._pending = []
         self._pending_bytes = 0
-        self._scheduled = False
         for session in pending:
             session.flush()
 
