@@ -7,9 +7,6 @@ import typing as t
 
 from ._ws_frames import text_frame
 
-if t.TYPE_CHECKING:
-    pass
-
 
 def user_key(user_id: t.Any) -> str | None:
     """User ids compare by value: ``5`` and ``"5"`` are one user."""
@@ -97,6 +94,3 @@ class Connection:
 
     def __repr__(self) -> str:
         return f"<Connection {self.id} user={self.user_id!r} via {self.transport}>"
-
-
-NodeRef = "Node"

@@ -7,8 +7,6 @@ middle of a broadcast (queue overflow) cannot upset the loop.
 
 from __future__ import annotations
 
-import typing as t
-
 from ._runtime import real_lock
 from .connection import Connection, Outbound
 
@@ -131,7 +129,3 @@ class Hub:
 
     def all(self) -> list[Connection]:
         return list(self.connections.values())
-
-
-__all__ = ["Hub"]
-_ = t

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import ssl
 import subprocess
 import sys
 import time
+import typing as t
 from pathlib import Path
 
 import requests
@@ -28,48 +30,49 @@ def test_serve_patches_before_the_app_is_imported(
     assert "MonkeyPatchWarning" not in log
 
 
-def test_serve_with_one_transport(tmp_path: Path) -> None:
+@contextlib.contextmanager
+def _serving(
+    tmp_path: Path, *args: str, env: dict[str, str] | None = None, tls: bool = False
+) -> t.Iterator[tuple[int, Path]]:
+    """``flask realtime serve`` with ``args`` on a free port, until healthy."""
     port = free_port()
     log = tmp_path / "serve.log"
     with open(log, "wb") as out:
         process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "flask",
-                "--app",
-                "tests.apps.basic:app",
-                "realtime",
-                "serve",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--transport",
-                "websocket",
-            ],
+            [sys.executable, "-m", "flask", "--app", "tests.apps.basic:app"]
+            + ["realtime", "serve", "--host", "127.0.0.1", "--port", str(port)]
+            + list(args),
             cwd=ROOT,
-            env=child_environment(),
+            env=child_environment(env),
             stdout=out,
             stderr=subprocess.STDOUT,
         )
+    scheme = "https" if tls else "http"
     try:
         deadline = time.monotonic() + 20
         while True:
             try:
-                health = requests.get(
-                    f"http://127.0.0.1:{port}/realtime/health", timeout=1
+                requests.get(
+                    f"{scheme}://127.0.0.1:{port}/realtime/health",
+                    timeout=1,
+                    verify=False,
                 )
                 break
             except requests.ConnectionError:
                 assert process.poll() is None, log.read_text()
                 assert time.monotonic() < deadline, log.read_text()
                 time.sleep(0.1)  # polling for the server to listen
-        assert health.json()["transports"] == ["websocket"]
-        assert "transports: websocket;" in log.read_text()
+        yield port, log
     finally:
         process.terminate()
         process.wait(10)
+
+
+def test_serve_with_one_transport(tmp_path: Path) -> None:
+    with _serving(tmp_path, "--transport", "websocket") as (port, log):
+        health = requests.get(f"http://127.0.0.1:{port}/realtime/health", timeout=5)
+        assert health.json()["transports"] == ["websocket"]
+        assert "transports: websocket;" in log.read_text()
 
 
 def test_serve_refuses_an_unknown_transport() -> None:
@@ -122,36 +125,12 @@ def test_serve_speaks_tls_with_realtime_ssl(tmp_path: Path) -> None:
         capture_output=True,
         timeout=60,
     )
-    port = free_port()
-    log = tmp_path / "serve.log"
-    env = child_environment(
-        {
-            "TESTAPP_REALTIME_SSL": json.dumps(
-                {"certfile": str(cert), "keyfile": str(key)}
-            )
-        }
-    )
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "flask", "--app", "tests.apps.basic:app"]
-            + ["realtime", "serve", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
+    config = {"certfile": str(cert), "keyfile": str(key)}
+    env = {"TESTAPP_REALTIME_SSL": json.dumps(config)}
+    with _serving(tmp_path, env=env, tls=True) as (port, log):
+        health = requests.get(
+            f"https://127.0.0.1:{port}/realtime/health", timeout=5, verify=False
         )
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                health = requests.get(
-                    f"https://127.0.0.1:{port}/realtime/health", timeout=1, verify=False
-                )
-                break
-            except requests.ConnectionError:
-                assert process.poll() is None, log.read_text()
-                assert time.monotonic() < deadline, log.read_text()
-                time.sleep(0.1)  # polling for the server to listen
         assert health.json()["status"] == "ok"
         assert f"on https://127.0.0.1:{port}" in log.read_text()
         ws = websocket.create_connection(
@@ -165,6 +144,3 @@ def test_serve_speaks_tls_with_realtime_ssl(tmp_path: Path) -> None:
             assert json.loads(ws.recv()) == {"type": "pong", "id": 1}
         finally:
             ws.close()
-    finally:
-        process.terminate()
-        process.wait(10)

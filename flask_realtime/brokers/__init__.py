@@ -8,8 +8,6 @@ re-subscribes by itself.
 
 from __future__ import annotations
 
-import typing as t
-
 from ..config import Settings
 from .base import Broker, MessageCallback
 from .null import NullBroker
@@ -24,4 +22,3 @@ def create_broker(settings: Settings, on_message: MessageCallback) -> Broker:
 
 
 __all__ = ["Broker", "NullBroker", "create_broker"]
-_ = t

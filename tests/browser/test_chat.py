@@ -19,6 +19,7 @@ import typing as t
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import expect
 
 from tests import servers
 from tests.browser.chat_support import (
@@ -42,7 +43,6 @@ if t.TYPE_CHECKING:
 
 pytestmark = pytest.mark.browser
 
-expect = pytest.importorskip("playwright.sync_api").expect
 
 # A closed page leaves its presence channels at once on every transport: its
 # WebSocket or event stream closes, and the server sees that; a long-polling
