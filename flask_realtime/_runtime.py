@@ -11,13 +11,20 @@ import sys
 import threading
 import typing as t
 
+_patched = False
+
 
 def gevent_active() -> bool:
+    """Asked on every broadcast: once patched, a process stays patched."""
+    global _patched
+    if _patched:
+        return True
     if "gevent.monkey" not in sys.modules:
         return False
     from gevent import monkey
 
-    return bool(monkey.is_module_patched("socket"))
+    _patched = bool(monkey.is_module_patched("socket"))
+    return _patched
 
 
 def spawn(func: t.Callable[..., t.Any], *args: t.Any) -> t.Any:

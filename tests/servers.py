@@ -233,17 +233,21 @@ def start(
     workers: int = 1,
     timeout: float = START_TIMEOUT,
     name: str | None = None,
+    port: int | None = None,
 ) -> Server:
     """Start a server of ``kind`` serving ``app`` and wait until it is healthy.
 
     The port is chosen just before the start; if another process grabs it in
-    between, the start is retried on a new port.
+    between, the start is retried on a new port. A given ``port`` (to restart
+    a server where its clients look for it) is used as it is, once.
     """
     child_env = child_environment(env)
     log_dir.mkdir(parents=True, exist_ok=True)
     name = name or kind
-    for attempt in range(3):
-        port = free_port()
+    tries = 1 if port is not None else 3
+    for attempt in range(tries):
+        if attempt or port is None:
+            port = free_port()
         argv = command(kind, app, port, workers)
         log_path = log_dir / f"{name}-{port}.log"
         with open(log_path, "wb") as log_file:
@@ -262,7 +266,7 @@ def start(
         except ServerError:
             server.stop()
             text = server.log().lower()
-            if attempt < 2 and any(marker in text for marker in _ADDRESS_IN_USE):
+            if attempt < tries - 1 and any(m in text for m in _ADDRESS_IN_USE):
                 continue
             raise
         return server

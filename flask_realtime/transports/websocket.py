@@ -178,34 +178,18 @@ def websocket_view(node: Node, authenticate: t.Callable[..., t.Any] | None) -> R
 
     # -- the handshake --------------------------------------------------------
     take = environ.pop(TAKE_KEY, None)
-    switching = _switching_protocols(request.headers.get("Sec-WebSocket-Key", ""))
     server_socket = take.socket if take is not None else environ.get("gunicorn.socket")
     detach = gevent_active() and not is_tls(server_socket)
-    if take is not None and refusal is None and detach:
-        # gevent-websocket's worker: the fast path, one write for the 101 and
-        # the welcome.
+    session = welcome = None
+    if refusal is None and detach:
         session = _GeventSession(node)
-        welcome = session.open(user_id, user_info)
-        try:
-            sock = take(switching + build_frame(OP_TEXT, welcome))
-        except OSError:
+        welcome = build_frame(OP_TEXT, session.open(user_id, user_info))
+    try:
+        sock, mode, welcomed = _handshake(environ, take, upgraded, welcome)
+    except OSError:
+        if session is not None:
             session.abandon()
-            return _Finished("gevent")
-        session.attach(take_over(sock))
         return _Finished("gevent")
-    if take is not None:
-        sock = take(switching)
-        mode = "gevent"
-    elif upgraded is not None:
-        sock = upgraded.handler.socket
-        upgraded.closed = True  # it must never write to the socket we take
-        environ["wsgi.websocket"] = None
-        mode = "gevent"
-    else:
-        from simple_websocket import Server
-
-        ws = Server(environ, thread_class=_NoThread)
-        sock, mode = ws.sock, ws.mode
 
     if refusal is not None:
         try:
@@ -215,11 +199,9 @@ def websocket_view(node: Node, authenticate: t.Callable[..., t.Any] | None) -> R
         if mode == "werkzeug":
             sock.close()
         return _Finished(mode)
-
-    if detach:
-        session = _GeventSession(node)
-        welcome = session.open(user_id, user_info)
-        session.push_frame(build_frame(OP_TEXT, welcome))
+    if session is not None:
+        if not welcomed:
+            session.push_frame(t.cast(bytes, welcome))
         session.attach(take_over(sock))
         return _Finished(mode)
     # No event loop to hand the socket to (flask run), or a TLS socket that
@@ -229,6 +211,25 @@ def websocket_view(node: Node, authenticate: t.Callable[..., t.Any] | None) -> R
     threaded.start(user_id, user_info)
     threaded.run()
     return _Finished(mode)
+
+
+def _handshake(
+    environ: dict[str, t.Any], take: t.Any, upgraded: t.Any, welcome: bytes | None
+) -> tuple[t.Any, str, bool]:
+    """Answer the upgrade with whatever the server offers: ``(socket, mode,
+    welcomed)``. Under gevent-websocket's worker the 101 and the welcome leave
+    in one write (``welcomed``)."""
+    if take is not None:
+        key = environ.get("HTTP_SEC_WEBSOCKET_KEY", "")
+        return take(_switching_protocols(key) + (welcome or b"")), "gevent", True
+    if upgraded is not None:
+        upgraded.closed = True  # it must never write to the socket we take
+        environ["wsgi.websocket"] = None
+        return upgraded.handler.socket, "gevent", False
+    from simple_websocket import Server
+
+    ws = Server(environ, thread_class=_NoThread)
+    return ws.sock, ws.mode, False
 
 
 # -- sessions ------------------------------------------------------------------

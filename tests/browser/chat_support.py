@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import itertools
 import re
-import subprocess
 import typing as t
 from pathlib import Path
 
@@ -55,26 +54,7 @@ def start_on_port(
 
     A restarted server must come back where its pages look for it, so unlike
     ``servers.start`` this takes the port instead of choosing one."""
-    argv = servers.command(KIND, CHAT_APP, port)
-    log_path = log_dir / f"{name}-{port}.log"
-    log_dir.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "wb") as log_file:
-        process = subprocess.Popen(
-            argv,
-            cwd=servers.ROOT,
-            env=servers.child_environment(env),
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    server = Server(KIND, port, process, log_path, argv)
-    try:
-        server.wait_ready()
-    except servers.ServerError:
-        server.stop()
-        raise
-    return server
+    return servers.start(KIND, log_dir, app=CHAT_APP, env=env, name=name, port=port)
 
 
 class ChatPages:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import typing as t
 from pathlib import Path
 
@@ -98,25 +97,7 @@ def start_on_port(
 ) -> Server:
     """Like ``servers.start`` but on a given port, to restart a server where
     its clients will look for it."""
-    argv = servers.command(KIND, app, port)
-    log_path = log_dir / f"{name}-{port}.log"
-    with open(log_path, "wb") as log_file:
-        process = subprocess.Popen(
-            argv,
-            cwd=servers.ROOT,
-            env=servers.child_environment(env),
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    server = Server(KIND, port, process, log_path, argv)
-    try:
-        server.wait_ready()
-    except servers.ServerError:
-        server.stop()
-        raise
-    return server
+    return servers.start(KIND, log_dir, app=app, env=env, name=name, port=port)
 
 
 class RestartFactory(t.Protocol):
