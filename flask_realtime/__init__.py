@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from werkzeug.local import LocalProxy
 
+from .brokers import BrokerUnavailable as BrokerUnavailable
 from .config import ConfigError as ConfigError
 from .connection import Connection as Connection
 from .extension import Channel as Channel
@@ -16,6 +17,7 @@ realtime: Realtime = LocalProxy(_current_realtime)  # type: ignore[assignment]
 """The Realtime of the current app (or of the only initialised one)."""
 
 __all__ = [
+    "BrokerUnavailable",
     "Channel",
     "ConfigError",
     "Connection",

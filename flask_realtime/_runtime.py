@@ -37,6 +37,15 @@ def spawn(func: t.Callable[..., t.Any], *args: t.Any) -> t.Any:
     return thread
 
 
+def in_event_loop() -> bool:
+    """True in gevent's hub (a watcher's callback), where nothing may block."""
+    if not gevent_active():
+        return False
+    import gevent
+
+    return gevent.getcurrent() is gevent.get_hub()
+
+
 def sleep(seconds: float) -> None:
     if gevent_active():
         import gevent

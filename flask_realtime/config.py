@@ -36,6 +36,7 @@ class Settings:
     redis: dict[str, t.Any]
     rabbitmq: dict[str, t.Any]
     nats_url: str
+    broker_buffer: int
     url_prefix: str
     websocket_path: str
     sse_path: str
@@ -65,6 +66,9 @@ DEFAULTS: dict[str, t.Any] = {
     "REALTIME_REDIS": {},
     "REALTIME_RABBITMQ": {},
     "REALTIME_NATS_URL": "nats://127.0.0.1:4222",
+    # Messages a node holds while its broker is down; past that, publishing
+    # raises BrokerUnavailable.
+    "REALTIME_BROKER_BUFFER": 10_000,
     "REALTIME_URL_PREFIX": "/realtime",
     "REALTIME_WEBSOCKET_PATH": "/ws",
     "REALTIME_SSE_PATH": "/sse",
@@ -298,6 +302,7 @@ def load(config: t.Mapping[str, t.Any]) -> Settings:
         redis=redis,
         rabbitmq=rabbitmq,
         nats_url=nats_url,
+        broker_buffer=_number(config, "REALTIME_BROKER_BUFFER", minimum=0),
         url_prefix=_path(config, "REALTIME_URL_PREFIX", allow_empty=True),
         websocket_path=_path(config, "REALTIME_WEBSOCKET_PATH"),
         sse_path=_path(config, "REALTIME_SSE_PATH"),

@@ -132,6 +132,8 @@ class Realtime:
             app, settings, rules, self._handlers, lambda: self._authenticate, recorder
         )
         self._nodes[app] = node
+        _send.register(node)
+        _longpoll.register(node)
         app.extensions["realtime"] = self
         app.register_blueprint(self._blueprint(settings))
         _websocket.defer_upgrades(settings.url_prefix or "/")
@@ -213,6 +215,7 @@ class Realtime:
                 connections=len(node.hub),
                 transports=list(node.settings.transports),
                 broker=node.settings.broker,
+                broker_messages=node.received,
             )
 
         return bp

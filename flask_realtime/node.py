@@ -9,6 +9,7 @@ the nodes whose clients want it. Nothing here knows how bytes reach a socket.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import secrets
@@ -21,12 +22,13 @@ from flask import Flask, current_app, has_app_context
 
 from . import channels as _channels
 from . import protocol
-from ._runtime import gevent_active, real_lock, sleep, spawn
-from .brokers import create_broker
+from ._runtime import gevent_active, in_event_loop, real_lock, sleep, spawn
+from .brokers import BrokerUnavailable, create_broker
 from .config import Settings
 from .connection import Connection, Outbound, Sink, user_key
 from .hub import Hub
-from .presence import LocalPresence
+from .presence import REFRESH as PRESENCE_REFRESH
+from .presence import ClusterPresence, merge
 from .ratelimit import RateLimiter
 
 if t.TYPE_CHECKING:
@@ -46,6 +48,12 @@ _MAX_PUBLISH_WAIT = 30.0
 _CHANNEL = "c:"
 _USER = "u:"
 _NODE = "n:"
+_PRESENCE = "p:"
+
+# How long a presence query or sync waits for another node's answer.
+_PRESENCE_QUERY_TIMEOUT = 5.0
+
+RequestHandler = t.Callable[["Node", dict[str, t.Any]], tuple[int, bytes]]
 
 
 def _tick_forever(node_ref: weakref.ref[Node], interval: float) -> None:
@@ -92,9 +100,20 @@ class Node:
         self._authenticate = authenticate
         self.recorder = recorder
         self.id = secrets.token_hex(6)
+        self._id_pid = os.getpid()
         self.hub = Hub()
-        self.presence = LocalPresence()
+        self.presence = ClusterPresence()
         self.broker = create_broker(settings, self._on_broker_message)
+        self._clustered = settings.broker != "null"
+        # The node's own topic, for send(connection_id) and forwarded requests,
+        # is subscribed when the first client connects: a process that only
+        # publishes (a Celery worker) never takes a node's traffic.
+        self._listening = False
+        self._request_handlers: dict[str, RequestHandler] = {}
+        # What the broker brought here, by topic kind: with interest-based
+        # routing, a node gets no channel traffic none of its clients wants.
+        self.received = {"channel": 0, "user": 0, "node": 0, "presence": 0}
+        self._delivering = False
         # Backpressure state, kept by the transports: bytes waiting on sockets
         # that were full, how many such sockets, and bytes they drained so far.
         self.backlog_bytes = 0
@@ -106,13 +125,18 @@ class Node:
         self.shutting_down = False
         self._lock = real_lock()
         self._started_pid: int | None = None
-        # Heartbeats, SSE keepalives and long-poll expiry run from one timer;
-        # a quarter of the shortest period keeps each on time.
+        # Heartbeats, SSE keepalives, long-poll expiry and presence refresh run
+        # from one timer; a quarter of the shortest period keeps each on time.
         self.tick_interval = (
-            min(settings.heartbeat, settings.longpoll_expiry, KEEPALIVE * 2) / 4
+            min(
+                settings.heartbeat,
+                settings.longpoll_expiry,
+                KEEPALIVE * 2,
+                PRESENCE_REFRESH * 4,
+            )
+            / 4
         )
         self._ticker: t.Any = None
-        self.broker.subscribe(_NODE + self.id)
         self._chain_sigterm()
 
     @property
@@ -137,6 +161,12 @@ class Node:
             if self._started_pid == pid:
                 return
             self._started_pid = pid
+            if self._id_pid != pid:
+                # Forked after init_app (gunicorn --preload): each worker is
+                # a node of its own and needs its own id.
+                self.id = secrets.token_hex(6)
+                self._id_pid = pid
+                self._listening = False
         self._ticker = spawn(_tick_forever, weakref.ref(self), self.tick_interval)
         if handle_sigterm:
             self._chain_sigterm()
@@ -211,12 +241,20 @@ class Node:
                 logger.debug("close failed during shutdown", exc_info=True)
 
     def tick(self, now: float) -> None:
-        """Heartbeats and expiry for every local connection, from one timer."""
+        """Heartbeats and expiry for every local connection, from one timer;
+        in a cluster, presence refresh and the expiry of silent nodes."""
         heartbeat = self.settings.heartbeat
         for conn in self.hub.all():
             tick = getattr(conn.sink, "tick", None)
             if tick is not None:
                 tick(conn, now, heartbeat)
+        if self._clustered:
+            self._refresh_presence(now)
+
+    def _listen(self) -> None:
+        if not self._listening:
+            self._listening = True
+            self.broker.subscribe(_NODE + self.id)
 
     # -- connections ---------------------------------------------------------
 
@@ -233,6 +271,7 @@ class Node:
         """Register a new client connection and send it ``connected``
         (``welcome=False``: the transport sends :meth:`welcome` itself)."""
         self.ensure_started()
+        self._listen()
         conn = Connection(
             f"{self.id}.{secrets.token_urlsafe(12)}",
             transport,
@@ -257,6 +296,15 @@ class Node:
     def disconnect(self, conn: Connection) -> None:
         """Forget a connection that went away: subscriptions, presence, user."""
         conn.closed = True
+        if in_event_loop() or self._delivering:
+            # Telling the broker may wait: not in the event loop (a socket
+            # watcher noticed), and not in the broker's reader (a delivery
+            # overflowed a queue), which would wait on itself.
+            spawn(self._forget, conn)
+        else:
+            self._forget(conn)
+
+    def _forget(self, conn: Connection) -> None:
         left, last_of_user = self.hub.remove(conn)
         for name in left:
             self._after_leave(conn, name)
@@ -264,17 +312,20 @@ class Node:
             self.broker.unsubscribe(_USER + conn.user_key)  # type: ignore[operator]
 
     def _after_leave(self, conn: Connection, name: str) -> None:
-        if self.hub.subscriber_count(name) == 0:
+        last_here = self.hub.subscriber_count(name) == 0
+        if last_here:
             self.broker.unsubscribe(_CHANNEL + name)
-        if conn.user_key is not None and self.rules.kind(name) == _channels.PRESENCE:
-            member = self.presence.leave(name, conn.id, conn.user_key)
+        if self.rules.kind(name) != _channels.PRESENCE:
+            return
+        if conn.user_key is not None:
+            member, gone = self.presence.leave(name, conn.id, conn.user_key)
             if member is not None:
-                # The id as the join announced it: 5 and "5" are one user.
-                user_id = member["user_id"]
-                self.publish_channel(
-                    name,
-                    protocol.event(name, "presence.leave", {"user_id": user_id}),
-                )
+                self._tell_nodes(name, {"op": "leave", "user": conn.user_key})
+            if gone:
+                self._deliver_leave(name, t.cast(dict, member))
+        if last_here and self._clustered:
+            self.broker.unsubscribe(_PRESENCE + name)
+            self.presence.forget(name)
 
     # -- client messages -----------------------------------------------------
 
@@ -316,6 +367,12 @@ class Node:
             return self._client_event(conn, message)
         except protocol.ProtocolError as exc:
             return exc.envelope()
+        except BrokerUnavailable:
+            return protocol.error(
+                protocol.UNAVAILABLE,
+                "the server cannot reach its broker; try again",
+                request_id=protocol.request_id(payload),
+            )
 
     def _app_context(self) -> t.ContextManager[t.Any]:
         if has_app_context() and current_app._get_current_object() is self.app:  # type: ignore[attr-defined]
@@ -357,6 +414,10 @@ class Node:
                 user_info = allowed
         if conn.closed:
             return None
+        if kind == _channels.PRESENCE and self._clustered:
+            self._start_replica(name)
+            if conn.closed:
+                return None
         if self.hub.subscribe(conn, name):
             # The reply goes out only once the broker delivers this channel here.
             self.broker.subscribe(_CHANNEL + name)
@@ -366,16 +427,11 @@ class Node:
                 "user_info": user_info,
                 "connected_at": conn.connected_at,
             }
-            if self.presence.join(name, conn.id, member):
-                self.publish_channel(
-                    name,
-                    protocol.event(
-                        name,
-                        "presence.join",
-                        {"user_id": conn.user_id, "user_info": user_info},
-                    ),
-                    exclude=conn.id,
-                )
+            new_here, new_in_cluster = self.presence.join(name, conn.id, member)
+            if new_here:
+                self._tell_nodes(name, {"op": "join", "member": member})
+            if new_in_cluster:
+                self._deliver_join(name, member, exclude=conn.id)
         return self._subscribed_reply(name, kind, message.id)
 
     def _subscribed_reply(self, name: str, kind: str, request_id: t.Any) -> bytes:
@@ -486,7 +542,7 @@ class Node:
             return
         import gevent
 
-        if gevent.getcurrent() is gevent.get_hub():
+        if in_event_loop():
             return  # a broker callback: the loop itself, never blocked
         now = time.monotonic()
         pressured = self.pressured
@@ -553,22 +609,206 @@ class Node:
             _NODE + node_id, str(connection_id).encode() + b"\n" + envelope
         )
 
-    def _on_broker_message(self, topic: str, data: bytes) -> None:
+    def _on_broker_message(
+        self, topic: str, data: bytes, reply_to: str | None = None
+    ) -> None:
         """Deliver what the broker brings to the local clients that want it."""
+        self._delivering = True
+        try:
+            self._deliver(topic, data, reply_to)
+        finally:
+            self._delivering = False
+
+    def _deliver(self, topic: str, data: bytes, reply_to: str | None) -> None:
+        prefix, name = topic[:2], topic[2:]
+        received = self.received
+        if prefix == _PRESENCE:
+            received["presence"] += 1
+            self._on_presence_message(name, data, reply_to)
+            return
+        if reply_to is not None:
+            if prefix == _NODE:
+                received["node"] += 1
+                self._on_request(data, reply_to)
+            return
         header, _, envelope = data.partition(b"\n")
         message = Outbound(envelope)
-        prefix, name = topic[:2], topic[2:]
         if prefix == _CHANNEL:
+            received["channel"] += 1
             self.hub.deliver_channel(name, message, header.decode() or None)
         elif prefix == _USER:
+            received["user"] += 1
             self.hub.deliver_user(name, message)
         elif prefix == _NODE:
+            received["node"] += 1
             self.hub.deliver_connection(header.decode(), message)
+
+    # -- cluster presence ----------------------------------------------------
+
+    def _start_replica(self, channel: str) -> None:
+        """Learn the channel's members on other nodes before the first local
+        subscriber gets its member list, then follow their changes.
+
+        The sync comes before the subscription, so this node's own replica
+        does not answer it; a change that slips between the two is repaired by
+        the next refresh (``presence.REFRESH``).
+        """
+        if self.presence.has_replica(channel):
+            return
+        snapshot: dict[str, list[dict[str, t.Any]]] = {}
+        try:
+            answer = self.broker.request(
+                _PRESENCE + channel, b'{"op":"sync"}', _PRESENCE_QUERY_TIMEOUT
+            )
+            if answer is not None:
+                snapshot = json.loads(answer)
+        except (TimeoutError, BrokerUnavailable, ValueError) as exc:
+            logger.warning(
+                "flask_realtime: no presence sync for %r (%s); the next refresh"
+                " fills it in",
+                channel,
+                exc,
+            )
+        snapshot.pop(self.id, None)
+        self.presence.load(channel, snapshot, time.monotonic())
+        self.broker.subscribe(_PRESENCE + channel)
+
+    def _tell_nodes(self, channel: str, message: dict[str, t.Any]) -> None:
+        if not self._clustered:
+            return
+        message["node"] = self.id
+        try:
+            self.broker.publish(_PRESENCE + channel, protocol.encode(message))
+        except BrokerUnavailable:
+            # The refresh after the broker's return carries it.
+            logger.warning("flask_realtime: presence change of %r not sent", channel)
+
+    def _refresh_presence(self, now: float) -> None:
+        for channel in self.presence.local_channels():
+            self._tell_nodes(
+                channel,
+                {"op": "state", "members": self.presence.local_members(channel)},
+            )
+        for channel, member in self.presence.expire(now, self.id):
+            self._deliver_leave(channel, member)
+
+    def _on_presence_message(
+        self, channel: str, data: bytes, reply_to: str | None
+    ) -> None:
+        try:
+            message = json.loads(data)
+            if reply_to is not None:
+                if message.get("op") in ("sync", "members"):
+                    snapshot = self.presence.snapshot(channel, self.id)
+                    self.broker.reply(reply_to, protocol.encode(snapshot))
+                return
+            node_id = message["node"]
+            if node_id == self.id:
+                return  # our own announcement, back from the broker
+            op = message["op"]
+            now = time.monotonic()
+            if op == "join":
+                member = message["member"]
+                if self.presence.remote_join(channel, node_id, member, now):
+                    self._deliver_join(channel, member)
+            elif op == "leave":
+                gone = self.presence.remote_leave(
+                    channel, node_id, message["user"], now
+                )
+                if gone is not None:
+                    self._deliver_leave(channel, gone)
+            elif op == "state":
+                joined, left = self.presence.remote_state(
+                    channel, node_id, message["members"], now
+                )
+                for member in joined:
+                    self._deliver_join(channel, member)
+                for member in left:
+                    self._deliver_leave(channel, member)
+        except (ValueError, KeyError, TypeError, AttributeError):
+            logger.warning("flask_realtime: malformed presence message on %r", channel)
+
+    def _deliver_join(
+        self, channel: str, member: dict[str, t.Any], exclude: str | None = None
+    ) -> None:
+        data = {"user_id": member["user_id"], "user_info": member.get("user_info")}
+        envelope = protocol.event(channel, "presence.join", data)
+        self.hub.deliver_channel(channel, Outbound(envelope), exclude)
+
+    def _deliver_leave(self, channel: str, member: dict[str, t.Any]) -> None:
+        # The id as the join announced it: 5 and "5" are one user.
+        data = {"user_id": member["user_id"]}
+        envelope = protocol.event(channel, "presence.leave", data)
+        self.hub.deliver_channel(channel, Outbound(envelope))
+
+    # -- requests between nodes ----------------------------------------------
+
+    def handle_request(self, op: str, handler: RequestHandler) -> None:
+        """Answer ``op`` requests forwarded by other nodes (see :meth:`forward`).
+
+        The handler gets the node and the request's JSON object and returns
+        an HTTP status and a JSON body. It runs in a greenlet (or thread) of
+        its own, in the app context, so it may wait (a long poll does).
+        """
+        self._request_handlers[op] = handler
+
+    def owns(self, connection_id: str) -> bool:
+        return connection_id.partition(".")[0] == self.id
+
+    def forward(
+        self, connection_id: str, request: dict[str, t.Any], timeout: float
+    ) -> tuple[int, bytes] | None:
+        """Run a transport's request on the node that holds the connection.
+
+        ``None`` when no such node exists (it stopped, or the id is made up);
+        raises ``TimeoutError`` or :class:`BrokerUnavailable`.
+        """
+        owner = connection_id.partition(".")[0]
+        if not owner or owner == self.id:
+            return None
+        answer = self.broker.request(_NODE + owner, protocol.encode(request), timeout)
+        if answer is None:
+            return None
+        status, _, body = answer.partition(b"\n")
+        return int(status), body
+
+    def _on_request(self, data: bytes, reply_to: str) -> None:
+        spawn(self._answer_request, data, reply_to)
+
+    def _answer_request(self, data: bytes, reply_to: str) -> None:
+        try:
+            request = json.loads(data)
+            handler = self._request_handlers[request["op"]]
+        except (ValueError, KeyError, TypeError):
+            logger.warning("flask_realtime: malformed request from another node")
+            answer: tuple[int, bytes] = (
+                400,
+                b'{"error":{"code":400,"message":"malformed forwarded request"}}',
+            )
+        else:
+            try:
+                with self._app_context():
+                    answer = handler(self, request)
+            except Exception:
+                logger.exception("flask_realtime: forwarded %r failed", request["op"])
+                answer = (500, b'{"error":{"code":500,"message":"internal error"}}')
+        try:
+            self.broker.reply(reply_to, b"%d\n" % answer[0] + answer[1])
+        except BrokerUnavailable:
+            logger.warning("flask_realtime: could not answer a forwarded request")
 
     # -- queries -------------------------------------------------------------
 
     def presence_members(self, channel: str) -> list[dict[str, t.Any]]:
-        return self.presence.members(channel)
+        """Cluster-wide: from this node's replica, else from a node that has one."""
+        if not self._clustered or self.presence.has_replica(channel):
+            return self.presence.members(channel)
+        answer = self.broker.request(
+            _PRESENCE + channel, b'{"op":"members"}', _PRESENCE_QUERY_TIMEOUT
+        )
+        if answer is None:
+            return []  # no node has a subscriber, so nobody is present
+        return merge(json.loads(answer))
 
     def subscriber_count(self, channel: str) -> int:
         return self.hub.subscriber_count(channel)

@@ -21,6 +21,7 @@ NOT_SUBSCRIBED = 404
 TOO_LARGE = 413
 RATE_LIMITED = 429
 INTERNAL_ERROR = 500  # extension: an application handler raised
+UNAVAILABLE = 503  # extension: the broker is down and its buffer full
 
 # WebSocket close codes (PROTOCOL.md, "WebSocket close codes").
 CLOSE_NORMAL = 1000

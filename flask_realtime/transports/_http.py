@@ -8,6 +8,12 @@ import typing as t
 
 from flask import Response, jsonify, request
 
+from .. import protocol
+from ..brokers import BrokerUnavailable
+
+if t.TYPE_CHECKING:
+    from ..node import Node
+
 logger = logging.getLogger("flask_realtime")
 
 
@@ -19,6 +25,44 @@ def json_error(status: int, message: str) -> Response:
     response = jsonify(error={"code": status, "message": message})
     response.status_code = status
     return response
+
+
+Answer = tuple[int, bytes]
+
+
+def error_answer(status: int, message: str) -> Answer:
+    """A JSON error as (status, body): what a node answers a forwarded request."""
+    return status, protocol.encode({"error": {"code": status, "message": message}})
+
+
+def answer_response(answer: Answer) -> Response:
+    return Response(answer[1], status=answer[0], mimetype="application/json")
+
+
+def run_or_forward(
+    node: Node,
+    request_: dict[str, t.Any],
+    run: t.Callable[[Node, dict[str, t.Any]], Answer],
+    timeout: float,
+) -> Response:
+    """Run a request for an SSE or long-poll connection where it lives.
+
+    Requests of one connection may reach any worker of any machine (no
+    sticky sessions); the node that holds the connection answers, and the
+    others pass the request to it over the broker.
+    """
+    connection_id = request_["connection_id"]
+    if node.owns(connection_id):
+        return answer_response(run(node, request_))
+    try:
+        answer = node.forward(connection_id, request_, timeout)
+    except TimeoutError:
+        return json_error(504, "the node holding this connection did not answer")
+    except BrokerUnavailable:
+        return json_error(503, "the broker is unavailable; try again")
+    if answer is None:
+        return json_error(404, "unknown or expired connection; open a new one")
+    return answer_response(answer)
 
 
 def origin_allowed(origin: str | None, allowed: tuple[str, ...]) -> bool:

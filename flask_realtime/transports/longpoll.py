@@ -9,7 +9,18 @@ from flask import Response, request
 
 from .. import protocol
 from ..connection import Connection
-from ._http import Refused, cors, identify, json_error, origin_allowed, same_secret
+from ._http import (
+    Answer,
+    Refused,
+    answer_response,
+    cors,
+    error_answer,
+    identify,
+    json_error,
+    origin_allowed,
+    run_or_forward,
+    same_secret,
+)
 from ._mailbox import Mailbox
 
 if t.TYPE_CHECKING:
@@ -41,13 +52,18 @@ class PollBox(Mailbox):
         return self.close_code is not None
 
 
-def _answer(items: list[tuple[int, bytes]], cursor: int, **extra: t.Any) -> Response:
+def _answer(items: list[tuple[int, bytes]], cursor: int, **extra: t.Any) -> Answer:
     # The stored envelopes are JSON already: joined, not decoded again.
     body = b'{"messages":[' + b",".join(data for _, data in items) + b"]"
     body += b',"cursor":%d' % cursor
     for key, value in extra.items():
         body += b',"%s":%s' % (key.encode(), protocol.encode(value))
-    return Response(body + b"}", mimetype="application/json")
+    return 200, body + b"}"
+
+
+def register(node: Node) -> None:
+    """Let other nodes hand this one the polls of its connections."""
+    node.handle_request("poll", _poll_here)
 
 
 def poll_view(node: Node, authenticate: t.Callable[..., t.Any] | None) -> Response:
@@ -62,7 +78,19 @@ def poll_view(node: Node, authenticate: t.Callable[..., t.Any] | None) -> Respon
         if node.shutting_down:
             return json_error(503, "server shutting down; connect again")
         return cors(_open(node, authenticate), allowed)
-    return cors(_poll(node, connection_id), allowed)
+    try:
+        cursor = int(request.args.get("cursor", ""))
+    except ValueError:
+        return json_error(400, "'cursor' must be an integer")
+    forwarded = {
+        "op": "poll",
+        "connection_id": connection_id,
+        "token": request.args.get("token"),
+        "cursor": cursor,
+    }
+    # The owner answers within the poll timeout; the margin covers the trip.
+    timeout = settings.longpoll_timeout + 10
+    return cors(run_or_forward(node, forwarded, _poll_here, timeout), allowed)
 
 
 def _open(node: Node, authenticate: t.Callable[..., t.Any] | None) -> Response:
@@ -74,24 +102,21 @@ def _open(node: Node, authenticate: t.Callable[..., t.Any] | None) -> Response:
     conn = node.open("longpolling", box, user_id, user_info, with_token=True)
     box.conn = conn
     items = box.take()
-    return _answer(items, items[-1][0] if items else 0)
+    return answer_response(_answer(items, items[-1][0] if items else 0))
 
 
-def _poll(node: Node, connection_id: str) -> Response:
-    conn = node.hub.connections.get(connection_id)
+def _poll_here(node: Node, forwarded: dict[str, t.Any]) -> Answer:
+    conn = node.hub.connections.get(forwarded["connection_id"])
     if conn is None or conn.transport != "longpolling":
-        return json_error(404, "unknown or expired connection; open a new one")
-    if not same_secret(request.args.get("token"), conn.token):
-        return json_error(403, "wrong or missing token")
-    if t.cast(PollBox, conn.sink).expire_if_stale(time.monotonic()):
-        return json_error(404, "the connection expired; open a new one")
-    try:
-        cursor = int(request.args.get("cursor", ""))
-    except ValueError:
-        return json_error(400, "'cursor' must be an integer")
+        return error_answer(404, "unknown or expired connection; open a new one")
+    if not same_secret(forwarded.get("token"), conn.token):
+        return error_answer(403, "wrong or missing token")
     box = t.cast(PollBox, conn.sink)
-    if cursor < 0 or cursor > box.seq:
-        return json_error(400, f"'cursor' must be between 0 and {box.seq}")
+    if box.expire_if_stale(time.monotonic()):
+        return error_answer(404, "the connection expired; open a new one")
+    cursor = forwarded["cursor"]
+    if not isinstance(cursor, int) or cursor < 0 or cursor > box.seq:
+        return error_answer(400, f"'cursor' must be between 0 and {box.seq}")
 
     box.ack(cursor)
     box.poll_serial += 1
@@ -109,7 +134,7 @@ def _poll(node: Node, connection_id: str) -> Response:
             if items:
                 return _answer(items, items[-1][0])
             if box.close_code is not None:
-                return json_error(404, "the connection was closed; open a new one")
+                return error_answer(404, "the connection was closed; open a new one")
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return _answer([], cursor)

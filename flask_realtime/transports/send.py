@@ -9,7 +9,15 @@ import typing as t
 from flask import Response, request
 
 from .. import protocol
-from ._http import cors, json_error, origin_allowed, same_secret
+from ._http import (
+    Answer,
+    cors,
+    error_answer,
+    json_error,
+    origin_allowed,
+    run_or_forward,
+    same_secret,
+)
 
 if t.TYPE_CHECKING:
     from ..node import Node
@@ -29,6 +37,16 @@ def send_view(node: Node) -> Response:
         response.headers["Access-Control-Allow-Headers"] = "Content-Type"
         return response
     return cors(_send(node), allowed)
+
+
+# A forwarded request waits at most this long for the owning node.
+FORWARD_TIMEOUT = 10.0
+
+
+def register(node: Node) -> None:
+    """Let other nodes hand this one the requests of its connections."""
+    node.handle_request("send", _send_here)
+    node.handle_request("close", _close_here)
 
 
 def _send(node: Node) -> Response:
@@ -51,20 +69,47 @@ def _send(node: Node) -> Response:
         return json_error(400, "missing or non-string 'connection_id'")
     if not isinstance(message, dict):
         return json_error(400, "'message' must be a JSON object")
-    conn = node.hub.connections.get(connection_id)
-    if conn is None or conn.transport not in ("sse", "longpolling"):
-        return json_error(404, "unknown or expired connection; open a new one")
-    if not same_secret(body.get("token"), conn.token):
-        return json_error(403, "wrong or missing token")
-    expire = getattr(conn.sink, "expire_if_stale", None)
-    if expire is not None and expire(time.monotonic()):
-        return json_error(404, "the connection expired; open a new one")
     text = protocol.encode(message)
     if len(text) > limit:
         return json_error(413, f"message too large (limit {limit} bytes)")
+    forwarded = {
+        "op": "send",
+        "connection_id": connection_id,
+        "token": body.get("token"),
+        "message": text.decode(),
+    }
+    return run_or_forward(node, forwarded, _send_here, FORWARD_TIMEOUT)
+
+
+def _find(node: Node, forwarded: dict[str, t.Any]) -> t.Any:
+    """The connection, or the error answer: unknown, wrong token, expired."""
+    conn = node.hub.connections.get(forwarded["connection_id"])
+    if conn is None or conn.transport not in ("sse", "longpolling"):
+        return error_answer(404, "unknown or expired connection; open a new one")
+    if not same_secret(forwarded.get("token"), conn.token):
+        return error_answer(403, "wrong or missing token")
+    expire = getattr(conn.sink, "expire_if_stale", None)
+    if expire is not None and expire(time.monotonic()):
+        return error_answer(404, "the connection expired; open a new one")
+    return conn
+
+
+def _send_here(node: Node, forwarded: dict[str, t.Any]) -> Answer:
+    conn = _find(node, forwarded)
+    if isinstance(conn, tuple):
+        return conn
+    text = forwarded["message"].encode()
     refusal = node.admit(conn, text)
     reply = refusal if refusal is not None else node.receive(conn, text)
-    return Response(b"[" + (reply or b"") + b"]", mimetype="application/json")
+    return 200, b"[" + (reply or b"") + b"]"
+
+
+def _close_here(node: Node, forwarded: dict[str, t.Any]) -> Answer:
+    conn = _find(node, forwarded)
+    if isinstance(conn, tuple):
+        return conn
+    conn.sink.close(protocol.CLOSE_NORMAL, "closed by the client")
+    return 204, b""
 
 
 def close_view(node: Node) -> Response:
@@ -86,10 +131,9 @@ def close_view(node: Node) -> Response:
         return json_error(400, "the body must be JSON")
     if not isinstance(body, dict) or not isinstance(body.get("connection_id"), str):
         return json_error(400, "the body must be {'connection_id': ..., 'token': ...}")
-    conn = node.hub.connections.get(body["connection_id"])
-    if conn is None or conn.transport not in ("sse", "longpolling"):
-        return json_error(404, "unknown or expired connection")
-    if not same_secret(body.get("token"), conn.token):
-        return json_error(403, "wrong or missing token")
-    conn.sink.close(protocol.CLOSE_NORMAL, "closed by the client")
-    return cors(Response(status=204), allowed)
+    forwarded = {
+        "op": "close",
+        "connection_id": body["connection_id"],
+        "token": body.get("token"),
+    }
+    return cors(run_or_forward(node, forwarded, _close_here, FORWARD_TIMEOUT), allowed)

@@ -131,6 +131,7 @@ def test_health_route() -> None:
         "connections": 1,
         "transports": ["memory"],
         "broker": "null",
+        "broker_messages": {"channel": 0, "user": 0, "node": 0, "presence": 0},
     }
 
 

@@ -859,3 +859,25 @@ def test_test_client_is_a_context_manager(realtime: Realtime) -> None:
         assert realtime.channel("news").subscriber_count == 1
     assert client.close_code == 1000
     assert realtime.channel("news").subscriber_count == 0
+
+
+def test_client_event_relay_with_the_broker_out_of_reach_is_a_503_error(
+    make: Factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flask_realtime import BrokerUnavailable
+
+    realtime = make(REALTIME_AUTHORIZERS={"team.*": allow})
+    a, b = realtime.test_client(user_id=1), realtime.test_client(user_id=2)
+    a.subscribe("team.red")
+    b.subscribe("team.red")
+
+    def unavailable(topic: str, data: bytes) -> None:
+        raise BrokerUnavailable("the broker is down and its buffer full")
+
+    monkeypatch.setattr(realtime.node.broker, "publish", unavailable)
+    reply = a.emit("team.red", "client-move", 3)
+    assert error_code(reply) == 503
+    assert b.events() == []
+    monkeypatch.undo()
+    assert a.emit("team.red", "client-move", 4) is None
+    assert b.events() == [("client-move", 4)]
