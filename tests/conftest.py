@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from tests import servers
+from tests import brokerservers, servers
+from tests.brokerservers import BrokerServer
 from tests.servers import Server
 
 _CLEARED_PREFIXES = ("REALTIME_", "REDIS_", "RABBITMQ_")
@@ -85,6 +86,48 @@ def server_kind(request: pytest.FixtureRequest) -> str:
 def any_server(live_server: LiveServerFactory, server_kind: str) -> Server:
     """The basic test app on each kind of server in turn."""
     return live_server(server_kind)
+
+
+@pytest.fixture(scope="session")
+def broker_servers(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> t.Iterator[t.Callable[[str], BrokerServer]]:
+    """``broker_servers(kind)``: the session's one server of that kind.
+
+    Started on first use and stopped when the session ends. A test that stops
+    or restarts it must leave it running (``restart()`` does).
+    """
+    started: dict[str, BrokerServer] = {}
+
+    def get(kind: str) -> BrokerServer:
+        brokerservers.require(kind)
+        server = started.get(kind)
+        if server is None or server.process is None:
+            server = brokerservers.start(kind, tmp_path_factory.mktemp(kind))
+            started[kind] = server
+        return server
+
+    yield get
+    for server in started.values():
+        server.stop()
+
+
+@pytest.fixture
+def own_broker_server(
+    tmp_path: Path,
+) -> t.Iterator[t.Callable[[str], BrokerServer]]:
+    """A broker server for this test alone, for tests that kill or restart it."""
+    started: list[BrokerServer] = []
+
+    def start(kind: str) -> BrokerServer:
+        brokerservers.require(kind)
+        server = brokerservers.start(kind, tmp_path / f"{kind}-{len(started)}")
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
 
 
 @pytest.hookimpl(wrapper=True)

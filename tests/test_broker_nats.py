@@ -1,0 +1,692 @@
+"""What only the NATS broker does: its URLs, its subjects, its confirmations,
+order across subjects, a frozen or dying server, forks, and gevent.
+
+The promises every broker keeps are in tests/test_brokers.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import typing as t
+from pathlib import Path
+
+import nats as nats_py
+import pytest
+
+from flask_realtime import config as _config
+from flask_realtime.brokers import BrokerUnavailable, create_broker
+from flask_realtime.brokers import nats as nats_broker
+from flask_realtime.config import ConfigError
+from tests import brokerservers
+from tests.brokerservers import BrokerServer
+from tests.servers import free_port
+from tests.test_brokers import TIMEOUT, Inbox
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def settings(**config: t.Any) -> _config.Settings:
+    values = copy.deepcopy(_config.DEFAULTS)
+    values["REALTIME_BROKER"] = "nats"
+    values.update(config)
+    return _config.load(values)
+
+
+@pytest.fixture
+def make() -> t.Iterator[t.Callable[..., tuple[t.Any, Inbox]]]:
+    """``make(**REALTIME_settings)``: a NATS broker and what it receives."""
+    made: list[t.Any] = []
+
+    def make(**config: t.Any) -> tuple[t.Any, Inbox]:
+        inbox = Inbox()
+        broker = create_broker(settings(**config), inbox)
+        inbox.broker = broker
+        made.append(broker)
+        return broker, inbox
+
+    yield make
+    for broker in made:
+        broker.close()
+
+
+@pytest.fixture
+def server(broker_servers: t.Callable[[str], BrokerServer]) -> BrokerServer:
+    return broker_servers("nats")
+
+
+class NatsWithOptions(BrokerServer):
+    """A nats-server started with extra command-line options (authentication)."""
+
+    def __init__(self, directory: Path, *options: str) -> None:
+        super().__init__("nats", directory)
+        self.options = list(options)
+
+    def _command(self) -> tuple[list[str], dict[str, str]]:
+        command, env = super()._command()
+        return command + self.options, env
+
+
+@pytest.fixture
+def nats_with() -> t.Iterator[t.Callable[..., BrokerServer]]:
+    started: list[BrokerServer] = []
+
+    def start(directory: Path, *options: str) -> BrokerServer:
+        brokerservers.require("nats")
+        server = NatsWithOptions(directory, *options).start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+def round_trip(publisher: t.Any, inbox: Inbox, topic: str, data: bytes) -> None:
+    publisher.publish(topic, data)
+    inbox.wait_for(lambda: data in inbox.payloads(topic))
+
+
+def freeze(server: BrokerServer) -> None:
+    """SIGSTOP: the server keeps its sockets but reads and answers nothing."""
+    assert server.process is not None
+    os.killpg(server.process.pid, signal.SIGSTOP)
+    # The signal lands a moment later: wait until every thread is stopped.
+    tasks = Path(f"/proc/{server.process.pid}/task")
+    deadline = time.monotonic() + TIMEOUT
+    while not all(
+        (task / "stat").read_text().rsplit(")", 1)[1].split()[0] == "T"
+        for task in tasks.iterdir()
+    ):
+        assert time.monotonic() < deadline, "the server did not stop"
+        time.sleep(0.01)
+
+
+def thaw(server: BrokerServer) -> None:
+    assert server.process is not None
+    os.killpg(server.process.pid, signal.SIGCONT)
+
+
+# -- configuration -------------------------------------------------------------
+
+
+def test_the_broker_url_wins_over_the_nats_url(
+    server: BrokerServer, make: t.Any
+) -> None:
+    dead = f"nats://127.0.0.1:{free_port()}"
+    broker, inbox = make(REALTIME_BROKER_URL=server.url, REALTIME_NATS_URL=dead)
+    broker.subscribe("c:which")
+    round_trip(broker, inbox, "c:which", b"the broker URL")
+
+
+def test_the_nats_url_serves_without_a_broker_url(
+    server: BrokerServer, make: t.Any
+) -> None:
+    broker, inbox = make(REALTIME_BROKER_URL=None, REALTIME_NATS_URL=server.url)
+    broker.subscribe("c:which")
+    round_trip(broker, inbox, "c:which", b"the NATS URL")
+
+
+def test_a_comma_separated_list_reaches_the_server_that_answers(
+    server: BrokerServer, make: t.Any
+) -> None:
+    dead = f"nats://127.0.0.1:{free_port()}"
+    host_only = server.url.removeprefix("nats://")  # nats-py's "host:port" form
+    for url in (f"{dead}, {server.url}", f"{dead},{host_only}"):
+        broker, inbox = make(REALTIME_NATS_URL=url)
+        broker.subscribe("c:cluster")
+        round_trip(broker, inbox, "c:cluster", url.encode())
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        " , ",
+        "http://127.0.0.1:4222",
+        "nats://",
+        "nats://127.0.0.1:port",
+        "nats://user:s3cret-pw@127.0.0.1:99999",
+        "redis://user:s3cret-pw@127.0.0.1:6379",
+    ],
+)
+def test_what_is_not_a_nats_url_is_a_config_error_without_its_password(
+    url: str,
+) -> None:
+    with pytest.raises(ConfigError) as raised:
+        create_broker(
+            settings(REALTIME_NATS_URL="nats://x:1", REALTIME_BROKER_URL=url), print
+        )
+    assert "s3cret-pw" not in str(raised.value)
+    if url.strip(" ,"):
+        assert "NATS server URL" in str(raised.value)
+
+
+def test_user_and_password_from_the_url_and_never_in_the_log(
+    nats_with: t.Any, tmp_path: Path, make: t.Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = nats_with(tmp_path / "auth", "--user", "node", "--pass", "s3cret-pw")
+    caplog.set_level(logging.INFO, logger="flask_realtime")
+    good, inbox = make(
+        REALTIME_BROKER_URL=f"nats://node:s3cret-pw@127.0.0.1:{server.port}"
+    )
+    good.subscribe("c:auth")
+    round_trip(good, inbox, "c:auth", b"let in")
+
+    bad, _ = make(REALTIME_BROKER_URL=f"nats://node:wrong-pw@127.0.0.1:{server.port}")
+    started = time.monotonic()
+    bad.publish("c:auth", b"kept for later")  # buffered: the server refuses us
+    assert time.monotonic() - started < 2
+    deadline = time.monotonic() + TIMEOUT
+    while "Authorization Violation" not in caplog.text:
+        assert time.monotonic() < deadline, caplog.text
+        time.sleep(0.05)
+    refused = [
+        r.getMessage() for r in caplog.records if "Authorization" in r.getMessage()
+    ]
+    assert f"nats://node:***@127.0.0.1:{server.port}" in refused[0]
+    assert "s3cret-pw" not in caplog.text and "wrong-pw" not in caplog.text
+    assert inbox.payloads("c:auth") == [b"let in"]
+
+
+def test_a_token_url_connects_and_the_token_is_never_shown(
+    nats_with: t.Any, tmp_path: Path, make: t.Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = nats_with(tmp_path / "token", "--auth", "t0ken-9d2e")
+    caplog.set_level(logging.INFO, logger="flask_realtime")
+    broker, inbox = make(
+        REALTIME_BROKER_URL=f"nats://t0ken-9d2e@127.0.0.1:{server.port}"
+    )
+    broker.subscribe("c:token")
+    round_trip(broker, inbox, "c:token", b"let in")
+    assert f"nats://***@127.0.0.1:{server.port}" in caplog.text
+    server.kill()
+    with pytest.raises(BrokerUnavailable) as raised:
+        broker.request("n:anyone", b"?", 1)
+    assert "t0ken-9d2e" not in str(raised.value) + caplog.text
+
+
+# -- subjects ------------------------------------------------------------------
+
+
+def test_a_topic_is_one_literal_token_under_the_prefix() -> None:
+    topics = [
+        "c:chat.room-1",
+        "c:chat%2Eroom-1",
+        "c:*",
+        "c:>",
+        "c:a.*.>",
+        "c:a b\tc\r\n",
+        "u:émile",
+        "i:ab12#3",
+        "p:presence-room.1",
+        "",
+        "%",
+    ]
+    subjects = [nats_broker._subject(topic) for topic in topics]
+    assert len(set(subjects)) == len(topics)
+    for subject in subjects:
+        assert subject.startswith("flask_realtime.t.")
+        token = subject.removeprefix("flask_realtime.t.")
+        assert token and not set(token) & set(".*> \t\r\n")
+    # Characters channel names use stay readable on the server.
+    assert nats_broker._subject("c:x_y-z:a=b@c#d") == "flask_realtime.t.c:x_y-z:a=b@c#d"
+
+
+def test_wildcard_lookalike_topics_match_only_themselves(
+    server: BrokerServer, make: t.Any
+) -> None:
+    subscriber, inbox = make(REALTIME_BROKER_URL=server.url)
+    publisher, _ = make(REALTIME_BROKER_URL=server.url)
+    subscriber.subscribe("c:*", "c:>", "c:a.*")
+    for topic in ("c:a", "c:a.b", "c:b.c.d", "c:a.*", "c:>", "c:*"):
+        publisher.publish(topic, topic.encode())
+    publisher.publish("c:*", b"end")
+    inbox.wait_for(lambda: b"end" in inbox.payloads())
+    assert [(topic, data) for topic, data, _ in inbox.messages] == [
+        ("c:a.*", b"c:a.*"),
+        ("c:>", b"c:>"),
+        ("c:*", b"c:*"),
+        ("c:*", b"end"),
+    ]
+
+
+# -- order and confirmation ------------------------------------------------------
+
+
+def test_messages_on_different_topics_arrive_in_the_servers_order(
+    server: BrokerServer, make: t.Any
+) -> None:
+    """nats-py gives each subscription a task of its own; the node needs one order."""
+    subscriber, inbox = make(REALTIME_BROKER_URL=server.url)
+    topics = ["c:one", "c:two", "c:three"]
+    subscriber.subscribe(*topics)
+    sent = [(topics[n % 3], b"%d" % n) for n in range(3000)]
+
+    async def burst() -> None:
+        # One connection, no waiting: the messages come back packed together.
+        client = await nats_py.connect(server.url)
+        for topic, data in sent:
+            await client.publish(nats_broker._subject(topic), data)
+        await client.flush()
+        await client.close()
+
+    asyncio.run(burst())
+    inbox.wait_for(lambda: len(inbox.messages) == len(sent))
+    assert [(topic, data) for topic, data, _ in inbox.messages] == sent
+
+
+def test_a_returned_publish_is_ahead_of_any_later_one_from_another_connection(
+    server: BrokerServer, make: t.Any
+) -> None:
+    subscriber, inbox = make(REALTIME_BROKER_URL=server.url)
+    first, _ = make(REALTIME_BROKER_URL=server.url)
+    second, _ = make(REALTIME_BROKER_URL=server.url)
+    subscriber.subscribe("c:turns")
+    sent = []
+    for n in range(500):
+        for publisher, name in ((first, b"a"), (second, b"b")):
+            publisher.publish("c:turns", name + b"%d" % n)
+            sent.append(name + b"%d" % n)
+    inbox.wait_for(lambda: len(inbox.payloads()) == len(sent))
+    assert inbox.payloads() == sent
+
+
+def test_concurrent_publishers_share_confirmations_and_keep_their_order(
+    server: BrokerServer, make: t.Any
+) -> None:
+    subscriber, inbox = make(REALTIME_BROKER_URL=server.url)
+    publisher, _ = make(REALTIME_BROKER_URL=server.url)
+    subscriber.subscribe("c:crowd")
+    publisher.publish("c:crowd", b"warm-up")
+    markers_before = publisher._seq
+
+    def publish_many(n: int) -> None:
+        for i in range(300):
+            publisher.publish("c:crowd", b"%d:%d" % (n, i))
+
+    threads = [threading.Thread(target=publish_many, args=(n,)) for n in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    inbox.wait_for(lambda: len(inbox.payloads()) == 1 + 20 * 300)
+    for n in range(20):
+        mine = [d for d in inbox.payloads() if d.startswith(b"%d:" % n)]
+        assert mine == [b"%d:%d" % (n, i) for i in range(300)]
+    # One marker (one round trip) answers every publisher of a batch.
+    assert publisher._seq - markers_before < 20 * 300 * 0.8
+
+
+def test_on_message_runs_on_one_reader_thread_one_call_at_a_time(
+    server: BrokerServer, make: t.Any
+) -> None:
+    calls: list[tuple[int, int]] = []
+    running = [0]
+    lock = threading.Lock()
+
+    def on_message(topic: str, data: bytes, reply_to: str | None) -> None:
+        with lock:
+            running[0] += 1
+            calls.append((threading.get_ident(), running[0]))
+        time.sleep(0.0005)  # slow-ish, as a node may be
+        with lock:
+            running[0] -= 1
+
+    subscriber = create_broker(settings(REALTIME_BROKER_URL=server.url), on_message)
+    publishers = [make(REALTIME_BROKER_URL=server.url)[0] for _ in range(4)]
+    try:
+        subscriber.subscribe("c:a", "c:b")
+        workers = [
+            threading.Thread(
+                target=lambda p=p: [
+                    p.publish(("c:a", "c:b")[i % 2], b"x") for i in range(100)
+                ]
+            )
+            for p in publishers
+        ]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+        deadline = time.monotonic() + TIMEOUT
+        while len(calls) < 400:
+            assert time.monotonic() < deadline, len(calls)
+            time.sleep(0.02)
+        assert {thread for thread, _ in calls} != {threading.get_ident()}
+        assert len({thread for thread, _ in calls}) == 1
+        assert max(depth for _, depth in calls) == 1
+    finally:
+        subscriber.close()
+
+
+def test_inside_on_message_subscribe_and_request_work(
+    server: BrokerServer, make: t.Any
+) -> None:
+    """The loop, not the reader, confirms and answers: the reader may wait on it."""
+    publisher, _ = make(REALTIME_BROKER_URL=server.url)
+    responder, responder_inbox = make(REALTIME_BROKER_URL=server.url)
+    responder_inbox.replier = lambda broker, topic, data, reply_to: broker.reply(
+        reply_to, data + b" answered"
+    )
+    responder.subscribe("n:elsewhere")
+    inbox = Inbox()
+    outcome: dict[str, t.Any] = {}
+
+    def callback(topic: str, data: bytes, reply_to: str | None) -> None:
+        if topic == "c:trigger":
+            broker.subscribe("c:dynamic")
+            outcome["request"] = broker.request("n:elsewhere", b"asked", TIMEOUT)
+            publisher.publish("c:dynamic", b"right after")
+        inbox(topic, data, reply_to)
+
+    broker = create_broker(settings(REALTIME_BROKER_URL=server.url), callback)
+    try:
+        broker.subscribe("c:trigger")
+        publisher.publish("c:trigger", b"go")
+        inbox.wait_for(lambda: bool(inbox.payloads("c:dynamic")))
+        assert outcome["request"] == b"asked answered"
+        assert inbox.payloads() == [b"go", b"right after"]
+    finally:
+        broker.close()
+
+
+def test_an_oversized_message_is_refused_and_the_next_goes_through(
+    server: BrokerServer, make: t.Any
+) -> None:
+    broker, inbox = make(REALTIME_BROKER_URL=server.url)
+    broker.subscribe("c:big")
+    with pytest.raises(ValueError, match="max_payload"):
+        broker.publish("c:big", b"x" * (2 * 1024 * 1024))
+    round_trip(broker, inbox, "c:big", b"small")
+    assert inbox.payloads() == [b"small"]
+
+
+# -- a server that stops answering ----------------------------------------------
+
+
+def test_a_frozen_server_delays_a_publish_about_a_second_then_gets_it_once(
+    own_broker_server: t.Any, make: t.Any
+) -> None:
+    server = own_broker_server("nats")
+    subscriber, inbox = make(REALTIME_BROKER_URL=server.url)
+    publisher, _ = make(REALTIME_BROKER_URL=server.url)
+    subscriber.subscribe("c:frozen")
+    round_trip(publisher, inbox, "c:frozen", b"before")
+    freeze(server)
+    try:
+        started = time.monotonic()
+        publisher.publish("c:frozen", b"while frozen")
+        took = time.monotonic() - started
+        assert 0.9 < took < 2.5, took  # waited for the confirmation, then gave up
+    finally:
+        thaw(server)
+    round_trip(publisher, inbox, "c:frozen", b"after")
+    assert inbox.payloads() == [b"before", b"while frozen", b"after"]
+
+
+def test_a_publish_lost_with_its_connection_is_sent_again_after_reconnecting(
+    own_broker_server: t.Any, make: t.Any
+) -> None:
+    server = own_broker_server("nats")
+    broker, inbox = make(REALTIME_BROKER_URL=server.url)
+    broker.subscribe("c:lost")
+    round_trip(broker, inbox, "c:lost", b"before")
+    freeze(server)
+    broker.publish("c:lost", b"taken by a dying server")  # returns unconfirmed
+    server.kill()  # the frozen server dies without reading it
+    server.start()
+    round_trip(broker, inbox, "c:lost", b"after")
+    assert inbox.payloads() == [b"before", b"taken by a dying server", b"after"]
+
+
+def test_request_while_unreachable_fails_at_once(make: t.Any) -> None:
+    broker, _ = make(REALTIME_BROKER_URL=f"nats://127.0.0.1:{free_port()}")
+    started = time.monotonic()
+    with pytest.raises(BrokerUnavailable):
+        broker.request("n:anyone", b"?", TIMEOUT)
+    assert time.monotonic() - started < 2.5
+
+
+def test_a_request_pending_when_the_connection_drops_fails_at_once(
+    own_broker_server: t.Any, make: t.Any
+) -> None:
+    server = own_broker_server("nats")
+    responder, inbox = make(REALTIME_BROKER_URL=server.url)
+    requester, _ = make(REALTIME_BROKER_URL=server.url)
+    responder.subscribe("n:silent")
+    outcome: list[BaseException] = []
+
+    def ask() -> None:
+        try:
+            requester.request("n:silent", b"anyone?", 30)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    asking = threading.Thread(target=ask)
+    asking.start()
+    inbox.wait_for(lambda: bool(inbox.messages))  # the request is out
+    started = time.monotonic()
+    server.kill()
+    asking.join(TIMEOUT)
+    assert time.monotonic() - started < 5
+    assert len(outcome) == 1 and isinstance(outcome[0], BrokerUnavailable)
+
+
+# -- life cycle ----------------------------------------------------------------
+
+
+def test_close_is_idempotent_and_ends_the_reader_and_the_loop(
+    server: BrokerServer,
+) -> None:
+    before = set(threading.enumerate())
+    inbox = Inbox()
+    broker = create_broker(settings(REALTIME_BROKER_URL=server.url), inbox)
+    inbox.broker = broker
+    broker.subscribe("c:short")
+    round_trip(broker, inbox, "c:short", b"hello")
+    assert len(set(threading.enumerate()) - before) >= 2  # the loop and the reader
+    broker.close()
+    broker.close()
+    with pytest.raises(BrokerUnavailable, match="closed"):
+        broker.publish("c:short", b"too late")
+    deadline = time.monotonic() + TIMEOUT
+    while set(threading.enumerate()) - before:
+        assert time.monotonic() < deadline, set(threading.enumerate()) - before
+        time.sleep(0.02)
+    assert nats_broker._runner is None
+
+
+def test_an_unused_broker_closes_without_connecting() -> None:
+    before = set(threading.enumerate())
+    broker = create_broker(settings(REALTIME_NATS_URL="nats://127.0.0.1:1"), print)
+    broker.close()
+    assert set(threading.enumerate()) == before
+
+
+# -- other processes: fork and gevent ---------------------------------------------
+
+
+def run_script(code: str, *args: str, timeout: float = 90) -> str:
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+SCRIPT_HEAD = """
+    import copy, os, sys, threading, time
+    {patch}
+    from flask_realtime import config as _config
+    from flask_realtime.brokers import create_broker
+
+    def settings():
+        values = copy.deepcopy(_config.DEFAULTS)
+        values.update(REALTIME_BROKER="nats", REALTIME_BROKER_URL=sys.argv[1])
+        return _config.load(values)
+
+    def wait_for(predicate, timeout=10):
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            assert time.monotonic() < deadline, "timed out"
+            time.sleep(0.01)
+"""
+
+FORK_SCRIPT = """
+    got = []
+    def on_message(topic, data, reply_to):
+        got.append((topic, data))
+        if reply_to:
+            broker.reply(reply_to, b"parent answers " + data)
+
+    broker = create_broker(settings(), on_message)
+    broker.subscribe("c:shared", "n:parent")
+    publisher = create_broker(settings(), lambda *a: None)
+    publisher.publish("c:shared", b"before the fork")
+    wait_for(lambda: len(got) == 1)
+
+    pid = os.fork()
+    if pid == 0:
+        # Idle while the parent's traffic arrives: what the child inherited
+        # (under gevent, a loop greenlet in the middle of select) must not
+        # read the parent's socket.
+        time.sleep(1.0)
+        got.clear()
+        answer = broker.request("n:parent", b"from the child", 10)
+        broker.publish("c:shared", b"child says hello")
+        wait_for(lambda: b"child says hello" in [d for _, d in got])
+        print("child:", answer.decode(), flush=True)
+        os._exit(0)
+    for n in range(200):
+        publisher.publish("c:shared", b"parent %d" % n)
+        time.sleep(0.002)
+    _, status = os.waitpid(pid, 0)
+    assert status == 0, status
+    publisher.publish("c:shared", b"after the child")
+    wait_for(lambda: b"after the child" in [d for _, d in got])
+    mine = [d for t, d in got if d.startswith(b"parent ")]
+    assert mine == [b"parent %d" % n for n in range(200)], mine
+    assert b"child says hello" in [d for _, d in got]
+    broker.close()
+    publisher.close()
+    print("parent: all", len(mine), flush=True)
+"""
+
+
+@pytest.mark.parametrize("world", ["threads", "gevent"])
+def test_a_forked_child_connects_anew_and_leaves_the_parent_alone(
+    server: BrokerServer, world: str
+) -> None:
+    patch = "from gevent import monkey; monkey.patch_all()" if world == "gevent" else ""
+    out = run_script(SCRIPT_HEAD.format(patch=patch) + FORK_SCRIPT, server.url)
+    assert "child: parent answers from the child" in out
+    assert "parent: all 200" in out
+
+
+GEVENT_SCRIPT = """
+    import asyncio
+    import gevent
+    from flask_realtime import _runtime
+    from flask_realtime.brokers import nats as nats_broker
+    assert _runtime.gevent_active()
+
+    got = []
+    readers = set()
+    def on_message(topic, data, reply_to):
+        readers.add(gevent.getcurrent())
+        gevent.sleep(0)  # cooperative code (a client's socket write) is safe here
+        got.append((topic, data))
+        if reply_to:
+            gevent.spawn_later(0.05, broker.reply, reply_to, data + b" back")
+
+    broker = create_broker(settings(), on_message)
+    publisher = create_broker(settings(), lambda *a: None)
+    broker.subscribe("c:room", "n:me")
+    runner = nats_broker._runner
+    assert isinstance(runner.worker, gevent.Greenlet)
+
+    def publish_many(n):
+        for i in range(200):
+            publisher.publish("c:room", b"%d:%d" % (n, i))
+
+    workers = [gevent.spawn(publish_many, n) for n in range(50)]
+    asks = [gevent.spawn(publisher.request, "n:me", b"q%d" % n, 10) for n in range(10)]
+    gevent.joinall(workers + asks, raise_error=True)
+    assert sorted(a.value for a in asks) == sorted(b"q%d back" % n for n in range(10))
+    wait_for(lambda: len([d for t, d in got if t == "c:room"]) == 50 * 200)
+    for n in range(50):
+        mine = [d for t, d in got if d.startswith(b"%d:" % n)]
+        assert mine == [b"%d:%d" % (n, i) for i in range(200)]
+    assert publisher.request("n:nobody", b"?", 10) is None
+    # One reader: a greenlet of this hub, neither the caller nor the loop's.
+    assert len(readers) == 1
+    (reader,) = readers
+    assert isinstance(reader, gevent.Greenlet)
+    assert reader is not gevent.getcurrent() and reader is not runner.worker
+    # The loop is not "running" for other greenlets: their asyncio still works.
+    async def other_asyncio():
+        await asyncio.sleep(0)
+        return "mine"
+    assert asyncio.run(other_asyncio()) == "mine"
+    print("concurrent ok", flush=True)
+
+    print("restart please", flush=True)
+    assert sys.stdin.readline().strip() == "restarted"
+    n = 0
+    while not any(d.startswith(b"after") for t, d in got):
+        n += 1
+        assert n < 300, "no message after the restart"
+        publisher.publish("c:room", b"after %d" % n)
+        gevent.sleep(0.1)
+    assert publisher.request("n:me", b"again", 10) == b"again back"
+    broker.close()
+    publisher.close()
+    runner.worker.join(5)
+    assert runner.worker.dead and nats_broker._runner is None
+    print("reconnect ok", flush=True)
+"""
+
+
+def test_under_gevent_everything_is_cooperative(own_broker_server: t.Any) -> None:
+    server = own_broker_server("nats")
+    code = SCRIPT_HEAD.format(patch="from gevent import monkey; monkey.patch_all()")
+    process = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code + GEVENT_SCRIPT), server.url],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        cwd=ROOT,
+    )
+    watchdog = threading.Timer(120, process.kill)
+    watchdog.start()
+    try:
+        assert process.stdout is not None and process.stdin is not None
+        lines = []
+        for line in process.stdout:
+            lines.append(line.strip())
+            if line.strip() == "restart please":
+                server.restart()
+                process.stdin.write("restarted\n")
+                process.stdin.flush()
+        assert process.wait(timeout=60) == 0, process.stderr.read()  # type: ignore[union-attr]
+        assert lines == ["concurrent ok", "restart please", "reconnect ok"]
+    finally:
+        watchdog.cancel()
+        if process.poll() is None:
+            process.kill()
+            process.wait()

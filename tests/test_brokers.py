@@ -1,0 +1,326 @@
+"""Every broker keeps the promises of ``flask_realtime.brokers.base``.
+
+Run against real servers (started by the suite on private ports), from plain
+threads: the node calls brokers the same way without gevent.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import threading
+import time
+import typing as t
+
+import pytest
+
+from flask_realtime import config as _config
+from flask_realtime.brokers import Broker, BrokerUnavailable, create_broker
+from tests.brokerservers import KINDS, BrokerServer
+from tests.servers import free_port
+
+TIMEOUT = 10.0
+
+
+class Inbox:
+    """What one broker delivered to its callback, with waiting helpers."""
+
+    def __init__(self) -> None:
+        self.messages: list[tuple[str, bytes, str | None]] = []
+        self.replier: t.Callable[[Broker, str, bytes, str], None] | None = None
+        self.broker: Broker | None = None
+        self._changed = threading.Condition()
+
+    def __call__(self, topic: str, data: bytes, reply_to: str | None) -> None:
+        with self._changed:
+            self.messages.append((topic, data, reply_to))
+            self._changed.notify_all()
+        if reply_to is not None and self.replier is not None:
+            assert self.broker is not None
+            self.replier(self.broker, topic, data, reply_to)
+
+    def payloads(self, topic: str | None = None) -> list[bytes]:
+        return [d for tp, d, _ in list(self.messages) if topic in (None, tp)]
+
+    def wait_for(
+        self, predicate: t.Callable[[], bool], timeout: float = TIMEOUT
+    ) -> None:
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while not predicate():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise AssertionError(f"timed out; received {self.messages[-5:]!r}")
+                self._changed.wait(remaining)
+
+
+def settings_for(kind: str, url: str, **config: t.Any) -> _config.Settings:
+    values = copy.deepcopy(_config.DEFAULTS)
+    values.update(REALTIME_BROKER=kind, REALTIME_BROKER_URL=url)
+    if kind == "nats":
+        values["REALTIME_NATS_URL"] = url
+    values.update(config)
+    return _config.load(values)
+
+
+@pytest.fixture(params=KINDS)
+def kind(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture
+def make_broker() -> t.Iterator[t.Callable[..., tuple[Broker, Inbox]]]:
+    made: list[Broker] = []
+
+    def make(kind: str, url: str, **config: t.Any) -> tuple[Broker, Inbox]:
+        inbox = Inbox()
+        broker = create_broker(settings_for(kind, url, **config), inbox)
+        inbox.broker = broker
+        made.append(broker)
+        return broker, inbox
+
+    yield make
+    for broker in made:
+        broker.close()
+
+
+@pytest.fixture
+def server(kind: str, broker_servers: t.Callable[[str], BrokerServer]) -> BrokerServer:
+    return broker_servers(kind)
+
+
+def test_publish_reaches_only_the_nodes_subscribed_to_the_topic(
+    kind: str, server: BrokerServer, make_broker: t.Any
+) -> None:
+    a, a_inbox = make_broker(kind, server.url)
+    b, b_inbox = make_broker(kind, server.url)
+    publisher, _ = make_broker(kind, server.url)
+    a.subscribe("c:news", "c:marker")
+    b.subscribe("c:sport", "c:marker")
+    publisher.publish("c:news", b"for a")
+    publisher.publish("c:marker", b"end")
+    a_inbox.wait_for(lambda: b"end" in a_inbox.payloads())
+    b_inbox.wait_for(lambda: b"end" in b_inbox.payloads())
+    assert a_inbox.payloads() == [b"for a", b"end"]
+    # b has the marker published after c:news, and never c:news itself.
+    assert b_inbox.payloads() == [b"end"]
+    assert [m[0] for m in a_inbox.messages] == ["c:news", "c:marker"]
+
+
+def test_subscription_is_in_place_when_subscribe_returns(
+    kind: str, server: BrokerServer, make_broker: t.Any
+) -> None:
+    subscriber, inbox = make_broker(kind, server.url)
+    publisher, _ = make_broker(kind, server.url)
+    publisher.publish("c:warmup", b"connect first")
+    for n in range(5):
+        topic = f"c:fresh-{n}"
+        subscriber.subscribe(topic)
+        publisher.publish(topic, b"right after")
+        inbox.wait_for(lambda topic=topic: inbox.payloads(topic) == [b"right after"])
+
+
+def test_unsubscribe_stops_delivery(
+    kind: str, server: BrokerServer, make_broker: t.Any
+) -> None:
+    subscriber, inbox = make_broker(kind, server.url)
+    publisher, _ = make_broker(kind, server.url)
+    subscriber.subscribe("c:temp", "c:marker")
+    publisher.publish("c:temp", b"1")
+    inbox.wait_for(lambda: inbox.payloads("c:temp") == [b"1"])
+    subscriber.unsubscribe("c:temp")
+    publisher.publish("c:temp", b"2")
+    publisher.publish("c:marker", b"end")
+    inbox.wait_for(lambda: inbox.payloads("c:marker") == [b"end"])
+    assert inbox.payloads("c:temp") == [b"1"]
+
+
+def test_one_publisher_arrives_in_order_and_once(
+    kind: str, server: BrokerServer, make_broker: t.Any
+) -> None:
+    subscriber, inbox = make_broker(kind, server.url)
+    publisher, _ = make_broker(kind, server.url)
+    subscriber.subscribe("c:ordered")
+    sent = [b"%d" % n for n in range(2000)]
+    for data in sent:
+        publisher.publish("c:ordered", data)
+    inbox.wait_for(lambda: len(inbox.payloads()) >= len(sent))
+    assert inbox.payloads() == sent
+
+
+def test_every_channel_name_character_and_any_bytes_survive(
+    kind: str, server: BrokerServer, make_broker: t.Any
+) -> None:
+    subscriber, inbox = make_broker(kind, server.url)
+    publisher, _ = make_broker(kind, server.url)
+    # Channel names allow [A-Za-z0-9._-:=@#]; '#' and '.' mean something
+    # to RabbitMQ's topic exchange and NATS subjects.
+    odd = "c:chat.room-1_x:y=z@a#b"
+    wildcard_lookalike = "c:chat.#"
+    subscriber.subscribe(odd)
+    data = bytes(range(256)) + b"\n\x00\r\n"
+    publisher.publish(wildcard_lookalike, b"must not match")
+    publisher.publish("c:chat.room-1_x:y=z@a#c", b"must not match either")
+    publisher.publish(odd, data)
+    inbox.wait_for(lambda: bool(inbox.messages))
+    subscriber.subscribe("c:marker")
+    publisher.publish("c:marker", b"end")
+    inbox.wait_for(lambda: b"end" in inbox.payloads())
+    assert inbox.messages[0][:2] == (odd, data)
+    assert inbox.payloads() == [data, b"end"]
+
+
+def test_request_gets_the_reply(
+    kind: str, server: BrokerServer, make_broker: t.Any
+) -> None:
+    responder, inbox = make_broker(kind, server.url)
+    requester, _ = make_broker(kind, server.url)
+    inbox.replier = lambda broker, topic, data, reply_to: broker.reply(
+        reply_to, data + b" back"
+    )
+    responder.subscribe("n:responder")
+    for n in range(3):
+        answer = requester.request("n:responder", b"hello %d" % n, TIMEOUT)
+        assert answer == b"hello %d back" % n
+    assert all(reply_to for _, _, reply_to in inbox.messages)
+
+
+def test_reply_may_come_later_from_another_thread(
+    kind: str, server: BrokerServer, make_broker: t.Any
+) -> None:
+    responder, inbox = make_broker(kind, server.url)
+    requester, _ = make_broker(kind, server.url)
+
+    def later(broker: Broker, topic: str, data: bytes, reply_to: str) -> None:
+        timer = threading.Timer(0.3, broker.reply, (reply_to, b"late"))
+        timer.start()
+
+    inbox.replier = later
+    responder.subscribe("n:slow")
+    assert requester.request("n:slow", b"take your time", TIMEOUT) == b"late"
+
+
+def test_request_to_a_topic_nobody_subscribes_is_none_at_once(
+    kind: str, server: BrokerServer, make_broker: t.Any
+) -> None:
+    requester, _ = make_broker(kind, server.url)
+    requester.publish("c:warmup", b"connect first")
+    started = time.monotonic()
+    assert requester.request("n:nobody-here", b"anyone?", TIMEOUT) is None
+    # Not a timeout: the broker said nobody listens.
+    assert time.monotonic() - started < TIMEOUT / 2
+
+
+def test_request_without_reply_times_out(
+    kind: str, server: BrokerServer, make_broker: t.Any
+) -> None:
+    responder, inbox = make_broker(kind, server.url)
+    requester, _ = make_broker(kind, server.url)
+    responder.subscribe("n:silent")
+    with pytest.raises(TimeoutError):
+        requester.request("n:silent", b"hello?", 0.5)
+    inbox.wait_for(lambda: bool(inbox.messages))
+
+
+def test_reconnects_and_resubscribes_after_the_server_restarts(
+    kind: str, own_broker_server: t.Any, make_broker: t.Any
+) -> None:
+    server = own_broker_server(kind)
+    subscriber, inbox = make_broker(kind, server.url)
+    publisher, _ = make_broker(kind, server.url)
+    subscriber.subscribe("c:survivor")
+    publisher.publish("c:survivor", b"before")
+    inbox.wait_for(lambda: inbox.payloads() == [b"before"])
+    server.restart()
+    # The subscriber re-subscribes on its own; keep publishing until the
+    # message published after its return arrives.
+    deadline = time.monotonic() + 30
+    n = 0
+    while not any(p.startswith(b"after") for p in inbox.payloads()):
+        assert time.monotonic() < deadline, inbox.messages
+        n += 1
+        publisher.publish("c:survivor", b"after %d" % n)
+        inbox.wait_for(lambda: True, timeout=0.2)
+        time.sleep(0.2)
+    assert inbox.payloads()[0] == b"before"
+
+
+def test_publishing_while_the_server_is_down_is_buffered_and_sent_on_reconnect(
+    kind: str, own_broker_server: t.Any, make_broker: t.Any
+) -> None:
+    server = own_broker_server(kind)
+    broker, inbox = make_broker(kind, server.url)
+    broker.subscribe("c:buffered")
+    broker.publish("c:buffered", b"0")
+    inbox.wait_for(lambda: inbox.payloads() == [b"0"])
+    server.kill()
+    for n in range(1, 6):
+        started = time.monotonic()
+        broker.publish("c:buffered", b"%d" % n)
+        assert time.monotonic() - started < 2, "publish hung while the broker is down"
+    server.start()
+    # Re-subscribing comes before flushing, so the node gets its own messages.
+    inbox.wait_for(lambda: len(inbox.payloads()) >= 6, timeout=30)
+    assert inbox.payloads() == [b"%d" % n for n in range(6)]
+
+
+def test_a_full_outage_buffer_raises_a_clear_error(
+    kind: str, own_broker_server: t.Any, make_broker: t.Any
+) -> None:
+    server = own_broker_server(kind)
+    broker, inbox = make_broker(kind, server.url, REALTIME_BROKER_BUFFER=3)
+    broker.subscribe("c:x")
+    broker.publish("c:x", b"up")
+    inbox.wait_for(lambda: inbox.payloads() == [b"up"])
+    server.kill()
+    with pytest.raises(BrokerUnavailable) as raised:
+        # A few may still be taken by the dead socket before the broker
+        # notices; the buffer's bound is what stops the rest.
+        for n in range(3 + 20):
+            broker.publish("c:x", b"%d" % n)
+            time.sleep(0.01)
+    message = str(raised.value)
+    assert kind in message and f"127.0.0.1:{server.port}" in message
+    assert "REALTIME_BROKER_BUFFER" in message
+
+
+def _url(kind: str, port: int, credentials: str = "") -> str:
+    scheme = {"redis": "redis", "rabbitmq": "amqp", "nats": "nats"}[kind]
+    return f"{scheme}://{credentials}127.0.0.1:{port}"
+
+
+def test_unreachable_at_start_logs_the_url_without_its_password(
+    kind: str, make_broker: t.Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    port = free_port()
+    caplog.set_level(logging.INFO, logger="flask_realtime")
+    broker, _ = make_broker(kind, _url(kind, port, "user:s3cret-pw@"))
+    started = time.monotonic()
+    broker.subscribe("c:later")
+    broker.publish("c:later", b"queued while unreachable")
+    assert time.monotonic() - started < 2, "the broker blocked its caller"
+    deadline = time.monotonic() + 10
+    while f"127.0.0.1:{port}" not in caplog.text:
+        assert time.monotonic() < deadline, "no log line names the broker URL"
+        time.sleep(0.05)
+    assert kind in caplog.text.lower()
+    assert "s3cret-pw" not in caplog.text
+
+
+def test_unreachable_at_start_retries_until_the_server_comes(
+    kind: str, make_broker: t.Any, tmp_path: t.Any
+) -> None:
+    port = free_port()
+    broker, inbox = make_broker(kind, _url(kind, port))
+    broker.subscribe("c:later")
+    broker.publish("c:later", b"queued while unreachable")
+    time.sleep(0.5)  # let it fail to connect at least once
+    server = BrokerServer(kind, tmp_path / kind, port).start()
+    try:
+        inbox.wait_for(
+            lambda: inbox.payloads() == [b"queued while unreachable"], timeout=30
+        )
+        broker.publish("c:later", b"connected")
+        inbox.wait_for(lambda: inbox.payloads()[-1:] == [b"connected"])
+    finally:
+        server.stop()
