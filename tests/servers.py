@@ -136,6 +136,8 @@ class Server:
         self.process = process
         self.log_path = log_path
         self.argv = argv
+        #: Worker processes behind the port: each is a node of its own.
+        self.workers = int(argv[argv.index("-w") + 1]) if "-w" in argv else 1
 
     @property
     def url(self) -> str:

@@ -1,0 +1,80 @@
+"""A cluster per test: a real broker and gunicorn instances sharing it.
+
+``cluster(kind)`` starts two gunicorn instances (gevent-websocket worker, two
+workers each: four nodes) on the session's broker server of that kind. Tests
+talk to them with real WebSocket and HTTP clients; nothing is sticky, so
+which worker a request reaches is up to the kernel.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import typing as t
+from pathlib import Path
+
+import pytest
+
+from tests import servers
+from tests.brokerservers import KINDS, BrokerServer
+from tests.servers import Server
+
+
+class Cluster:
+    def __init__(self, broker: BrokerServer, instances: list[Server]) -> None:
+        self.broker = broker
+        self.instances = instances
+
+    @property
+    def env(self) -> dict[str, str]:
+        return self.broker.app_env
+
+    def publish_only(self, *calls: list[t.Any]) -> list[t.Any]:
+        """Run ``calls`` in a new process that serves nothing (like a Celery
+        task or a script); returns what each call returned."""
+        result = subprocess.run(
+            [sys.executable, "-m", "tests.cluster.publisher", json.dumps(calls)],
+            env=servers.child_environment(self.env),
+            cwd=servers.ROOT,
+            capture_output=True,
+            timeout=60,
+        )
+        if result.returncode != 0:
+            raise AssertionError(result.stderr.decode(errors="replace")[-3000:])
+        return json.loads(result.stdout.decode().strip().splitlines()[-1])
+
+
+@pytest.fixture(params=KINDS)
+def broker_kind(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture
+def start_cluster(live_server: t.Any, tmp_path: Path) -> t.Callable[..., Cluster]:
+    def start(
+        broker: BrokerServer,
+        instances: int = 2,
+        workers: int = 2,
+        env: t.Mapping[str, str] | None = None,
+    ) -> Cluster:
+        started = [
+            live_server(
+                "geventwebsocket",
+                env={**broker.app_env, **(env or {})},
+                workers=workers,
+            )
+            for _ in range(instances)
+        ]
+        return Cluster(broker, started)
+
+    return start
+
+
+@pytest.fixture
+def cluster(
+    broker_kind: str,
+    broker_servers: t.Callable[[str], BrokerServer],
+    start_cluster: t.Callable[..., Cluster],
+) -> Cluster:
+    return start_cluster(broker_servers(broker_kind))
