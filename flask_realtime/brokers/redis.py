@@ -444,6 +444,11 @@ class RedisBroker:
         return entry.result()
 
     def _lead(self, own: _Entry) -> None:
+        if gevent_active():
+            # Let the other runnable greenlets queue their messages first:
+            # Redis often answers before the leader's read would yield, and a
+            # leader that never yields sends one message per round trip.
+            sleep(0)
         with self._lock:
             batch, self._queue = self._queue, []
         if not own.lead:
