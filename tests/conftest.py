@@ -30,6 +30,7 @@ class LiveServerFactory(t.Protocol):
         app: str = ...,
         env: t.Mapping[str, str | None] | None = ...,
         workers: int = ...,
+        gunicorn_options: t.Sequence[str] = ...,
     ) -> Server: ...
 
 
@@ -52,6 +53,7 @@ def live_server(
         app: str = servers.DEFAULT_APP,
         env: t.Mapping[str, str | None] | None = None,
         workers: int = 1,
+        gunicorn_options: t.Sequence[str] = (),
     ) -> Server:
         server = servers.start(
             kind,
@@ -59,6 +61,7 @@ def live_server(
             app=app,
             env=env,
             workers=workers,
+            gunicorn_options=gunicorn_options,
             name=f"{kind}-{len(started) + 1}",
         )
         started.append(server)

@@ -48,7 +48,13 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def command(kind: str, app: str, port: int, workers: int = 1) -> list[str]:
+def command(
+    kind: str,
+    app: str,
+    port: int,
+    workers: int = 1,
+    gunicorn_options: t.Sequence[str] = (),
+) -> list[str]:
     """The argv that serves ``app`` ("module:attr") with server ``kind``."""
     python = sys.executable
     if kind in _GUNICORN_WORKERS:
@@ -67,6 +73,7 @@ def command(kind: str, app: str, port: int, workers: int = 1) -> list[str]:
             "2",
             "-b",
             f"127.0.0.1:{port}",
+            *gunicorn_options,
             app,
         ]
     if workers != 1:
@@ -233,6 +240,7 @@ def start(
     app: str = DEFAULT_APP,
     env: t.Mapping[str, str | None] | None = None,
     workers: int = 1,
+    gunicorn_options: t.Sequence[str] = (),
     timeout: float = START_TIMEOUT,
     name: str | None = None,
     port: int | None = None,
@@ -250,7 +258,7 @@ def start(
     for attempt in range(tries):
         if attempt or port is None:
             port = free_port()
-        argv = command(kind, app, port, workers)
+        argv = command(kind, app, port, workers, gunicorn_options)
         log_path = log_dir / f"{name}-{port}.log"
         with open(log_path, "wb") as log_file:
             process = subprocess.Popen(

@@ -307,3 +307,34 @@ def test_long_polls_may_land_on_any_node(cluster: Cluster) -> None:
     )
     assert response.status_code == 404
     assert response.json()["error"]["code"] == 404
+
+
+def test_workers_forked_from_a_preloaded_app_are_nodes_of_their_own(
+    broker_kind: str, broker_servers: t.Any, live_server: t.Any
+) -> None:
+    # --preload runs init_app in the arbiter, before the workers fork.
+    broker = broker_servers(broker_kind)
+    server = live_server(
+        "geventwebsocket",
+        env=broker.app_env,
+        workers=2,
+        gunicorn_options=["--preload"],
+    )
+    # Which worker accepts is up to the kernel: connect until both have some.
+    clients = [ws(server) for _ in range(8)]
+    while len({node_of(c) for c in clients}) < 2:
+        assert len(clients) < 200, "every connection landed on one node id"
+        clients.append(ws(server))
+    answering = {get(server, "/realtime/health")["node"] for _ in range(40)}
+    assert answering == {node_of(c) for c in clients}
+    channel = unique("news.")
+    for client in clients:
+        client.subscribe(channel)
+    get(server, "/broadcast", channel=channel, event="hello", data='"all"')
+    for n, client in enumerate(clients):
+        assert client.wait_event("hello")["data"] == "all"
+        get(server, "/send", connection_id=client.connection_id, event="own", data=n)
+    for n, client in enumerate(clients):
+        assert client.wait_event("own")["data"] == n
+        assert client.ping()["type"] == "pong"
+        assert not [m for m in client.skipped if m.get("type") == "event"]
