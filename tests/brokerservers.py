@@ -200,6 +200,7 @@ class BrokerServer:
             except OSError:
                 return
             time.sleep(0.1)
+        raise RuntimeError(f"{self.kind} still answers on {self.port} after a kill")
 
 
 def _pids_with(variable: bytes) -> list[int]:

@@ -159,6 +159,23 @@ def raw_publish(server: BrokerServer, exchange: str, topic: str, body: bytes) ->
         connection.close()
 
 
+def erlang_vm(server: BrokerServer) -> int:
+    """The pid of the server's Erlang VM (the server runs it as the rabbitmq
+    user, in a session of its own)."""
+    variable = f"RABBITMQ_NODENAME=flask-realtime-{server.port}@localhost".encode()
+    for entry in Path("/proc").iterdir():
+        try:
+            if (
+                entry.name.isdigit()
+                and b"beam.smp" in (entry / "cmdline").read_bytes()
+                and variable in (entry / "environ").read_bytes().split(b"\0")
+            ):
+                return int(entry.name)
+        except OSError:
+            continue
+    raise AssertionError(f"no Erlang VM for the server on port {server.port}")
+
+
 def run_script(code: str, *args: str, timeout: float = 120) -> str:
     """Run ``code`` in a fresh interpreter (gevent must patch first there)."""
     env = dict(os.environ, PYTHONPATH=str(ROOT))
@@ -451,7 +468,7 @@ def test_a_queue_that_outlives_its_connection_keeps_what_came_meanwhile(
         "queue_auto_delete": False,
     }
     broker, inbox = make(None, REALTIME_RABBITMQ=options)
-    broker.subscribe("c:kept")
+    broker.subscribe("c:kept", "c:dropped")
     round_trip(broker, inbox, "c:kept", b"1")
     [queue] = queues(server, prefix)
     assert (queue["durable"], queue["auto_delete"], queue["exclusive"]) == (
@@ -463,12 +480,27 @@ def test_a_queue_that_outlives_its_connection_keeps_what_came_meanwhile(
     ctl(server, "clear_permissions", "-p", "/", user)
     ctl(server, "close_all_user_connections", user, "test")
     wait_until(lambda: queues(server, prefix)[0]["consumers"] == 0)
+    broker.unsubscribe("c:dropped")  # recorded while away
     raw_publish(server, "realtime", "c:kept", b"2")
     [queue] = queues(server, prefix)
     assert queue["messages_ready"] == 1  # held for the node
     ctl(server, "set_permissions", "-p", "/", user, ".*", ".*", ".*")
     inbox.wait_for(lambda: inbox.payloads() == [b"1", b"2"], timeout=20)
     assert [q["name"] for q in queues(server, prefix)] == [queue["name"]]
+    # The queue kept its bindings; the one given up meanwhile is gone.
+    bindings = listing(
+        server,
+        "list_bindings",
+        "source_name",
+        "destination_name",
+        "routing_key",
+        vhost="/",
+    )
+    assert sorted(
+        b["routing_key"]
+        for b in bindings
+        if b["destination_name"] == queue["name"] and b["source_name"] == "realtime"
+    ) == [routing_key("c:kept")]
     broker.close()
     # Its name dies with the broker, so close() deletes it.
     assert queues(server, prefix) == []
@@ -639,14 +671,19 @@ def test_a_frozen_server_never_holds_publish_longer_than_two_seconds(
     broker, inbox = make(server.url)
     broker.subscribe("c:frozen")
     round_trip(broker, inbox, "c:frozen", b"0")
-    os.killpg(server.process.pid, signal.SIGSTOP)
+    vm = erlang_vm(server)
+    os.kill(vm, signal.SIGSTOP)
     try:
-        for n in (1, 2, 3):
+        started = time.monotonic()
+        broker.publish("c:frozen", b"1")
+        # It waited for a confirm that never came, then buffered the message.
+        assert 1.0 < time.monotonic() - started < 2
+        for n in (2, 3):
             started = time.monotonic()
-            broker.publish("c:frozen", b"%d" % n)  # unconfirmed: buffered
-            assert time.monotonic() - started < 2
+            broker.publish("c:frozen", b"%d" % n)  # behind it in the buffer
+            assert time.monotonic() - started < 0.5
     finally:
-        os.killpg(server.process.pid, signal.SIGCONT)
+        os.kill(vm, signal.SIGCONT)
     inbox.wait_for(lambda: len(set(inbox.payloads())) == 4, timeout=30)
     assert list(dict.fromkeys(inbox.payloads())) == [b"0", b"1", b"2", b"3"]
 

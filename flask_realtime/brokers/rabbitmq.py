@@ -65,6 +65,9 @@ _WAIT_TIMEOUT = 10.0  # subscribe() waits for the reader at most this long
 _CLOSE_TIMEOUT = 2.0
 _IDLE = 1.0  # the reader looks up at least this often
 _FLUSH_CHUNK = 256  # buffered messages sent per confirmed batch on reconnect
+# One batch stays well inside the confirm deadline; the rest goes next.
+_BATCH_MESSAGES = 500
+_BATCH_BYTES = 1 << 20
 
 # What a broken or silent connection raises, from pika or from the socket.
 _FAILURES = (pika.exceptions.AMQPError, OSError)
@@ -386,6 +389,8 @@ class _Process:
         self.wake = event()
         self.consumer: _Link | None = None
         self.bound: set[str] = set()
+        # Bound on a queue that outlived its connection; unbound if unwanted.
+        self.leftover: set[str] = set()
         self.queue = ""
         self.failing: set[str] = set()  # roles whose outage was logged
 
@@ -725,7 +730,7 @@ class RabbitMQBroker:
         try:
             with p.pub_lock:  # shared with the reader's flush after an outage
                 with p.lock:
-                    batch, p.pending = p.pending, []
+                    batch = _take_batch(p.pending)
                 self._publish_batch(p, batch)
         finally:
             with p.lock:
@@ -902,7 +907,7 @@ class RabbitMQBroker:
             p.dirty = False
         try:
             channel = link.channel
-            stale = [key for key in p.bound if key not in wanted]
+            stale = [key for key in p.bound | p.leftover if key not in wanted]
             fresh = [key for key in wanted if key not in p.bound]
             if stale:
                 done: list[t.Any] = []
@@ -912,6 +917,7 @@ class RabbitMQBroker:
                     )
                 link.wait(lambda: len(done) == len(stale), _CALL_TIMEOUT)
                 p.bound.difference_update(stale)
+            p.leftover.clear()
             if fresh:
                 # Without a callback pika sends binds nowait, so they go in
                 # one stream; the last one's answer comes after all of them.
@@ -1060,6 +1066,8 @@ class RabbitMQBroker:
         link, p.consumer = p.consumer, None
         if link is not None:
             link.abandon()
+        if self._queue_outlives_connection:
+            p.leftover |= p.bound
         p.bound = set()
         with p.lock:
             p.consumer_state = "down"
@@ -1113,6 +1121,19 @@ class RabbitMQBroker:
             except (_Down, *_FAILURES):
                 pass
         link.close()
+
+
+def _take_batch(pending: list[_Outgoing]) -> list[_Outgoing]:
+    """The oldest queued messages, up to a batch's worth, out of ``pending``."""
+    size = count = 0
+    for item in pending:
+        if count and (count == _BATCH_MESSAGES or size > _BATCH_BYTES):
+            break
+        count += 1
+        size += len(item.data)
+    batch = pending[:count]
+    del pending[:count]
+    return batch
 
 
 def _take(buffer: OutageBuffer, n: int) -> list[tuple[str, bytes]]:
