@@ -276,6 +276,7 @@ METRICS: dict[str, list[tuple[str, str, str]]] = {
         ("server_fds", "worker open fds with all connected", "{:,.0f}"),
         ("loadgen_cpu", "loadgen CPU while connecting", "{:.2f}"),
         ("server_cpu", "server CPU while connecting", "{:.2f}"),
+        ("server_us_per_connect", "server CPU per connect (µs)", "{:.0f}"),
         ("core0_other", "other load on server core", "{:.2f}"),
     ],
 }
@@ -284,7 +285,11 @@ METRICS: dict[str, list[tuple[str, str, str]]] = {
 RATIOS = {
     "burst": [("deliveries_per_s", True)],
     "steady": [("p50_ms", False), ("p99_ms", False)],
-    "capacity": [("connects_per_s", True), ("kb_per_conn", False)],
+    "capacity": [
+        ("connects_per_s", True),
+        ("server_us_per_connect", False),
+        ("kb_per_conn", False),
+    ],
 }
 
 
@@ -293,9 +298,19 @@ def median(values: list[float]) -> float | None:
     return statistics.median(vals) if vals else None
 
 
+def derived(res: dict[str, t.Any], key: str) -> t.Any:
+    """A figure of one run, including those computed from others."""
+    if key == "server_us_per_connect":
+        # Server CPU per connect: other jobs on the server's core move it much
+        # less than they move the rate.
+        rate, cpu = res.get("connects_per_s"), res.get("server_cpu")
+        return cpu / rate * 1e6 if rate and cpu else None
+    return res.get(key)
+
+
 def agg(runs: list[dict[str, t.Any]], key: str) -> float | None:
     """Median over repeats, except CPU of the generator: worst case counts."""
-    vals = [r.get(key) for r in runs if "error" not in r]
+    vals = [derived(r, key) for r in runs if "error" not in r]
     vals = [v for v in vals if isinstance(v, (int, float))]
     if not vals:
         return None

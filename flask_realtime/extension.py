@@ -58,6 +58,11 @@ class Channel:
 
     @property
     def subscriber_count(self) -> int:
+        """Connections subscribed to the channel in this process.
+
+        Each node counts its own: with several workers, ask each (or use the
+        presence list, which is cluster-wide).
+        """
         return self._node.subscriber_count(self.name)
 
     def broadcast(self, event: str, data: t.Any = None) -> None:
@@ -136,7 +141,7 @@ class Realtime:
         _longpoll.register(node)
         app.extensions["realtime"] = self
         app.register_blueprint(self._blueprint(settings))
-        _websocket.defer_upgrades(settings.url_prefix or "/")
+        _websocket.install(app, node, lambda: self._authenticate)
         from .cli import realtime_cli
 
         if "realtime" not in app.cli.commands:
@@ -254,6 +259,15 @@ class Realtime:
         The function receives the request (in its request context) and returns
         None (anonymous), a user id, or ``(user_id, user_info)``; False or an
         exception refuses the connection (WebSocket close 4001).
+
+        The WebSocket handshake is served ahead of Flask's dispatch, so
+        ``before_request`` and ``after_request`` functions (and the
+        ``request_started`` / ``request_finished`` signals) do not run for it:
+        do here what they would do. ``request``, ``session`` and ``g`` work as
+        usual, and ``teardown_request`` functions run after this function.
+        SSE and long-poll requests are dispatched by Flask as usual, hooks
+        included; so is the WebSocket handshake when ``app.wsgi_app`` was
+        already wrapped (ProxyFix, say) before ``init_app`` ran.
         """
         self._authenticate = func
         return func

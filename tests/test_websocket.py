@@ -17,6 +17,7 @@ import requests
 import websocket
 
 from tests import servers
+from tests.conftest import LiveServerFactory
 from tests.servers import Server
 from tests.wsclient import Client, ConnectionClosed, connect
 
@@ -336,3 +337,275 @@ def test_send_reaches_one_connection(server: Server) -> None:
         assert "channel" not in target.wait_event("hello")
         other.ping()
         assert not [m for m in other.skipped if m.get("event") == "hello"]
+
+
+# -- the handshake outside Flask's dispatch ---------------------------------------
+
+HOOKS_APP = "tests.apps.ws_hooks:app"
+
+
+def _raw_handshake(
+    server: Server, path: str = servers.WS_PATH, **headers: str
+) -> tuple[bytes, bytes]:
+    """Send an upgrade request by hand: ``(response head, what came after)``."""
+    lines = [
+        f"GET {path} HTTP/1.1",
+        f"Host: 127.0.0.1:{server.port}",
+        "Upgrade: websocket",
+        "Connection: Upgrade",
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+        "Sec-WebSocket-Version: 13",
+    ]
+    lines += [f"{name.replace('_', '-')}: {value}" for name, value in headers.items()]
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    return head, rest
+
+
+def _hooks(server: Server) -> dict[str, t.Any]:
+    response = requests.get(f"{server.url}/hooks", timeout=5)
+    response.raise_for_status()
+    return t.cast(dict[str, t.Any], response.json())
+
+
+def test_no_extension_is_negotiated(server: Server) -> None:
+    # Browsers offer permessage-deflate; frames are never compressed here, so
+    # accepting it would make the browser send frames we refuse (1002).
+    head, rest = _raw_handshake(
+        server, Sec_WebSocket_Extensions="permessage-deflate; client_max_window_bits"
+    )
+    assert head.startswith(b"HTTP/1.1 101 ")
+    assert b"sec-websocket-extensions" not in head.lower()
+    assert b'"type":"connected"' in rest or rest == b""
+
+
+def test_unsupported_version_gets_426_before_the_upgrade(server: Server) -> None:
+    response = requests.get(
+        server.ws_url.replace("ws://", "http://"),
+        headers={
+            "Upgrade": "websocket",
+            "Connection": "Upgrade",
+            "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+            "Sec-WebSocket-Version": "8",
+        },
+        timeout=5,
+    )
+    assert response.status_code == 426
+    assert response.headers["Sec-WebSocket-Version"] == "13"
+    assert response.json()["error"]["code"] == 426
+
+
+@pytest.mark.parametrize("kind", servers.KINDS)
+def test_handshake_skips_request_hooks_but_authenticate_has_the_session(
+    live_server: LiveServerFactory, kind: str
+) -> None:
+    server = live_server(kind, app=HOOKS_APP)
+    browser = requests.Session()
+    browser.get(f"{server.url}/login", params={"user": "ann"}, timeout=5)
+    cookie = "; ".join(f"{c.name}={c.value}" for c in browser.cookies)
+    with (
+        connect(server.ws_url, headers={"Cookie": cookie}) as ann,
+        connect(server.ws_url) as anonymous,
+    ):
+        requests.get(f"{server.url}/notify", params={"user": "ann"}, timeout=5)
+        assert ann.wait_event("note")["data"] == {"to": "ann"}
+        anonymous.ping()
+        assert not [m for m in anonymous.skipped if m.get("event") == "note"]
+    calls = _hooks(server)
+    ws = servers.WS_PATH
+    # The handshake is not dispatched by Flask: no before/after_request ...
+    assert ws not in calls["before"] and ws not in calls["after"]
+    assert calls["before"] == calls["after"] == ["/login", "/notify"]
+    # ... but authenticate runs in a request context, routed and with the
+    # session, and the context's teardown runs after it.
+    assert calls["authenticate"] == [
+        {"path": ws, "endpoint": "realtime.websocket", "user": "ann"},
+        {"path": ws, "endpoint": "realtime.websocket", "user": None},
+    ]
+    assert calls["teardown"].count(ws) == 2
+    assert calls["sessions"].count(ws) == 2
+    assert "Traceback" not in server.log()
+
+
+@pytest.mark.parametrize("kind", servers.KINDS)
+def test_the_session_is_not_loaded_for_an_authenticate_that_does_not_use_it(
+    live_server: LiveServerFactory, kind: str
+) -> None:
+    server = live_server(kind, app=HOOKS_APP)
+    with connect(server.ws_url + "?token=bob") as bob:
+        requests.get(f"{server.url}/notify", params={"user": "bob"}, timeout=5)
+        assert bob.wait_event("note")["data"] == {"to": "bob"}
+    calls = _hooks(server)
+    assert calls["authenticate"] == [
+        {"path": servers.WS_PATH, "endpoint": "realtime.websocket", "user": "bob"}
+    ]
+    assert servers.WS_PATH not in calls["sessions"]
+    assert calls["sessions"] == ["/notify"]
+    # Loaded when used, it is the session Flask would load: an empty one
+    # (no cookie) takes writes.
+    with connect(server.ws_url + "?touch=1") as touching:
+        assert touching.ping()["type"] == "pong"
+    assert _hooks(server)["sessions"] == ["/notify", servers.WS_PATH]
+
+
+@pytest.mark.parametrize("kind", servers.KINDS)
+def test_handshake_goes_through_flask_when_wsgi_app_was_wrapped_first(
+    live_server: LiveServerFactory, kind: str
+) -> None:
+    server = live_server(kind, app=HOOKS_APP, env={"TESTAPP_WRAP_FIRST": "true"})
+    with connect(server.ws_url) as client:
+        assert client.ping()["type"] == "pong"
+    calls = _hooks(server)
+    assert servers.WS_PATH in calls["before"]
+    assert calls["authenticate"][0]["endpoint"] == "realtime.websocket"
+
+
+@pytest.mark.parametrize("kind", servers.KINDS)
+def test_authenticate_with_a_bad_answer_is_a_server_error(
+    live_server: LiveServerFactory, kind: str
+) -> None:
+    server = live_server(kind, app=HOOKS_APP)
+    with pytest.raises(websocket.WebSocketBadStatusException) as refused:
+        connect(server.ws_url + "?shape=bad")
+    assert refused.value.status_code == 500
+    with connect(server.ws_url) as client:
+        assert client.ping()["type"] == "pong"
+
+
+@pytest.mark.parametrize("kind", servers.KINDS)
+def test_url_prefix_and_websocket_path_are_followed(
+    live_server: LiveServerFactory, kind: str
+) -> None:
+    server = live_server(
+        kind,
+        app=HOOKS_APP,
+        env={
+            "TESTAPP_REALTIME_URL_PREFIX": '"/rt"',
+            "TESTAPP_REALTIME_WEBSOCKET_PATH": '"/socket"',
+        },
+    )
+    url = f"ws://127.0.0.1:{server.port}/rt/socket"
+    with connect(url) as client:
+        assert client.subscribe("news")["type"] == "subscribed"
+    assert _hooks(server)["authenticate"][0]["endpoint"] == "realtime.websocket"
+    # (Outside the prefix, gevent-websocket's worker answers upgrades itself.)
+    for path in ("/rt/socket/", "/rt/ws", "/rt/socket/x"):
+        head, _ = _raw_handshake(server, path)
+        assert head.startswith(b"HTTP/1.1 404 "), (path, head)
+    plain = requests.get(f"{server.url}/rt/socket", timeout=5)
+    assert plain.status_code == 400
+
+
+@pytest.mark.parametrize("kind", servers.KINDS)
+def test_untrusted_host_is_refused_as_flask_would(
+    live_server: LiveServerFactory, kind: str
+) -> None:
+    server = live_server(
+        kind, app=HOOKS_APP, env={"TESTAPP_TRUSTED_HOSTS": '["127.0.0.1"]'}
+    )
+    head, _ = _raw_handshake(server)
+    assert head.startswith(b"HTTP/1.1 101 ")
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        sock.sendall(
+            b"GET /realtime/ws HTTP/1.1\r\nHost: evil.example\r\n"
+            b"Upgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            b"Sec-WebSocket-Version: 13\r\n\r\n"
+        )
+        assert sock.recv(4096).startswith(b"HTTP/1.1 400 ")
+    assert _hooks(server)["authenticate"] == [
+        {"path": "/realtime/ws", "endpoint": "realtime.websocket", "user": None}
+    ]
+
+
+@pytest.mark.parametrize("kind", servers.KINDS)
+def test_blocking_handlers_hold_up_nobody_else(
+    live_server: LiveServerFactory, kind: str
+) -> None:
+    server = live_server(kind, app=HOOKS_APP)
+    blocked = [connect(server.ws_url) for _ in range(3)]
+    try:
+        for n, client in enumerate(blocked):
+            client.subscribe(f"slow.{n}")
+            client.send_json(
+                {"type": "event", "channel": f"slow.{n}", "event": "slow", "id": n}
+            )
+            client.send_json({"type": "ping", "id": f"after-{n}"})
+        # Three handlers wait for /release; everyone else goes on.
+        for _ in range(3):
+            with connect(server.ws_url) as other:
+                assert other.subscribe("news")["type"] == "subscribed"
+                assert other.ping()["type"] == "pong"
+        for client in blocked:  # still waiting behind their own handler
+            with pytest.raises(AssertionError):
+                client.wait_for(lambda m: m.get("type") == "pong", timeout=0.3)
+        requests.get(f"{server.url}/release", timeout=5).raise_for_status()
+        for n, client in enumerate(blocked):
+            # In order: the handler's broadcast, then the pong queued behind it.
+            assert client.wait_event("slow.done", f"slow.{n}")
+            pong = client.wait_for(lambda m: m.get("type") == "pong")
+            assert pong["id"] == f"after-{n}"
+    finally:
+        for client in blocked:
+            client.close()
+
+
+# -- the greenlets that run client messages ----------------------------------------
+
+
+def test_message_runner_reuses_greenlets_and_a_blocked_one_holds_up_nobody() -> None:
+    import contextvars
+
+    import gevent
+    import gevent.event
+
+    from flask_realtime.transports.websocket import _Runner
+
+    runner = _Runner()
+    ran: list[t.Any] = []
+    mark: contextvars.ContextVar[t.Any] = contextvars.ContextVar("mark")
+
+    class Session:
+        def __init__(self, name: t.Any, gate: t.Any = None) -> None:
+            self.name, self.gate = name, gate
+
+        def drain(self) -> None:
+            # Each batch starts in a context of its own, as in a new greenlet.
+            assert mark.get(None) is None
+            mark.set(self.name)
+            if self.gate is not None:
+                self.gate.wait()
+            ran.append(self.name)
+
+    for n in range(200):
+        runner.schedule(Session(n))
+        if n % 20 == 0:
+            gevent.sleep(0)
+    gevent.sleep(0.01)
+    assert ran == list(range(200))
+    assert runner.spawned <= 2
+
+    gate = gevent.event.Event()
+    ran.clear()
+    for n in range(3):
+        runner.schedule(Session(f"blocked-{n}", gate))
+    for n in range(5):
+        runner.schedule(Session(n))
+    gevent.sleep(0.01)
+    assert ran == [0, 1, 2, 3, 4]  # none waits behind the blocked handlers
+    gate.set()
+    gevent.sleep(0.01)
+    assert sorted(ran[5:]) == ["blocked-0", "blocked-1", "blocked-2"]
+    assert not runner.ready and runner.coming == 0
+    spawned = runner.spawned
+    for n in range(50):
+        runner.schedule(Session(n))
+    gevent.sleep(0.01)
+    assert runner.spawned == spawned  # the parked workers took these
