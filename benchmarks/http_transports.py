@@ -15,22 +15,38 @@ Scenarios:
 * ``sse-steady`` -- the same streams, R broadcasts/s for D s: latency.
 * ``longpoll``   -- M long-poll clients, each re-polling at once after every
   answer with its cursor, R broadcasts/s for D s: latency, deliveries/s.
+  A client re-polls on the same HTTP connection, or on a new one when the
+  answer said ``Connection: close`` (as a browser would).
 
 Usage::
 
     /tmp/venv/bin/python benchmarks/http_transports.py [--only sse-burst,...]
         [--streams 2000] [--count 300] [--pollers 1000] [--rate 20]
         [--duration 10] [--quick] [--json FILE]
+
+Long-polling side by side, several rates, before and after a change (each
+cell the median of ``--repeat`` runs, each run on a fresh server)::
+
+    /tmp/venv/bin/python benchmarks/http_transports.py --only longpoll \
+        --rates 1,5,20 --repeat 3 [--baseline DIR] [--tree DIR] [--fresh]
+
+``--baseline DIR`` and ``--tree DIR`` are directories holding a
+``flask_realtime`` package ("before" and "after"; "after" is this checkout
+by default); ``--fresh`` adds "after" with a new HTTP connection for every
+poll, what closing the connection after each answer would cost.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
+import contextlib
 import http.client
 import json
 import os
 import select
 import socket
+import statistics
 import sys
 import time
 import typing as t
@@ -54,8 +70,9 @@ EPOLLIN = select.EPOLLIN
 EPOLLOUT = select.EPOLLOUT
 EPOLLERRS = select.EPOLLERR | select.EPOLLHUP
 
-# Connection states.
-CONNECTING, OPENING, SUBSCRIBING, READY, DEAD = range(5)
+# Connection states. RECONNECTING: a ready client whose server ended the HTTP
+# connection with its last answer (``Connection: close``), opening a new one.
+CONNECTING, OPENING, SUBSCRIBING, READY, DEAD, RECONNECTING = range(6)
 
 
 class Conn:
@@ -71,6 +88,7 @@ class Conn:
         "token",
         "cursor",
         "poll_head",
+        "pending",
     )
 
     def __init__(self, sock: socket.socket) -> None:
@@ -83,6 +101,7 @@ class Conn:
         self.token = ""
         self.cursor = 0
         self.poll_head = b""
+        self.pending = b""  # the request to send once a reconnection is made
 
 
 class Fleet:
@@ -103,6 +122,7 @@ class Fleet:
         self.last_arrival = 0.0
         self.batch = 0.0
         self.responses = 0
+        self.reconnects = 0
         self.min_t = float("inf")
         #: Publish times seen: one per broadcast that reached anyone.
         self.sent_times: set[float] = set()
@@ -123,7 +143,7 @@ class Fleet:
     def kill(self, conn: Conn, reason: str) -> None:
         if conn.state == DEAD:
             return
-        if conn.state == READY:
+        if conn.state in (READY, RECONNECTING):
             self.ready -= 1
         else:
             self.pending -= 1
@@ -147,6 +167,27 @@ class Fleet:
             conn.sock.send(data)
         except OSError as exc:
             self.kill(conn, f"send:{type(exc).__name__}")
+
+    def reconnect(self, conn: Conn, data: bytes) -> None:
+        """Send ``data`` on a new HTTP connection: the server closed the old
+        one after its answer, and a browser would open another."""
+        self.reconnects += 1
+        try:
+            self.ep.unregister(conn.fd)
+        except (OSError, ValueError):
+            pass
+        conn.sock.close()
+        del self.conns[conn.fd]
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, loadgen.SO_TIMESTAMPNS, 1)
+        sock.connect_ex((self.host, self.port))
+        conn.sock, conn.fd = sock, sock.fileno()
+        conn.pending = data
+        conn.state = RECONNECTING
+        self.conns[conn.fd] = conn
+        self.ep.register(conn.fd, EPOLLOUT | EPOLLERRS)
 
     def close_all(self) -> None:
         for conn in list(self.conns.values()):
@@ -185,6 +226,15 @@ class Fleet:
                 self.ep.modify(fd, EPOLLIN | EPOLLERRS)
                 conn.state = OPENING
                 self.send(conn, self.first_request(conn))
+                continue
+            if conn.state == RECONNECTING:
+                if events & EPOLLERRS:
+                    self.kill(conn, "reconnect")
+                    continue
+                self.ep.modify(fd, EPOLLIN | EPOLLERRS)
+                conn.state = READY
+                data, conn.pending = conn.pending, b""
+                self.send(conn, data)
                 continue
             try:
                 data, anc, _flags, _addr = conn.sock.recvmsg(
@@ -297,8 +347,9 @@ class SSEFleet(Fleet):
             self.set_ready(conn)
 
 
-def _parse_response(buf: bytes) -> tuple[int, bytes, bytes] | None:
-    """(status, body, rest) of the first whole HTTP response in ``buf``."""
+def _parse_response(buf: bytes) -> tuple[int, bytes, bool, bytes] | None:
+    """(status, body, closes, rest) of the first whole HTTP response in
+    ``buf``; ``closes``: the server ends the connection after it."""
     head_end = buf.find(b"\r\n\r\n")
     if head_end < 0:
         return None
@@ -313,11 +364,22 @@ def _parse_response(buf: bytes) -> tuple[int, bytes, bytes] | None:
     if len(buf) < body_start + length:
         return None
     status = int(head[9:12])
-    return status, buf[body_start : body_start + length], buf[body_start + length :]
+    closes = b"\r\nconnection: close" in lower
+    body = buf[body_start : body_start + length]
+    return status, body, closes, buf[body_start + length :]
 
 
 class PollFleet(Fleet):
-    """Long-poll clients: open, subscribe by POST, then poll without pause."""
+    """Long-poll clients: open, subscribe by POST, then poll without pause.
+
+    Each re-polls on the same HTTP connection unless the server said
+    ``Connection: close``; with ``fresh`` every poll takes a new connection
+    (what a server that closes after every answer would cost).
+    """
+
+    def __init__(self, port: int, fresh: bool = False) -> None:
+        super().__init__(port)
+        self.fresh = fresh
 
     def first_request(self, conn: Conn) -> bytes:
         return f"GET /realtime/poll HTTP/1.1\r\nHost: {self.host}\r\n\r\n".encode()
@@ -334,9 +396,13 @@ class PollFleet(Fleet):
             return
         if parsed is None:
             return
-        status, body, conn.buf = parsed
+        status, body, closes, conn.buf = parsed
         if status != 200:
             self.kill(conn, f"http:{status}:{conn.state}")
+            return
+        if closes and conn.state != READY:
+            # Opening and subscribing are ordinary Flask answers, kept alive.
+            self.kill(conn, f"closed:{conn.state}")
             return
         if conn.state == READY:
             self.responses += 1
@@ -346,7 +412,10 @@ class PollFleet(Fleet):
                 end = body.find(b"}", at)
             conn.cursor = int(body[at + 9 : end])
             conn.count += self.count_messages(body, arrived)
-            self.send(conn, self.poll_request(conn))
+            if closes or self.fresh:
+                self.reconnect(conn, self.poll_request(conn))
+            else:
+                self.send(conn, self.poll_request(conn))
         elif conn.state == OPENING:
             opened = json.loads(body)
             info = opened["messages"][0]["data"]
@@ -500,7 +569,7 @@ def scenario_sse_steady(port: int, pid: int, args: argparse.Namespace) -> dict:
 
 
 def scenario_longpoll(port: int, pid: int, args: argparse.Namespace) -> dict:
-    fleet = PollFleet(port)
+    fleet = PollFleet(port, fresh=args.fresh)
     try:
         res = open_fleet(fleet, args.pollers, pid, args.inflight)
         fleet.reset()
@@ -524,6 +593,11 @@ def scenario_longpoll(port: int, pid: int, args: argparse.Namespace) -> dict:
         res["poll_answers"] = fleet.responses
         res["poll_answers_per_s"] = round(fleet.responses / took)
         res["messages_per_answer"] = round(fleet.received / max(1, fleet.responses), 2)
+        res["reconnects_per_s"] = round(fleet.reconnects / took)
+        # The worker's CPU for one poll cycle: its answer, and the request
+        # that follows it (with the new TCP connection, if it took one).
+        cpu_s = res["server_cpu"] * res["wall_s"]
+        res["cpu_us_per_answer"] = round(cpu_s / max(1, fleet.responses) * 1e6)
         res["reasons"] = fleet.reasons
         return res
     finally:
@@ -593,6 +667,8 @@ ROWS: dict[str, list[tuple[str, str, str]]] = {
         ("deliveries_per_s", "deliveries/s", "{:,.0f}"),
         ("poll_answers_per_s", "poll answers/s", "{:,.0f}"),
         ("messages_per_answer", "messages per answer", "{:.2f}"),
+        ("reconnects_per_s", "new HTTP connections/s (re-polls)", "{:,.0f}"),
+        ("cpu_us_per_answer", "server CPU per poll cycle (µs)", "{:,.0f}"),
         ("p50_ms", "latency p50 (ms)", "{:.2f}"),
         ("p90_ms", "latency p90 (ms)", "{:.2f}"),
         ("p99_ms", "latency p99 (ms)", "{:.2f}"),
@@ -626,10 +702,28 @@ def table(name: str, res: dict[str, t.Any]) -> str:
     return "\n".join(lines)
 
 
-def run_one(name: str, args: argparse.Namespace) -> dict[str, t.Any]:
+@contextlib.contextmanager
+def source_tree(path: Path | None) -> t.Iterator[None]:
+    """Serve the ``flask_realtime`` package found in ``path`` instead of this
+    checkout's (``run.Server`` puts ``run.REPO`` first on ``PYTHONPATH``)."""
+    if path is None:
+        yield
+        return
+    saved = run.REPO
+    run.REPO = path
+    try:
+        yield
+    finally:
+        run.REPO = saved
+
+
+def run_one(
+    name: str, args: argparse.Namespace, tree: Path | None = None
+) -> dict[str, t.Any]:
     # Other tenants of the host would be measured too: wait for a quiet spell.
     busy = run.wait_for_quiet(args.quiet_below, args.quiet_wait)
-    server = run.Server(APP)
+    with source_tree(tree):
+        server = run.Server(APP)
     try:
         pid = int(server.wait_ready()["pid"])
         res = SCENARIOS[name](server.port, pid, args)
@@ -637,6 +731,102 @@ def run_one(name: str, args: argparse.Namespace) -> dict[str, t.Any]:
         return res
     finally:
         server.stop()
+
+
+# What the side-by-side long-poll table shows: (key, label, format, how
+# repeats combine). Medians, except for the noise and loss gauges, which
+# show the worst run.
+median = statistics.median
+COMPARE_ROWS: list[tuple[str, str, str, t.Callable[[list[float]], float]]] = [
+    ("p50_ms", "latency p50 (ms)", "{:.1f}", median),
+    ("p90_ms", "latency p90 (ms)", "{:.1f}", median),
+    ("p99_ms", "latency p99 (ms)", "{:.1f}", median),
+    ("max_ms", "latency max (ms)", "{:.1f}", median),
+    ("deliveries_per_s", "deliveries/s", "{:,.0f}", median),
+    ("publish_rate", "achieved publish rate (/s)", "{:.1f}", median),
+    ("poll_answers_per_s", "poll answers/s", "{:,.0f}", median),
+    ("messages_per_answer", "messages per answer", "{:.2f}", median),
+    ("reconnects_per_s", "new HTTP connections/s", "{:,.0f}", median),
+    ("cpu_us_per_answer", "server CPU per poll cycle (µs)", "{:,.0f}", median),
+    ("server_cpu", "server CPU (cores)", "{:.2f}", median),
+    ("kb_per_conn", "server RSS per poller (KB)", "{:.1f}", median),
+    ("lost", "lost deliveries (worst run)", "{:,.0f}", max),
+    ("core0_other", "other load on server core (worst run)", "{:.2f}", max),
+]
+
+
+class Variant(t.NamedTuple):
+    label: str
+    tree: Path | None  # None: this checkout
+    fresh: bool  # a new HTTP connection for every poll
+
+
+def compare_longpoll(
+    args: argparse.Namespace, rates: list[float], variants: list[Variant]
+) -> dict[str, list[dict[str, t.Any]]]:
+    """Every (rate, variant) ``args.repeat`` times, each on a fresh server.
+
+    The variants alternate their order from one repeat to the next, so that
+    a noisy spell on the shared host does not always land on the same one.
+    """
+    runs: dict[str, list[dict[str, t.Any]]] = {}
+    for rep in range(args.repeat):
+        order = variants if rep % 2 == 0 else variants[::-1]
+        for rate in rates:
+            for label, tree, fresh in order:
+                key = f"{label} {rate:g}/s"
+                one = argparse.Namespace(**{**vars(args), "rate": rate, "fresh": fresh})
+                print(f"running longpoll {key} (run {rep + 1}) ...", file=sys.stderr)
+                try:
+                    res = run_one("longpoll", one, tree)
+                except Exception as exc:  # the others still run
+                    res = {"error": f"{type(exc).__name__}: {exc}"}
+                runs.setdefault(key, []).append(res)
+                shown = collections.defaultdict(lambda: "-", res)
+                print(
+                    "  p50 {p50_ms} ms, p99 {p99_ms} ms, {deliveries_per_s}"
+                    " deliveries/s, other load {core0_other}".format_map(shown)
+                    if "error" not in res
+                    else f"  failed: {res['error']}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+    return runs
+
+
+def compare_table(
+    runs: dict[str, list[dict[str, t.Any]]], pollers: int, duration: float
+) -> str:
+    columns = list(runs)
+    lines = [
+        f"### long-polling: {pollers:,} pollers, {duration:g} s per run,"
+        f" median of {max(len(v) for v in runs.values())}",
+        "",
+        "| metric | " + " | ".join(columns) + " |",
+        "|---|" + "---:|" * len(columns),
+    ]
+    for key, label, spec, combine in COMPARE_ROWS:
+        cells = []
+        for column in columns:
+            values = [r[key] for r in runs[column] if r.get(key) is not None]
+            cells.append(spec.format(combine(values)) if values else "-")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    # Every run's p99, to show the spread behind the median.
+    cells = [
+        " / ".join(f"{r['p99_ms']:.0f}" if "p99_ms" in r else "x" for r in runs[column])
+        for column in columns
+    ]
+    lines.append("| p99 of each run (ms) | " + " | ".join(cells) + " |")
+    failures = {
+        column: [r.get("error") or r.get("reasons") for r in rs]
+        for column, rs in runs.items()
+        if any(r.get("error") or r.get("reasons") for r in rs)
+    }
+    if failures:
+        lines.append("")
+        lines.append(f"- failures: {failures}")
+    lines.append("")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -654,6 +844,31 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quiet-below", type=float, default=0.3, help="cores busy")
     p.add_argument("--quiet-wait", type=float, default=60.0, help="max wait (s)")
     p.add_argument("--json", help="write the raw results here")
+    p.add_argument(
+        "--rates",
+        help="long-poll broadcast rates to run one after another, e.g. 1,5,20;"
+        " prints them side by side",
+    )
+    p.add_argument(
+        "--baseline",
+        type=Path,
+        help="a directory holding another flask_realtime package: long-poll runs"
+        " on it too, side by side with this checkout ('before' / 'after')",
+    )
+    p.add_argument(
+        "--tree",
+        type=Path,
+        help="long-poll: measure the flask_realtime package in this directory"
+        " ('after') instead of this checkout's (a snapshot holds still while"
+        " others edit the checkout)",
+    )
+    p.add_argument("--repeat", type=int, default=1, help="runs per long-poll cell")
+    p.add_argument(
+        "--fresh",
+        action="store_true",
+        help="long-poll: also run this checkout with a new HTTP connection for"
+        " every poll (what closing the connection after each answer costs)",
+    )
     args = p.parse_args(argv)
     if args.quick:
         args.streams, args.count, args.pollers, args.duration = 200, 50, 100, 2
@@ -668,6 +883,29 @@ def main(argv: list[str] | None = None) -> int:
     # The server goes to core 0 (run.Server uses taskset); this process to 1.
     if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:
         os.sched_setaffinity(0, {LOADGEN_CORE})
+    if args.rates or args.baseline or args.tree or args.repeat > 1 or args.fresh:
+        rates = [float(r) for r in (args.rates or str(args.rate)).split(",")]
+        tree = args.tree.resolve() if args.tree else None
+        variants = [Variant("after", tree, False)]
+        if args.fresh:
+            variants.append(Variant("after, new conn. per poll", tree, True))
+        if args.baseline:
+            variants.insert(0, Variant("before", args.baseline.resolve(), False))
+        for option, path in (("--baseline", args.baseline), ("--tree", args.tree)):
+            if path is None:
+                continue
+            if not (path / "flask_realtime").is_dir():
+                p.error(f"{option}: no flask_realtime package in {path}")
+            with source_tree(path.resolve()):
+                problem = run.target_problem("realtime")
+            if problem:
+                print(f"{option} cannot be imported: {problem}", file=sys.stderr)
+                return 1
+        runs = compare_longpoll(args, rates, variants)
+        print(compare_table(runs, args.pollers, args.duration), flush=True)
+        if args.json:
+            Path(args.json).write_text(json.dumps(runs, indent=2))
+        return 0 if all("error" not in r for v in runs.values() for r in v) else 1
     results: dict[str, dict[str, t.Any]] = {}
     for name in names:
         print(f"running {name} ...", file=sys.stderr, flush=True)

@@ -10,6 +10,11 @@ The bad-input tests of ``POST /send`` each check the status and the JSON
 error body, then that nothing was harmed: the connection still answers, a
 broadcast still reaches it and another client, and the HTTP connection the
 bad request came on (a kept-alive ``requests.Session``) still works.
+
+Under gevent a poll that finds nothing is parked: the server answers it
+later straight on its socket, not through Flask. The tests at the end speak
+HTTP by hand (:class:`RawHTTP`) to compare those answers with Flask's, byte
+by byte in meaning, and to see what happens to the HTTP connection.
 """
 
 from __future__ import annotations
@@ -17,9 +22,11 @@ from __future__ import annotations
 import concurrent.futures
 import itertools
 import json
+import socket
 import string
 import time
 import typing as t
+import urllib.parse
 import uuid
 
 import pytest
@@ -36,10 +43,12 @@ SEND_PATH = "/realtime/send"
 TIMEOUT = 1.0
 EXPIRY = 1.0
 HEARTBEAT = 1
+ALLOWED_ORIGIN = "http://allowed.example"
 ENV = {
     "TESTAPP_REALTIME_LONGPOLL_TIMEOUT": str(TIMEOUT),
     "TESTAPP_REALTIME_LONGPOLL_EXPIRY": str(EXPIRY),
     "TESTAPP_REALTIME_HEARTBEAT": str(HEARTBEAT),
+    "TESTAPP_REALTIME_ALLOWED_ORIGINS": json.dumps([ALLOWED_ORIGIN]),
 }
 # Ample for any kind of server on a busy host, and still well short of TIMEOUT.
 PROMPT = 0.5
@@ -820,3 +829,389 @@ def test_expiry_does_not_wait_for_the_heartbeat_timer(
         assert observer.wait_event("presence.leave", channel, timeout=1)["data"] == {
             "user_id": "5"
         }
+
+
+# -- parked polls: what the answer looks like on the wire ---------------------------
+
+
+class RawResponse(t.NamedTuple):
+    version: str
+    status: int
+    reason: str
+    headers: dict[str, str]  # lower-case names
+    body: bytes
+
+    def json(self) -> t.Any:
+        return json.loads(self.body)
+
+
+class RawHTTP:
+    """HTTP/1.x spoken by hand: exactly what the server sends, and whether it
+    keeps the connection. After an answer that says ``Connection: close``
+    the next request goes on a new connection, as a browser's would."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self._connect()
+
+    def _connect(self) -> None:
+        self.sock = socket.create_connection(
+            ("127.0.0.1", self.server.port), timeout=TIMEOUT + 10
+        )
+        self.port = self.sock.getsockname()[1]
+        self.buf = b""
+        #: The last answer said ``Connection: close``.
+        self.closing = False
+
+    def send(
+        self,
+        target: str,
+        method: str = "GET",
+        version: str = "HTTP/1.1",
+        headers: t.Sequence[str] = (),
+    ) -> None:
+        if self.closing:
+            self.sock.close()
+            self._connect()
+        lines = [f"{method} {target} {version}", "Host: 127.0.0.1", *headers]
+        self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+
+    def _fill(self) -> None:
+        data = self.sock.recv(65536)
+        if not data:
+            raise EOFError(f"connection closed; unparsed: {self.buf!r}")
+        self.buf += data
+
+    def response(self, head_only: bool = False) -> RawResponse:
+        while b"\r\n\r\n" not in self.buf:
+            self._fill()
+        head, self.buf = self.buf.split(b"\r\n\r\n", 1)
+        status_line, *lines = head.decode("latin-1").split("\r\n")
+        version, status, reason = status_line.split(" ", 2)
+        headers: dict[str, str] = {}
+        for line in lines:
+            name, value = line.split(":", 1)
+            assert name.lower() not in headers, f"header {name} twice: {head!r}"
+            headers[name.lower()] = value.strip()
+        self.closing = headers.get("connection", "").lower() == "close"
+        body = b""
+        if not head_only:
+            length = int(headers["content-length"])
+            while len(self.buf) < length:
+                self._fill()
+            body, self.buf = self.buf[:length], self.buf[length:]
+        return RawResponse(version, int(status), reason, headers, body)
+
+    def closed_by_server(self, within: float = PROMPT) -> bool:
+        """True when the server ends the connection within ``within`` s."""
+        self.sock.settimeout(within)
+        try:
+            data = self.sock.recv(65536)
+        except TimeoutError:
+            return False
+        finally:
+            self.sock.settimeout(TIMEOUT + 10)
+        assert not data, f"unexpected bytes: {data!r}"
+        return True
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _poll_target(poller: Poller, cursor: int | None = None) -> str:
+    query = {
+        "connection_id": poller.connection_id,
+        "token": poller.token,
+        "cursor": str(poller.cursor if cursor is None else cursor),
+    }
+    return f"{POLL_PATH}?{urllib.parse.urlencode(query)}"
+
+
+def _parked_connection(server: Server) -> str | None:
+    """The ``Connection`` header of a parked poll's answer on this server:
+    "keep-alive" where pywsgi keeps reading the connection (gevent-websocket's
+    worker, ``flask realtime serve``), "close" under gunicorn's gevent worker,
+    None where polls wait in a thread (``flask run``) or may be forwarded to
+    the worker that holds the connection (cluster)."""
+    if server.workers > 1:
+        return None
+    return {
+        "geventwebsocket": "keep-alive",
+        "cli": "keep-alive",
+        "gevent": "close",
+    }.get(server.kind)
+
+
+def _origin_headers(origin: str | None) -> list[str]:
+    return [f"Origin: {origin}"] if origin else []
+
+
+def _assert_same_meaning(waited: RawResponse, at_once: RawResponse) -> None:
+    """Two answers that differ only in how they were written."""
+    assert (waited.status, waited.reason) == (at_once.status, at_once.reason)
+    for name in ("content-type", "access-control-allow-origin", "vary"):
+        assert waited.headers.get(name) == at_once.headers.get(name), name
+    assert waited.headers.get(
+        "access-control-allow-credentials"
+    ) == at_once.headers.get("access-control-allow-credentials")
+    assert "date" in waited.headers
+    assert int(waited.headers["content-length"]) == len(waited.body)
+    assert list(waited.json()) == list(at_once.json()), (waited.body, at_once.body)
+
+
+@pytest.mark.parametrize("origin", [None, ALLOWED_ORIGIN], ids=["same-site", "cors"])
+def test_a_poll_that_waited_is_answered_like_one_that_did_not(
+    server: Server, origin: str | None
+) -> None:
+    poller = Poller(server)
+    channel = _unique("alike")
+    poller.subscribe(channel)
+    headers = _origin_headers(origin)
+    # Answered at once by Flask: the message waits before the poll.
+    _broadcast(server, channel, "m", {"n": 1})
+    http = RawHTTP(server)
+    http.send(_poll_target(poller), headers=headers)
+    at_once = http.response()
+    first = at_once.json()
+    assert [m["data"] for m in first["messages"]] == [{"n": 1}]
+    # Parked (under gevent), then answered by the broadcast.
+    http.send(_poll_target(poller, first["cursor"]), headers=headers)
+    time.sleep(0.2)
+    _broadcast(server, channel, "m", {"n": 2})
+    waited = http.response()
+    _assert_same_meaning(waited, at_once)
+    assert waited.json() == {
+        "messages": [
+            {"type": "event", "channel": channel, "event": "m", "data": {"n": 2}}
+        ],
+        "cursor": first["cursor"] + 1,
+    }
+    if origin:
+        assert waited.headers["access-control-allow-origin"] == origin
+        assert waited.headers["access-control-allow-credentials"] == "true"
+        assert waited.headers["vary"] == "Origin"
+    else:
+        assert "access-control-allow-origin" not in waited.headers
+    expected = _parked_connection(server)
+    if expected is not None:
+        assert waited.headers.get("connection") == expected, waited.headers
+        assert "connection" not in at_once.headers or server.kind == "gevent"
+    http.close()
+
+
+def test_a_parked_poll_keeps_or_closes_its_http_connection(server: Server) -> None:
+    """pywsgi goes on serving the connection a parked answer went out on;
+    under gunicorn's gevent worker the answer closes it."""
+    poller = Poller(server)
+    channel = _unique("kept")
+    poller.subscribe(channel)
+    http = RawHTTP(server)
+    for n in range(3):
+        http.send(_poll_target(poller))
+        time.sleep(0.2)
+        _broadcast(server, channel, "m", n)
+        answer = http.response()
+        assert answer.status == 200
+        body = answer.json()
+        assert [m["data"] for m in body["messages"]] == [n]
+        poller.cursor = body["cursor"]
+        expected = _parked_connection(server)
+        if expected is not None:
+            assert answer.headers["connection"] == expected
+        if http.closing:
+            assert expected in ("close", None)
+            assert http.closed_by_server()
+        elif expected == "keep-alive":
+            assert not http.closed_by_server(within=0.1)
+    http.close()
+
+
+def test_a_parked_poll_times_out_empty(server: Server) -> None:
+    poller = Poller(server)
+    http = RawHTTP(server)
+    started = time.monotonic()
+    http.send(_poll_target(poller), headers=_origin_headers(ALLOWED_ORIGIN))
+    answer = http.response()
+    took = time.monotonic() - started
+    assert TIMEOUT - 0.1 <= took <= TIMEOUT + PROMPT, f"answered after {took:.2f} s"
+    assert answer.status == 200
+    assert answer.headers["content-type"] == "application/json"
+    assert answer.headers["access-control-allow-origin"] == ALLOWED_ORIGIN
+    assert answer.json() == {"messages": [], "cursor": poller.cursor}
+    if _parked_connection(server) is not None:
+        assert answer.headers["connection"] == _parked_connection(server)
+    http.close()
+    # Waiting out the timeout was the client being there: not expired.
+    assert poller.get().status_code == 200
+
+
+def test_a_newer_poll_answers_a_parked_one_superseded(server: Server) -> None:
+    poller = Poller(server)
+    channel = _unique("newer")
+    poller.subscribe(channel)
+    old, new = RawHTTP(server), RawHTTP(server)
+    old.send(_poll_target(poller), headers=_origin_headers(ALLOWED_ORIGIN))
+    time.sleep(0.2)
+    started = time.monotonic()
+    new.send(_poll_target(poller))
+    superseded = old.response()
+    assert time.monotonic() - started < PROMPT
+    assert superseded.status == 200
+    assert superseded.json() == {
+        "messages": [],
+        "cursor": poller.cursor,
+        "superseded": True,
+    }
+    assert superseded.headers["access-control-allow-origin"] == ALLOWED_ORIGIN
+    assert int(superseded.headers["content-length"]) == len(superseded.body)
+    if _parked_connection(server) is not None:
+        assert superseded.headers["connection"] == _parked_connection(server)
+    time.sleep(0.1)
+    _broadcast(server, channel, "for.new", 1)
+    answer = new.response().json()
+    assert [m["event"] for m in answer["messages"]] == ["for.new"]
+    assert "superseded" not in answer
+    if _parked_connection(server) == "keep-alive":
+        # The superseded poll's connection serves the next poll.
+        old.send(_poll_target(poller, answer["cursor"]))
+        time.sleep(0.2)
+        _broadcast(server, channel, "again", 2)
+        assert [m["data"] for m in old.response().json()["messages"]] == [2]
+    old.close()
+    new.close()
+
+
+def test_closing_the_connection_answers_a_parked_poll_404(server: Server) -> None:
+    poller = Poller(server)
+    http = RawHTTP(server)
+    http.send(_poll_target(poller), headers=_origin_headers(ALLOWED_ORIGIN))
+    time.sleep(0.2)
+    closed = requests.post(
+        server.url + "/realtime/close",
+        json={"connection_id": poller.connection_id, "token": poller.token},
+        timeout=5,
+    )
+    assert closed.status_code == 204, closed.text
+    answer = http.response()
+    assert answer.status == 404
+    assert answer.reason.upper() == "NOT FOUND"
+    assert answer.headers["content-type"] == "application/json"
+    assert answer.headers["access-control-allow-origin"] == ALLOWED_ORIGIN
+    error = answer.json()["error"]
+    assert error["code"] == 404 and isinstance(error["message"], str)
+    if _parked_connection(server) is not None:
+        assert answer.headers["connection"] == _parked_connection(server)
+    http.close()
+    _assert_json_error(poller.get(), 404)
+
+
+def _server_side_states(server_port: int, client_port: int) -> list[str]:
+    """TCP states (``/proc/net/tcp`` codes) of the server's end of one
+    loopback connection; "08" is CLOSE_WAIT: the client left, the server
+    has not closed its socket yet."""
+    states = []
+    with open("/proc/net/tcp") as table:
+        next(table)
+        for line in table:
+            fields = line.split()
+            local, remote, state = fields[1], fields[2], fields[3]
+            if int(local.rsplit(":", 1)[1], 16) != server_port:
+                continue
+            if int(remote.rsplit(":", 1)[1], 16) == client_port:
+                states.append(state)
+    return states
+
+
+def test_a_client_gone_from_a_parked_poll_frees_its_socket_at_once(
+    server: Server,
+) -> None:
+    """Before parking, the socket of a client that left stayed open until the
+    poll timed out; now the server closes it as soon as the client has."""
+    expected = _parked_connection(server)
+    if expected is None:
+        pytest.skip("polls wait in a thread here, or may be forwarded")
+    poller = Poller(server)
+    http = RawHTTP(server)
+    sent = time.monotonic()
+    http.send(_poll_target(poller))
+    time.sleep(0.2)
+    http.close()
+    # Looked at well before the poll's timeout, which would close it anyway.
+    while time.monotonic() - sent < TIMEOUT - 0.3:
+        if "08" not in _server_side_states(server.port, http.port):
+            break
+        time.sleep(0.02)
+    else:
+        raise AssertionError("the server kept the socket of a client that left")
+
+
+def test_messages_for_a_client_gone_from_a_parked_poll_wait_for_it(
+    server: Server,
+) -> None:
+    poller = Poller(server)
+    channel = _unique("gone")
+    poller.subscribe(channel)
+    http = RawHTTP(server)
+    http.send(_poll_target(poller))
+    time.sleep(0.2)
+    http.close()
+    time.sleep(0.2)
+    _broadcast(server, channel, "kept", 1)
+    # The client comes back with the cursor it had: nothing was lost.
+    assert poller.wait_event("kept", channel)["data"] == 1
+
+
+def test_a_client_gone_from_a_parked_poll_expires_no_sooner(server: Server) -> None:
+    """The poll of a client that left still ends at its timeout, as it did in
+    a greenlet: expiry counts from there, not from when the client left."""
+    poller = Poller(server)
+    http = RawHTTP(server)
+    sent = time.monotonic()
+    http.send(_poll_target(poller))
+    time.sleep(0.1)
+    http.close()
+    # The poll ends at sent + TIMEOUT; the connection expires EXPIRY later.
+    time.sleep(max(0.0, sent + TIMEOUT + EXPIRY * 0.4 - time.monotonic()))
+    response = poller.get(cursor=poller.cursor)
+    assert response.status_code == 200, response.text
+
+
+def test_a_head_poll_gets_no_body(server: Server) -> None:
+    """A HEAD is never parked: its answer has no body to write by hand."""
+    poller = Poller(server)
+    http = RawHTTP(server)
+    http.send(_poll_target(poller), method="HEAD")
+    answer = http.response(head_only=True)
+    assert answer.status == 200
+    assert answer.headers["content-type"] == "application/json"
+    # Nothing follows the head: the connection is quiet, or ends.
+    assert http.buf == b""
+    assert http.closed_by_server(within=0.3) is http.closing
+    http.close()
+
+
+@pytest.mark.parametrize(
+    "connection, kept", [(None, False), ("keep-alive", True)], ids=["close", "keep"]
+)
+def test_an_http10_poll_parked(
+    server: Server, connection: str | None, kept: bool
+) -> None:
+    """HTTP/1.0 closes after each answer unless the client asked otherwise;
+    a parked answer says which, as pywsgi would have."""
+    expected = _parked_connection(server)
+    if expected is None:
+        pytest.skip("polls wait in a thread here, or may be forwarded")
+    poller = Poller(server)
+    channel = _unique("ten")
+    poller.subscribe(channel)
+    http = RawHTTP(server)
+    headers = [f"Connection: {connection}"] if connection else []
+    http.send(_poll_target(poller), version="HTTP/1.0", headers=headers)
+    time.sleep(0.2)
+    _broadcast(server, channel, "m", 10)
+    answer = http.response()
+    assert [m["data"] for m in answer.json()["messages"]] == [10]
+    keeps = kept and expected == "keep-alive"
+    assert answer.headers["connection"] == ("keep-alive" if keeps else "close")
+    assert http.closed_by_server(within=0.3 if keeps else PROMPT) is not keeps
+    http.close()

@@ -6,6 +6,10 @@ plain C socket, one event-loop watcher reads it, and writes happen when the
 node's flusher runs. An idle connection costs no greenlet, no request context
 and no stack. Everything about slow clients and backpressure lives here
 (see docs/architecture.md).
+
+A parked long poll borrows two pieces: :func:`socket_for_later`, a socket
+to answer its request on after the view has returned, and the flusher,
+which answers it when a message arrives (see ``longpoll.py``).
 """
 
 from __future__ import annotations
@@ -56,6 +60,68 @@ def socket_taker(environ: dict[str, t.Any]) -> tuple[t.Any, str] | None:
     return None
 
 
+class LaterSocket(t.NamedTuple):
+    """Where a view answers its request later (see :func:`socket_for_later`)."""
+
+    raw: t.Any  # a non-blocking C socket, the view's own to write and close
+    kept_alive: bool  # the server reads the connection's next request itself
+    mode: str  # what the view returns: ``Finished(mode)``
+
+
+def socket_for_later(environ: dict[str, t.Any]) -> LaterSocket | None:
+    """A socket on which a view answers its request later, from outside the
+    request (a parked long poll), or None where the server cannot allow it.
+
+    Nothing is written now: the status is not known yet. Then:
+
+    * pywsgi (gevent-websocket's worker, ``flask realtime serve``) writes
+      nothing for a view that returns ``Finished("gevent")`` without having
+      taken the socket, and goes on reading the connection for its next
+      request. The view gets a duplicate of the descriptor: the connection
+      stays the server's, so keep-alive works, and the answer written on
+      the duplicate goes out before the client sends that next request.
+      (A client pipelining requests behind a parked poll would get their
+      answers first; browsers and proxies do not pipeline.) A re-poll on a new
+      TCP connection would cost the worker half as much again as the poll
+      cycle itself, or more (docs/benchmarks.md).
+    * gunicorn's gevent worker ends the connection on ``Finished("gunicorn")``:
+      the view takes the socket over, and its answer closes the connection.
+
+    May raise OSError (no descriptor left, or the client has gone).
+    """
+    take = environ.get(TAKE_KEY)
+    if take is not None:
+        sock = take.socket
+        if is_tls(sock):
+            return None
+        del environ[TAKE_KEY]
+        raw = _c_socket(sock.family, sock.type, sock.proto, os.dup(sock.fileno()))
+        raw.setblocking(False)
+        return LaterSocket(raw, _pywsgi_keeps_alive(environ), "gevent")
+    sock = environ.get("gunicorn.socket")
+    if sock is not None and not is_tls(sock):
+        return LaterSocket(take_over(sock), False, "gunicorn")
+    return None
+
+
+def can_answer_later(environ: dict[str, t.Any]) -> bool:
+    """Whether :func:`socket_for_later` has a socket to give (cheap)."""
+    take = environ.get(TAKE_KEY)
+    sock = take.socket if take is not None else environ.get("gunicorn.socket")
+    return sock is not None and not is_tls(sock)
+
+
+def _pywsgi_keeps_alive(environ: dict[str, t.Any]) -> bool:
+    """What pywsgi decided from the request (``WSGIHandler.read_request``)."""
+    connection = environ.get("HTTP_CONNECTION", "").lower()
+    version = environ.get("SERVER_PROTOCOL")
+    if version == "HTTP/1.1":
+        return connection != "close"
+    if version == "HTTP/1.0":
+        return connection == "keep-alive"
+    return False
+
+
 def is_tls(sock: t.Any) -> bool:
     """A TLS socket is never taken over: its descriptor carries ciphertext,
     and only the SSL object can write to it."""
@@ -74,6 +140,12 @@ def take_over(sock: t.Any) -> t.Any:
     raw = _c_socket(family, kind, proto, sock.detach())
     raw.setblocking(False)
     return raw
+
+
+class Flushable(t.Protocol):
+    """What the flusher runs: a socket session, or a parked long poll."""
+
+    def flush(self) -> None: ...
 
 
 class _Flusher:
@@ -98,11 +170,11 @@ class _Flusher:
         loop = gevent.get_hub().loop
         self._idle = loop.idle()
         self._timer = loop.timer(self._MAX_DELAY)
-        self._pending: list[SocketSession] = []
+        self._pending: list[Flushable] = []
         self._pending_bytes = 0
         self._scheduled = False
 
-    def add(self, session: SocketSession, size: int) -> None:
+    def add(self, session: Flushable, size: int) -> None:
         self._pending.append(session)
         self._pending_bytes += size
         if not self._scheduled:
@@ -128,6 +200,11 @@ class _Flusher:
 
 
 _flushers: dict[int, _Flusher] = {}
+
+
+def flusher() -> _Flusher:
+    """This process's flusher (a forked worker gets its own)."""
+    return _flusher()
 
 
 def _flusher() -> _Flusher:
