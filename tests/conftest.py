@@ -133,6 +133,30 @@ def own_broker_server(
         server.stop()
 
 
+def pytest_collection_modifyitems(
+    config: pytest.Config, items: list[pytest.Item]
+) -> None:
+    """Leave out the runs of a test on servers it does not apply to.
+
+    ``@pytest.mark.servers("gevent", ...)`` names the ``server`` fixture
+    params a test is about; its runs on the others are deselected, not
+    skipped: CI allows no skip, and a behaviour a server does not have is
+    not a test that could fail there.
+    """
+    kept, dropped = [], []
+    for item in items:
+        marker = item.get_closest_marker("servers")
+        callspec = getattr(item, "callspec", None)
+        param = callspec.params.get("server") if callspec is not None else None
+        if marker is not None and param is not None and param not in marker.args:
+            dropped.append(item)
+        else:
+            kept.append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]

@@ -8,7 +8,6 @@ inspected the way an operator would: ``rabbitmqctl`` and a plain pika client.
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import logging
 import os
@@ -30,40 +29,24 @@ from flask_realtime.brokers import create_broker
 from flask_realtime.brokers import rabbitmq as rabbitmq_broker
 from flask_realtime.brokers.rabbitmq import routing_key
 from flask_realtime.config import ConfigError
+from tests.brokerclients import TIMEOUT, Brokers, Inbox, settings_for
 from tests.brokerservers import BrokerServer
 from tests.servers import free_port
-from tests.test_brokers import TIMEOUT, Inbox
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def settings(url: str | None = None, **config: t.Any) -> _config.Settings:
-    values = copy.deepcopy(_config.DEFAULTS)
-    values.update(REALTIME_BROKER="rabbitmq", REALTIME_BROKER_URL=url)
-    values.update(config)
-    return _config.load(values)
+    return settings_for("rabbitmq", url, **config)
 
 
 @pytest.fixture
 def make() -> t.Iterator[t.Callable[..., tuple[t.Any, Inbox]]]:
     """``make(url, on_message=None, **REALTIME_settings)``: a broker and
     what it receives (an Inbox, unless ``on_message`` is given)."""
-    made: list[t.Any] = []
-
-    def make(
-        url: str | None = None,
-        on_message: t.Callable[..., None] | None = None,
-        **config: t.Any,
-    ) -> tuple[t.Any, Inbox]:
-        inbox = Inbox()
-        broker = create_broker(settings(url, **config), on_message or inbox)
-        inbox.broker = broker
-        made.append(broker)
-        return broker, inbox
-
-    yield make
-    for broker in made:
-        broker.close()
+    brokers = Brokers("rabbitmq")
+    yield brokers.make
+    brokers.close()
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ The promises every broker keeps are in tests/test_brokers.py.
 
 from __future__ import annotations
 
-import copy
 import logging
 import os
 import subprocess
@@ -25,36 +24,30 @@ from flask_realtime.brokers import BrokerUnavailable, create_broker
 from flask_realtime.brokers import redis as redis_broker
 from flask_realtime.config import ConfigError
 from tests import brokerservers
+from tests.brokerclients import (
+    TIMEOUT,
+    Brokers,
+    Inbox,
+    script_head,
+    settings_for,
+)
 from tests.brokerservers import BrokerServer
 from tests.servers import free_port
-from tests.test_brokers import TIMEOUT, Inbox
 
 ROOT = Path(__file__).resolve().parent.parent
 PASSWORD = "pw-7f3a9c"
 
 
 def settings(**config: t.Any) -> _config.Settings:
-    values = copy.deepcopy(_config.DEFAULTS)
-    values["REALTIME_BROKER"] = "redis"
-    values.update(config)
-    return _config.load(values)
+    return settings_for("redis", **config)
 
 
 @pytest.fixture
 def make() -> t.Iterator[t.Callable[..., tuple[t.Any, Inbox]]]:
     """``make(**REALTIME_settings)``: a Redis broker and what it receives."""
-    made: list[t.Any] = []
-
-    def make(**config: t.Any) -> tuple[t.Any, Inbox]:
-        inbox = Inbox()
-        broker = create_broker(settings(**config), inbox)
-        inbox.broker = broker
-        made.append(broker)
-        return broker, inbox
-
-    yield make
-    for broker in made:
-        broker.close()
+    brokers = Brokers("redis")
+    yield brokers.make
+    brokers.close()
 
 
 @pytest.fixture
@@ -447,87 +440,7 @@ def test_a_silent_subscribed_connection_is_pinged_then_replaced(
 # -- forks -------------------------------------------------------------------------
 
 
-def run_script(code: str, *args: str, timeout: float = 60) -> str:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    done = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-        cwd=ROOT,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    return done.stdout
-
-
-SCRIPT_HEAD = """
-    import copy, os, sys, threading, time
-    {patch}
-    from flask_realtime import config as _config
-    from flask_realtime.brokers import create_broker
-
-    def settings():
-        values = copy.deepcopy(_config.DEFAULTS)
-        values.update(REALTIME_BROKER="redis", REALTIME_BROKER_URL=sys.argv[1])
-        return _config.load(values)
-
-    def wait_for(predicate, timeout=10):
-        deadline = time.monotonic() + timeout
-        while not predicate():
-            assert time.monotonic() < deadline, "timed out"
-            time.sleep(0.01)
-"""
-
-FORK_SCRIPT = """
-    got = []
-    def on_message(topic, data, reply_to):
-        got.append((topic, data))
-        if reply_to:
-            broker.reply(reply_to, b"parent answers " + data)
-
-    broker = create_broker(settings(), on_message)
-    broker.subscribe("c:shared", "n:parent")
-    publisher = create_broker(settings(), lambda *a: None)
-    publisher.publish("c:shared", b"before the fork")
-    wait_for(lambda: len(got) == 1)
-
-    pid = os.fork()
-    if pid == 0:
-        # Idle first: under gevent the parent's reader greenlet lives on in
-        # the child, and must not take the parent's messages meanwhile.
-        time.sleep(1.0)
-        # Then the child connects anew, with its own inbox, keeping the
-        # topics its node subscribed.
-        got.clear()
-        answer = broker.request("n:parent", b"from the child", 10)
-        broker.publish("c:shared", b"child says hello")
-        wait_for(lambda: (b"child says hello" in [d for _, d in got]))
-        print("child:", answer.decode(), flush=True)
-        os._exit(0)
-    # Meanwhile the parent keeps every message: its connection is untouched.
-    for n in range(200):
-        publisher.publish("c:shared", b"parent %d" % n)
-        time.sleep(0.002)
-    _, status = os.waitpid(pid, 0)
-    assert status == 0, status
-    publisher.publish("c:shared", b"after the child")
-    wait_for(lambda: (b"after the child" in [d for _, d in got]))
-    mine = [d for t, d in got if d.startswith(b"parent ")]
-    assert mine == [b"parent %d" % n for n in range(200)], mine
-    assert (b"child says hello" in [d for _, d in got])
-    print("parent: all", len(mine), flush=True)
-"""
-
-
-@pytest.mark.parametrize("world", ["threads", "gevent"])
-def test_a_forked_child_connects_anew_and_leaves_the_parent_alone(
-    server: BrokerServer, world: str
-) -> None:
-    patch = "from gevent import monkey; monkey.patch_all()" if world == "gevent" else ""
-    out = run_script(SCRIPT_HEAD.format(patch=patch) + FORK_SCRIPT, server.url)
-    assert "child: parent answers from the child" in out
-    assert "parent: all 200" in out
+SCRIPT_HEAD = script_head("redis")
 
 
 GEVENT_SCRIPT = """

@@ -6,7 +6,6 @@ threads: the node calls brokers the same way without gevent.
 
 from __future__ import annotations
 
-import copy
 import logging
 import threading
 import time
@@ -14,53 +13,17 @@ import typing as t
 
 import pytest
 
-from flask_realtime import config as _config
-from flask_realtime.brokers import Broker, BrokerUnavailable, create_broker
+from flask_realtime.brokers import Broker, BrokerUnavailable
+from tests.brokerclients import (
+    FORK_SCRIPT,
+    TIMEOUT,
+    Brokers,
+    Inbox,
+    run_script,
+    script_head,
+)
 from tests.brokerservers import KINDS, BrokerServer
 from tests.servers import free_port
-
-TIMEOUT = 10.0
-
-
-class Inbox:
-    """What one broker delivered to its callback, with waiting helpers."""
-
-    def __init__(self) -> None:
-        self.messages: list[tuple[str, bytes, str | None]] = []
-        self.replier: t.Callable[[Broker, str, bytes, str], None] | None = None
-        self.broker: Broker | None = None
-        self._changed = threading.Condition()
-
-    def __call__(self, topic: str, data: bytes, reply_to: str | None) -> None:
-        with self._changed:
-            self.messages.append((topic, data, reply_to))
-            self._changed.notify_all()
-        if reply_to is not None and self.replier is not None:
-            assert self.broker is not None
-            self.replier(self.broker, topic, data, reply_to)
-
-    def payloads(self, topic: str | None = None) -> list[bytes]:
-        return [d for tp, d, _ in list(self.messages) if topic in (None, tp)]
-
-    def wait_for(
-        self, predicate: t.Callable[[], bool], timeout: float = TIMEOUT
-    ) -> None:
-        deadline = time.monotonic() + timeout
-        with self._changed:
-            while not predicate():
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise AssertionError(f"timed out; received {self.messages[-5:]!r}")
-                self._changed.wait(remaining)
-
-
-def settings_for(kind: str, url: str, **config: t.Any) -> _config.Settings:
-    values = copy.deepcopy(_config.DEFAULTS)
-    values.update(REALTIME_BROKER=kind, REALTIME_BROKER_URL=url)
-    if kind == "nats":
-        values["REALTIME_NATS_URL"] = url
-    values.update(config)
-    return _config.load(values)
 
 
 @pytest.fixture(params=KINDS)
@@ -70,18 +33,10 @@ def kind(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def make_broker() -> t.Iterator[t.Callable[..., tuple[Broker, Inbox]]]:
-    made: list[Broker] = []
-
-    def make(kind: str, url: str, **config: t.Any) -> tuple[Broker, Inbox]:
-        inbox = Inbox()
-        broker = create_broker(settings_for(kind, url, **config), inbox)
-        inbox.broker = broker
-        made.append(broker)
-        return broker, inbox
-
-    yield make
-    for broker in made:
-        broker.close()
+    """``make_broker(kind, url, **REALTIME_settings)``: a broker and its Inbox."""
+    brokers = Brokers()
+    yield lambda kind, url, **config: brokers.make(url, kind=kind, **config)
+    brokers.close()
 
 
 @pytest.fixture
@@ -324,3 +279,16 @@ def test_unreachable_at_start_retries_until_the_server_comes(
         inbox.wait_for(lambda: inbox.payloads()[-1:] == [b"connected"])
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("world", ["threads", "gevent"])
+def test_a_forked_child_connects_anew_and_leaves_the_parent_alone(
+    kind: str, server: BrokerServer, world: str
+) -> None:
+    # gunicorn --preload and Celery's prefork pool fork after the app, and so
+    # its broker, exist.
+    patch = "from gevent import monkey; monkey.patch_all()" if world == "gevent" else ""
+    code = script_head(kind).format(patch=patch) + FORK_SCRIPT
+    out = run_script(code, server.url)
+    assert "child: parent answers from the child" in out
+    assert "parent: all 200" in out

@@ -325,8 +325,6 @@ def test_workers_forked_from_a_preloaded_app_are_nodes_of_their_own(
     while len({node_of(c) for c in clients}) < 2:
         assert len(clients) < 200, "every connection landed on one node id"
         clients.append(ws(server))
-    answering = {get(server, "/realtime/health")["node"] for _ in range(40)}
-    assert answering == {node_of(c) for c in clients}
     channel = unique("news.")
     for client in clients:
         client.subscribe(channel)

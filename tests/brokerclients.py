@@ -1,0 +1,178 @@
+"""Broker objects for the broker tests, and what each one received."""
+
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import typing as t
+from pathlib import Path
+
+from flask_realtime import config as _config
+from flask_realtime.brokers import Broker, MessageCallback, create_broker
+
+TIMEOUT = 10.0
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Inbox:
+    """What one broker delivered to its callback, with waiting helpers."""
+
+    def __init__(self) -> None:
+        self.messages: list[tuple[str, bytes, str | None]] = []
+        self.replier: t.Callable[[Broker, str, bytes, str], None] | None = None
+        self.broker: Broker | None = None
+        self._changed = threading.Condition()
+
+    def __call__(self, topic: str, data: bytes, reply_to: str | None) -> None:
+        with self._changed:
+            self.messages.append((topic, data, reply_to))
+            self._changed.notify_all()
+        if reply_to is not None and self.replier is not None:
+            assert self.broker is not None
+            self.replier(self.broker, topic, data, reply_to)
+
+    def payloads(self, topic: str | None = None) -> list[bytes]:
+        return [d for tp, d, _ in list(self.messages) if topic in (None, tp)]
+
+    def wait_for(
+        self, predicate: t.Callable[[], bool], timeout: float = TIMEOUT
+    ) -> None:
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while not predicate():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise AssertionError(f"timed out; received {self.messages[-5:]!r}")
+                self._changed.wait(remaining)
+
+
+def settings_for(
+    kind: str, url: str | None = None, **config: t.Any
+) -> _config.Settings:
+    """Settings for a ``kind`` broker at ``url`` (REALTIME_* keys in ``config``)."""
+    values = copy.deepcopy(_config.DEFAULTS)
+    values["REALTIME_BROKER"] = kind
+    if url is not None:
+        values["REALTIME_BROKER_URL"] = url
+        if kind == "nats":
+            values["REALTIME_NATS_URL"] = url
+    values.update(config)
+    return _config.load(values)
+
+
+class Brokers:
+    """The brokers one test makes; :meth:`close` closes them all."""
+
+    def __init__(self, kind: str | None = None) -> None:
+        self.kind = kind
+        self._made: list[Broker] = []
+
+    def make(
+        self,
+        url: str | None = None,
+        on_message: MessageCallback | None = None,
+        kind: str | None = None,
+        **config: t.Any,
+    ) -> tuple[t.Any, Inbox]:
+        """A broker and its Inbox (which receives unless ``on_message`` does)."""
+        kind = kind or self.kind
+        assert kind is not None, "which broker?"
+        inbox = Inbox()
+        broker = create_broker(settings_for(kind, url, **config), on_message or inbox)
+        inbox.broker = broker
+        self._made.append(broker)
+        return broker, inbox
+
+    def close(self) -> None:
+        for broker in self._made:
+            broker.close()
+
+
+def run_script(code: str, *args: str, timeout: float = 90) -> str:
+    """Run ``code`` (dedented) in a Python process of its own; its output."""
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+def script_head(kind: str) -> str:
+    """The start of a broker script run by :func:`run_script`.
+
+    ``{patch}`` is left for the caller (gevent's monkey patching, or nothing);
+    the script gets ``settings()`` for the broker at ``sys.argv[1]`` and
+    ``wait_for(predicate)``.
+    """
+    return _SCRIPT_HEAD.replace("KIND", kind)
+
+
+_SCRIPT_HEAD = """
+    import copy, os, sys, threading, time
+    {patch}
+    from flask_realtime import config as _config
+    from flask_realtime.brokers import create_broker
+
+    def settings():
+        values = copy.deepcopy(_config.DEFAULTS)
+        values.update(REALTIME_BROKER="KIND", REALTIME_BROKER_URL=sys.argv[1])
+        return _config.load(values)
+
+    def wait_for(predicate, timeout=10):
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            assert time.monotonic() < deadline, "timed out"
+            time.sleep(0.01)
+"""
+
+# A broker used before a fork: the child connects anew with an inbox of its
+# own, and the parent keeps every message.
+FORK_SCRIPT = """
+    got = []
+    def on_message(topic, data, reply_to):
+        got.append((topic, data))
+        if reply_to:
+            broker.reply(reply_to, b"parent answers " + data)
+
+    broker = create_broker(settings(), on_message)
+    broker.subscribe("c:shared", "n:parent")
+    publisher = create_broker(settings(), lambda *a: None)
+    publisher.publish("c:shared", b"before the fork")
+    wait_for(lambda: len(got) == 1)
+
+    pid = os.fork()
+    if pid == 0:
+        # Idle first: under gevent the parent's reader greenlet lives on in
+        # the child, and must not take the parent's messages meanwhile.
+        time.sleep(1.0)
+        # Then the child connects anew, with its own inbox, keeping the
+        # topics its node subscribed.
+        got.clear()
+        answer = broker.request("n:parent", b"from the child", 10)
+        broker.publish("c:shared", b"child says hello")
+        wait_for(lambda: (b"child says hello" in [d for _, d in got]))
+        print("child:", answer.decode(), flush=True)
+        os._exit(0)
+    # Meanwhile the parent keeps every message: its connection is untouched.
+    for n in range(200):
+        publisher.publish("c:shared", b"parent %d" % n)
+        time.sleep(0.002)
+    _, status = os.waitpid(pid, 0)
+    assert status == 0, status
+    publisher.publish("c:shared", b"after the child")
+    wait_for(lambda: (b"after the child" in [d for _, d in got]))
+    mine = [d for t, d in got if d.startswith(b"parent ")]
+    assert mine == [b"parent %d" % n for n in range(200)], mine
+    assert (b"child says hello" in [d for _, d in got])
+    print("parent: all", len(mine), flush=True)
+"""
