@@ -79,6 +79,26 @@ def live_server(
         raise errors[0]
 
 
+#: ``server`` fixture params of the protocol suites: every server kind, and
+#: "cluster", four workers sharing Redis behind one port, so that a
+#: connection's requests land on any worker (no stickiness).
+PROTOCOL_SERVERS = (*servers.KINDS, "cluster")
+
+
+def start_protocol_server(
+    param: str,
+    tmp_path_factory: pytest.TempPathFactory,
+    env: t.Mapping[str, str],
+    broker_servers: t.Callable[[str], BrokerServer],
+) -> Server:
+    """The server of one ``PROTOCOL_SERVERS`` param, with the app env ``env``."""
+    kind, workers = param, 1
+    if param == "cluster":
+        env = {**env, **broker_servers("redis").app_env}
+        kind, workers = "geventwebsocket", 4
+    return servers.start(kind, tmp_path_factory.mktemp(param), env=env, workers=workers)
+
+
 @pytest.fixture(params=servers.KINDS)
 def server_kind(request: pytest.FixtureRequest) -> str:
     """Each server kind in turn: geventwebsocket, gevent, cli, flask-run."""

@@ -25,9 +25,8 @@ import uuid
 import pytest
 import requests
 
-from tests import servers
 from tests.brokerservers import BrokerServer
-from tests.conftest import LiveServerFactory
+from tests.conftest import PROTOCOL_SERVERS, LiveServerFactory, start_protocol_server
 from tests.servers import Server
 from tests.wsclient import connect as ws_connect
 
@@ -45,23 +44,14 @@ def _unique(prefix: str) -> str:
     return f"{prefix}.{uuid.uuid4().hex[:10]}"
 
 
-@pytest.fixture(scope="module", params=(*servers.KINDS, "cluster"))
+@pytest.fixture(scope="module", params=PROTOCOL_SERVERS)
 def server(
     request: pytest.FixtureRequest,
     tmp_path_factory: pytest.TempPathFactory,
     broker_servers: t.Callable[[str], BrokerServer],
 ) -> t.Iterator[Server]:
-    """Each server kind, and "cluster": four workers sharing Redis behind one
-    port, so a connection's requests land on any worker (no stickiness)."""
-    kind, env, workers = request.param, ENV, 1
-    if kind == "cluster":
-        env = {**ENV, **broker_servers("redis").app_env}
-        kind, workers = "geventwebsocket", 4
-    started = servers.start(
-        kind,
-        tmp_path_factory.mktemp(f"sse-{request.param}"),
-        env=env,
-        workers=workers,
+    started = start_protocol_server(
+        request.param, tmp_path_factory, ENV, broker_servers
     )
     yield started
     started.stop()
