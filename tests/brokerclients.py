@@ -93,7 +93,7 @@ class Brokers:
             broker.close()
 
 
-def run_script(code: str, *args: str, timeout: float = 90) -> str:
+def run_script(code: str, *args: str, timeout: float = 120) -> str:
     """Run ``code`` (dedented) in a Python process of its own; its output."""
     done = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code), *args],

@@ -28,6 +28,7 @@ from flask_realtime.brokers import nats as nats_broker
 from flask_realtime.config import ConfigError
 from tests import brokerservers
 from tests.brokerclients import (
+    ROOT,
     TIMEOUT,
     Brokers,
     Inbox,
@@ -36,8 +37,6 @@ from tests.brokerclients import (
 )
 from tests.brokerservers import BrokerServer
 from tests.servers import free_port
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def settings(**config: t.Any) -> _config.Settings:

@@ -13,8 +13,6 @@ import logging
 import os
 import signal
 import subprocess
-import sys
-import textwrap
 import threading
 import time
 import typing as t
@@ -29,7 +27,7 @@ from flask_realtime.brokers import create_broker
 from flask_realtime.brokers import rabbitmq as rabbitmq_broker
 from flask_realtime.brokers.rabbitmq import routing_key
 from flask_realtime.config import ConfigError
-from tests.brokerclients import TIMEOUT, Brokers, Inbox, settings_for
+from tests.brokerclients import TIMEOUT, Brokers, Inbox, run_script, settings_for
 from tests.brokerservers import BrokerServer
 from tests.servers import free_port
 
@@ -157,21 +155,6 @@ def erlang_vm(server: BrokerServer) -> int:
         except OSError:
             continue
     raise AssertionError(f"no Erlang VM for the server on port {server.port}")
-
-
-def run_script(code: str, *args: str, timeout: float = 120) -> str:
-    """Run ``code`` in a fresh interpreter (gevent must patch first there)."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    done = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-        cwd=ROOT,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    return done.stdout
 
 
 # -- names --------------------------------------------------------------------

@@ -25,6 +25,7 @@ from flask_realtime.brokers import redis as redis_broker
 from flask_realtime.config import ConfigError
 from tests import brokerservers
 from tests.brokerclients import (
+    ROOT,
     TIMEOUT,
     Brokers,
     Inbox,
@@ -34,7 +35,6 @@ from tests.brokerclients import (
 from tests.brokerservers import BrokerServer
 from tests.servers import free_port
 
-ROOT = Path(__file__).resolve().parent.parent
 PASSWORD = "pw-7f3a9c"
 
 
