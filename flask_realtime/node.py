@@ -29,6 +29,7 @@ from .connection import Connection, Outbound, Sink, user_key
 from .hub import Hub
 from .presence import REFRESH as PRESENCE_REFRESH
 from .presence import ClusterPresence, merge
+from .pressure import PressureGauge
 from .ratelimit import RateLimiter
 
 if t.TYPE_CHECKING:
@@ -39,10 +40,6 @@ logger = logging.getLogger("flask_realtime")
 # An SSE stream carries at least a comment this often (proxies close idle
 # streams), and half the heartbeat when that is shorter.
 KEEPALIVE = 10.0
-
-# Backpressure (see Node.wait_for_capacity).
-_STUCK_AFTER = 15.0
-_MAX_PUBLISH_WAIT = 30.0
 
 # Broker topics. A node subscribes only to what its own clients need.
 _CHANNEL = "c:"
@@ -114,14 +111,8 @@ class Node:
         # routing, a node gets no channel traffic none of its clients wants.
         self.received = {"channel": 0, "user": 0, "node": 0, "presence": 0}
         self._delivering = False
-        # Backpressure state, kept by the transports: bytes waiting on sockets
-        # that were full, how many such sockets, and bytes they drained so far.
-        self.backlog_bytes = 0
-        self.blocked_sessions = 0
-        self.drained_bytes = 0
-        self.pressured: set[t.Any] = set()  # sessions past half their queue bound
-        self.backpressure_waits = 0
-        self._last_yield = 0.0
+        # Sessions report full sockets here; publishers ask it before publishing.
+        self.pressure = PressureGauge(settings.backpressure_bytes)
         self.shutting_down = False
         self._lock = real_lock()
         self._started_pid: int | None = None
@@ -527,49 +518,8 @@ class Node:
     # -- publishing ----------------------------------------------------------
 
     def wait_for_capacity(self) -> None:
-        """Slow the publisher when the node, not one client, is the bottleneck.
-
-        A session whose socket is full and whose queue is past half its bound
-        is *pressured*. When more than two sessions, and more than one in a
-        hundred, are pressured, clients as a whole cannot take what is
-        published: the publisher waits until most have drained. A pressured session that
-        drains nothing for ``_STUCK_AFTER`` seconds is a stuck client, not
-        load: it no longer counts, and its own bound closes it (4100). Without
-        pressure the publisher still yields every few milliseconds, so that
-        reads, pings and timers keep running while it publishes in a loop.
-        """
-        if not gevent_active():
-            return
-        import gevent
-
-        if in_event_loop():
-            return  # a broker callback: the loop itself, never blocked
-        now = time.monotonic()
-        pressured = self.pressured
-        threshold = max(2, len(self.hub) // 100)
-        limit = self.settings.backpressure_bytes
-        if len(pressured) <= threshold and self.backlog_bytes <= limit:
-            if now - self._last_yield > 0.005:
-                self._last_yield = now
-                gevent.sleep(0)
-            return
-        self.backpressure_waits += 1
-        deadline = now + _MAX_PUBLISH_WAIT
-        while now < deadline:
-            for session in [
-                s for s in pressured if now - s.last_progress > _STUCK_AFTER
-            ]:
-                logger.info(
-                    "flask_realtime: %s drains nothing; it no longer holds publishers",
-                    session.conn.id,
-                )
-                session.pressured = False  # re-marked if it drains and fills again
-                pressured.discard(session)
-            if len(pressured) <= threshold // 2 and self.backlog_bytes <= limit // 2:
-                break
-            gevent.sleep(0.005)
-            now = time.monotonic()
-        self._last_yield = now
+        """Slow the publisher when the node is overloaded (see :mod:`.pressure`)."""
+        self.pressure.wait_for_capacity(len(self.hub))
 
     def publish_channel(
         self, channel: str, envelope: bytes, exclude: str | None = None

@@ -230,6 +230,7 @@ class SocketSession:
         import gevent
 
         self.node = node
+        self.gauge = node.pressure
         settings = node.settings
         self.max_messages = settings.max_queue_messages
         self.max_bytes = settings.max_queue_bytes
@@ -244,11 +245,14 @@ class SocketSession:
         self.head = b""  # the partly written rest of a write, goes first
         self.scheduled = False
         self.blocked = False  # a writer greenlet waits for the socket
-        self.pressured = False  # queue past half its bound (see Node.pressured)
         self.last_progress = 0.0
         self.flusher = _flusher()
         self.draining = False
         self.finished = False
+
+    @property
+    def label(self) -> str:
+        return self.conn.id
 
     # hooks -----------------------------------------------------------------
 
@@ -298,7 +302,7 @@ class SocketSession:
         size = len(frame)
         self.queued_bytes += size
         if self.blocked:
-            self.node.backlog_bytes += size
+            self.gauge.queued(size)
             self._check_bounds()
         elif self.scheduled:
             self.flusher.grew(size)
@@ -312,7 +316,7 @@ class SocketSession:
         self.queue.append(frame)
         self.queued_bytes += len(frame)
         if self.blocked:
-            self.node.backlog_bytes += len(frame)
+            self.gauge.queued(len(frame))
         elif not self.scheduled:
             self.scheduled = True
             self.flusher.add(self, len(frame))
@@ -329,16 +333,13 @@ class SocketSession:
                 time.monotonic() - self.last_progress,
             )
             self.close(protocol.CLOSE_TOO_SLOW, "too slow")
-        elif not self.pressured and (
-            count > self.max_messages // 2 or size > self.max_bytes // 2
+        elif (count > self.max_messages // 2 or size > self.max_bytes // 2) and (
+            not self.gauge.is_pressured(self)
         ):
-            self.pressured = True
-            self.node.pressured.add(self)
+            self.gauge.pressured(self)
 
     def _relieve(self) -> None:
-        if self.pressured:
-            self.pressured = False
-            self.node.pressured.discard(self)
+        self.gauge.relieved(self)
 
     def flush(self) -> None:
         self.scheduled = False
@@ -359,8 +360,8 @@ class SocketSession:
             # The unsent tail may end in the middle of a frame: it is kept
             # apart from the queue, which a 4100 close empties.
             self.head = data[sent:]
-            self.node.backlog_bytes += len(self.head)
-            self.node.blocked_sessions += 1
+            self.gauge.queued(len(self.head))
+            self.gauge.blocked()
             self.blocked = True
             self.last_progress = time.monotonic()
             self._gevent.spawn(self._write_blocked)
@@ -388,28 +389,27 @@ class SocketSession:
         Batches of about ``WRITE_CHUNK`` keep the queue's length a true
         measure of what waits, and show the node this socket's progress.
         """
-        node = self.node
+        gauge = self.gauge
         data = b""
         try:
             while (self.head or self.queue) and not self.finished:
                 data = self._next_batch()
                 self._send_all(data)
-                node.backlog_bytes -= len(data)
-                node.drained_bytes += len(data)
+                gauge.dequeued(len(data), drained=True)
                 data = b""
                 self.last_progress = time.monotonic()
-                if self.pressured and (
+                if gauge.is_pressured(self) and (
                     len(self.queue) <= self.max_messages // 4
                     and self.queued_bytes <= self.max_bytes // 4
                 ):
                     self._relieve()
         except OSError:
-            node.backlog_bytes -= len(data)
+            gauge.dequeued(len(data))
             self._lost()
             return
         finally:
             self.blocked = False
-            node.blocked_sessions -= 1
+            gauge.unblocked()
         self._relieve()
         if self.closing:
             self._half_close()
@@ -437,13 +437,13 @@ class SocketSession:
         self._relieve()
         if self.blocked:
             # Drop what a slow client had not read; its close frame goes next.
-            self.node.backlog_bytes -= self.queued_bytes
+            self.gauge.dequeued(self.queued_bytes)
             self.queue.clear()
         frame = self.closing_bytes(code, reason)
         self.queue.append(frame)
         self.queued_bytes = len(frame)
         if self.blocked:
-            self.node.backlog_bytes += len(frame)
+            self.gauge.queued(len(frame))
             self._gevent.spawn_later(SLOWCLOSE_GRACE, self._finish)
         else:
             self.flush()
@@ -475,7 +475,7 @@ class SocketSession:
         if self.watcher is not None:
             self.watcher.stop()
         if self.blocked:
-            self.node.backlog_bytes -= len(self.head) + self.queued_bytes
+            self.gauge.dequeued(len(self.head) + self.queued_bytes)
         self.head = b""
         self.queue.clear()
         self.queued_bytes = 0

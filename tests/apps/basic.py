@@ -129,7 +129,7 @@ def overload() -> t.Any:
     channel = _arg("channel")
     seconds = float(request.args.get("seconds", "10"))
     node = realtime.node
-    waits_before = node.backpressure_waits
+    waits_before = node.pressure.waits
     started = time.monotonic()
     published = 0
     while time.monotonic() - started < seconds:
@@ -138,5 +138,5 @@ def overload() -> t.Any:
     return jsonify(
         published=published,
         seconds=time.monotonic() - started,
-        backpressure_waits=node.backpressure_waits - waits_before,
+        backpressure_waits=node.pressure.waits - waits_before,
     )
