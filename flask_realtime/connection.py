@@ -92,5 +92,15 @@ class Connection:
     def push_json(self, json: bytes) -> None:
         self.sink.push(Outbound(json))
 
+    def close(self, code: int, reason: str = "") -> None:
+        """Close with ``code``: what is queued goes first, then the close."""
+        self.sink.close(code, reason)
+
+    def tick(self, now: float, heartbeat: float) -> None:
+        """Heartbeats and expiry, from the node's one timer."""
+        tick = getattr(self.sink, "tick", None)
+        if tick is not None:
+            tick(self, now, heartbeat)
+
     def __repr__(self) -> str:
         return f"<Connection {self.id} user={self.user_id!r} via {self.transport}>"

@@ -110,21 +110,21 @@ class Hub:
         count = 0
         for conn in self.subscribers(channel):
             if conn.id != exclude:
-                conn.sink.push(message)
+                conn.push(message)
                 count += 1
         return count
 
     def deliver_user(self, key: str, message: Outbound) -> int:
         conns = self.user_connections(key)
         for conn in conns:
-            conn.sink.push(message)
+            conn.push(message)
         return len(conns)
 
     def deliver_connection(self, connection_id: str, message: Outbound) -> int:
         conn = self.connections.get(connection_id)
         if conn is None:
             return 0
-        conn.sink.push(message)
+        conn.push(message)
         return 1
 
     def all(self) -> list[Connection]:

@@ -227,7 +227,7 @@ class Node:
         self.shutting_down = True
         for conn in self.hub.all():
             try:
-                conn.sink.close(code, "server shutting down")
+                conn.close(code, "server shutting down")
             except Exception:  # pragma: no cover - best effort while exiting
                 logger.debug("close failed during shutdown", exc_info=True)
 
@@ -236,9 +236,7 @@ class Node:
         in a cluster, presence refresh and the expiry of silent nodes."""
         heartbeat = self.settings.heartbeat
         for conn in self.hub.all():
-            tick = getattr(conn.sink, "tick", None)
-            if tick is not None:
-                tick(conn, now, heartbeat)
+            conn.tick(now, heartbeat)
         if self._clustered:
             self._refresh_presence(now)
 
@@ -333,7 +331,7 @@ class Node:
         if not wait:
             return None
         if rate.strikes >= self.settings.rate_limit_close_after:
-            conn.sink.close(protocol.CLOSE_RATE_LIMIT_ABUSE, "rate limit abuse")
+            conn.close(protocol.CLOSE_RATE_LIMIT_ABUSE, "rate limit abuse")
         return protocol.error(
             protocol.RATE_LIMITED,
             "rate limit exceeded",
@@ -759,6 +757,10 @@ class Node:
         if answer is None:
             return []  # no node has a subscriber, so nobody is present
         return merge(json.loads(answer))
+
+    def connection(self, connection_id: str) -> Connection | None:
+        """The local connection with this id, if it lives on this node."""
+        return self.hub.connections.get(connection_id)
 
     def subscriber_count(self, channel: str) -> int:
         return self.hub.subscriber_count(channel)

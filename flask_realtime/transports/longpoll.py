@@ -180,7 +180,7 @@ def _begin(
     (the connection cannot expire), and it is the connection's only poll:
     an older one is answered ``superseded`` now.
     """
-    conn = node.hub.connections.get(connection_id)
+    conn = node.connection(connection_id)
     if conn is None or conn.transport != "longpolling":
         return error_answer(404, "unknown or expired connection; open a new one")
     if not same_secret(token, conn.token):

@@ -83,7 +83,7 @@ def _send(node: Node) -> Response:
 
 def _find(node: Node, forwarded: dict[str, t.Any]) -> t.Any:
     """The connection, or the error answer: unknown, wrong token, expired."""
-    conn = node.hub.connections.get(forwarded["connection_id"])
+    conn = node.connection(forwarded["connection_id"])
     if conn is None or conn.transport not in ("sse", "longpolling"):
         return error_answer(404, "unknown or expired connection; open a new one")
     if not same_secret(forwarded.get("token"), conn.token):
@@ -108,7 +108,7 @@ def _close_here(node: Node, forwarded: dict[str, t.Any]) -> Answer:
     conn = _find(node, forwarded)
     if isinstance(conn, tuple):
         return conn
-    conn.sink.close(protocol.CLOSE_NORMAL, "closed by the client")
+    conn.close(protocol.CLOSE_NORMAL, "closed by the client")
     return 204, b""
 
 
