@@ -34,6 +34,20 @@ CLOSE_TOO_SLOW = 4100
 CLOSE_HEARTBEAT_TIMEOUT = 4101  # extension: no frame for two heartbeats
 CLOSE_RATE_LIMIT_ABUSE = 4129
 CLOSE_SHUTDOWN = 4200
+# Never sent in a close frame (RFC 6455, 7.1.5): what a client reports when the
+# server's close frame had no code, or when the connection dropped without one.
+CLOSE_NO_STATUS = 1005
+CLOSE_ABNORMAL = 1006
+
+# What a client does after each range of close codes (PROTOCOL.md).
+CLOSE_NO_RECONNECT = range(4000, 4100)
+CLOSE_RECONNECT_WITH_BACKOFF = range(4100, 4200)
+CLOSE_RECONNECT_AT_ONCE = range(4200, 4300)
+
+# Where the endpoints live unless the app configures otherwise (PROTOCOL.md,
+# "Transports and paths").
+DEFAULT_URL_PREFIX = "/realtime"
+DEFAULT_WEBSOCKET_PATH = "/ws"
 
 CLIENT_TYPES = frozenset({"subscribe", "unsubscribe", "event", "ping"})
 

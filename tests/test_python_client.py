@@ -8,6 +8,7 @@ client in a subprocess under gevent's monkey patching.
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import queue
@@ -574,3 +575,36 @@ def test_this_module_passes_under_gevent_monkey_patching(tmp_path: Path) -> None
     )
     assert done.returncode == 0, done.stdout[-5000:] + done.stderr[-5000:]
     assert " passed" in done.stdout
+
+
+def test_the_client_package_imports_nothing_of_the_server() -> None:
+    """The client shares the protocol's constants and nothing else of the
+    server side (node, brokers, transports, extension)."""
+    import flask_realtime.client
+
+    allowed = {"flask_realtime.protocol", "flask_realtime._ws_frames"}
+    package = Path(flask_realtime.client.__file__).parent
+    outside = []
+    for path in sorted(package.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                continue  # a sibling in the client package
+            if isinstance(node, ast.ImportFrom) and node.level == 2:
+                names = (
+                    [f"flask_realtime.{node.module}"]
+                    if node.module
+                    else [f"flask_realtime.{alias.name}" for alias in node.names]
+                )
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            elif isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            else:
+                continue
+            outside += [
+                f"{path.name}: {name}"
+                for name in names
+                if name.split(".")[0] == "flask_realtime" and name not in allowed
+            ]
+    assert package.name == "client" and len(list(package.glob("*.py"))) > 1
+    assert outside == []

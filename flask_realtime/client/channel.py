@@ -1,0 +1,107 @@
+"""A subscription as the client sees it: state, events, presence members."""
+
+from __future__ import annotations
+
+import typing as t
+
+from .errors import RealtimeError, SubscriptionError
+from .events import Emitter
+
+if t.TYPE_CHECKING:
+    from .realtime_client import RealtimeClient
+
+
+class Channel(Emitter):
+    """A subscription; made by :meth:`RealtimeClient.subscribe`.
+
+    Events: the channel's own events by name, ``presence.join`` and
+    ``presence.leave`` on presence channels, and ``subscribed`` (each
+    resubscription after a reconnect, with the reply's data) and ``error``
+    (a refused resubscription or client event) from the client.
+    """
+
+    def __init__(self, client: RealtimeClient, name: str, buffer_size: int) -> None:
+        super().__init__(client._cond, buffer_size)
+        self.client = client
+        self.name = name
+        #: "pending", "subscribed", "refused" or "unsubscribed".
+        self.state = "pending"
+        #: The ``data`` of the last ``subscribed`` reply.
+        self.subscribed_data: t.Any = None
+        self.error: SubscriptionError | None = None
+        self._awaited = False  # a blocking subscribe() takes the first reply
+        self._members: dict[str, dict[str, t.Any]] = {}
+
+    def __repr__(self) -> str:
+        return f"<Channel {self.name!r} {self.state}>"
+
+    @property
+    def is_presence(self) -> bool:
+        return self.name.startswith(("presence-", "presence."))
+
+    @property
+    def members(self) -> list[dict[str, t.Any]]:
+        """The presence members, one dict per user (``user_id``, ``user_info``,
+        ...), kept current from the subscribe reply and join/leave events."""
+        with self._cond:
+            return [dict(member) for member in self._members.values()]
+
+    def send(self, event: str, data: t.Any = None) -> None:
+        """Send a client event on this channel (no reply when accepted; a
+        refusal arrives as an ``error`` event). Raises :class:`NotConnected`
+        while the client is reconnecting."""
+        self.client._send(
+            {"type": "event", "channel": self.name, "event": event, "data": data}
+        )
+
+    def unsubscribe(self, *, wait: bool = True, timeout: float | None = None) -> None:
+        """Leave the channel; it will not be resubscribed after reconnects."""
+        self.client._unsubscribe(self, wait=wait, timeout=timeout)
+
+    def _raise_if_finished(self) -> None:
+        if self.state == "refused" and self.error is not None:
+            raise self.error
+        if self.state == "unsubscribed":
+            raise RealtimeError(f"unsubscribed from {self.name!r}")
+        self.client._raise_if_finished()
+
+    def _forbid_in_reader(self, what: str) -> None:
+        self.client._forbid_in_reader(what)
+
+    # -- called by the client's reader with what the server said -------------------
+
+    def _on_subscribed(self, data: t.Any) -> None:
+        with self._cond:
+            self.state = "subscribed"
+            self.subscribed_data = data
+            self.error = None
+            if self.is_presence and isinstance(data, dict):
+                self._members = {
+                    str(member.get("user_id")): dict(member)
+                    for member in data.get("members") or []
+                    if isinstance(member, dict)
+                }
+            awaited, self._awaited = self._awaited, False
+            self._cond.notify_all()
+        self._emit("subscribed", data, buffer=not awaited)
+
+    def _on_refused(self, error: SubscriptionError) -> bool:
+        """Record a refusal; True if a blocking subscribe() will raise it."""
+        with self._cond:
+            self.state = "refused"
+            self.error = error
+            awaited, self._awaited = self._awaited, False
+            self._cond.notify_all()
+        if not awaited:
+            self._emit("error", error.data)
+        return awaited
+
+    def _on_event(self, event: str, data: t.Any) -> None:
+        if self.is_presence and isinstance(data, dict) and "user_id" in data:
+            key = str(data["user_id"])
+            with self._cond:
+                if event == "presence.join":
+                    self._members[key] = dict(data)
+                elif event == "presence.leave":
+                    self._members.pop(key, None)
+        self._emit(event, data)
