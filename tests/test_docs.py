@@ -6,7 +6,12 @@ language:
 
 - ``python``: run as a script in a fresh process, in a scratch directory of
   its page (see ``file`` below); it must exit 0.
-- ``js``: checked by ``node --check``; ``html``: each inline ``<script>`` is.
+- ``js`` and ``html``: checked by ``node --check`` (an HTML block's inline
+  scripts), then run in headless Chromium, in a page of the README's app
+  served by gunicorn, signed in as ``Ann``, after ``/realtime/client.js``
+  (``<script src>`` of an HTML block are loaded as written). A block with an
+  ``import`` runs as a module. An error thrown while it runs fails the test.
+  The README's page itself is tested end to end: two users, one message.
 - ``bash``/``sh``: checked by ``bash -n``, and every path of this repository
   it names (``./scripts/demo.sh``, ``benchmarks/run.py``, ...) must exist.
   Shell samples start servers, install packages or run the whole suite, so
@@ -47,7 +52,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.servers import ROOT, child_environment
+from tests import servers
+from tests.browser.conftest import CHROMIUM_ARGS, chromium_path
+from tests.servers import ROOT, Server, child_environment
+
+if t.TYPE_CHECKING:
+    from playwright.sync_api import Browser, Page
 
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 LANGUAGES = ("python", "js", "html", "bash", "sh", "json", "nginx")
@@ -195,7 +205,38 @@ def check_excerpt(block: Block) -> None:
             )
 
 
-def check_block(block: Block, directory: Path) -> None:
+def run_in_browser(block: Block, page: Page) -> None:
+    """Run a JavaScript or HTML sample in ``page``; fail on an error it throws."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.add_script_tag(url="/realtime/client.js")
+    if block.lang == "html":
+        scripts = re.findall(
+            r"<script(?P<attrs>[^>]*)>(?P<code>.*?)</script>", block.text, re.S
+        )
+        for attrs, code in scripts:
+            source = re.search(r'\bsrc="([^"]+)"', attrs)
+            if source is not None:
+                page.add_script_tag(url=source[1])
+            else:
+                page.add_script_tag(content=code)
+    else:
+        module = re.search(r"^import ", block.text, re.M) is not None
+        # A module runs once its imports are loaded: the flag says it ran through.
+        code = block.text + "\nglobalThis.sampleRanThrough = true;\n"
+        page.add_script_tag(content=code, type="module" if module else "")
+        try:
+            page.wait_for_function("() => globalThis.sampleRanThrough", timeout=5000)
+        except PlaywrightTimeout:
+            errors.append("it did not run to its end")
+    # One round trip more, for errors of what the sample started at once.
+    page.evaluate("() => new Promise((resolve) => setTimeout(resolve))")
+    assert not errors, f"{block.where}: the sample threw in the browser: {errors}"
+
+
+def check_block(block: Block, directory: Path, page: t.Callable[[], Page]) -> None:
     what = f"the {block.lang} sample at {block.where}"
     if block.marker == "excerpt":
         check_excerpt(block)
@@ -220,9 +261,13 @@ def check_block(block: Block, directory: Path) -> None:
     elif block.lang == "js":
         if block.marker != "excerpt":
             check_javascript(block.text, directory, what)
+        if not block.marker:
+            run_in_browser(block, page())
     elif block.lang == "html":
         for script in scripts_of(block.text):
             check_javascript(script, directory, what)
+        if not block.marker:
+            run_in_browser(block, page())
     elif block.lang in ("bash", "sh"):
         run(["bash", "-n", "-c", block.text], directory, f"bash -n of {what}")
         for path in _REPO_PATH.findall(block.text):
@@ -252,10 +297,91 @@ def test_every_block_has_a_handled_language_and_a_known_marker() -> None:
     assert not problems, "\n".join(problems)
 
 
+@pytest.fixture(scope="module")
+def readme_app(tmp_path_factory: pytest.TempPathFactory) -> t.Iterator[Server]:
+    """The README's app, written out from its blocks, under gunicorn."""
+    directory = tmp_path_factory.mktemp("readme")
+    for block in blocks_of(ROOT / "README.md"):
+        if block.marker == "file":
+            (directory / block.arg).parent.mkdir(parents=True, exist_ok=True)
+            (directory / block.arg).write_text(block.text)
+    server = servers.start(
+        "geventwebsocket",
+        directory / "logs",
+        app="app:app",
+        env={"PYTHONPATH": str(directory)},
+    )
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def browser() -> t.Iterator[Browser]:
+    from playwright.sync_api import sync_playwright
+
+    executable = chromium_path()
+    if executable is None:
+        pytest.fail("no Chromium: install Debian's chromium package")
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(
+            executable_path=executable, args=CHROMIUM_ARGS
+        )
+        yield launched
+        launched.close()
+
+
+def signed_in_page(browser: Browser, server: Server, name: str, path: str) -> Page:
+    """A page of its own browser context, signed in to the README's app."""
+    context = browser.new_context()
+    page = context.new_page()
+    page.goto(f"{server.url}/?name={name}")
+    if path != "/":
+        page.goto(server.url + path)
+    return page
+
+
 @pytest.mark.parametrize("block", ALL_BLOCKS, ids=_id)
-def test_sample_runs_as_written(block: Block, tmp_path: Path) -> None:
+def test_sample_runs_as_written(
+    block: Block, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    opened: list[Page] = []
+
+    def page() -> Page:
+        browser = request.getfixturevalue("browser")
+        server = request.getfixturevalue("readme_app")
+        opened.append(signed_in_page(browser, server, "Ann", "/realtime/health"))
+        return opened[-1]
+
     prepare(block, tmp_path)
-    check_block(block, tmp_path)
+    try:
+        check_block(block, tmp_path, page)
+    finally:
+        for each in opened:
+            each.context.close()
+
+
+def test_readme_page_in_the_browser(browser: Browser, readme_app: Server) -> None:
+    """Two users on the README's page: each sees the other, and a message."""
+    from playwright.sync_api import expect
+
+    ann = signed_in_page(browser, readme_app, "Ann", "/")
+    bob = signed_in_page(browser, readme_app, "Bob", "/")
+    try:
+        # The page's own consts: both users are in the room, each sees both.
+        for page in (ann, bob):
+            page.wait_for_function(
+                "() => people.state === 'subscribed' && people.members.length === 2",
+                timeout=10000,
+            )
+        ann.fill("#text", "Hello from Ann")
+        ann.click("button")
+        for page in (ann, bob):
+            expect(page.locator("#messages li")).to_have_text(
+                ["Ann: Hello from Ann"], timeout=10000
+            )
+    finally:
+        ann.context.close()
+        bob.context.close()
 
 
 def test_readme_page_is_served_with_the_client(tmp_path: Path) -> None:
