@@ -406,3 +406,33 @@ def test_readme_page_is_served_with_the_client(tmp_path: Path) -> None:
     )
     (tmp_path / "check_page.py").write_text(check)
     run([sys.executable, "check_page.py"], tmp_path, "the README's page")
+
+
+def _json_block(page: str, starts: str) -> t.Any:
+    [block] = [
+        b
+        for b in blocks_of(ROOT / page)
+        if b.lang == "json" and b.text.lstrip().startswith(starts)
+    ]
+    return json.loads(block.text)
+
+
+def test_documented_json_has_the_fields_the_server_sends() -> None:
+    """The health answer and the ``connected`` message, field for field."""
+    from flask import Flask
+
+    from flask_realtime import Realtime
+
+    app = Flask(__name__)
+    app.config["REALTIME_TRANSPORTS"] = ["websocket", "sse", "longpolling", "memory"]
+    realtime = Realtime(app)
+    health = app.test_client().get("/realtime/health").get_json()
+    documented = _json_block("docs/deployment.md", '{\n  "status"')
+    assert documented.keys() == health.keys()
+    assert documented["broker_messages"].keys() == health["broker_messages"].keys()
+
+    with realtime.test_client() as client:
+        connected = client.connected
+    documented = _json_block("docs/protocol.md", '{"type": "connected"')
+    assert documented.keys() == connected.keys()
+    assert documented["data"].keys() == connected["data"].keys()
