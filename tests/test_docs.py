@@ -149,7 +149,9 @@ def run(argv: list[str], cwd: Path, what: str) -> None:
 
 def node() -> str:
     found = shutil.which("node")
-    assert found is not None, "node is needed to check the JavaScript samples"
+    assert found is not None, (
+        "node checks the JavaScript samples: install Debian's nodejs (.ci/run does)"
+    )
     return found
 
 
@@ -360,6 +362,7 @@ def test_sample_runs_as_written(
             each.context.close()
 
 
+@pytest.mark.browser
 def test_readme_page_in_the_browser(browser: Browser, readme_app: Server) -> None:
     """Two users on the README's page: each sees the other, and a message."""
     from playwright.sync_api import expect
