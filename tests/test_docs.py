@@ -14,6 +14,7 @@ language:
   The README's page itself is tested end to end: two users, one message.
 - ``bash``/``sh``: checked by ``bash -n``, and every path of this repository
   it names (``./scripts/demo.sh``, ``benchmarks/run.py``, ...) must exist.
+  The extras of a ``pip install flask_realtime[...]`` must be in setup.cfg.
   Shell samples start servers, install packages or run the whole suite, so
   they are not run here; the servers they start are tested elsewhere.
 - ``json``: parsed.
@@ -41,6 +42,7 @@ hide a broken sample):
 
 from __future__ import annotations
 
+import configparser
 import json
 import re
 import shutil
@@ -238,6 +240,12 @@ def run_in_browser(block: Block, page: Page) -> None:
     assert not errors, f"{block.where}: the sample threw in the browser: {errors}"
 
 
+def package_extras() -> set[str]:
+    config = configparser.ConfigParser()
+    config.read(ROOT / "setup.cfg")
+    return set(config["options.extras_require"])
+
+
 def check_block(block: Block, directory: Path, page: t.Callable[[], Page]) -> None:
     what = f"the {block.lang} sample at {block.where}"
     if block.marker == "excerpt":
@@ -274,6 +282,11 @@ def check_block(block: Block, directory: Path, page: t.Callable[[], Page]) -> No
         run(["bash", "-n", "-c", block.text], directory, f"bash -n of {what}")
         for path in _REPO_PATH.findall(block.text):
             assert (ROOT / path).exists(), f"{block.where}: names {path}, missing"
+        for extras in re.findall(
+            r"pip install \S*flask_realtime\[([\w,-]+)\]", block.text
+        ):
+            unknown = set(extras.split(",")) - package_extras()
+            assert not unknown, f"{block.where}: no such extra in setup.cfg: {unknown}"
     elif block.lang == "json":
         json.loads(block.text)
     elif block.lang == "nginx":
