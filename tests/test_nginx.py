@@ -33,8 +33,8 @@ import requests
 import websocket
 
 from tests import brokerservers, servers
+from tests.docsamples import blocks_of
 from tests.servers import Server, free_port
-from tests.test_docs import blocks_of
 from tests.wsclient import connect as ws_connect
 
 NGINX = Path("/usr/sbin/nginx")
