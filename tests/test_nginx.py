@@ -224,10 +224,6 @@ def unique(name: str) -> str:
     return f"{name}.{uuid.uuid4().hex[:8]}"
 
 
-def test_the_port_is_not_80_or_443(nginx: Nginx) -> None:
-    assert nginx.port not in (80, 443)
-
-
 def test_websocket_through_nginx(nginx: Nginx) -> None:
     channel = unique("news")
     ws_url = f"ws://127.0.0.1:{nginx.port}/realtime/ws"
