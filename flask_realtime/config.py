@@ -1,4 +1,4 @@
-"""``REALTIME_*`` settings: defaults, the seed's environment fallbacks, validation.
+"""``REALTIME_*`` settings: defaults, the environment fallbacks users expect, validation.
 
 Everything is resolved once, at ``init_app``; a wrong value raises
 :class:`ConfigError` naming the key, so a typo never surfaces as a runtime
@@ -108,7 +108,7 @@ _RABBITMQ_TYPES = {k: type(v) for k, v in _RABBITMQ_DEFAULTS.items()}
 
 
 def environment_defaults(environ: t.Mapping[str, str] = os.environ) -> dict[str, t.Any]:
-    """The seed's environment variables, translated to ``REALTIME_*`` keys."""
+    """Environment variables users already set, translated to ``REALTIME_*`` keys."""
     found: dict[str, t.Any] = {}
     if environ.get("REALTIME_TRANSPORT"):
         found["REALTIME_TRANSPORTS"] = [

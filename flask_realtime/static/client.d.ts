@@ -128,7 +128,6 @@ export interface Envelope {
   event?: string;
   data?: any;
   id?: number | string;
-  offset?: number;
 }
 
 export declare class Channel {
