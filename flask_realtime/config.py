@@ -1,4 +1,4 @@
-"""``REALTIME_*`` settings: defaults, the environment fallbacks users expect, validation.
+"""``REALTIME_*`` settings: defaults, environment fallbacks, validation.
 
 Everything is resolved once, at ``init_app``; a wrong value raises
 :class:`ConfigError` naming the key, so a typo never surfaces as a runtime
