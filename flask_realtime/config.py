@@ -65,6 +65,8 @@ DEFAULTS: dict[str, t.Any] = {
     "REALTIME_BROKER_URL": None,
     "REALTIME_REDIS": {},
     "REALTIME_RABBITMQ": {},
+    "REALTIME_REDIS_URL": None,
+    "REALTIME_RABBITMQ_URL": None,
     "REALTIME_NATS_URL": "nats://127.0.0.1:4222",
     # Messages a node holds while its broker is down; past that, publishing
     # raises BrokerUnavailable.
@@ -149,8 +151,16 @@ def environment_defaults(environ: t.Mapping[str, str] = os.environ) -> dict[str,
                 ) from None
     if rabbit:
         found["REALTIME_RABBITMQ"] = rabbit
-    if environ.get("NATS_URL"):
-        found["REALTIME_NATS_URL"] = environ["NATS_URL"]
+    # The URL variables hosting platforms and other libraries set.
+    for names, key in (
+        (("REDIS_URL",), "REALTIME_REDIS_URL"),
+        (("RABBITMQ_URL", "AMQP_URL"), "REALTIME_RABBITMQ_URL"),
+        (("NATS_URL",), "REALTIME_NATS_URL"),
+    ):
+        for name in names:
+            if environ.get(name):
+                found[key] = environ[name]
+                break
     return found
 
 
@@ -197,6 +207,16 @@ def load(config: t.Mapping[str, t.Any]) -> Settings:
     broker_url = config["REALTIME_BROKER_URL"]
     if broker_url is not None and not isinstance(broker_url, str):
         raise ConfigError(f"REALTIME_BROKER_URL must be a string, got {broker_url!r}")
+    for key in ("REALTIME_REDIS_URL", "REALTIME_RABBITMQ_URL"):
+        value = config.get(key)
+        if value is not None and (not isinstance(value, str) or not value):
+            raise ConfigError(f"{key} must be a URL string, got {value!r}")
+    if broker_url is None:
+        # REALTIME_BROKER_URL wins; else the chosen broker's own URL, if any.
+        broker_url = {
+            "redis": config.get("REALTIME_REDIS_URL"),
+            "rabbitmq": config.get("REALTIME_RABBITMQ_URL"),
+        }.get(broker)
 
     redis = config["REALTIME_REDIS"]
     if not isinstance(redis, dict):

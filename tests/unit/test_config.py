@@ -19,7 +19,10 @@ from flask_realtime import config as rt_config
 def _no_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """init_app reads these as fallbacks; these tests set exactly the ones they need."""
     for key in list(os.environ):
-        if key.startswith(("REALTIME_", "REDIS_", "RABBITMQ_")) or key == "NATS_URL":
+        if key.startswith(("REALTIME_", "REDIS_", "RABBITMQ_")) or key in (
+            "NATS_URL",
+            "AMQP_URL",
+        ):
             monkeypatch.delenv(key)
 
 
@@ -410,6 +413,37 @@ def test_rabbitmq_port_must_be_an_integer() -> None:
 def test_nats_url() -> None:
     found = rt_config.environment_defaults(environ={"NATS_URL": "nats://n:4223"})
     assert found == {"REALTIME_NATS_URL": "nats://n:4223"}
+
+
+@pytest.mark.parametrize(
+    ("broker", "environ", "url"),
+    [
+        ("redis", {"REDIS_URL": "redis://r:6380/2"}, "redis://r:6380/2"),
+        ("rabbitmq", {"RABBITMQ_URL": "amqp://q:5673/%2F"}, "amqp://q:5673/%2F"),
+        ("rabbitmq", {"AMQP_URL": "amqp://a:5674/%2F"}, "amqp://a:5674/%2F"),
+        # The chosen broker's variable only: a Redis URL is no RabbitMQ URL.
+        ("rabbitmq", {"REDIS_URL": "redis://r:6380/2"}, None),
+        # REALTIME_BROKER_URL says it for every broker, and wins.
+        (
+            "redis",
+            {"REDIS_URL": "redis://r:6380/2", "REALTIME_BROKER_URL": "redis://b/1"},
+            "redis://b/1",
+        ),
+    ],
+)
+def test_the_url_variables_people_set_choose_the_broker_url(
+    broker: str, environ: dict[str, str], url: str | None
+) -> None:
+    found = rt_config.environment_defaults(environ=environ)
+    settings = rt_config.load(
+        {**rt_config.DEFAULTS, **found, "REALTIME_BROKER": broker}
+    )
+    assert settings.broker_url == url
+
+
+def test_a_url_key_must_be_a_string() -> None:
+    with pytest.raises(ConfigError, match="REALTIME_REDIS_URL"):
+        rt_config.load({**rt_config.DEFAULTS, "REALTIME_REDIS_URL": 6379})
 
 
 def test_environment_values_pass_validation() -> None:
