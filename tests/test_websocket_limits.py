@@ -157,6 +157,28 @@ def test_client_that_stops_reading_is_closed_with_4100_and_harms_nobody(
 
 
 @pytest.mark.parametrize("kind", servers.KINDS)
+def test_pongs_count_against_the_queue_bound(
+    live_server: LiveServerFactory, kind: str
+) -> None:
+    # Every frame queued for a connection counts, pongs included: a client
+    # that pings without ever reading cannot make the server queue pongs
+    # without end. (Under gevent, frames the server made itself used to
+    # skip the bound.)
+    server = live_server(kind, env=_env(REALTIME_MAX_QUEUE_MESSAGES=100))
+    flooder = connect(
+        server.ws_url, sockopt=[(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)]
+    )
+    with connect(server.ws_url) as bystander:
+        payload = b"p" * 125  # the largest control frame: 127 bytes a pong
+        # Far more pongs than the kernel's buffers on both sides can hold.
+        for _ in range(80_000):
+            flooder.ws.ping(payload)
+        assert flooder.expect_close(timeout=30) == 4100
+        assert bystander.ping()["type"] == "pong"
+    flooder.close()
+
+
+@pytest.mark.parametrize("kind", servers.KINDS)
 def test_sigterm_closes_connections_with_4200(
     live_server: LiveServerFactory, kind: str
 ) -> None:

@@ -112,14 +112,15 @@ class SocketSession(Sink):
     # writing (the seam) -------------------------------------------------------
 
     def write(self, nbytes: int) -> None:
-        conn = self.conn
-        if conn.backed_up:
+        # (A session is never both on the flusher's list and backed up: the
+        # flush that finds the socket full takes it off the list.)
+        if self.scheduled:
+            self.flusher.grew(nbytes)
+        elif self.conn.backed_up:
             # The socket is full: the writer greenlet takes it from here.
             self.gauge.queued(nbytes)
-            if conn.past(2) and not self.gauge.is_pressured(self):
+            if self.conn.past(2) and not self.gauge.is_pressured(self):
                 self.gauge.pressured(self)
-        elif self.scheduled:
-            self.flusher.grew(nbytes)
         else:
             self.scheduled = True
             self.flusher.add(self, nbytes)
