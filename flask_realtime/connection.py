@@ -205,9 +205,10 @@ class Connection:
 
     def close(self, code: int, reason: str = "") -> None:
         """Close with ``code``: what is queued goes first, then the close."""
-        if self.closing:
-            return
-        self.closing = True
+        with self.locked():  # (threads: one of two racing closes wins)
+            if self.closing:
+                return
+            self.closing = True
         self.sink.close(code, reason)
 
     def tick(self, now: float, heartbeat: float) -> None:

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import signal
 import socket
 import threading
 import time
-import typing as t
 
 import pytest
 import requests
@@ -15,11 +13,8 @@ import websocket
 
 from tests import servers
 from tests.conftest import LiveServerFactory
+from tests.http_helpers import app_env as _env
 from tests.wsclient import Client, ConnectionClosed, connect
-
-
-def _env(**config: t.Any) -> dict[str, str]:
-    return {f"TESTAPP_{key}": json.dumps(value) for key, value in config.items()}
 
 
 @pytest.mark.parametrize("kind", servers.KINDS)
