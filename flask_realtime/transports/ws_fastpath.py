@@ -203,6 +203,10 @@ class HandshakeContext(RequestContext):
         request: t.Any = None,
         session: t.Any = _UNOPENED,
     ) -> None:
+        # A session given to the constructor is one Flask does not open on
+        # push(); the sentinel stands for "open it when first used", which
+        # the property below does, in an attribute of our own.
+        self.lazy_session = session
         super().__init__(app, environ, request, session)
 
     def match_request(self) -> None:
@@ -213,11 +217,15 @@ class HandshakeContext(RequestContext):
 
     @property
     def session(self) -> t.Any:
-        if self._session is _UNOPENED:
+        if self.lazy_session is _UNOPENED:
             interface = self.app.session_interface
             opened = interface.open_session(self.app, self.request)
             if opened is None:  # (an empty session is falsy, and valid)
                 opened = interface.make_null_session(self.app)
-            self._session = opened
-        self._session.accessed = True  # type: ignore[union-attr]
-        return self._session
+            self.lazy_session = opened
+        self.lazy_session.accessed = True
+        return self.lazy_session
+
+    @session.setter
+    def session(self, value: t.Any) -> None:
+        self.lazy_session = value
