@@ -26,7 +26,7 @@ from .transports import longpoll as _longpoll
 from .transports import send as _send
 from .transports import sse as _sse
 from .transports import websocket as _websocket
-from .transports._http import json_error as _json_error
+from .transports.http import json_error as _json_error
 
 _STATIC = os.path.join(os.path.dirname(__file__), "static")
 _ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import typing as t
 
-from .connection import Connection, Outbound
+from .connection import Connection, Sink
 
 if t.TYPE_CHECKING:
     from .node import Node
@@ -82,12 +82,17 @@ class Recorder:
             raise AssertionError(f"expected no broadcast, got {found!r}")
 
 
-class _MemorySink:
+class _MemorySink(Sink):
+    """Delivers into the test client's ``received`` list, at once."""
+
     def __init__(self, client: TestClient) -> None:
         self._client = client
 
-    def push(self, message: Outbound) -> None:
-        self._client.received.append(json.loads(message.json))
+    def write(self, nbytes: int) -> None:
+        self._client.received.append(json.loads(self.conn.take()))
+
+    def tick(self, now: float, heartbeat: float) -> None:
+        """Nothing: an in-process client needs no heartbeat."""
 
     def close(self, code: int, reason: str = "") -> None:
         client = self._client

@@ -34,6 +34,9 @@ import requests
 
 from tests.brokerservers import BrokerServer
 from tests.conftest import PROTOCOL_SERVERS, LiveServerFactory, start_protocol_server
+from tests.http_helpers import assert_json_error as _assert_json_error
+from tests.http_helpers import broadcast as _broadcast
+from tests.http_helpers import unique as _unique
 from tests.servers import Server
 from tests.wsclient import connect as ws_connect
 
@@ -53,11 +56,6 @@ ENV = {
 PROMPT = 0.5
 
 _ids = itertools.count(1)
-
-
-def _unique(prefix: str) -> str:
-    """A channel name no other test uses on the shared server."""
-    return f"{prefix}.{uuid.uuid4().hex[:10]}"
 
 
 @pytest.fixture(scope="module", params=PROTOCOL_SERVERS)
@@ -183,26 +181,6 @@ class Poller:
 
 
 # -- helpers -------------------------------------------------------------------
-
-
-def _broadcast(server: Server, channel: str, event: str, data: t.Any) -> None:
-    response = requests.get(
-        f"{server.url}/broadcast",
-        params={"channel": channel, "event": event, "data": json.dumps(data)},
-        timeout=5,
-    )
-    assert response.status_code == 200, response.text
-
-
-def _assert_json_error(response: requests.Response, status: int) -> None:
-    assert response.status_code == status, response.text
-    assert response.headers["Content-Type"].startswith("application/json"), (
-        response.headers["Content-Type"],
-        response.text[:200],
-    )
-    error = response.json()["error"]
-    assert error["code"] == status
-    assert isinstance(error["message"], str) and error["message"]
 
 
 def _assert_still_working(server: Server, poller: Poller) -> None:

@@ -27,6 +27,9 @@ import requests
 
 from tests.brokerservers import BrokerServer
 from tests.conftest import PROTOCOL_SERVERS, LiveServerFactory, start_protocol_server
+from tests.http_helpers import assert_json_error as _assert_json_error
+from tests.http_helpers import broadcast as _broadcast
+from tests.http_helpers import unique as _unique
 from tests.servers import Server
 from tests.wsclient import connect as ws_connect
 
@@ -37,11 +40,6 @@ KEEPALIVE = HEARTBEAT / 2
 ENV = {"TESTAPP_REALTIME_HEARTBEAT": str(HEARTBEAT)}
 
 _ids = itertools.count(1)
-
-
-def _unique(prefix: str) -> str:
-    """A channel name no other test uses on the shared server."""
-    return f"{prefix}.{uuid.uuid4().hex[:10]}"
 
 
 @pytest.fixture(scope="module", params=PROTOCOL_SERVERS)
@@ -317,23 +315,6 @@ def _parse_line(block: Block, line: str) -> None:
 
 
 # -- helpers -------------------------------------------------------------------
-
-
-def _broadcast(server: Server, channel: str, event: str, data: t.Any) -> None:
-    response = requests.get(
-        f"{server.url}/broadcast",
-        params={"channel": channel, "event": event, "data": json.dumps(data)},
-        timeout=5,
-    )
-    assert response.status_code == 200, response.text
-
-
-def _assert_json_error(response: requests.Response, status: int) -> None:
-    assert response.status_code == status, response.text
-    assert response.headers["Content-Type"].startswith("application/json")
-    error = response.json()["error"]
-    assert error["code"] == status
-    assert isinstance(error["message"], str) and error["message"]
 
 
 def _assert_still_working(server: Server, client: SSEClient) -> None:

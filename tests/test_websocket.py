@@ -566,9 +566,9 @@ def test_message_runner_reuses_greenlets_and_a_blocked_one_holds_up_nobody() -> 
     import gevent
     import gevent.event
 
-    from flask_realtime.transports.websocket import _Runner
+    from flask_realtime.transports.ws_runner import Runner
 
-    runner = _Runner()
+    runner = Runner()
     ran: list[t.Any] = []
     mark: contextvars.ContextVar[t.Any] = contextvars.ContextVar("mark")
 

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import signal
 import socket
 import threading
 import time
-import typing as t
 
 import pytest
 import requests
@@ -15,11 +13,8 @@ import websocket
 
 from tests import servers
 from tests.conftest import LiveServerFactory
+from tests.http_helpers import app_env as _env
 from tests.wsclient import Client, ConnectionClosed, connect
-
-
-def _env(**config: t.Any) -> dict[str, str]:
-    return {f"TESTAPP_{key}": json.dumps(value) for key, value in config.items()}
 
 
 @pytest.mark.parametrize("kind", servers.KINDS)
@@ -154,6 +149,30 @@ def test_client_that_stops_reading_is_closed_with_4100_and_harms_nobody(
     assert received == list(range(len(received)))  # in order, no gaps
     assert len(received) < count
     stuck.close()
+
+
+@pytest.mark.parametrize("kind", servers.KINDS)
+def test_pongs_count_against_the_queue_bound(
+    live_server: LiveServerFactory, kind: str
+) -> None:
+    # Every frame queued for a connection counts, pongs included: a client
+    # that pings without ever reading cannot make the server queue pongs
+    # without end. (Under gevent, frames the server made itself used to
+    # skip the bound.)
+    server = live_server(kind, env=_env(REALTIME_MAX_QUEUE_MESSAGES=100))
+    flooder = connect(
+        server.ws_url, sockopt=[(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)]
+    )
+    with connect(server.ws_url) as bystander:
+        payload = b"p" * 125  # the largest control frame: 127 bytes a pong
+        # A loaded host parses the pings slowly: a send may wait for it.
+        flooder.ws.settimeout(60)
+        # Far more pongs than the kernel's buffers on both sides can hold.
+        for _ in range(80_000):
+            flooder.ws.ping(payload)
+        assert flooder.expect_close(timeout=30) == 4100
+        assert bystander.ping()["type"] == "pong"
+    flooder.close()
 
 
 @pytest.mark.parametrize("kind", servers.KINDS)

@@ -9,7 +9,7 @@ import typing as t
 from flask import Response, request
 
 from .. import protocol
-from ._http import (
+from .http import (
     Answer,
     cors,
     error_answer,
@@ -18,6 +18,7 @@ from ._http import (
     run_or_forward,
     same_secret,
 )
+from .pollbox import PollBox
 
 if t.TYPE_CHECKING:
     from ..node import Node
@@ -88,8 +89,8 @@ def _find(node: Node, forwarded: dict[str, t.Any]) -> t.Any:
         return error_answer(404, "unknown or expired connection; open a new one")
     if not same_secret(forwarded.get("token"), conn.token):
         return error_answer(403, "wrong or missing token")
-    expire = getattr(conn.sink, "expire_if_stale", None)
-    if expire is not None and expire(time.monotonic()):
+    sink = conn.sink
+    if isinstance(sink, PollBox) and sink.expire_if_stale(time.monotonic()):
         return error_answer(404, "the connection expired; open a new one")
     return conn
 

@@ -9,15 +9,28 @@ from flask import Response, request, stream_with_context
 from .. import protocol
 from .._runtime import gevent_active
 from ..connection import Connection, Outbound
-from ..node import KEEPALIVE
-from ._http import Finished, Refused, cors, identify, json_error, origin_allowed
-from ._mailbox import Mailbox
-from ._socket_session import SocketSession, socket_taker, take_over
+from .handoff import socket_taker, take_over
+from .http import (
+    Finished,
+    Refused,
+    cors,
+    cors_lines,
+    identify,
+    json_error,
+    refuse_stream,
+)
+from .mailbox import Mailbox
+from .socket_session import SocketSession
 
 if t.TYPE_CHECKING:
     from ..node import Node
 
 _RETRY_MS = 2000
+# A stream carries at least a comment this often (proxies close idle
+# streams), and half the heartbeat when that is shorter. (The node's timer
+# ticks often enough for it: see ``KEEPALIVE`` in the node.)
+KEEPALIVE = 10.0
+_KEEPALIVE_COMMENT = b": keepalive\n\n"
 
 
 class SSESession(SocketSession):
@@ -30,7 +43,7 @@ class SSESession(SocketSession):
 
     transport = "sse"
 
-    def __init__(self, node: t.Any) -> None:
+    def __init__(self, node: Node) -> None:
         super().__init__(node)
         self.seq = 0
         self.seq_at_tick = 0
@@ -44,13 +57,13 @@ class SSESession(SocketSession):
     def closing_bytes(self, code: int, reason: str) -> bytes:
         return b": closed %d\n\n" % code
 
-    def tick(self, conn: Connection, now: float, heartbeat: float) -> None:
+    def tick(self, now: float, heartbeat: float) -> None:
         if self.seq != self.seq_at_tick:
             self.seq_at_tick = self.seq
             self.quiet_since = now
         elif now - self.quiet_since >= self.keepalive:
             self.quiet_since = now
-            self.push_frame(b": keepalive\n\n")
+            self.conn.push_bytes(_KEEPALIVE_COMMENT)
 
 
 def _head(allowed: tuple[str, ...]) -> bytes:
@@ -59,20 +72,15 @@ def _head(allowed: tuple[str, ...]) -> bytes:
     No length and no chunking: ``Connection: close`` ends the body with the
     connection, which is what an event stream does.
     """
-    head = (
+    return (
         b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream; charset=utf-8\r\n"
         b"Cache-Control: no-cache\r\nX-Accel-Buffering: no\r\nConnection: close\r\n"
+        + cors_lines(request.headers.get("Origin"), allowed)
+        + b"\r\n"
     )
-    origin = request.headers.get("Origin")
-    if origin and ("*" in allowed or origin.rstrip("/") in allowed):
-        head += (
-            b"Access-Control-Allow-Origin: " + origin.encode("latin-1") + b"\r\n"
-            b"Access-Control-Allow-Credentials: true\r\nVary: Origin\r\n"
-        )
-    return head + b"\r\n"
 
 
-def _subscribe_initial(node: t.Any, conn: Connection, names: list[str]) -> None:
+def _subscribe_initial(node: Node, conn: Connection, names: list[str]) -> None:
     """The channels of the query are subscribed like client subscribes; their
     replies (and refusals, as error events) come first on the stream."""
     for name in names:
@@ -85,12 +93,9 @@ def _subscribe_initial(node: t.Any, conn: Connection, names: list[str]) -> None:
 
 def sse_view(node: Node, authenticate: t.Callable[..., t.Any] | None) -> Response:
     settings = node.settings
-    if "sse" not in settings.transports:
-        return json_error(404, "the sse transport is disabled")
-    if not origin_allowed(request.headers.get("Origin"), settings.allowed_origins):
-        return json_error(403, "origin not allowed")
-    if node.shutting_down:
-        return json_error(503, "server shutting down; connect again")
+    refused = refuse_stream(node, "sse")
+    if refused is not None:
+        return refused
     try:
         user_id, user_info = identify(authenticate)
     except Refused:
@@ -114,14 +119,16 @@ def sse_view(node: Node, authenticate: t.Callable[..., t.Any] | None) -> Respons
             return Finished(mode)
         session.attach(take_over(sock))
         return Finished(mode)
+    return cors(_stream(node, user_id, user_info, names), settings.allowed_origins)
 
-    # Servers that cannot hand their socket over (flask run): a streamed
-    # response, one greenlet or thread per connection.
+
+def _stream(node: Node, user_id: t.Any, user_info: t.Any, names: list[str]) -> Response:
+    """For servers that cannot hand their socket over (flask run): a streamed
+    response, one greenlet or thread per connection, reading a mailbox."""
     box = Mailbox(node)
     conn = node.open("sse", box, user_id, user_info, with_token=True)
-    box.conn = conn
     _subscribe_initial(node, conn, names)
-    keepalive = min(KEEPALIVE, settings.heartbeat / 2)
+    keepalive = min(KEEPALIVE, node.settings.heartbeat / 2)
 
     def stream() -> t.Iterator[bytes]:
         try:
@@ -138,12 +145,12 @@ def sse_view(node: Node, authenticate: t.Callable[..., t.Any] | None) -> Respons
                     yield b": closed %d\n\n" % box.close_code
                     return
                 box.wait(keepalive)
-                if not box.items and box.close_code is None:
-                    yield b": keepalive\n\n"
+                if not box.pending and box.close_code is None:
+                    yield _KEEPALIVE_COMMENT
         finally:
-            box.close(protocol.CLOSE_GOING_AWAY)
+            conn.close(protocol.CLOSE_GOING_AWAY)
 
     response = Response(stream_with_context(stream()), mimetype="text/event-stream")
     response.headers["Cache-Control"] = "no-cache"
     response.headers["X-Accel-Buffering"] = "no"
-    return cors(response, settings.allowed_origins)
+    return response

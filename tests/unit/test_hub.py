@@ -4,20 +4,23 @@ from __future__ import annotations
 
 import pytest
 
-from flask_realtime.connection import Connection, Outbound, user_key
+from flask_realtime.connection import Connection, Outbound, Sink, user_key
 from flask_realtime.hub import Hub
 
 
-class FakeSink:
+class FakeSink(Sink):
     def __init__(self) -> None:
-        self.pushed: list[Outbound] = []
+        self.pushed: list[bytes] = []
         self.closed: list[int] = []
 
-    def push(self, message: Outbound) -> None:
-        self.pushed.append(message)
+    def write(self, nbytes: int) -> None:
+        self.pushed.append(self.conn.take())
 
     def close(self, code: int, reason: str = "") -> None:
         self.closed.append(code)
+
+    def tick(self, now: float, heartbeat: float) -> None:
+        pass
 
 
 def make(connection_id: str, user_id: object = None) -> Connection:
@@ -178,8 +181,8 @@ def test_deliver_channel_reaches_subscribers_only(hub: Hub) -> None:
     message = Outbound(b'{"type":"event"}')
     assert hub.deliver_channel("news", message) == 2
     # encode once: every subscriber gets the very same object
-    assert sink(a).pushed == [message] and sink(a).pushed[0] is message
-    assert sink(b).pushed[0] is message
+    assert sink(a).pushed == [message.json] and sink(a).pushed[0] is message.json
+    assert sink(b).pushed[0] is message.json
     assert sink(c).pushed == []
 
 
@@ -190,7 +193,7 @@ def test_deliver_channel_with_exclude(hub: Hub) -> None:
     message = Outbound(b"{}")
     assert hub.deliver_channel("news", message, exclude="a") == 1
     assert sink(a).pushed == []
-    assert sink(b).pushed == [message]
+    assert sink(b).pushed == [message.json]
 
 
 def test_deliver_channel_without_subscribers(hub: Hub) -> None:
@@ -203,8 +206,8 @@ def test_deliver_user_reaches_every_connection_of_the_user(hub: Hub) -> None:
         hub.add(conn)
     message = Outbound(b"{}")
     assert hub.deliver_user("5", message) == 2
-    assert sink(a).pushed == [message]
-    assert sink(b).pushed == [message]
+    assert sink(a).pushed == [message.json]
+    assert sink(b).pushed == [message.json]
     assert sink(c).pushed == []
     assert sink(anon).pushed == []
     assert hub.deliver_user("7", message) == 0
@@ -217,7 +220,7 @@ def test_deliver_connection(hub: Hub) -> None:
     message = Outbound(b"{}")
     assert hub.deliver_connection("b", message) == 1
     assert sink(a).pushed == []
-    assert sink(b).pushed == [message]
+    assert sink(b).pushed == [message.json]
     assert hub.deliver_connection("missing", message) == 0
     hub.remove(b)
     assert hub.deliver_connection("b", message) == 0

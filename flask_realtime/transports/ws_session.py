@@ -1,0 +1,152 @@
+"""A WebSocket connection's protocol work: frames in, the node's answers out.
+
+:class:`WebSocketProtocol` is what every WebSocket session does with the
+client's bytes, whatever carries them; :class:`GeventWebSocket` carries
+them on a detached socket under gevent (:mod:`.socket_session`), and
+:class:`~.ws_threaded.ThreadedWebSocket` with two threads elsewhere.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import typing as t
+from collections import deque
+
+from .. import protocol
+from .._ws_frames import (
+    OP_BINARY,
+    OP_CLOSE,
+    OP_PING,
+    OP_PONG,
+    OP_TEXT,
+    PING_FRAME,
+    FrameError,
+    FrameParser,
+    MessageTooLarge,
+    build_frame,
+    close_frame,
+    parse_close,
+)
+from ..connection import Connection, Outbound, as_ws_frame
+from .socket_session import SocketSession
+from .ws_runner import runner
+
+if t.TYPE_CHECKING:
+    from ..node import Node
+
+logger = logging.getLogger("flask_realtime")
+
+
+def _error_frame(code: int, message: str) -> bytes:
+    return build_frame(OP_TEXT, protocol.error(code, message))
+
+
+class WebSocketProtocol:
+    """Reads frames into the node; answers control frames; heartbeats."""
+
+    conn: Connection
+    node: Node
+
+    def start_protocol(self, node: Node) -> None:
+        self.parser = FrameParser(node.settings.max_message_size)
+
+    def tick(self, now: float, heartbeat: float) -> None:
+        conn = self.conn
+        idle = now - conn.last_seen
+        if idle > 2 * heartbeat:
+            conn.close(protocol.CLOSE_HEARTBEAT_TIMEOUT, "heartbeat timeout")
+        elif idle >= heartbeat:
+            conn.push_bytes(PING_FRAME)
+
+    def data_received(self, data: bytes) -> list[bytes]:
+        """Parse frames; answer control frames; return admitted text messages."""
+        conn = self.conn
+        conn.last_seen = time.monotonic()
+        try:
+            frames = self.parser.feed(data)
+        except MessageTooLarge as exc:
+            conn.push_bytes(
+                _error_frame(
+                    protocol.TOO_LARGE, f"message too large (limit {exc.limit} bytes)"
+                )
+            )
+            conn.close(protocol.CLOSE_TOO_LARGE, "message too large")
+            return []
+        except FrameError as exc:
+            conn.close(exc.code, exc.reason)
+            return []
+        texts: list[bytes] = []
+        for opcode, payload in frames:
+            if opcode == OP_TEXT:
+                refusal = self.node.admit(conn, payload)
+                if refusal is None:
+                    texts.append(payload)
+                else:
+                    conn.push_bytes(build_frame(OP_TEXT, refusal))
+            elif opcode == OP_PING:
+                conn.push_bytes(build_frame(OP_PONG, payload))
+            elif opcode == OP_CLOSE:
+                code = parse_close(payload)
+                conn.close(protocol.CLOSE_NORMAL if code == 1005 else code, "")
+                break
+            elif opcode == OP_BINARY:
+                conn.push_bytes(
+                    _error_frame(
+                        protocol.BAD_REQUEST, "binary frames are not supported"
+                    )
+                )
+            # pongs only refresh last_seen
+        return texts
+
+    def handle_text(self, payload: bytes) -> None:
+        reply = self.node.receive(self.conn, payload)
+        if reply is not None:
+            self.conn.push_bytes(build_frame(OP_TEXT, reply))
+
+
+class GeventWebSocket(WebSocketProtocol, SocketSession):
+    """A WebSocket on a socket of its own (see :mod:`.socket_session`).
+
+    Frames are read in the event loop; the text messages they carry run in
+    order in a greenlet of the :mod:`.ws_runner` pool.
+    """
+
+    transport = "websocket"
+
+    def __init__(self, node: Node) -> None:
+        SocketSession.__init__(self, node)
+        self.start_protocol(node)
+        self.inbox: deque[bytes] = deque()
+        self.scheduled_messages = False  # on the runner, or being run
+
+    def bind(self, conn: Connection) -> None:
+        super().bind(conn)
+        conn.encode = as_ws_frame  # one frame per broadcast, shared
+
+    def encode(self, message: Outbound) -> bytes:
+        return message.ws_frame
+
+    def closing_bytes(self, code: int, reason: str) -> bytes:
+        return close_frame(code, reason)
+
+    def received(self, data: bytes) -> None:
+        texts = self.data_received(data)
+        if texts:
+            self.inbox.extend(texts)
+            if not self.scheduled_messages:
+                self.scheduled_messages = True
+                runner().schedule(self)
+
+    def drain(self) -> None:
+        """Client messages run in a greenlet: authorizers and handlers may block."""
+        try:
+            while self.inbox and not self.conn.closed:
+                self.handle_text(self.inbox.popleft())
+        except Exception:  # pragma: no cover - receive() handles app errors
+            logger.exception("flask_realtime: error handling a client message")
+        finally:
+            self.scheduled_messages = False
+            if self.inbox and not self.conn.closed:
+                self.scheduled_messages = True
+                runner().schedule(self)
