@@ -14,9 +14,11 @@ class NullBroker:
         self._topics: set[str] = set()
         self._replies = PendingReplies()
 
-    def publish(self, topic: str, data: bytes) -> None:
+    def publish(self, topic: str, data: bytes) -> int:
         if topic in self._topics:
             self._on_message(topic, data, None)
+            return 1
+        return 0
 
     def request(self, topic: str, data: bytes, timeout: float) -> bytes | None:
         if topic not in self._topics:
