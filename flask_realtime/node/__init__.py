@@ -10,7 +10,8 @@ timer, fork, SIGTERM), :mod:`.interest` (broker subscriptions that follow
 local subscribers), :mod:`.messages` (what clients send),
 :mod:`.presence_sync` (presence between nodes), :mod:`.control`
 (request/reply on publish/subscribe), :mod:`.forwarding` (requests run on
-the owning node) and :mod:`.topics` (every topic name).
+the owning node), :mod:`.publishing` (server-side sends) and :mod:`.topics`
+(every topic name).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from .. import protocol
 from .._runtime import in_event_loop, spawn
 from ..brokers import create_broker
 from ..config import Settings
-from ..connection import Connection, Outbound, Sink, user_key
+from ..connection import Connection, Outbound, Sink
 from ..hub import Hub
 from ..presence import ClusterPresence, Member
 from ..pressure import PressureGauge
@@ -38,15 +39,7 @@ from .interest import Interest
 from .lifecycle import KEEPALIVE, Lifecycle
 from .messages import ClientMessages, Rejected
 from .presence_sync import PresenceSync
-
-# observer(kind, target, event, data): kind is "broadcast", "user" or
-# "connection"; the memory transport's recorder is one.
-Observer = t.Callable[[str, t.Any, str, t.Any], None]
-
-
-def _check_event(event: t.Any) -> None:
-    if not isinstance(event, str) or not event or len(event) > 200:
-        raise ValueError(f"invalid event name: {event!r}")
+from .publishing import Observer, Publisher
 
 
 class Node:
@@ -82,7 +75,7 @@ class Node:
         self.presence_sync = PresenceSync(self, self.presence)
         self.forwarding = Forwarding(self)
         self.lifecycle = Lifecycle(self)
-        self._observers: list[Observer] = []
+        self.publisher = Publisher(self)
         # What the broker brought here, by topic kind: with interest-based
         # routing, a node gets no channel traffic none of its clients wants.
         self.received = {"channel": 0, "user": 0, "node": 0, "presence": 0}
@@ -97,10 +90,6 @@ class Node:
         if app is None:
             raise RuntimeError("the Flask app of this realtime node no longer exists")
         return app
-
-    @property
-    def tick_interval(self) -> float:
-        return self.lifecycle.tick_interval
 
     # -- lifecycle (see .lifecycle) ----------------------------------------------
 
@@ -213,48 +202,22 @@ class Node:
 
     def observe(self, observer: Observer) -> None:
         """Call ``observer`` with every broadcast and direct message sent."""
-        self._observers.append(observer)
-
-    def wait_for_capacity(self) -> None:
-        """Slow the publisher when the node is overloaded (see :mod:`..pressure`)."""
-        self.pressure.wait_for_capacity(len(self.hub))
+        self.publisher.observers.append(observer)
 
     def publish_channel(
         self, channel: str, envelope: bytes, exclude: str | None = None
     ) -> None:
-        header = exclude.encode() if exclude else b""
-        self.broker.publish(topics.channel(channel), control.message(header, envelope))
+        """Publish an encoded event to a channel (``exclude``: a connection id)."""
+        self.publisher.publish_channel(channel, envelope, exclude)
 
     def broadcast(self, channel: str, event: str, data: t.Any) -> None:
-        if not isinstance(channel, str) or not _channels.is_valid_name(channel):
-            raise ValueError(f"invalid channel name: {channel!r}")
-        _check_event(event)
-        envelope = protocol.event(channel, event, data)
-        for observer in self._observers:
-            observer("broadcast", channel, event, data)
-        self.wait_for_capacity()
-        self.publish_channel(channel, envelope)
+        self.publisher.broadcast(channel, event, data)
 
     def send_to_user(self, user_id: t.Any, event: str, data: t.Any) -> None:
-        key = user_key(user_id)
-        if key is None:
-            raise ValueError("user_id must not be None")
-        _check_event(event)
-        envelope = protocol.event(None, event, data)
-        for observer in self._observers:
-            observer("user", user_id, event, data)
-        self.wait_for_capacity()
-        self.broker.publish(topics.user(key), control.message(b"", envelope))
+        self.publisher.send_to_user(user_id, event, data)
 
     def send(self, connection_id: str, event: str, data: t.Any) -> None:
-        _check_event(event)
-        envelope = protocol.event(None, event, data)
-        for observer in self._observers:
-            observer("connection", connection_id, event, data)
-        connection_id = str(connection_id)
-        node_id = connection_id.partition(".")[0]
-        payload = control.message(connection_id.encode(), envelope)
-        self.broker.publish(topics.node(node_id), payload)
+        self.publisher.send(connection_id, event, data)
 
     # -- what the broker brings --------------------------------------------------
 
@@ -306,9 +269,8 @@ class Node:
     def handle_request(self, op: str, handler: RequestHandler) -> None:
         """Answer ``op`` requests forwarded by other nodes (see :meth:`forward`).
 
-        The handler gets the node and the request's JSON object and returns
-        an HTTP status and a JSON body. It runs in a greenlet (or thread) of
-        its own, in the app context, so it may wait (a long poll does).
+        ``handler(node, request)`` returns an HTTP status and a JSON body; it
+        runs in a greenlet (or thread) of its own, in the app context.
         """
         self.forwarding.handle(op, handler)
 

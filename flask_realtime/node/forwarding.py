@@ -37,6 +37,8 @@ class Forwarding:
         self._handlers: dict[str, RequestHandler] = {}
 
     def handle(self, op: str, handler: RequestHandler) -> None:
+        """``handler(node, request)`` answers ``op`` requests: an HTTP status
+        and a JSON body. It may wait (a long poll does)."""
         self._handlers[op] = handler
 
     def forward(
