@@ -7,17 +7,16 @@ unsubscribes only after a delay and a re-check, so subscriptions do not flap.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
-import typing as t
-import weakref
 
 import pytest
-from flask import Flask
 
-from flask_realtime import BrokerUnavailable, Realtime, extension
+from flask_realtime import BrokerUnavailable, Realtime
 from flask_realtime.node.interest import Interest
+from tests.unit.conftest import Factory
+
+pytestmark = pytest.mark.usefixtures("own_initialised_apps")
 
 TIMEOUT = 10.0
 
@@ -212,22 +211,12 @@ def test_the_worker_unsubscribes_after_the_delay(
 # -- through the node ----------------------------------------------------------------
 
 
-@pytest.fixture(autouse=True)
-def _clean(monkeypatch: pytest.MonkeyPatch) -> None:
-    for key in list(os.environ):
-        if key.startswith(("REALTIME_", "REDIS_", "RABBITMQ_")) or key == "NATS_URL":
-            monkeypatch.delenv(key)
-    monkeypatch.setattr(extension, "_initialised", weakref.WeakSet())
-
-
 @pytest.fixture
-def realtime(monkeypatch: pytest.MonkeyPatch) -> t.Iterator[Realtime]:
-    app = Flask(__name__)
-    app.config["REALTIME_TRANSPORTS"] = ["memory"]
-    realtime = Realtime(app)
+def realtime(make: Factory, monkeypatch: pytest.MonkeyPatch) -> Realtime:
+    realtime = make()
     # The test runs the delayed re-checks itself.
     monkeypatch.setattr(realtime.node.interest, "_start", lambda func: None)
-    yield realtime
+    return realtime
 
 
 @pytest.fixture

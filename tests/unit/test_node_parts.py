@@ -4,17 +4,15 @@ the observers the memory transport's recorder relies on."""
 from __future__ import annotations
 
 import ast
-import os
 import typing as t
-import weakref
 from pathlib import Path
 
 import pytest
-from flask import Flask
 
 import flask_realtime.node
-from flask_realtime import Realtime, extension
+from flask_realtime import Realtime
 from flask_realtime.node import topics
+from tests.unit.conftest import Factory
 
 NODE_DIR = Path(flask_realtime.node.__file__).parent
 
@@ -60,16 +58,11 @@ def test_split_and_build_topics() -> None:
 
 
 @pytest.fixture
-def realtime(monkeypatch: pytest.MonkeyPatch) -> t.Iterator[Realtime]:
-    for key in list(os.environ):
-        if key.startswith(("REALTIME_", "REDIS_", "RABBITMQ_")) or key == "NATS_URL":
-            monkeypatch.delenv(key)
-    monkeypatch.setattr(extension, "_initialised", weakref.WeakSet())
-    app = Flask(__name__)
-    app.config["REALTIME_TRANSPORTS"] = ["websocket"]
-    yield Realtime(app)  # the app lives until the test ends
+def realtime(make: Factory) -> Realtime:
+    return make(REALTIME_TRANSPORTS=["websocket"])  # no recorder
 
 
+@pytest.mark.usefixtures("own_initialised_apps")
 def test_observers_see_every_send_before_it_is_published(realtime: Realtime) -> None:
     seen: list[tuple[t.Any, ...]] = []
     realtime.node.observe(lambda *args: seen.append(args))
