@@ -14,7 +14,7 @@ import typing as t
 
 import pytest
 
-from flask_realtime.brokers import create_broker
+from flask_realtime.brokers import BrokerUnavailable, create_broker
 from flask_realtime.node import control as control_module
 from flask_realtime.node.control import Control, message, split_message
 from tests.brokerclients import TIMEOUT, settings_for
@@ -217,3 +217,21 @@ def test_untagged_payloads_are_dropped_and_logged(
     assert [split_message(d)[1] for _, d in receiver.plain] == [b"after"]
     assert receiver.requests == []
     assert sum("c:odd" in r.getMessage() for r in caplog.records) == 2
+
+
+class UnreachableBroker:
+    kind = "stub"
+    url = "stub://"
+    connected = False
+
+    def subscribe(self, *topics: str) -> None:
+        pass  # recorded for when the link is back
+
+    def publish(self, topic: str, data: bytes) -> int | None:
+        raise AssertionError("a request must not be buffered")
+
+
+def test_a_request_while_the_broker_is_unreachable_fails_at_once() -> None:
+    control = Control(lambda on_message: UnreachableBroker(), print, print)  # type: ignore[arg-type,return-value]
+    with pytest.raises(BrokerUnavailable, match="unreachable"):
+        control.request("n:elsewhere", b"{}", 30.0)

@@ -8,6 +8,8 @@ from .base import MessageCallback
 
 class NullBroker:
     kind = "null"
+    url = "null://"
+    connected = True
 
     def __init__(self, on_message: MessageCallback) -> None:
         self._on_message = on_message

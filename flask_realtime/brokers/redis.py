@@ -282,6 +282,10 @@ class RedisBroker:
 
     # -- the Broker interface ------------------------------------------------
 
+    @property
+    def connected(self) -> bool:
+        return self._ready
+
     def publish(self, topic: str, data: bytes) -> int | None:
         self._ensure()
         command = _publish_command((self._prefix + topic).encode(), b"m", data)

@@ -24,6 +24,7 @@ import threading
 import typing as t
 
 from .._runtime import event, real_lock
+from ..brokers import BrokerUnavailable
 from . import topics
 
 if t.TYPE_CHECKING:
@@ -128,12 +129,19 @@ class Control:
 
         ``None`` at once when the broker says nobody subscribes to ``topic``;
         ``TimeoutError`` when no reply came within ``timeout`` seconds;
-        :class:`~flask_realtime.BrokerUnavailable` from the broker.
+        :class:`~flask_realtime.BrokerUnavailable` at once while the broker
+        is unreachable.
         """
         if self.delivering():
             # The reply would arrive through the reader this call blocks.
             raise RuntimeError("request() cannot wait inside on_message")
         inbox = self._subscribed_inbox()
+        if not self.broker.connected:
+            # Never buffered for later: it would run after its requester
+            # gave up (a forwarded POST run twice, say).
+            raise BrokerUnavailable(
+                f"the {self.broker.kind} broker is unreachable; no request sent"
+            )
         reply_to = f"{inbox}#{next(self._serial)}"
         waiter = _Waiter()
         with self._lock:
