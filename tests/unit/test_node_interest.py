@@ -137,3 +137,22 @@ def test_node_drops_a_presence_replica_with_its_topic(
     assert node.presence.has_replica("presence-room")  # until the delay passed
     assert sorted(later(realtime)) == ["c:presence-room", "p:presence-room"]
     assert not node.presence.has_replica("presence-room")
+
+
+def test_a_connection_closed_while_the_broker_subscribes_leaves_no_trace(
+    realtime: Realtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    realtime.authorizer("presence-*")(lambda connection, channel: True)
+    client = realtime.test_client(user_id=1)
+    real = realtime.node.broker.subscribe
+
+    def close_meanwhile(*topics: str) -> None:
+        client.disconnect()  # the socket went away during the round trip
+        real(*topics)
+
+    monkeypatch.setattr(realtime.node.broker, "subscribe", close_meanwhile)
+    client.request({"type": "subscribe", "channel": "presence-mine", "id": 1})
+    assert realtime.channel("presence-mine").subscriber_count == 0
+    assert realtime.channel("presence-mine").get_presence_data() == []
+    # Nothing holds the topics the subscribe made: they go after the delay.
+    assert sorted(later(realtime)) == ["c:presence-mine", "u:1"]
