@@ -21,7 +21,8 @@ from flask import (
 from . import channels as _channels
 from . import config as _config
 from .node import Node
-from .testing import Recorder, TestClient
+from .recorder import Recorder
+from .testing import TestClient
 from .transports import longpoll as _longpoll
 from .transports import send as _send
 from .transports import sse as _sse
@@ -87,6 +88,10 @@ class Realtime:
         self._nodes: weakref.WeakKeyDictionary[Flask, Node] = (
             weakref.WeakKeyDictionary()
         )
+        # The memory transport's recorder of each node that has one.
+        self._recorders: weakref.WeakKeyDictionary[Node, Recorder] = (
+            weakref.WeakKeyDictionary()
+        )
         if app is not None:
             self.init_app(app)
 
@@ -132,10 +137,10 @@ class Realtime:
             rules.add_authorizer(pattern, func)
         for pattern, func in self._authorizers:
             rules.add_authorizer(pattern, func)
-        recorder = Recorder() if "memory" in settings.transports else None
-        node = Node(
-            app, settings, rules, self._handlers, lambda: self._authenticate, recorder
-        )
+        node = Node(app, settings, rules, self._handlers, lambda: self._authenticate)
+        if "memory" in settings.transports:
+            recorder = self._recorders[node] = Recorder()
+            node.observe(recorder.record)
         self._nodes[app] = node
         _send.register(node)
         _longpoll.register(node)
@@ -327,7 +332,7 @@ class Realtime:
     @property
     def recorder(self) -> Recorder:
         """What was broadcast and sent, when the ``memory`` transport is enabled."""
-        recorder = self.node.recorder
+        recorder = self._recorders.get(self.node)
         if recorder is None:
             raise RuntimeError(
                 "Nothing is recorded: add 'memory' to REALTIME_TRANSPORTS"

@@ -52,8 +52,15 @@ class Hub:
             return left, last_of_user
 
     def subscribe(self, conn: Connection, channel: str) -> bool:
-        """True if this is the channel's first local subscriber."""
+        """True if this is the channel's first local subscriber.
+
+        A closed connection (closed while its subscribe waited for the
+        broker) is not subscribed: it may be removed already, and nothing
+        would remove it again.
+        """
         with self._lock:
+            if conn.closed:
+                return False
             subs = self._by_channel.get(channel)
             first = subs is None
             if first:

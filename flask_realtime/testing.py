@@ -1,4 +1,8 @@
-"""Testing helpers: the memory transport's recorder and an in-process client."""
+"""Testing helpers: an in-process client, and the memory transport's recorder.
+
+The recorder lives in :mod:`flask_realtime.recorder`; its names are exported
+here too, where tests have always imported them from.
+"""
 
 from __future__ import annotations
 
@@ -6,80 +10,12 @@ import json
 import typing as t
 
 from .connection import Connection, Sink
+from .recorder import ANY as ANY
+from .recorder import Record as Record
+from .recorder import Recorder as Recorder
 
 if t.TYPE_CHECKING:
     from .node import Node
-
-
-class _Any:
-    def __eq__(self, other: object) -> bool:
-        return True
-
-    def __repr__(self) -> str:
-        return "ANY"
-
-
-ANY: t.Any = _Any()
-
-
-class Record(t.NamedTuple):
-    kind: str  # "broadcast", "user" or "connection"
-    target: t.Any  # channel name, user id or connection id
-    event: str
-    data: t.Any
-
-
-class Recorder:
-    """Every broadcast and direct message of the app, for assertions in tests."""
-
-    def __init__(self) -> None:
-        self.records: list[Record] = []
-
-    def record(self, kind: str, target: t.Any, event: str, data: t.Any) -> None:
-        self.records.append(Record(kind, target, event, data))
-
-    def clear(self) -> None:
-        self.records.clear()
-
-    def broadcasts(self, channel: str | None = None) -> list[Record]:
-        return [
-            r
-            for r in self.records
-            if r.kind == "broadcast" and channel in (None, r.target)
-        ]
-
-    def _assert(self, kind: str, target: t.Any, event: str, data: t.Any) -> Record:
-        key = str(target) if kind == "user" else target
-        for record in self.records:
-            record_key = str(record.target) if kind == "user" else record.target
-            if (
-                record.kind == kind
-                and record_key == key
-                and record.event == event
-                and data == record.data
-            ):
-                return record
-        seen = "\n  ".join(repr(r) for r in self.records) or "(nothing)"
-        raise AssertionError(
-            f"no {kind} message {event!r} to {target!r} with data {data!r}; "
-            f"recorded:\n  {seen}"
-        )
-
-    def assert_broadcast(self, channel: str, event: str, data: t.Any = ANY) -> Record:
-        return self._assert("broadcast", channel, event, data)
-
-    def assert_sent_to_user(
-        self, user_id: t.Any, event: str, data: t.Any = ANY
-    ) -> Record:
-        return self._assert("user", user_id, event, data)
-
-    def assert_sent(self, connection_id: str, event: str, data: t.Any = ANY) -> Record:
-        return self._assert("connection", connection_id, event, data)
-
-    def assert_nothing_broadcast(self) -> None:
-        found = self.broadcasts()
-        if found:
-            raise AssertionError(f"expected no broadcast, got {found!r}")
 
 
 class _MemorySink(Sink):

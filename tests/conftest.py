@@ -8,6 +8,7 @@ import pytest
 
 from tests import brokerservers, servers
 from tests.brokerservers import BrokerServer
+from tests.chromium import browser as browser  # one Chromium for the session
 from tests.servers import Server
 
 _CLEARED_PREFIXES = ("REALTIME_", "REDIS_", "RABBITMQ_")

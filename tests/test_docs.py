@@ -51,7 +51,6 @@ from pathlib import Path
 import pytest
 
 from tests import servers
-from tests.browser.conftest import CHROMIUM_ARGS, chromium_path
 from tests.docsamples import (
     LANGUAGES,
     MARKERS,
@@ -107,21 +106,6 @@ def readme_app(tmp_path_factory: pytest.TempPathFactory) -> t.Iterator[Server]:
     )
     yield server
     server.stop()
-
-
-@pytest.fixture(scope="module")
-def browser() -> t.Iterator[Browser]:
-    from playwright.sync_api import sync_playwright
-
-    executable = chromium_path()
-    if executable is None:
-        pytest.fail("no Chromium: install Debian's chromium package")
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(
-            executable_path=executable, args=CHROMIUM_ARGS
-        )
-        yield launched
-        launched.close()
 
 
 def signed_in_page(browser: Browser, server: Server, name: str, path: str) -> Page:

@@ -8,15 +8,19 @@ from .base import MessageCallback
 
 class NullBroker:
     kind = "null"
+    url = "null://"
+    connected = True
 
     def __init__(self, on_message: MessageCallback) -> None:
         self._on_message = on_message
         self._topics: set[str] = set()
         self._replies = PendingReplies()
 
-    def publish(self, topic: str, data: bytes) -> None:
+    def publish(self, topic: str, data: bytes) -> int:
         if topic in self._topics:
             self._on_message(topic, data, None)
+            return 1
+        return 0
 
     def request(self, topic: str, data: bytes, timeout: float) -> bytes | None:
         if topic not in self._topics:

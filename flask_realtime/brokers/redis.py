@@ -282,10 +282,14 @@ class RedisBroker:
 
     # -- the Broker interface ------------------------------------------------
 
-    def publish(self, topic: str, data: bytes) -> None:
+    @property
+    def connected(self) -> bool:
+        return self._ready
+
+    def publish(self, topic: str, data: bytes) -> int | None:
         self._ensure()
         command = _publish_command((self._prefix + topic).encode(), b"m", data)
-        self._submit(_Entry(topic, command, keep=True))
+        return self._submit(_Entry(topic, command, keep=True))
 
     def request(self, topic: str, data: bytes, timeout: float) -> bytes | None:
         self._ensure()

@@ -6,14 +6,14 @@ Playwright's own browser builds cannot be downloaded here.
 
 from __future__ import annotations
 
-import os
-import shutil
 import typing as t
 from pathlib import Path
 
 import pytest
 
 from tests import servers
+from tests.chromium import CHROMIUM_ARGS as CHROMIUM_ARGS
+from tests.chromium import chromium_path as chromium_path
 from tests.servers import Server
 
 if t.TYPE_CHECKING:
@@ -21,44 +21,7 @@ if t.TYPE_CHECKING:
 
 APP = "tests.apps.browser:app"
 KIND = "geventwebsocket"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--headless",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-]
 _MY_SERVERS = pytest.StashKey[list]()
-
-
-def chromium_path() -> str | None:
-    configured = os.environ.get("REALTIME_TEST_CHROMIUM")
-    if configured:
-        return configured
-    for candidate in ("/usr/bin/chromium", "chromium", "chromium-browser"):
-        found = shutil.which(candidate)
-        if found:
-            return found
-    return None
-
-
-@pytest.fixture(scope="session")
-def browser() -> t.Iterator[Browser]:
-    from playwright import sync_api
-
-    executable = chromium_path()
-    if executable is None:
-        # Never a skip: a missing browser must fail the run, in CI above all.
-        pytest.fail("no Chromium: install Debian's chromium package")
-    with sync_api.sync_playwright() as playwright:
-        launched = playwright.chromium.launch(
-            executable_path=executable, args=CHROMIUM_ARGS
-        )
-        yield launched
-        launched.close()
 
 
 class Pages:

@@ -231,3 +231,16 @@ def test_outbound_frames_once() -> None:
     frame = message.ws_frame
     assert frame == b"\x81\x0f" + b'{"type":"pong"}'
     assert message.ws_frame is frame
+
+
+def test_a_closed_connection_is_not_subscribed(hub: Hub) -> None:
+    # It closed while its subscribe waited for the broker: the hub may have
+    # forgotten it already, and nothing would remove the subscription again.
+    conn = make("a")
+    hub.add(conn)
+    conn.closed = True
+    hub.remove(conn)
+    assert hub.subscribe(conn, "news") is False
+    assert conn.channels == set()
+    assert hub.subscriber_count("news") == 0
+    assert hub.channels() == []

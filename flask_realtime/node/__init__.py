@@ -1,0 +1,300 @@
+"""One process's share of the system: clients, broker, presence, timers.
+
+Every transport hands the node bytes from clients and gets bytes back
+through each connection; every server-side call (``broadcast``,
+``send_to_user``, ``send``) goes through the broker, which loops back to
+the nodes whose clients want it. Nothing here knows how bytes reach a socket.
+
+The node composes its parts, one concern each: :mod:`.lifecycle` (the
+timer, fork, SIGTERM), :mod:`.interest` (broker subscriptions that follow
+local subscribers), :mod:`.messages` (what clients send),
+:mod:`.presence_sync` (presence between nodes), :mod:`.control`
+(request/reply on publish/subscribe), :mod:`.forwarding` (requests run on
+the owning node), :mod:`.publishing` (server-side sends) and :mod:`.topics`
+(every topic name).
+"""
+
+from __future__ import annotations
+
+import secrets
+import typing as t
+import weakref
+
+from flask import Flask
+
+from .. import channels as _channels
+from .. import protocol
+from .._runtime import in_event_loop, spawn
+from ..brokers import create_broker
+from ..config import Settings
+from ..connection import Connection, Outbound, Sink
+from ..hub import Hub
+from ..presence import ClusterPresence, Member
+from ..pressure import PressureGauge
+from ..ratelimit import RateLimiter
+from . import control, lifecycle, topics
+from .control import Control
+from .forwarding import Forwarding, RequestHandler
+from .interest import Interest
+from .lifecycle import KEEPALIVE, Lifecycle
+from .messages import ClientMessages, Rejected
+from .presence_sync import PresenceSync
+from .publishing import Observer, Publisher
+
+
+class Node:
+    """The per-app, per-process engine behind :class:`~flask_realtime.Realtime`."""
+
+    def __init__(
+        self,
+        app: Flask,
+        settings: Settings,
+        rules: _channels.ChannelRules,
+        handlers: _channels.HandlerTable,
+        authenticate: t.Callable[[], t.Callable[..., t.Any] | None],
+    ) -> None:
+        # Weak: a Realtime shared by an app factory's apps, or a timer that
+        # outlives a test, must not keep apps alive.
+        self._app_ref = weakref.ref(app)
+        self.settings = settings
+        self.rules = rules
+        self.handlers = handlers
+        self._authenticate = authenticate
+        self.id = secrets.token_hex(6)
+        self.hub = Hub()
+        self.presence = ClusterPresence()
+        self.clustered = settings.broker != "null"
+        self.control = Control(
+            lambda on_message: create_broker(settings, on_message),
+            self._on_plain,
+            self._on_request,
+        )
+        self.broker = self.control.broker
+        self.interest = Interest(self.broker, self._wanted, on_dropped=self._dropped)
+        self.messages = ClientMessages(self)
+        self.presence_sync = PresenceSync(self, self.presence)
+        self.forwarding = Forwarding(self)
+        self.lifecycle = Lifecycle(self)
+        self.publisher = Publisher(self)
+        # What the broker brought here, by topic kind: with interest-based
+        # routing, a node gets no channel traffic none of its clients wants.
+        self.received = {"channel": 0, "user": 0, "node": 0, "presence": 0}
+        # Sessions report full sockets here; publishers ask it before publishing.
+        self.pressure = PressureGauge(settings.backpressure_bytes)
+        self.shutting_down = False
+        self.lifecycle.chain_sigterm()
+
+    @property
+    def app(self) -> Flask:
+        app = self._app_ref()
+        if app is None:
+            raise RuntimeError("the Flask app of this realtime node no longer exists")
+        return app
+
+    # -- lifecycle (see .lifecycle) ----------------------------------------------
+
+    def ensure_started(self, *, handle_sigterm: bool = True) -> None:
+        """Start the shared timer in this process (again after a fork).
+
+        ``handle_sigterm=False`` is for servers that route SIGTERM to
+        :meth:`shutdown` themselves.
+        """
+        self.lifecycle.ensure_started(handle_sigterm=handle_sigterm)
+
+    def forked(self) -> None:
+        """In a worker forked after init_app (gunicorn --preload): a node of
+        its own, with its own id and so its own node topic."""
+        self.id = secrets.token_hex(6)
+
+    def shutdown(self, code: int = protocol.CLOSE_SHUTDOWN) -> None:
+        """Close all connections (4200 by default: clients reconnect at once)."""
+        lifecycle.shutdown(self, code)
+
+    def tick(self, now: float) -> None:
+        """The timer's work: heartbeats, expiry, presence refresh."""
+        lifecycle.tick(self, now)
+
+    # -- connections ---------------------------------------------------------
+
+    def open(
+        self,
+        transport: str,
+        sink: Sink,
+        user_id: t.Any = None,
+        user_info: t.Any = None,
+        *,
+        with_token: bool = False,
+        welcome: bool = True,
+    ) -> Connection:
+        """Register a new client connection and send it ``connected``
+        (``welcome=False``: the transport sends :meth:`welcome` itself)."""
+        self.ensure_started()
+        # The node topic, for send(connection_id) and forwarded requests, is
+        # subscribed for the first client: a process that only publishes (a
+        # Celery worker) never takes a node's traffic.
+        with self.interest.hold(topics.node(self.id)):
+            pass
+        conn = Connection(
+            f"{self.id}.{secrets.token_urlsafe(12)}",
+            transport,
+            sink,
+            user_id,
+            user_info,
+        )
+        if with_token:
+            conn.token = secrets.token_urlsafe(24)
+        if self.settings.rate_limit_enabled:
+            conn.rate = RateLimiter(self.settings.messages_per_minute)
+        if conn.user_key is None:
+            self.hub.add(conn)
+        else:
+            with self.interest.hold(topics.user(conn.user_key)):
+                self.hub.add(conn)
+        if welcome:
+            conn.push_json(self.welcome(conn))
+        return conn
+
+    def welcome(self, conn: Connection) -> bytes:
+        """The ``connected`` message, the first on every connection."""
+        return protocol.connected(conn.id, self.settings.heartbeat, conn.token)
+
+    def disconnect(self, conn: Connection) -> None:
+        """Forget a connection that went away: subscriptions, presence, user."""
+        conn.closed = True
+        if in_event_loop() or self.control.delivering():
+            # Announcing a presence leave may wait: not in the event loop (a
+            # socket watcher noticed), and not in the broker's reader (a
+            # delivery overflowed a queue), which would wait on itself.
+            spawn(self._forget, conn)
+        else:
+            self._forget(conn)
+
+    def _forget(self, conn: Connection) -> None:
+        left, last_of_user = self.hub.remove(conn)
+        for name in left:
+            self.left_channel(conn, name)
+        if last_of_user:
+            self.interest.release(topics.user(t.cast(str, conn.user_key)))
+
+    def left_channel(self, conn: Connection, name: str) -> None:
+        """``conn`` is out of channel ``name`` in the hub: tell the rest."""
+        last_here = self.hub.subscriber_count(name) == 0
+        if last_here:
+            self.interest.release(topics.channel(name))
+        if self.rules.kind(name) == _channels.PRESENCE:
+            self.presence_sync.left(conn, name, last_here)
+
+    def connection(self, connection_id: str) -> Connection | None:
+        """The local connection with this id, if it lives on this node."""
+        return self.hub.connections.get(connection_id)
+
+    # -- client messages (see .messages) ----------------------------------------
+
+    def admit(self, conn: Connection, payload: bytes | str = b"") -> bytes | None:
+        """The 429 error to send when the rate limit refuses the message."""
+        return self.messages.admit(conn, payload)
+
+    def receive(self, conn: Connection, payload: bytes | str) -> bytes | None:
+        """Handle one client message (after :meth:`admit`); the reply, if any."""
+        return self.messages.receive(conn, payload)
+
+    # -- publishing ----------------------------------------------------------
+
+    def observe(self, observer: Observer) -> None:
+        """Call ``observer`` with every broadcast and direct message sent."""
+        self.publisher.observers.append(observer)
+
+    def publish_channel(
+        self, channel: str, envelope: bytes, exclude: str | None = None
+    ) -> None:
+        """Publish an encoded event to a channel (``exclude``: a connection id)."""
+        self.publisher.publish_channel(channel, envelope, exclude)
+
+    def broadcast(self, channel: str, event: str, data: t.Any) -> None:
+        self.publisher.broadcast(channel, event, data)
+
+    def send_to_user(self, user_id: t.Any, event: str, data: t.Any) -> None:
+        self.publisher.send_to_user(user_id, event, data)
+
+    def send(self, connection_id: str, event: str, data: t.Any) -> None:
+        self.publisher.send(connection_id, event, data)
+
+    # -- what the broker brings --------------------------------------------------
+
+    def _on_plain(self, topic: str, data: bytes) -> None:
+        """Deliver a plain message to the local clients that want it."""
+        kind, name = topics.split(topic)
+        received = self.received
+        if kind == topics.PRESENCE:
+            received["presence"] += 1
+            self.presence_sync.on_message(name, control.split_message(data)[1])
+            return
+        header, envelope = control.split_message(data)
+        message = Outbound(envelope)
+        if kind == topics.CHANNEL:
+            received["channel"] += 1
+            self.hub.deliver_channel(name, message, header.decode() or None)
+        elif kind == topics.USER:
+            received["user"] += 1
+            self.hub.deliver_user(name, message)
+        elif kind == topics.NODE:
+            received["node"] += 1
+            self.hub.deliver_connection(header.decode(), message)
+
+    def _on_request(self, topic: str, body: bytes, reply_to: str) -> None:
+        kind, name = topics.split(topic)
+        if kind == topics.PRESENCE:
+            self.received["presence"] += 1
+            self.presence_sync.answer(name, body, reply_to)
+        elif kind == topics.NODE:
+            self.received["node"] += 1
+            self.forwarding.on_request(body, reply_to)
+
+    def _wanted(self, topic: str) -> bool:
+        """Does a local subscriber still want ``topic`` (see .interest)?"""
+        kind, name = topics.split(topic)
+        if kind in (topics.CHANNEL, topics.PRESENCE):
+            return self.hub.subscriber_count(name) > 0
+        if kind == topics.USER:
+            return self.hub.has_user(name)
+        return True  # the node topic: for the process's life
+
+    def _dropped(self, topic: str) -> None:
+        kind, name = topics.split(topic)
+        if kind == topics.PRESENCE:
+            self.presence_sync.dropped(name)
+
+    # -- requests between nodes (see .forwarding) --------------------------------
+
+    def handle_request(self, op: str, handler: RequestHandler) -> None:
+        """Answer ``op`` requests forwarded by other nodes (see :meth:`forward`).
+
+        ``handler(node, request)`` returns an HTTP status and a JSON body; it
+        runs in a greenlet (or thread) of its own, in the app context.
+        """
+        self.forwarding.handle(op, handler)
+
+    def owns(self, connection_id: str) -> bool:
+        return connection_id.partition(".")[0] == self.id
+
+    def forward(
+        self, connection_id: str, request: dict[str, t.Any], timeout: float
+    ) -> tuple[int, bytes] | None:
+        """Run a transport's request on the node that holds the connection.
+
+        ``None`` when no such node exists (it stopped, or the id is made up);
+        raises ``TimeoutError`` or :class:`BrokerUnavailable`.
+        """
+        return self.forwarding.forward(connection_id, request, timeout)
+
+    # -- queries -------------------------------------------------------------
+
+    def presence_members(self, channel: str) -> list[Member]:
+        """Cluster-wide: from this node's replica, else from a node that has one."""
+        return self.presence_sync.members(channel)
+
+    def subscriber_count(self, channel: str) -> int:
+        return self.hub.subscriber_count(channel)
+
+
+__all__ = ["KEEPALIVE", "Node", "Observer", "Rejected", "RequestHandler"]

@@ -1,0 +1,190 @@
+"""Request/reply between processes, on nothing but publish and subscribe.
+
+Every payload the node publishes starts with one tag byte:
+
+- ``m<header>\\n<body>``: a plain message (the header names who to skip or
+  which connection it is for; see the node);
+- ``q<reply_to>\\n<body>``: a request; whoever answers publishes the reply
+  to the inbox topic that ``reply_to`` names;
+- ``r<reply_to>\\n<body>``: a reply, published to the requester's inbox.
+
+Each process has one inbox topic, ``i:<hex>``, new after a fork (a child
+sharing its parent's inbox would take the parent's replies), subscribed on
+the process's first request. Brokers carry these bytes verbatim; they know
+nothing of requests.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import secrets
+import threading
+import typing as t
+
+from .._runtime import event, real_lock
+from ..brokers import BrokerUnavailable
+from . import topics
+
+if t.TYPE_CHECKING:
+    from ..brokers import Broker
+
+logger = logging.getLogger("flask_realtime")
+
+MESSAGE = b"m"
+REQUEST = b"q"
+REPLY = b"r"
+
+OnMessage = t.Callable[[str, bytes], None]
+OnRequest = t.Callable[[str, bytes, str], None]
+
+
+def message(header: bytes, body: bytes) -> bytes:
+    """A plain message: ``m<header>\\n<body>``."""
+    return b"".join((MESSAGE, header, b"\n", body))
+
+
+def split_message(data: bytes) -> tuple[bytes, bytes]:
+    """``(header, body)`` of a plain message."""
+    newline = data.find(b"\n")
+    return data[1:newline], data[newline + 1 :]
+
+
+def _split_addressed(data: bytes) -> tuple[str, bytes]:
+    newline = data.find(b"\n")
+    if newline < 1:
+        raise ValueError("no reply address")
+    return data[1:newline].decode("ascii"), data[newline + 1 :]
+
+
+class _Waiter:
+    """One request waiting for its first reply."""
+
+    __slots__ = ("done", "data")
+
+    def __init__(self) -> None:
+        self.done = event()
+        self.data = b""
+
+
+class Control:
+    """The node's side of the broker: framing, requests and their replies.
+
+    ``on_plain(topic, data)`` gets plain messages (tag byte included, see
+    :func:`split_message`); ``on_request(topic, body, reply_to)`` gets
+    requests, and whoever handles one answers with :meth:`reply`.
+    """
+
+    def __init__(
+        self,
+        make_broker: t.Callable[[OnMessage], Broker],
+        on_plain: OnMessage,
+        on_request: OnRequest,
+    ) -> None:
+        self._on_plain = on_plain
+        self._on_request = on_request
+        self._pid = 0
+        self._inbox = ""
+        self._inbox_subscribed = False
+        self._serial = itertools.count(1)
+        self._waiting: dict[str, _Waiter] = {}
+        self._lock = real_lock()  # the waiting map and the per-process reset
+        self._subscribe_lock: t.Any = None
+        self._delivering: int | None = None  # the thread (greenlet) in on_message
+        self.broker = make_broker(self.on_message)
+
+    # -- what the broker brings ------------------------------------------------
+
+    def on_message(self, topic: str, data: bytes) -> None:
+        """The broker's callback: route one payload by its tag byte."""
+        previous = self._delivering
+        self._delivering = threading.get_ident()
+        try:
+            tag = data[:1]
+            if tag == MESSAGE:
+                self._on_plain(topic, data)
+            elif tag == REQUEST:
+                reply_to, body = _split_addressed(data)
+                self._on_request(topic, body, reply_to)
+            elif tag == REPLY:
+                reply_to, body = _split_addressed(data)
+                self._resolve(reply_to, body)
+            else:
+                logger.warning("flask_realtime: untagged payload on %r dropped", topic)
+        except (ValueError, UnicodeDecodeError):
+            logger.warning("flask_realtime: malformed payload on %r dropped", topic)
+        finally:
+            self._delivering = previous
+
+    def delivering(self) -> bool:
+        """True inside :meth:`on_message`, in the broker's reader: nothing
+        there may wait for the broker, which would wait on itself."""
+        return self._delivering == threading.get_ident()
+
+    # -- requests ------------------------------------------------------------
+
+    def request(self, topic: str, data: bytes, timeout: float) -> bytes | None:
+        """Send ``data`` to the subscribers of ``topic``; the first reply.
+
+        ``None`` at once when the broker says nobody subscribes to ``topic``;
+        ``TimeoutError`` when no reply came within ``timeout`` seconds;
+        :class:`~flask_realtime.BrokerUnavailable` at once while the broker
+        is unreachable.
+        """
+        if self.delivering():
+            # The reply would arrive through the reader this call blocks.
+            raise RuntimeError("request() cannot wait inside on_message")
+        inbox = self._subscribed_inbox()
+        if not self.broker.connected:
+            # Never buffered for later: it would run after its requester
+            # gave up (a forwarded POST run twice, say).
+            raise BrokerUnavailable(
+                f"the {self.broker.kind} broker is unreachable; no request sent"
+            )
+        reply_to = f"{inbox}#{next(self._serial)}"
+        waiter = _Waiter()
+        with self._lock:
+            self._waiting[reply_to] = waiter
+        try:
+            head = b"".join((REQUEST, reply_to.encode(), b"\n"))
+            receivers = self.broker.publish(topic, head + data)
+            if receivers == 0:
+                return None
+            if not waiter.done.wait(timeout):
+                raise TimeoutError(f"no reply to a request on {topic!r} in {timeout} s")
+            return waiter.data
+        finally:
+            with self._lock:
+                self._waiting.pop(reply_to, None)
+
+    def reply(self, reply_to: str, data: bytes) -> None:
+        """Answer a request (any greenlet or thread, any time)."""
+        inbox = reply_to.partition("#")[0]
+        head = b"".join((REPLY, reply_to.encode(), b"\n"))
+        self.broker.publish(inbox, head + data)
+
+    def _resolve(self, reply_to: str, data: bytes) -> None:
+        with self._lock:
+            waiter = self._waiting.pop(reply_to, None)
+        if waiter is not None:  # else answered already, or given up on
+            waiter.data = data
+            waiter.done.set()
+
+    def _subscribed_inbox(self) -> str:
+        """This process's inbox, subscribed at the broker before first use."""
+        with self._lock:
+            if self._pid != os.getpid():
+                self._pid = os.getpid()
+                self._inbox = topics.inbox(secrets.token_hex(8))
+                self._inbox_subscribed = False
+                self._waiting = {}
+                # Created here, at run time: gevent's lock once it has patched.
+                self._subscribe_lock = threading.Lock()
+            inbox, lock = self._inbox, self._subscribe_lock
+        if not self._inbox_subscribed:
+            with lock:
+                if not self._inbox_subscribed:
+                    self.broker.subscribe(inbox)
+                    self._inbox_subscribed = True
+        return inbox

@@ -1,0 +1,241 @@
+"""What clients send: the rate limit, then ping, (un)subscribe and events.
+
+Every transport hands each client message to :meth:`ClientMessages.admit`
+and then :meth:`ClientMessages.receive`, and sends back the reply they
+return. Authorizers and event handlers run here, in the app context.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import typing as t
+
+from flask import current_app, has_app_context
+
+from .. import channels as _channels
+from .. import protocol
+from ..brokers import BrokerUnavailable
+from ..connection import Connection
+from . import topics
+
+if t.TYPE_CHECKING:
+    from . import Node
+
+logger = logging.getLogger("flask_realtime")
+
+
+class Rejected(Exception):
+    """Raise in an event handler to refuse a client event with a 403 error."""
+
+
+class ClientMessages:
+    """A node's handling of its clients' messages."""
+
+    def __init__(self, node: Node) -> None:
+        self._node = node
+
+    def admit(self, conn: Connection, payload: bytes | str = b"") -> bytes | None:
+        """Apply the rate limit to one client message.
+
+        Returns the 429 error to send when the message is refused; closes the
+        connection with 4129 after a sustained run of refusals.
+        """
+        rate = conn.rate
+        if rate is None:
+            return None
+        wait = rate.check()
+        if not wait:
+            return None
+        if rate.strikes >= self._node.settings.rate_limit_close_after:
+            conn.close(protocol.CLOSE_RATE_LIMIT_ABUSE, "rate limit abuse")
+        return protocol.error(
+            protocol.RATE_LIMITED,
+            "rate limit exceeded",
+            request_id=protocol.request_id(payload),
+            retry_after=round(wait, 3),
+        )
+
+    def receive(self, conn: Connection, payload: bytes | str) -> bytes | None:
+        """Handle one client message; returns the reply envelope, if any."""
+        try:
+            message = protocol.parse(payload)
+            kind = message.type
+            if kind == "ping":
+                return protocol.pong(message.id)
+            if kind == "subscribe":
+                return self._subscribe(conn, message)
+            if kind == "unsubscribe":
+                return self._unsubscribe(conn, message)
+            return self._client_event(conn, message)
+        except protocol.ProtocolError as exc:
+            return exc.envelope()
+        except BrokerUnavailable:
+            return protocol.error(
+                protocol.UNAVAILABLE,
+                "the server cannot reach its broker; try again",
+                request_id=protocol.request_id(payload),
+            )
+
+    def app_context(self) -> t.ContextManager[t.Any]:
+        """The node's app context, unless it is the current one already."""
+        app = self._node.app
+        if has_app_context() and current_app._get_current_object() is app:  # type: ignore[attr-defined]
+            return contextlib.nullcontext()
+        return app.app_context()
+
+    # -- subscriptions -----------------------------------------------------------
+
+    def _subscribe(
+        self, conn: Connection, message: protocol.ClientMessage
+    ) -> bytes | None:
+        node = self._node
+        name = t.cast(str, message.channel)
+        kind = node.rules.kind(name)
+        if name in conn.channels:
+            return self._subscribed_reply(name, kind, message.id)
+        if len(conn.channels) >= node.settings.max_subscriptions:
+            raise protocol.ProtocolError(
+                protocol.FORBIDDEN,
+                f"subscription limit of {node.settings.max_subscriptions} reached",
+                request_id=message.id,
+                channel=name,
+            )
+        user_info = conn.user_info
+        if kind != _channels.PUBLIC:
+            if kind == _channels.PRESENCE and conn.user_id is None:
+                raise protocol.ProtocolError(
+                    protocol.UNAUTHORIZED,
+                    "presence channels need an authenticated user",
+                    request_id=message.id,
+                    channel=name,
+                )
+            allowed = self._authorize(conn, name)
+            if not allowed and not (kind == _channels.PRESENCE and allowed == {}):
+                raise protocol.ProtocolError(
+                    protocol.FORBIDDEN,
+                    "not allowed to subscribe to this channel",
+                    request_id=message.id,
+                    channel=name,
+                )
+            if kind == _channels.PRESENCE and isinstance(allowed, dict):
+                user_info = allowed
+        if conn.closed:
+            return None
+        if kind == _channels.PRESENCE and node.clustered:
+            # The replica first: the member list in the reply comes from it.
+            replica = node.interest.hold(
+                topics.presence(name),
+                lambda: node.presence_sync.start_replica(name),
+            )
+        else:
+            replica = contextlib.nullcontext()
+        with replica, node.interest.hold(topics.channel(name)):
+            # The reply goes out only once the broker delivers this channel here.
+            node.hub.subscribe(conn, name)
+            if conn.closed or name not in conn.channels:
+                return None  # closed while the broker subscribed: forgotten
+            if kind == _channels.PRESENCE:
+                node.presence_sync.joined(conn, name, user_info)
+        return self._subscribed_reply(name, kind, message.id)
+
+    def _subscribed_reply(self, name: str, kind: str, request_id: t.Any) -> bytes:
+        if kind == _channels.PRESENCE:
+            members = self._node.presence.members(name)
+            return protocol.subscribed(name, request_id, {"members": members})
+        return protocol.subscribed(name, request_id)
+
+    def _authorize(self, conn: Connection, name: str) -> t.Any:
+        authorizer = self._node.rules.authorizer_for(name)
+        if authorizer is None:
+            return False  # deny by default: no authorizer, no access
+        try:
+            with self.app_context():
+                return authorizer.func(conn, name)
+        except Exception:
+            logger.exception(
+                "flask_realtime: authorizer %r raised for channel %r; denied",
+                authorizer.pattern,
+                name,
+            )
+            return False
+
+    def _unsubscribe(self, conn: Connection, message: protocol.ClientMessage) -> bytes:
+        name = t.cast(str, message.channel)
+        if name not in conn.channels:
+            raise protocol.ProtocolError(
+                protocol.NOT_SUBSCRIBED,
+                "not subscribed to this channel",
+                request_id=message.id,
+                channel=name,
+            )
+        self._node.hub.unsubscribe(conn, name)
+        self._node.left_channel(conn, name)
+        return protocol.unsubscribed(name, message.id)
+
+    # -- client events -----------------------------------------------------------
+
+    def _client_event(
+        self, conn: Connection, message: protocol.ClientMessage
+    ) -> bytes | None:
+        node = self._node
+        name = t.cast(str, message.channel)
+        event = t.cast(str, message.event)
+        if name not in conn.channels:
+            raise protocol.ProtocolError(
+                protocol.NOT_SUBSCRIBED,
+                "subscribe to the channel before sending events to it",
+                request_id=message.id,
+                channel=name,
+            )
+        handler = node.handlers.find(event, name)
+        if handler is not None:
+            self._run_handler(handler, conn, name, message)
+            return None
+        if node.rules.kind(name) != _channels.PUBLIC and event.startswith("client-"):
+            node.publish_channel(
+                name, protocol.event(name, event, message.data), exclude=conn.id
+            )
+            return None
+        raise protocol.ProtocolError(
+            protocol.FORBIDDEN,
+            "no handler for this event; only 'client-' events on private or "
+            "presence channels are relayed",
+            request_id=message.id,
+            channel=name,
+        )
+
+    def _run_handler(
+        self,
+        handler: t.Callable[..., t.Any],
+        conn: Connection,
+        name: str,
+        message: protocol.ClientMessage,
+    ) -> None:
+        try:
+            with self.app_context():
+                result = handler(conn, name, message.data)
+        except Rejected as exc:
+            raise protocol.ProtocolError(
+                protocol.FORBIDDEN,
+                str(exc) or "event refused",
+                request_id=message.id,
+                channel=name,
+            ) from None
+        except Exception:
+            logger.exception(
+                "flask_realtime: handler for %r on %r raised", message.event, name
+            )
+            raise protocol.ProtocolError(
+                protocol.INTERNAL_ERROR,
+                "the event handler failed",
+                request_id=message.id,
+                channel=name,
+            ) from None
+        if result is False:
+            raise protocol.ProtocolError(
+                protocol.FORBIDDEN,
+                "event refused",
+                request_id=message.id,
+                channel=name,
+            )
