@@ -3,34 +3,24 @@
 from __future__ import annotations
 
 import copy
-import functools
-import os
 import typing as t
 import weakref
 
 from flask import (
-    Blueprint,
     Flask,
     current_app,
     has_app_context,
-    jsonify,
-    request,
-    send_from_directory,
 )
 
 from . import channels as _channels
 from . import config as _config
+from . import routes as _routes
 from .node import Node
 from .recorder import Recorder
 from .testing import TestClient
 from .transports import longpoll as _longpoll
 from .transports import send as _send
-from .transports import sse as _sse
 from .transports import websocket as _websocket
-from .transports.http import json_error as _json_error
-
-_STATIC = os.path.join(os.path.dirname(__file__), "static")
-_ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 F = t.TypeVar("F", bound=t.Callable[..., t.Any])
 
@@ -145,90 +135,13 @@ class Realtime:
         _send.register(node)
         _longpoll.register(node)
         app.extensions["realtime"] = self
-        app.register_blueprint(self._blueprint(settings))
+        app.register_blueprint(_routes.blueprint(self, settings))
         _websocket.install(app, node, lambda: self._authenticate)
         from .cli import realtime_cli
 
         if "realtime" not in app.cli.commands:
             app.cli.add_command(realtime_cli)
         _initialised.add(app)
-
-    def _blueprint(self, settings: _config.Settings) -> Blueprint:
-        bp = Blueprint("realtime", __name__, url_prefix=settings.url_prefix or None)
-
-        def route(
-            rule: str, methods: tuple[str, ...], **options: t.Any
-        ) -> t.Callable[[F], F]:
-            """A route that takes every method and answers the wrong ones
-            with a JSON 405: Flask never gives routing errors to a
-            blueprint's error handlers."""
-
-            def decorator(view: F) -> F:
-                allowed = {*methods, "HEAD"} if "GET" in methods else set(methods)
-
-                @functools.wraps(view)
-                def checked() -> t.Any:
-                    if request.method not in allowed:
-                        response = _json_error(405, "method not allowed")
-                        response.headers["Allow"] = ", ".join(sorted(allowed))
-                        return response
-                    return view()
-
-                bp.add_url_rule(
-                    rule, view_func=checked, methods=_ALL_METHODS, **options
-                )
-                return view
-
-            return decorator
-
-        @bp.route(settings.websocket_path, websocket=True, endpoint="websocket")
-        def websocket_endpoint() -> t.Any:
-            return _websocket.websocket_view(self.node, self._authenticate)
-
-        @route(settings.websocket_path, ("GET",), endpoint="websocket_http")
-        def websocket_without_upgrade() -> t.Any:
-            return _json_error(400, "expected a WebSocket upgrade request")
-
-        @route(settings.sse_path, ("GET",), endpoint="sse")
-        def sse_endpoint() -> t.Any:
-            return _sse.sse_view(self.node, self._authenticate)
-
-        @route(settings.longpoll_path, ("GET",), endpoint="poll")
-        def poll_endpoint() -> t.Any:
-            return _longpoll.poll_view(self.node, self._authenticate)
-
-        @route("/send", ("POST", "OPTIONS"), endpoint="send")
-        def send_endpoint() -> t.Any:
-            return _send.send_view(self.node)
-
-        @route("/close", ("POST",), endpoint="close")
-        def close_endpoint() -> t.Any:
-            return _send.close_view(self.node)
-
-        for name, mimetype in (
-            ("client.js", "application/javascript"),
-            ("client.mjs", "application/javascript"),
-            ("client.d.ts", "application/typescript"),
-        ):
-            route(f"/{name}", ("GET",), endpoint=name.replace(".", "_"))(
-                functools.partial(
-                    send_from_directory, _STATIC, name, mimetype=mimetype, max_age=300
-                )
-            )
-
-        @route("/health", ("GET",), endpoint="health")
-        def health() -> t.Any:
-            node = self.node
-            return jsonify(
-                status="ok",
-                node=node.id,
-                connections=len(node.hub),
-                transports=list(node.settings.transports),
-                broker=node.settings.broker,
-                broker_messages=node.received,
-            )
-
-        return bp
 
     # -- which app ----------------------------------------------------------
 
