@@ -36,4 +36,10 @@ def create_broker(settings: Settings, on_message: MessageCallback) -> Broker:
     return getattr(module, class_name)(settings, on_message)  # type: ignore[no-any-return]
 
 
-__all__ = ["Broker", "BrokerUnavailable", "NullBroker", "create_broker"]
+__all__ = [
+    "Broker",
+    "BrokerUnavailable",
+    "MessageCallback",
+    "NullBroker",
+    "create_broker",
+]
