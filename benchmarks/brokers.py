@@ -17,7 +17,9 @@ Two measurements per broker:
 * ``max``: N broadcasts as fast as one publisher process goes (G greenlets
   publishing at once, so the broker clients can batch); the sustained
   figure is N over the time from the first publish to the last delivery,
-  reported only when all N arrived.
+  reported only when all N arrived. The publisher also counts the batches
+  its broker sent: messages per batch near 1 means group commit did not
+  engage, and the figure is a round trip per message.
 
 Usage::
 
@@ -220,12 +222,13 @@ def publish_main(argv: list[str]) -> None:
     parser.add_argument("--greenlets", type=int, default=1)
     args = parser.parse_args(argv)
 
-    from cluster_app import app
+    from cluster_app import app, realtime
 
     from flask_realtime import broadcast
 
     with app.app_context():
         broadcast("warmup", "m", {})  # connects
+        batches = count_batches(realtime.node.broker)
         started = time.time()
         published = 0
         if args.rate:
@@ -247,7 +250,22 @@ def publish_main(argv: list[str]) -> None:
             gevent.joinall(jobs, raise_error=True)
             published = per * args.greenlets
         elapsed = time.time() - started
-    print(json.dumps({"started": started, "published": published, "seconds": elapsed}))
+    result = {"started": started, "published": published, "seconds": elapsed}
+    result["batches"] = len(batches)
+    print(json.dumps(result))
+
+
+def count_batches(broker: t.Any) -> list[int]:
+    """The size of each batch ``broker`` sends from now on (BrokerBase's)."""
+    sizes: list[int] = []
+    send_batch = broker._send_batch
+
+    def counting(messages: list[t.Any]) -> t.Any:
+        sizes.append(len(messages))
+        return send_batch(messages)
+
+    broker._send_batch = counting
+    return sizes
 
 
 def run_publisher(kind: str, url: str, *args: str) -> dict[str, t.Any]:
@@ -316,6 +334,7 @@ def measure(kind: str, args: argparse.Namespace, work: Path) -> dict[str, t.Any]
             max_published=expected,
             max_delivered=subscriber.count,
             publish_rate=expected / burst["seconds"],
+            per_batch=expected / burst["batches"] if burst["batches"] else None,
             sustained_rate=expected / span if subscriber.count == expected else None,
         )
         return result
@@ -329,16 +348,31 @@ def measure(kind: str, args: argparse.Namespace, work: Path) -> dict[str, t.Any]
         broker.stop()
 
 
+def versions() -> dict[str, str]:
+    """What the figures depend on, printed beside them."""
+    import platform
+    from importlib import metadata
+
+    found = {"python": platform.python_version()}
+    for name in ("gevent", "greenlet", "redis", "hiredis", "pika", "nats-py"):
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = "-"
+    return found
+
+
 def report(results: list[dict[str, t.Any]]) -> None:
     def number(value: float | None, spec: str) -> str:
         return "-" if value is None else format(value, spec)
 
     print()
+    print(", ".join(f"{name} {version}" for name, version in versions().items()))
     print(
         "| broker | p50 ms | p99 ms | delivered at 1,000/s | publish rate/s"
-        " | sustained, all delivered/s | seed promise |"
+        " | messages per batch | sustained, all delivered/s | seed promise |"
     )
-    print("|---|---:|---:|---:|---:|---:|---|")
+    print("|---|---:|---:|---:|---:|---:|---:|---|")
     for r in results:
         seed_latency, seed_rate = SEED[r["broker"]]
         print(
@@ -346,6 +380,7 @@ def report(results: list[dict[str, t.Any]]) -> None:
             f" | {number(r['p99_ms'], '.2f')}"
             f" | {r['paced_delivered']:,}/{r['paced_published']:,}"
             f" | {number(r['publish_rate'], ',.0f')}"
+            f" | {number(r['per_batch'], '.1f')}"
             f" | {number(r['sustained_rate'], ',.0f')}"
             f" ({r['max_delivered']:,}/{r['max_published']:,})"
             f" | {seed_latency}, {seed_rate} msg/s |"
@@ -374,7 +409,8 @@ def main(argv: list[str] | None = None) -> int:
             results.append(result)
     report(results)
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
+        document = {"versions": versions(), "results": results}
+        Path(args.json).write_text(json.dumps(document, indent=2))
     return 0
 
 

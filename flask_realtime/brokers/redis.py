@@ -30,6 +30,11 @@ from ..config import ConfigError, Settings
 from ._support import redact
 from .base import BrokerBase, LinkLost, MessageCallback
 
+try:  # hiredis packs a command some ten times faster than redis-py's Python
+    from hiredis import pack_command as _hiredis_pack
+except ImportError:  # pragma: no cover - the redis extra installs it
+    _hiredis_pack = None
+
 _CONNECT_TIMEOUT = 1.0  # TCP connect, so a caller never waits long on a dead host
 _IO_TIMEOUT = 1.5  # handshake and a PUBLISH's answer; past it the link is dead
 _TICK = 1.0  # the reader wakes this often: close, health check, stuck buffer
@@ -213,7 +218,11 @@ class RedisBroker(BrokerBase):
                 pub = self._pub = self._connection("pub")
             prefix = self._prefix
             commands = [("PUBLISH", prefix + topic, data) for topic, data in messages]
-            pub.send_packed_command(pub.pack_commands(commands), check_health=False)
+            if _hiredis_pack is not None:
+                packed = [b"".join([_hiredis_pack(command) for command in commands])]
+            else:
+                packed = pub.pack_commands(commands)
+            pub.send_packed_command(packed, check_health=False)
             for _ in messages:
                 try:
                     counts.append(pub.read_response())
