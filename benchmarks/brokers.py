@@ -33,6 +33,7 @@ import argparse
 import base64
 import json
 import os
+import resource
 import socket
 import subprocess
 import sys
@@ -229,6 +230,7 @@ def publish_main(argv: list[str]) -> None:
     with app.app_context():
         broadcast("warmup", "m", {})  # connects
         batches = count_batches(realtime.node.broker)
+        cpu_started = own_cpu()
         started = time.time()
         published = 0
         if args.rate:
@@ -250,7 +252,9 @@ def publish_main(argv: list[str]) -> None:
             gevent.joinall(jobs, raise_error=True)
             published = per * args.greenlets
         elapsed = time.time() - started
+        cpu = own_cpu() - cpu_started
     result = {"started": started, "published": published, "seconds": elapsed}
+    result["cpu"] = cpu
     result["batches"] = len(batches)
     print(json.dumps(result))
 
@@ -283,6 +287,24 @@ def run_publisher(kind: str, url: str, *args: str) -> dict[str, t.Any]:
 # -- one broker ---------------------------------------------------------------
 
 
+def group_cpu(group: int) -> float:
+    """CPU seconds used so far by the processes of one process group (Linux)."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue  # gone meanwhile
+        if int(fields[2]) == group:  # pgrp; utime and stime follow at 11, 12
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -313,6 +335,8 @@ def measure(kind: str, args: argparse.Namespace, work: Path) -> dict[str, t.Any]
         # The most one publisher process sustains, all delivered.
         subscriber.reset()
         subscriber.keep_latency = False
+        assert broker.process is not None
+        cpu_before = (group_cpu(node.pid), group_cpu(broker.process.pid), own_cpu())
         burst = run_publisher(
             kind,
             broker.url,
@@ -330,6 +354,19 @@ def measure(kind: str, args: argparse.Namespace, work: Path) -> dict[str, t.Any]
                 quiet_until = time.time() + 10
             time.sleep(0.05)
         span = subscriber.last_at - burst["started"]
+        cpu_after = (group_cpu(node.pid), group_cpu(broker.process.pid), own_cpu())
+        node_cpu, broker_cpu, subscriber_cpu = (
+            (after - before) * 1e6 / expected
+            for before, after in zip(cpu_before, cpu_after, strict=True)
+        )
+        result.update(
+            cpu_us=dict(  # CPU time per message, in microseconds
+                publisher=burst["cpu"] * 1e6 / expected,
+                node_b=node_cpu,
+                broker=broker_cpu,
+                subscriber=subscriber_cpu,
+            ),
+        )
         result.update(
             max_published=expected,
             max_delivered=subscriber.count,
@@ -354,6 +391,8 @@ def versions() -> dict[str, str]:
     from importlib import metadata
 
     found = {"python": platform.python_version()}
+    found["cpus"] = str(os.cpu_count())
+    found["load average"] = f"{os.getloadavg()[0]:.2f}"
     for name in ("gevent", "greenlet", "redis", "hiredis", "pika", "nats-py"):
         try:
             found[name] = metadata.version(name)
@@ -370,9 +409,10 @@ def report(results: list[dict[str, t.Any]]) -> None:
     print(", ".join(f"{name} {version}" for name, version in versions().items()))
     print(
         "| broker | p50 ms | p99 ms | delivered at 1,000/s | publish rate/s"
-        " | messages per batch | sustained, all delivered/s | seed promise |"
+        " | messages per batch | sustained, all delivered/s"
+        " | CPU us/message: publisher, node B, broker, subscriber | seed promise |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---|")
+    print("|---|---:|---:|---:|---:|---:|---:|---|---|")
     for r in results:
         seed_latency, seed_rate = SEED[r["broker"]]
         print(
@@ -383,6 +423,7 @@ def report(results: list[dict[str, t.Any]]) -> None:
             f" | {number(r['per_batch'], '.1f')}"
             f" | {number(r['sustained_rate'], ',.0f')}"
             f" ({r['max_delivered']:,}/{r['max_published']:,})"
+            f" | {', '.join(format(v, '.1f') for v in r['cpu_us'].values())}"
             f" | {seed_latency}, {seed_rate} msg/s |"
         )
 

@@ -36,6 +36,7 @@ MessageCallback = t.Callable[[str, bytes], None]  # on_message(topic, data)
 _SETTLE_TIMEOUT = 1.5  # the first call waits this long for the first connection
 _CONFIRM_TIMEOUT = 5.0  # subscribe() waits this long for the broker's answer
 _SLICE = 0.01  # under gevent, the reader lets the loop cycle after this much work
+_WAITED = 0.0005  # a pause between two deliveries this long: the reader waited
 
 
 class Waitable(t.Protocol):
@@ -126,7 +127,7 @@ class BrokerBase:
         self._up = False
         self._started = False
         self._reader: Reader | None = None
-        self._yielded = 0.0
+        self._delivered = self._busy_since = 0.0
 
     @property
     def connected(self) -> bool:
@@ -193,17 +194,19 @@ class BrokerBase:
         """Hand one message to the node, unless its topic was unsubscribed."""
         if topic not in self._topics:
             return
+        started = time.monotonic()
+        if started - self._delivered > _WAITED:
+            self._busy_since = started  # the reader waited: the loop ran meanwhile
         try:
             self._on_message(topic, data)
         except Exception:
             log.exception("on_message failed for a %s message on %s", self.kind, topic)
-        if gevent_active():
+        self._delivered = time.monotonic()
+        if self._delivered - self._busy_since > _SLICE and gevent_active():
             # A backlog never makes the reader wait, and then it would starve
             # every other greenlet (the writers to the clients among them).
-            now = time.monotonic()
-            if now - self._yielded > _SLICE:
-                sleep(0.0001)  # not sleep(0): let the loop run timers and I/O
-                self._yielded = time.monotonic()
+            sleep(0.0001)  # not sleep(0): let the loop run timers and I/O
+            self._delivered = self._busy_since = time.monotonic()
 
     def _tick(self) -> bool:
         """The reader's periodic call: flush a stuck buffer; False: stop reading."""

@@ -23,6 +23,7 @@ from collections import deque
 from redis.backoff import NoBackoff
 from redis.connection import Connection, parse_url
 from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeout
 from redis.retry import Retry
 
 from .._runtime import real_lock
@@ -104,8 +105,9 @@ class RedisBroker(BrokerBase):
         self._confirming: dict[bytes, deque[_Confirmation]] = {}
         super().__init__(url, settings.broker_buffer, on_message)
 
-    def _connection(self, role: str) -> Connection:
+    def _connection(self, role: str, **overrides: t.Any) -> Connection:
         options = {"client_name": f"flask_realtime-{role}", **self._options}
+        options.update(overrides)
         connection = self._connection_class(**options)
         connection.connect()
         return connection  # type: ignore[no-any-return]
@@ -116,15 +118,17 @@ class RedisBroker(BrokerBase):
     # -- the subscribed connection ---------------------------------------------
 
     def _connect(self, topics: list[str]) -> None:
-        sub = self._connection("sub")
+        # Reads time out every tick, so the reader checks in while idle.
+        sub = self._connection("sub", socket_timeout=_TICK)
         self._sub = sub
         waiting = _Confirmation(len(topics))
         for n in range(0, len(topics), _SUBSCRIBE_BATCH):
             self._send_subscribe(sub, topics[n : n + _SUBSCRIBE_BATCH], waiting)
         # Messages of channels confirmed first may come before the last
         # confirmation: delivered in their order.
+        deadline = time.monotonic() + _IO_TIMEOUT
         while not waiting.event.is_set():
-            if not sub.can_read(timeout=_IO_TIMEOUT):
+            if time.monotonic() > deadline:
                 raise LinkLost("Redis did not confirm the subscriptions")
             self._dispatch(sub.read_response())
 
@@ -169,12 +173,14 @@ class RedisBroker(BrokerBase):
                 if not self._tick():
                     return
             if self._sub is not sub:
-                # Closed meanwhile: can_read would open a new connection.
                 raise LinkLost("the connection was closed")
-            if not sub.can_read(timeout=_TICK):
+            try:
+                # A timeout keeps what arrived of a reply for the next read.
+                reply = sub.read_response(disconnect_on_error=False)
+            except RedisTimeout:
                 idle = time.monotonic() - last
                 if idle > _DEAD_AFTER:
-                    raise LinkLost(f"no answer for {idle:.0f} s")
+                    raise LinkLost(f"no answer for {idle:.0f} s") from None
                 if idle > _PING_AFTER and not pinged:
                     with self._sub_lock:
                         sub.send_packed_command(
@@ -182,7 +188,6 @@ class RedisBroker(BrokerBase):
                         )
                     pinged = True
                 continue
-            reply = sub.read_response()
             last = time.monotonic()
             pinged = False
             self._dispatch(reply)
