@@ -246,29 +246,24 @@ class BrokerBase:
         return not self._closed and self._in_reader()
 
     def _go_up(self) -> None:
-        """Connect with every topic subscribed, and with those added meanwhile."""
+        """Connect with every topic subscribed, catch up with (un)subscriptions
+        made meanwhile, and only then let publishing go out."""
         with self._sub_lock:
-            topics = set(self._topics)
-        self._connect(sorted(topics))
-        self._went_up(topics)
+            subscribed = set(self._topics)
+        self._connect(sorted(subscribed))
+        with self._sub_lock:
+            if self._topics - subscribed:
+                self._subscribe(sorted(self._topics - subscribed))
+            if subscribed - self._topics:
+                self._unsubscribe(sorted(subscribed - self._topics))
+            if not self._reading():
+                raise LinkLost("closed while connecting")
+            self._up = True
 
     def _go_down(self) -> None:
         with self._sub_lock:
             self._up = False
         self._disconnect()
-
-    def _went_up(self, subscribed: set[str]) -> None:
-        """Catch up with (un)subscriptions made while connecting, then go up."""
-        with self._sub_lock:
-            added = self._topics - subscribed
-            removed = subscribed - self._topics
-            if added:
-                self._subscribe(sorted(added))
-            if removed:
-                self._unsubscribe(sorted(removed))
-            if not self._reading():
-                raise LinkLost("closed while connecting")
-            self._up = True
 
     def _link_broken(self, exc: BaseException) -> None:
         """A write failed outside the reader: the reader reconnects."""
