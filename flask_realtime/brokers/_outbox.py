@@ -143,6 +143,12 @@ class Outbox:
         if len(self._buffer):
             spawn(self._commits.submit, Pending(None))
 
+    def link_up(self) -> None:
+        """The broker (re)connected: retry at once, whatever failed before."""
+        self._retry_at = 0.0
+        self._backoff.reset()
+        self.flush_soon()
+
     def stuck(self) -> bool:
         """Messages wait, nobody publishes to take them, and a retry is due."""
         return (

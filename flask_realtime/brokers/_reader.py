@@ -58,7 +58,7 @@ class Reader:
                 self.settled.set()
                 backoff.reset()
                 warned = False
-                broker._outbox.flush_soon()
+                broker._outbox.link_up()
                 try:
                     broker._read()
                 except Exception as exc:
