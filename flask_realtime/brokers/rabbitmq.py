@@ -142,13 +142,20 @@ class RabbitMQBroker(BrokerBase):
                 link.channel.queue_unbind(self._queue, self._options.exchange, key)
             self._bound.difference_update(keys)
 
-    def _subscribe(self, topics: list[str]) -> _Bound:
+    def _subscribe(self, topics: list[str]) -> _Bound | None:
         link = self._consumer
         if link is None:
             raise LinkLost("not connected")
         keys = [routing_key(topic) for topic in topics]
         self._topic_of.update(zip(keys, topics, strict=True))
         done = _Bound()
+        if self._in_reader():
+            # on_message, or catching up after connecting: the reader drives
+            # the link, so it can wait here (deliveries meanwhile queue up in
+            # order), and what on_message publishes next finds the binding.
+            self._bind(link, keys, done)
+            link.wait(done.event.is_set, CALL_TIMEOUT)
+            return None
         self._waiting.add(done)
         link.soon(lambda: self._bind(link, keys, done))
         if self._consumer is not link:  # gone meanwhile: nobody would set it
