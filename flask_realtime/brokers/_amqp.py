@@ -21,6 +21,7 @@ from urllib.parse import quote, urlsplit
 import pika
 import pika.spec
 from pika.adapters.select_connection import IOLoop, SelectConnection
+from pika.adapters.utils.selector_ioloop_adapter import SelectorIOServicesAdapter
 
 from ..config import ConfigError, Settings
 from ._support import LinkLost, redact
@@ -123,6 +124,21 @@ class Options:
         return f"{self.queue_prefix}.{host}.{os.getpid()}.{os.urandom(4).hex()}"
 
 
+class _Services(SelectorIOServicesAdapter):
+    """pika's I/O services for its IOLoop, remembering the connected socket."""
+
+    sock: socket.socket | None = None
+
+    def create_streaming_connection(self, protocol_factory, sock, on_done, *args, **kw):  # type: ignore[no-untyped-def]
+        self.sock = sock
+        return super().create_streaming_connection(
+            protocol_factory, sock, on_done, *args, **kw
+        )
+
+
+_CORK = getattr(socket, "TCP_CORK", None)
+
+
 class Link:
     """One AMQP connection and its channel, made synchronous with deadlines."""
 
@@ -138,12 +154,13 @@ class Link:
         self._results: list[t.Any] = []
         self._first = self._low = self._unconfirmed = 0
         self._ioloop = IOLoop()
+        self._services = _Services(self._ioloop)
         self.connection = SelectConnection(
             params,
             on_open_callback=lambda c: c.channel(on_open_callback=self._opened),
             on_open_error_callback=self._failed,
             on_close_callback=self._failed,
-            custom_ioloop=self._ioloop,
+            custom_ioloop=self._services,
         )
         try:
             self.wait(lambda: self.channel is not None, CONNECT_TIMEOUT)
@@ -179,7 +196,7 @@ class Link:
     def call(self, method: t.Callable[..., t.Any], **kwargs: t.Any) -> t.Any:
         """One synchronous AMQP method: send it, wait for its answer."""
         answers: list[t.Any] = []
-        method(callback=lambda frame: self._wake(answers.append(frame)), **kwargs)
+        method(callback=lambda frame: self.wake(answers.append(frame)), **kwargs)
         self.wait(lambda: bool(answers), CALL_TIMEOUT)
         return answers[0]
 
@@ -224,9 +241,17 @@ class Link:
         self._batch, self._results = chunk, [_WAITING] * len(chunk)
         self._first, self._low, self._unconfirmed = self._tag + 1, 0, len(chunk)
         try:
-            for key, data in chunk:
-                self.channel.basic_publish(exchange, key, data, properties, True)
-                self._tag += 1
+            corked = self._cork(1)
+            try:
+                for key, data in chunk:
+                    self.channel.basic_publish(exchange, key, data, properties, True)
+                    self._tag += 1
+                if corked:  # one turn of the loop writes the frames, 3 a message
+                    self._ioloop.call_later(0, self._ioloop.stop)
+                    self._ioloop.start()
+            finally:
+                if corked:
+                    self._cork(0)  # and the kernel sends them in full segments
             self.wait(lambda: not self._unconfirmed, CONFIRM_TIMEOUT)
         except Exception as exc:
             self.error = self.error or str(exc) or type(exc).__name__
@@ -234,6 +259,18 @@ class Link:
             accepted = due[0] if due else len(chunk)
             raise LinkLost(self.error, accepted) from exc
         return self._results
+
+    def _cork(self, on: int) -> bool:
+        """TCP_CORK (Linux): pika sends each frame with its own send(), and
+        uncorked, each would be a TCP segment of its own."""
+        sock = self._services.sock
+        if _CORK is None or sock is None:
+            return False
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, _CORK, on)
+        except OSError:
+            return False
+        return True
 
     def _confirmed(self, frame: t.Any) -> None:
         method = frame.method
@@ -251,7 +288,7 @@ class Link:
             _RETURNED,
         ):
             self._low += 1
-        self._wake()
+        self.wake()
 
     def _returned(self, _ch: t.Any, method: t.Any, _props: t.Any, body: bytes) -> None:
         # RabbitMQ returns an unroutable mandatory message before confirming
@@ -265,7 +302,7 @@ class Link:
     def _delivered(self, _ch: t.Any, method: t.Any, _props: t.Any, body: bytes) -> None:
         self.deliveries.append((method.delivery_tag, method.routing_key, body))
         if len(self.deliveries) == 1:
-            self._wake()
+            self.wake()
 
     # -- state changes -----------------------------------------------------------
 
@@ -275,7 +312,7 @@ class Link:
             lambda _frame: self._failed(None, "the broker cancelled the consumer")
         )
         self.channel = channel
-        self._wake()
+        self.wake()
 
     def _failed(self, _source: object, reason: object) -> None:
         if self.error is None:
@@ -283,7 +320,7 @@ class Link:
             self.error = text.replace(self._password, "***") if self._password else text
         self._ioloop.stop()
 
-    def _wake(self, _: object = None) -> None:
+    def wake(self, _: object = None) -> None:
         """Let a wait return once its condition holds."""
         if self._done is not None and self._done():
             self._ioloop.stop()

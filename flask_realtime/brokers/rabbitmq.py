@@ -126,9 +126,12 @@ class RabbitMQBroker(BrokerBase):
         # and the last one's answer comes after every one of them.
         for key in keys[:-1]:
             link.channel.queue_bind(queue, exchange, key)
-        link.channel.queue_bind(
-            queue, exchange, keys[-1], callback=lambda _: self._release(done)
-        )
+
+        def bound(_frame: object) -> None:
+            self._release(done)
+            link.wake()  # a wait for it in the reader returns
+
+        link.channel.queue_bind(queue, exchange, keys[-1], callback=bound)
         if self._options.keeps_queue:
             self._bound.update(keys)
 
