@@ -21,9 +21,9 @@ from urllib.parse import quote, urlsplit
 import pika
 import pika.spec
 from pika.adapters.select_connection import IOLoop, SelectConnection
-from pika.adapters.utils.selector_ioloop_adapter import SelectorIOServicesAdapter
 
 from ..config import ConfigError, Settings
+from ._amqp_stream import Services
 from ._support import LinkLost, redact
 
 CONNECT_TIMEOUT = 2.0  # TCP (and TLS) and the AMQP handshake, all told
@@ -124,21 +124,6 @@ class Options:
         return f"{self.queue_prefix}.{host}.{os.getpid()}.{os.urandom(4).hex()}"
 
 
-class _Services(SelectorIOServicesAdapter):
-    """pika's I/O services for its IOLoop, remembering the connected socket."""
-
-    sock: socket.socket | None = None
-
-    def create_streaming_connection(self, protocol_factory, sock, on_done, *args, **kw):  # type: ignore[no-untyped-def]
-        self.sock = sock
-        return super().create_streaming_connection(
-            protocol_factory, sock, on_done, *args, **kw
-        )
-
-
-_CORK = getattr(socket, "TCP_CORK", None)
-
-
 class Link:
     """One AMQP connection and its channel, made synchronous with deadlines."""
 
@@ -154,13 +139,12 @@ class Link:
         self._results: list[t.Any] = []
         self._first = self._low = self._unconfirmed = 0
         self._ioloop = IOLoop()
-        self._services = _Services(self._ioloop)
         self.connection = SelectConnection(
             params,
             on_open_callback=lambda c: c.channel(on_open_callback=self._opened),
             on_open_error_callback=self._failed,
             on_close_callback=self._failed,
-            custom_ioloop=self._services,
+            custom_ioloop=Services(self._ioloop),
         )
         try:
             self.wait(lambda: self.channel is not None, CONNECT_TIMEOUT)
@@ -241,17 +225,9 @@ class Link:
         self._batch, self._results = chunk, [_WAITING] * len(chunk)
         self._first, self._low, self._unconfirmed = self._tag + 1, 0, len(chunk)
         try:
-            corked = self._cork(1)
-            try:
-                for key, data in chunk:
-                    self.channel.basic_publish(exchange, key, data, properties, True)
-                    self._tag += 1
-                if corked:  # one turn of the loop writes the frames, 3 a message
-                    self._ioloop.call_later(0, self._ioloop.stop)
-                    self._ioloop.start()
-            finally:
-                if corked:
-                    self._cork(0)  # and the kernel sends them in full segments
+            for key, data in chunk:  # written as one, see _amqp_stream.py
+                self.channel.basic_publish(exchange, key, data, properties, True)
+                self._tag += 1
             self.wait(lambda: not self._unconfirmed, CONFIRM_TIMEOUT)
         except Exception as exc:
             self.error = self.error or str(exc) or type(exc).__name__
@@ -259,18 +235,6 @@ class Link:
             accepted = due[0] if due else len(chunk)
             raise LinkLost(self.error, accepted) from exc
         return self._results
-
-    def _cork(self, on: int) -> bool:
-        """TCP_CORK (Linux): pika sends each frame with its own send(), and
-        uncorked, each would be a TCP segment of its own."""
-        sock = self._services.sock
-        if _CORK is None or sock is None:
-            return False
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, _CORK, on)
-        except OSError:
-            return False
-        return True
 
     def _confirmed(self, frame: t.Any) -> None:
         method = frame.method
