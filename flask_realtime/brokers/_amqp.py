@@ -32,6 +32,7 @@ CONFIRM_TIMEOUT = 1.5  # a publish never waits longer on a silent broker
 CLOSE_TIMEOUT = 1.0
 _CHUNK_MESSAGES, _CHUNK_BYTES = 500, 1 << 20  # one wait each, well within the deadline
 _WAITING, _RETURNED = object(), object()  # a message's confirm is still due
+_DUE = (_WAITING, _RETURNED)
 
 
 def routing_key(topic: str) -> str:
@@ -139,12 +140,13 @@ class Link:
         self._results: list[t.Any] = []
         self._first = self._low = self._unconfirmed = 0
         self._ioloop = IOLoop()
+        self._services = Services(self._ioloop)
         self.connection = SelectConnection(
             params,
             on_open_callback=lambda c: c.channel(on_open_callback=self._opened),
             on_open_error_callback=self._failed,
             on_close_callback=self._failed,
-            custom_ioloop=Services(self._ioloop),
+            custom_ioloop=self._services,
         )
         try:
             self.wait(lambda: self.channel is not None, CONNECT_TIMEOUT)
@@ -205,15 +207,14 @@ class Link:
         unroutable counts 0 receivers; one it refused (nack) is an Exception."""
         done: list[int | None | Exception] = []
         while len(done) < len(messages):
-            size, end = 0, len(done)
-            while end < len(messages) and end - len(done) < _CHUNK_MESSAGES:
+            end, size, limit = len(done), 0, len(done) + _CHUNK_MESSAGES
+            while end < min(limit, len(messages)) and size <= _CHUNK_BYTES:
                 size += len(messages[end][1])
                 end += 1
-                if size > _CHUNK_BYTES:
-                    break
             try:
-                chunk = messages[len(done) : end]
-                done += self._publish_chunk(exchange, chunk, properties)
+                done += self._publish_chunk(
+                    exchange, messages[len(done) : end], properties
+                )
             except LinkLost as exc:
                 exc.accepted += len(done)
                 raise
@@ -231,9 +232,8 @@ class Link:
             self.wait(lambda: not self._unconfirmed, CONFIRM_TIMEOUT)
         except Exception as exc:
             self.error = self.error or str(exc) or type(exc).__name__
-            due = [n for n, r in enumerate(self._results) if r in (_WAITING, _RETURNED)]
-            accepted = due[0] if due else len(chunk)
-            raise LinkLost(self.error, accepted) from exc
+            due = [n for n, result in enumerate(self._results) if result in _DUE]
+            raise LinkLost(self.error, due[0] if due else len(chunk)) from exc
         return self._results
 
     def _confirmed(self, frame: t.Any) -> None:
@@ -244,13 +244,10 @@ class Link:
         last = method.delivery_tag - self._first
         for n in range(self._low if method.multiple else last, last + 1):
             result = self._results[n] if 0 <= n < len(self._results) else None
-            if result is _WAITING or result is _RETURNED:
+            if result in _DUE:
                 self._results[n] = 0 if result is _RETURNED and value is None else value
                 self._unconfirmed -= 1
-        while self._low < len(self._results) and self._results[self._low] not in (
-            _WAITING,
-            _RETURNED,
-        ):
+        while self._low < len(self._results) and self._results[self._low] not in _DUE:
             self._low += 1
         self.wake()
 
@@ -317,8 +314,9 @@ class Link:
         self.abandon()
 
     def abandon(self) -> None:
-        """Free the loop without a word to the broker (gone, or silent)."""
+        """Free the loop and socket without a word to the broker (gone, or silent)."""
         try:
+            self._services.abort()
             self._ioloop.close()
         except Exception:
             pass

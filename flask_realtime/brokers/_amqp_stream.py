@@ -18,11 +18,18 @@ import typing as t
 from pika.adapters.utils import nbio_interface
 from pika.adapters.utils.selector_ioloop_adapter import SelectorIOServicesAdapter
 
-_READ_SIZE = 65536
+_READ_SIZE, _READS = 65536, 16  # per readable event: 1 MiB at most, then the loop
 
 
 class Services(SelectorIOServicesAdapter):
     """pika's I/O services for an IOLoop, with :class:`Stream` for plaintext."""
+
+    stream: Stream | None = None
+
+    def abort(self) -> None:
+        """Close the socket at once (the loop is about to be closed)."""
+        if self.stream is not None:
+            self.stream.abort()
 
     def create_streaming_connection(  # type: ignore[override]
         self,
@@ -37,7 +44,7 @@ class Services(SelectorIOServicesAdapter):
                 protocol_factory, sock, on_done, ssl_context, server_hostname
             )
         protocol = protocol_factory()
-        stream = Stream(sock, protocol, self)
+        stream = self.stream = Stream(sock, protocol, self)
         protocol.connection_made(stream)
         # The interface asks for on_done from the loop, not from this call.
         self.add_callback_threadsafe(lambda: on_done((stream, protocol)))
@@ -95,7 +102,9 @@ class Stream(nbio_interface.AbstractStreamTransport):
             self._nbio.remove_writer(self._fd)
 
     def _readable(self) -> None:
-        while self._sock is not None:
+        for _ in range(_READS):
+            if self._sock is None:
+                return
             try:
                 data = self._sock.recv(_READ_SIZE)
             except BlockingIOError:
