@@ -42,6 +42,13 @@ class Reader:
         if self._task is not None and not self.current():
             self._task.join(2.0)
 
+    def abandon(self) -> None:
+        """In a forked child: a reader greenlet copied from the parent must
+        never run again, or it would read the parent's socket."""
+        task, self._task = self._task, None
+        if hasattr(task, "kill"):  # a greenlet; a thread does not survive fork
+            task.kill(block=False)
+
     def _run(self) -> None:
         self.ident = threading.get_ident()
         broker = self._broker

@@ -287,6 +287,8 @@ class BrokerBase:
         """
         if self._pid == os.getpid():
             return
+        if self._reader is not None:
+            self._reader.abandon()
         self._drop_after_fork()
         self._reset()
 

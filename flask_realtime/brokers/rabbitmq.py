@@ -258,11 +258,6 @@ class RabbitMQBroker(BrokerBase):
         link.close()
 
     def _drop_after_fork(self) -> None:
-        # A reader greenlet came along into the child, waiting in the parent's
-        # loop: it must never run again, or it would read the parent's socket.
-        task = getattr(self._reader, "_task", None)
-        if hasattr(task, "kill"):
-            task.kill(block=False)
         # The child's copies of the sockets are dropped, never used or shut down.
         self._consumer = self._publisher = None
         self._pub_lock = threading.Lock()
