@@ -281,6 +281,30 @@ def test_messages_on_different_topics_arrive_in_the_servers_order(
     assert inbox.messages == sent
 
 
+def test_unsubscribing_a_busy_topic_never_holds_back_the_others(
+    server: BrokerServer, make: t.Any
+) -> None:
+    """Messages of a dropped subscription leave no gap in the server's order."""
+    subscriber, inbox = make(REALTIME_BROKER_URL=server.url)
+    publisher, _ = make(REALTIME_BROKER_URL=server.url)
+    subscriber.subscribe("c:busy", "c:steady")
+
+    def publish_all() -> None:
+        for n in range(2000):
+            publisher.publish("c:busy", b"%d" % n)
+            publisher.publish("c:steady", b"%d" % n)
+
+    publishing = threading.Thread(target=publish_all)
+    publishing.start()
+    while publishing.is_alive():
+        subscriber.unsubscribe("c:busy")
+        subscriber.subscribe("c:busy")
+    publishing.join()
+    publisher.publish("c:steady", b"end")
+    inbox.wait_for(lambda: b"end" in inbox.payloads("c:steady"))
+    assert inbox.payloads("c:steady") == [b"%d" % n for n in range(2000)] + [b"end"]
+
+
 def test_a_returned_publish_is_ahead_of_any_later_one_from_another_connection(
     server: BrokerServer, make: t.Any
 ) -> None:
