@@ -24,7 +24,7 @@ import pytest
 
 from flask_realtime import config as _config
 from flask_realtime.brokers import BrokerUnavailable, create_broker
-from flask_realtime.brokers import nats as nats_broker
+from flask_realtime.brokers._nats_link import subject as nats_subject
 from flask_realtime.config import ConfigError
 from tests import brokerservers
 from tests.brokerclients import (
@@ -225,14 +225,14 @@ def test_a_topic_is_one_literal_token_under_the_prefix() -> None:
         "",
         "%",
     ]
-    subjects = [nats_broker._subject(topic) for topic in topics]
+    subjects = [nats_subject(topic) for topic in topics]
     assert len(set(subjects)) == len(topics)
     for subject in subjects:
         assert subject.startswith("flask_realtime.t.")
         token = subject.removeprefix("flask_realtime.t.")
         assert token and not set(token) & set(".*> \t\r\n")
     # Characters channel names use stay readable on the server.
-    assert nats_broker._subject("c:x_y-z:a=b@c#d") == "flask_realtime.t.c:x_y-z:a=b@c#d"
+    assert nats_subject("c:x_y-z:a=b@c#d") == "flask_realtime.t.c:x_y-z:a=b@c#d"
 
 
 def test_wildcard_lookalike_topics_match_only_themselves(
@@ -269,7 +269,7 @@ def test_messages_on_different_topics_arrive_in_the_servers_order(
         # One connection, no waiting: the messages come back packed together.
         client = await nats_py.connect(server.url)
         for topic, data in sent:
-            await client.publish(nats_broker._subject(topic), data)
+            await client.publish(nats_subject(topic), data)
         await client.flush()
         await client.close()
 
@@ -328,7 +328,7 @@ def test_concurrent_publishers_share_confirmations_and_keep_their_order(
     publisher, _ = make(REALTIME_BROKER_URL=server.url)
     subscriber.subscribe("c:crowd")
     publisher.publish("c:crowd", b"warm-up")
-    markers_before = publisher._numbers
+    markers_before = publisher._unconfirmed.last
 
     def publish_many(n: int) -> None:
         for i in range(300):
@@ -344,7 +344,7 @@ def test_concurrent_publishers_share_confirmations_and_keep_their_order(
         mine = [d for d in inbox.payloads() if d.startswith(b"%d:" % n)]
         assert mine == [b"%d:%d" % (n, i) for i in range(300)]
     # One marker (one round trip) answers every publisher of a batch.
-    assert publisher._numbers - markers_before < 20 * 300 * 0.8
+    assert publisher._unconfirmed.last - markers_before < 20 * 300 * 0.8
 
 
 def test_on_message_runs_on_one_reader_thread_one_call_at_a_time(
