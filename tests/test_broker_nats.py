@@ -504,6 +504,8 @@ GEVENT_SCRIPT = """
     import gevent
     from flask_realtime import _runtime
     assert _runtime.gevent_active()
+    # A host name: the loop's thread resolves it without gevent's resolver.
+    sys.argv[1] = sys.argv[1].replace("127.0.0.1", "localhost")
 
     got = []
     readers = set()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import re
 import secrets
 import selectors
@@ -31,6 +32,7 @@ from nats.aio.msg import Msg
 from .._runtime import event, gevent_active
 from ._support import LinkLost
 
+log = logging.getLogger("flask_realtime")
 T = t.TypeVar("T")
 Messages = list[tuple[str, bytes]]
 
@@ -85,11 +87,10 @@ class _GeventSafeLoop(asyncio.SelectorEventLoop):
     """Resolves names with the OS's blocking resolver: asyncio's default
     executor would start greenlets in a thread whose hub never runs."""
 
-    async def getaddrinfo(self, host: t.Any, port: t.Any, *args: t.Any) -> t.Any:  # type: ignore[override]
+    async def getaddrinfo(self, *args: t.Any, **kwargs: t.Any) -> t.Any:  # type: ignore[override]
         from gevent import monkey
 
-        resolve = monkey.get_original("socket", "getaddrinfo")
-        return resolve(host, port, *args)
+        return monkey.get_original("socket", "getaddrinfo")(*args, **kwargs)
 
 
 class LoopThread:
@@ -212,6 +213,7 @@ class Link:
         self.idle = False  # the reader waits for wake
         self.error: BaseException | None = None
         self.dead = False
+        self.warned = False  # a batch went unconfirmed on this connection
 
     def _stamp(self, **fields: t.Any) -> Msg:
         """nats-py's ``msg_class``: called in the server's order."""
@@ -324,3 +326,5 @@ class Link:
 
     async def on_error(self, exc: Exception) -> None:
         self.error = exc
+        if self.nc.is_connected:  # a refused permission, say; not a lost link
+            log.warning("the nats broker: %s", exc)

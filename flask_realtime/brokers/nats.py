@@ -186,11 +186,13 @@ class NatsBroker(BrokerBase):
             raise LinkLost(str(exc) or type(exc).__name__) from exc
         if not done.confirmed:
             self._unconfirmed.batches[done.number] = messages  # resent if lost
-            log.warning(
+            log.log(
+                logging.DEBUG if link.warned else logging.WARNING,
                 "the nats broker at %s has not confirmed publishes within %s s",
                 self.url,
                 _CONFIRM_WAIT,
             )
+            link.warned = True
         return done.counts
 
     def _subscribe(self, topics: list[str]) -> Signal | None:
