@@ -44,11 +44,8 @@ LOST = object()  # in the inbox: the connection is gone; in a slot: unsubscribed
 
 @functools.lru_cache(maxsize=65536)
 def subject(topic: str) -> str:
-    """The NATS subject of ``topic``: one literal token, distinct per topic.
-
-    Every character but ``[A-Za-z0-9_-:=@#]`` is percent-encoded ('%' too, so
-    the encoding is reversible; "%" alone stands for ""), so '.', '*', '>'
-    and spaces in a topic never make a wildcard or a second token."""
+    """The NATS subject of ``topic``: one literal token, distinct per topic;
+    all but ``[A-Za-z0-9_-:=@#]`` percent-encoded ('%' too; "%" stands for "")."""
     return _TOPICS + (_UNSAFE.sub(_escape, topic) or "%")
 
 
@@ -173,15 +170,14 @@ class Round:
     def __init__(self, number: int, size: int) -> None:
         self.number = number
         self.future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        # Per message: 0 after a "503" (nobody subscribes), an error if
-        # refused, else None.
+        # Per message: 0 after a "503" (nobody subscribes), its error, or None.
         self.counts: list[int | None | Exception] = [None] * size
         self.confirmed = False
 
 
 class Unconfirmed:
-    """Batches whose marker never came, kept across connections to be resent;
-    numbers every batch and check, so a late marker finds its own."""
+    """Batches whose marker never came, resent on the next connection; numbers
+    every batch across connections, so a late marker finds its own."""
 
     def __init__(self) -> None:
         self.last = 0
