@@ -347,6 +347,32 @@ def test_concurrent_publishers_share_confirmations_and_keep_their_order(
     assert publisher._unconfirmed.last - markers_before < 20 * 300 * 0.8
 
 
+def test_publish_counts_zero_exactly_for_the_topics_nobody_subscribes_to(
+    server: BrokerServer, make: t.Any
+) -> None:
+    """The server's "503" for each such message of a batch, before its marker."""
+    subscriber, _ = make(REALTIME_BROKER_URL=server.url)
+    publisher, _ = make(REALTIME_BROKER_URL=server.url)
+    subscriber.subscribe("c:here")
+    assert publisher.publish("c:nobody", b"x") == 0
+    assert publisher.publish("c:here", b"x") is None
+    counts: dict[str, list[int | None]] = {"c:here": [], "c:nobody": []}
+
+    def publish_many(topic: str) -> None:
+        for _ in range(200):
+            counts[topic].append(publisher.publish(topic, b"x"))
+
+    threads = [
+        threading.Thread(target=publish_many, args=(topic,))
+        for topic in ("c:here", "c:nobody") * 4
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert counts == {"c:here": [None] * 800, "c:nobody": [0] * 800}
+
+
 def test_on_message_runs_on_one_reader_thread_one_call_at_a_time(
     server: BrokerServer, make: t.Any
 ) -> None:
