@@ -17,7 +17,9 @@ Two measurements per broker:
 * ``max``: N broadcasts as fast as one publisher process goes (G greenlets
   publishing at once, so the broker clients can batch); the sustained
   figure is N over the time from the first publish to the last delivery,
-  reported only when all N arrived.
+  reported only when all N arrived. The publisher also counts the batches
+  its broker sent: messages per batch near 1 means group commit did not
+  engage, and the figure is a round trip per message.
 
 Usage::
 
@@ -31,6 +33,7 @@ import argparse
 import base64
 import json
 import os
+import resource
 import socket
 import subprocess
 import sys
@@ -220,12 +223,14 @@ def publish_main(argv: list[str]) -> None:
     parser.add_argument("--greenlets", type=int, default=1)
     args = parser.parse_args(argv)
 
-    from cluster_app import app
+    from cluster_app import app, realtime
 
     from flask_realtime import broadcast
 
     with app.app_context():
         broadcast("warmup", "m", {})  # connects
+        batches = count_batches(realtime.node.broker)
+        cpu_started = own_cpu()
         started = time.time()
         published = 0
         if args.rate:
@@ -247,7 +252,24 @@ def publish_main(argv: list[str]) -> None:
             gevent.joinall(jobs, raise_error=True)
             published = per * args.greenlets
         elapsed = time.time() - started
-    print(json.dumps({"started": started, "published": published, "seconds": elapsed}))
+        cpu = own_cpu() - cpu_started
+    result = {"started": started, "published": published, "seconds": elapsed}
+    result["cpu"] = cpu
+    result["batches"] = len(batches)
+    print(json.dumps(result))
+
+
+def count_batches(broker: t.Any) -> list[int]:
+    """The size of each batch ``broker`` sends from now on (BrokerBase's)."""
+    sizes: list[int] = []
+    send_batch = broker._send_batch
+
+    def counting(messages: list[t.Any]) -> t.Any:
+        sizes.append(len(messages))
+        return send_batch(messages)
+
+    broker._send_batch = counting
+    return sizes
 
 
 def run_publisher(kind: str, url: str, *args: str) -> dict[str, t.Any]:
@@ -263,6 +285,24 @@ def run_publisher(kind: str, url: str, *args: str) -> dict[str, t.Any]:
 
 
 # -- one broker ---------------------------------------------------------------
+
+
+def group_cpu(group: int) -> float:
+    """CPU seconds used so far by the processes of one process group (Linux)."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue  # gone meanwhile
+        if int(fields[2]) == group:  # pgrp; utime and stime follow at 11, 12
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -295,6 +335,8 @@ def measure(kind: str, args: argparse.Namespace, work: Path) -> dict[str, t.Any]
         # The most one publisher process sustains, all delivered.
         subscriber.reset()
         subscriber.keep_latency = False
+        assert broker.process is not None
+        cpu_before = (group_cpu(node.pid), group_cpu(broker.process.pid), own_cpu())
         burst = run_publisher(
             kind,
             broker.url,
@@ -312,10 +354,24 @@ def measure(kind: str, args: argparse.Namespace, work: Path) -> dict[str, t.Any]
                 quiet_until = time.time() + 10
             time.sleep(0.05)
         span = subscriber.last_at - burst["started"]
+        cpu_after = (group_cpu(node.pid), group_cpu(broker.process.pid), own_cpu())
+        node_cpu, broker_cpu, subscriber_cpu = (
+            (after - before) * 1e6 / expected
+            for before, after in zip(cpu_before, cpu_after, strict=True)
+        )
+        result.update(
+            cpu_us=dict(  # CPU time per message, in microseconds
+                publisher=burst["cpu"] * 1e6 / expected,
+                node_b=node_cpu,
+                broker=broker_cpu,
+                subscriber=subscriber_cpu,
+            ),
+        )
         result.update(
             max_published=expected,
             max_delivered=subscriber.count,
             publish_rate=expected / burst["seconds"],
+            per_batch=expected / burst["batches"] if burst["batches"] else None,
             sustained_rate=expected / span if subscriber.count == expected else None,
         )
         return result
@@ -329,16 +385,34 @@ def measure(kind: str, args: argparse.Namespace, work: Path) -> dict[str, t.Any]
         broker.stop()
 
 
+def versions() -> dict[str, str]:
+    """What the figures depend on, printed beside them."""
+    import platform
+    from importlib import metadata
+
+    found = {"python": platform.python_version()}
+    found["cpus"] = str(os.cpu_count())
+    found["load average"] = f"{os.getloadavg()[0]:.2f}"
+    for name in ("gevent", "greenlet", "redis", "hiredis", "pika", "nats-py"):
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = "-"
+    return found
+
+
 def report(results: list[dict[str, t.Any]]) -> None:
     def number(value: float | None, spec: str) -> str:
         return "-" if value is None else format(value, spec)
 
     print()
+    print(", ".join(f"{name} {version}" for name, version in versions().items()))
     print(
         "| broker | p50 ms | p99 ms | delivered at 1,000/s | publish rate/s"
-        " | sustained, all delivered/s | seed promise |"
+        " | messages per batch | sustained, all delivered/s"
+        " | CPU us/message: publisher, node B, broker, subscriber | seed promise |"
     )
-    print("|---|---:|---:|---:|---:|---:|---|")
+    print("|---|---:|---:|---:|---:|---:|---:|---|---|")
     for r in results:
         seed_latency, seed_rate = SEED[r["broker"]]
         print(
@@ -346,8 +420,10 @@ def report(results: list[dict[str, t.Any]]) -> None:
             f" | {number(r['p99_ms'], '.2f')}"
             f" | {r['paced_delivered']:,}/{r['paced_published']:,}"
             f" | {number(r['publish_rate'], ',.0f')}"
+            f" | {number(r['per_batch'], '.1f')}"
             f" | {number(r['sustained_rate'], ',.0f')}"
             f" ({r['max_delivered']:,}/{r['max_published']:,})"
+            f" | {', '.join(format(v, '.1f') for v in r['cpu_us'].values())}"
             f" | {seed_latency}, {seed_rate} msg/s |"
         )
 
@@ -374,7 +450,8 @@ def main(argv: list[str] | None = None) -> int:
             results.append(result)
     report(results)
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
+        document = {"versions": versions(), "results": results}
+        Path(args.json).write_text(json.dumps(document, indent=2))
     return 0
 
 

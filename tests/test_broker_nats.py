@@ -24,7 +24,7 @@ import pytest
 
 from flask_realtime import config as _config
 from flask_realtime.brokers import BrokerUnavailable, create_broker
-from flask_realtime.brokers import nats as nats_broker
+from flask_realtime.brokers._nats_link import subject as nats_subject
 from flask_realtime.config import ConfigError
 from tests import brokerservers
 from tests.brokerclients import (
@@ -201,9 +201,11 @@ def test_a_token_url_connects_and_the_token_is_never_shown(
     round_trip(broker, inbox, "c:token", b"let in")
     assert f"nats://***@127.0.0.1:{server.port}" in caplog.text
     server.kill()
-    with pytest.raises(BrokerUnavailable) as raised:
-        broker.request("n:anyone", b"?", 1)
-    assert "t0ken-9d2e" not in str(raised.value) + caplog.text
+    deadline = time.monotonic() + TIMEOUT
+    while "lost the connection" not in caplog.text:
+        assert time.monotonic() < deadline, caplog.text
+        time.sleep(0.05)
+    assert "t0ken-9d2e" not in caplog.text + broker.url
 
 
 # -- subjects ------------------------------------------------------------------
@@ -223,14 +225,14 @@ def test_a_topic_is_one_literal_token_under_the_prefix() -> None:
         "",
         "%",
     ]
-    subjects = [nats_broker._subject(topic) for topic in topics]
+    subjects = [nats_subject(topic) for topic in topics]
     assert len(set(subjects)) == len(topics)
     for subject in subjects:
         assert subject.startswith("flask_realtime.t.")
         token = subject.removeprefix("flask_realtime.t.")
         assert token and not set(token) & set(".*> \t\r\n")
     # Characters channel names use stay readable on the server.
-    assert nats_broker._subject("c:x_y-z:a=b@c#d") == "flask_realtime.t.c:x_y-z:a=b@c#d"
+    assert nats_subject("c:x_y-z:a=b@c#d") == "flask_realtime.t.c:x_y-z:a=b@c#d"
 
 
 def test_wildcard_lookalike_topics_match_only_themselves(
@@ -243,7 +245,7 @@ def test_wildcard_lookalike_topics_match_only_themselves(
         publisher.publish(topic, topic.encode())
     publisher.publish("c:*", b"end")
     inbox.wait_for(lambda: b"end" in inbox.payloads())
-    assert [(topic, data) for topic, data, _ in inbox.messages] == [
+    assert inbox.messages == [
         ("c:a.*", b"c:a.*"),
         ("c:>", b"c:>"),
         ("c:*", b"c:*"),
@@ -267,7 +269,7 @@ def test_messages_on_different_topics_arrive_in_the_servers_order(
         # One connection, no waiting: the messages come back packed together.
         client = await nats_py.connect(server.url)
         for topic, data in sent:
-            await client.publish(nats_broker._subject(topic), data)
+            await client.publish(nats_subject(topic), data)
         await client.flush()
         await client.close()
 
@@ -276,7 +278,31 @@ def test_messages_on_different_topics_arrive_in_the_servers_order(
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         pool.submit(asyncio.run, burst()).result(timeout=60)
     inbox.wait_for(lambda: len(inbox.messages) == len(sent))
-    assert [(topic, data) for topic, data, _ in inbox.messages] == sent
+    assert inbox.messages == sent
+
+
+def test_unsubscribing_a_busy_topic_never_holds_back_the_others(
+    server: BrokerServer, make: t.Any
+) -> None:
+    """Messages of a dropped subscription leave no gap in the server's order."""
+    subscriber, inbox = make(REALTIME_BROKER_URL=server.url)
+    publisher, _ = make(REALTIME_BROKER_URL=server.url)
+    subscriber.subscribe("c:busy", "c:steady")
+
+    def publish_all() -> None:
+        for n in range(2000):
+            publisher.publish("c:busy", b"%d" % n)
+            publisher.publish("c:steady", b"%d" % n)
+
+    publishing = threading.Thread(target=publish_all)
+    publishing.start()
+    while publishing.is_alive():
+        subscriber.unsubscribe("c:busy")
+        subscriber.subscribe("c:busy")
+    publishing.join()
+    publisher.publish("c:steady", b"end")
+    inbox.wait_for(lambda: b"end" in inbox.payloads("c:steady"))
+    assert inbox.payloads("c:steady") == [b"%d" % n for n in range(2000)] + [b"end"]
 
 
 def test_a_returned_publish_is_ahead_of_any_later_one_from_another_connection(
@@ -302,7 +328,7 @@ def test_concurrent_publishers_share_confirmations_and_keep_their_order(
     publisher, _ = make(REALTIME_BROKER_URL=server.url)
     subscriber.subscribe("c:crowd")
     publisher.publish("c:crowd", b"warm-up")
-    markers_before = publisher._seq
+    markers_before = publisher._unconfirmed.last
 
     def publish_many(n: int) -> None:
         for i in range(300):
@@ -318,7 +344,33 @@ def test_concurrent_publishers_share_confirmations_and_keep_their_order(
         mine = [d for d in inbox.payloads() if d.startswith(b"%d:" % n)]
         assert mine == [b"%d:%d" % (n, i) for i in range(300)]
     # One marker (one round trip) answers every publisher of a batch.
-    assert publisher._seq - markers_before < 20 * 300 * 0.8
+    assert publisher._unconfirmed.last - markers_before < 20 * 300 * 0.8
+
+
+def test_publish_counts_zero_exactly_for_the_topics_nobody_subscribes_to(
+    server: BrokerServer, make: t.Any
+) -> None:
+    """The server's "503" for each such message of a batch, before its marker."""
+    subscriber, _ = make(REALTIME_BROKER_URL=server.url)
+    publisher, _ = make(REALTIME_BROKER_URL=server.url)
+    subscriber.subscribe("c:here")
+    assert publisher.publish("c:nobody", b"x") == 0
+    assert publisher.publish("c:here", b"x") is None
+    counts: dict[str, list[int | None]] = {"c:here": [], "c:nobody": []}
+
+    def publish_many(topic: str) -> None:
+        for _ in range(200):
+            counts[topic].append(publisher.publish(topic, b"x"))
+
+    threads = [
+        threading.Thread(target=publish_many, args=(topic,))
+        for topic in ("c:here", "c:nobody") * 4
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert counts == {"c:here": [None] * 800, "c:nobody": [0] * 800}
 
 
 def test_on_message_runs_on_one_reader_thread_one_call_at_a_time(
@@ -328,7 +380,7 @@ def test_on_message_runs_on_one_reader_thread_one_call_at_a_time(
     running = [0]
     lock = threading.Lock()
 
-    def on_message(topic: str, data: bytes, reply_to: str | None) -> None:
+    def on_message(topic: str, data: bytes) -> None:
         with lock:
             running[0] += 1
             calls.append((threading.get_ident(), running[0]))
@@ -363,32 +415,24 @@ def test_on_message_runs_on_one_reader_thread_one_call_at_a_time(
         subscriber.close()
 
 
-def test_inside_on_message_subscribe_and_request_work(
+def test_inside_on_message_a_subscription_is_in_place_when_it_returns(
     server: BrokerServer, make: t.Any
 ) -> None:
-    """The loop, not the reader, confirms and answers: the reader may wait on it."""
+    """The loop, not the reader, confirms: the reader may wait for it."""
     publisher, _ = make(REALTIME_BROKER_URL=server.url)
-    responder, responder_inbox = make(REALTIME_BROKER_URL=server.url)
-    responder_inbox.replier = lambda broker, topic, data, reply_to: broker.reply(
-        reply_to, data + b" answered"
-    )
-    responder.subscribe("n:elsewhere")
     inbox = Inbox()
-    outcome: dict[str, t.Any] = {}
 
-    def callback(topic: str, data: bytes, reply_to: str | None) -> None:
+    def callback(topic: str, data: bytes) -> None:
         if topic == "c:trigger":
             broker.subscribe("c:dynamic")
-            outcome["request"] = broker.request("n:elsewhere", b"asked", TIMEOUT)
             publisher.publish("c:dynamic", b"right after")
-        inbox(topic, data, reply_to)
+        inbox(topic, data)
 
     broker = create_broker(settings(REALTIME_BROKER_URL=server.url), callback)
     try:
         broker.subscribe("c:trigger")
         publisher.publish("c:trigger", b"go")
         inbox.wait_for(lambda: bool(inbox.payloads("c:dynamic")))
-        assert outcome["request"] == b"asked answered"
         assert inbox.payloads() == [b"go", b"right after"]
     finally:
         broker.close()
@@ -443,39 +487,6 @@ def test_a_publish_lost_with_its_connection_is_sent_again_after_reconnecting(
     assert inbox.payloads() == [b"before", b"taken by a dying server", b"after"]
 
 
-def test_request_while_unreachable_fails_at_once(make: t.Any) -> None:
-    broker, _ = make(REALTIME_BROKER_URL=f"nats://127.0.0.1:{free_port()}")
-    started = time.monotonic()
-    with pytest.raises(BrokerUnavailable):
-        broker.request("n:anyone", b"?", TIMEOUT)
-    assert time.monotonic() - started < 2.5
-
-
-def test_a_request_pending_when_the_connection_drops_fails_at_once(
-    own_broker_server: t.Any, make: t.Any
-) -> None:
-    server = own_broker_server("nats")
-    responder, inbox = make(REALTIME_BROKER_URL=server.url)
-    requester, _ = make(REALTIME_BROKER_URL=server.url)
-    responder.subscribe("n:silent")
-    outcome: list[BaseException] = []
-
-    def ask() -> None:
-        try:
-            requester.request("n:silent", b"anyone?", 30)
-        except BaseException as exc:
-            outcome.append(exc)
-
-    asking = threading.Thread(target=ask)
-    asking.start()
-    inbox.wait_for(lambda: bool(inbox.messages))  # the request is out
-    started = time.monotonic()
-    server.kill()
-    asking.join(TIMEOUT)
-    assert time.monotonic() - started < 5
-    assert len(outcome) == 1 and isinstance(outcome[0], BrokerUnavailable)
-
-
 # -- life cycle ----------------------------------------------------------------
 
 
@@ -489,15 +500,16 @@ def test_close_is_idempotent_and_ends_the_reader_and_the_loop(
     broker.subscribe("c:short")
     round_trip(broker, inbox, "c:short", b"hello")
     assert len(set(threading.enumerate()) - before) >= 2  # the loop and the reader
+    loop = broker._loop
     broker.close()
     broker.close()
     with pytest.raises(BrokerUnavailable, match="closed"):
         broker.publish("c:short", b"too late")
     deadline = time.monotonic() + TIMEOUT
-    while set(threading.enumerate()) - before:
+    while set(threading.enumerate()) - before or not loop.finished:
         assert time.monotonic() < deadline, set(threading.enumerate()) - before
         time.sleep(0.02)
-    assert nats_broker._runner is None
+    assert broker._loop is None and loop.loop.is_closed()
 
 
 def test_an_unused_broker_closes_without_connecting() -> None:
@@ -517,43 +529,46 @@ GEVENT_SCRIPT = """
     import asyncio
     import gevent
     from flask_realtime import _runtime
-    from flask_realtime.brokers import nats as nats_broker
     assert _runtime.gevent_active()
+    # A host name: the loop's thread resolves it without gevent's resolver.
+    sys.argv[1] = sys.argv[1].replace("127.0.0.1", "localhost")
 
     got = []
     readers = set()
-    def on_message(topic, data, reply_to):
+    def on_message(topic, data):
         readers.add(gevent.getcurrent())
         gevent.sleep(0)  # cooperative code (a client's socket write) is safe here
         got.append((topic, data))
-        if reply_to:
-            gevent.spawn_later(0.05, broker.reply, reply_to, data + b" back")
 
     broker = create_broker(settings(), on_message)
     publisher = create_broker(settings(), lambda *a: None)
     broker.subscribe("c:room", "n:me")
-    runner = nats_broker._runner
-    assert isinstance(runner.worker, gevent.Greenlet)
+    ticks = []
+    def tick():
+        while True:
+            ticks.append(1)
+            gevent.sleep(0.005)
+    ticker = gevent.spawn(tick)
 
     def publish_many(n):
         for i in range(200):
             publisher.publish("c:room", b"%d:%d" % (n, i))
 
     workers = [gevent.spawn(publish_many, n) for n in range(50)]
-    asks = [gevent.spawn(publisher.request, "n:me", b"q%d" % n, 10) for n in range(10)]
-    gevent.joinall(workers + asks, raise_error=True)
-    assert sorted(a.value for a in asks) == sorted(b"q%d back" % n for n in range(10))
+    gevent.joinall(workers, raise_error=True)
     wait_for(lambda: len([d for t, d in got if t == "c:room"]) == 50 * 200)
     for n in range(50):
         mine = [d for t, d in got if d.startswith(b"%d:" % n)]
         assert mine == [b"%d:%d" % (n, i) for i in range(200)]
-    assert publisher.request("n:nobody", b"?", 10) is None
-    # One reader: a greenlet of this hub, neither the caller nor the loop's.
+    assert publisher.publish("n:me", b"?") is None
+    assert publisher.publish("n:nobody", b"?") == 0
+    # The hub ran other greenlets all along: waiting for NATS never blocks it.
+    assert len(ticks) > 5, len(ticks)
+    # One reader: a greenlet of this hub, not the caller.
     assert len(readers) == 1
     (reader,) = readers
-    assert isinstance(reader, gevent.Greenlet)
-    assert reader is not gevent.getcurrent() and reader is not runner.worker
-    # The loop is not "running" for other greenlets: their asyncio still works.
+    assert isinstance(reader, gevent.Greenlet) and reader is not gevent.getcurrent()
+    # The loop is not "running" for the greenlets: their asyncio still works.
     async def other_asyncio():
         await asyncio.sleep(0)
         return "mine"
@@ -568,11 +583,11 @@ GEVENT_SCRIPT = """
         assert n < 300, "no message after the restart"
         publisher.publish("c:room", b"after %d" % n)
         gevent.sleep(0.1)
-    assert publisher.request("n:me", b"again", 10) == b"again back"
+    loops = [broker._loop, publisher._loop]
     broker.close()
     publisher.close()
-    runner.worker.join(5)
-    assert runner.worker.dead and nats_broker._runner is None
+    ticker.kill()
+    wait_for(lambda: all(loop.finished for loop in loops))
     print("reconnect ok", flush=True)
 """
 

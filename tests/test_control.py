@@ -17,12 +17,12 @@ import pytest
 from flask_realtime.brokers import BrokerUnavailable, create_broker
 from flask_realtime.node import control as control_module
 from flask_realtime.node.control import Control, message, split_message
+from tests import brokerservers
 from tests.brokerclients import TIMEOUT, settings_for
 from tests.brokerservers import BrokerServer
 
-# Every broker of the new interface; NATS and RabbitMQ join once their
-# publish returns the receiver count.
-KINDS = ("null", "redis")
+# Every broker: the control layer runs on plain publish/subscribe.
+KINDS = ("null", *brokerservers.KINDS)
 
 Answer = t.Callable[[Control, str, bytes, str], None]
 

@@ -1,17 +1,28 @@
-"""Pieces every networked broker needs: outage buffer, backoff, replies."""
+"""Leaf helpers of the broker base: its errors, URL redaction, backoff, the
+outage buffer."""
 
 from __future__ import annotations
 
-import itertools
-import os
 import random
-import secrets
 import typing as t
 from collections import deque
 from urllib.parse import urlsplit, urlunsplit
 
-from .._runtime import event, real_lock
-from .base import BrokerUnavailable
+
+class BrokerUnavailable(RuntimeError):
+    """The broker is unreachable and the outage buffer is full (or it is closed).
+
+    Raised by ``publish`` (and so by ``broadcast``) instead of waiting or
+    dropping messages silently; ``REALTIME_BROKER_BUFFER`` sets the buffer.
+    """
+
+
+class LinkLost(ConnectionError):
+    """A backend's connection failed after the first ``accepted`` of a batch."""
+
+    def __init__(self, message: str, accepted: int = 0) -> None:
+        super().__init__(message)
+        self.accepted = accepted
 
 
 def redact(url: str) -> str:
@@ -44,78 +55,25 @@ class Backoff:
 class OutageBuffer:
     """Messages published while the broker is unreachable, sent on reconnect."""
 
-    def __init__(self, limit: int, kind: str, url: str) -> None:
+    def __init__(self, limit: int) -> None:
         self.limit = limit
-        self._where = f"{kind} broker at {redact(url)}"
         self._items: deque[tuple[str, bytes]] = deque()
 
-    def add(self, topic: str, data: bytes) -> None:
+    def add(self, topic: str, data: bytes) -> bool:
+        """Keep one message; False when the buffer is full."""
         if len(self._items) >= self.limit:
-            raise BrokerUnavailable(
-                f"the {self._where} is unreachable and {self.limit} messages"
-                " already wait for it (REALTIME_BROKER_BUFFER)"
-            )
+            return False
         self._items.append((topic, data))
+        return True
+
+    def put_back(self, items: t.Sequence[tuple[str, bytes]]) -> None:
+        """Return unsent items to the front, oldest first (the bound may be passed)."""
+        self._items.extendleft(reversed(items))
+
+    def take(self, limit: int) -> list[tuple[str, bytes]]:
+        """Up to ``limit`` of the oldest items, removed."""
+        count = min(limit, len(self._items))
+        return [self._items.popleft() for _ in range(count)]
 
     def __len__(self) -> int:
         return len(self._items)
-
-    def drain(self) -> t.Iterator[tuple[str, bytes]]:
-        """Oldest first; an item is removed only once the caller sent it."""
-        while self._items:
-            yield self._items[0]
-            self._items.popleft()
-
-
-class PendingReplies:
-    """Requests waiting for their answer, for brokers without native replies.
-
-    Each process gets one inbox topic; a request carries ``<inbox>#<n>`` as
-    its reply address, and a reply published to the inbox with that address
-    resolves the waiter. A forked child gets an inbox of its own: sharing
-    the parent's would hand it the parent's replies.
-    """
-
-    def __init__(self) -> None:
-        self._pid = 0
-        self._inbox = ""
-        self._serial = itertools.count(1)
-        self._waiting: dict[str, list[t.Any]] = {}
-        self._lock = real_lock()
-
-    @property
-    def inbox(self) -> str:
-        if self._pid != os.getpid():
-            self._pid = os.getpid()
-            self._inbox = "i:" + secrets.token_hex(8)
-            self._waiting = {}
-            self._lock = real_lock()
-        return self._inbox
-
-    def new(self) -> tuple[str, t.Any]:
-        reply_to = f"{self.inbox}#{next(self._serial)}"
-        slot = [event(), None]
-        with self._lock:
-            self._waiting[reply_to] = slot
-        return reply_to, slot
-
-    def wait(self, reply_to: str, slot: list[t.Any], timeout: float) -> bytes:
-        try:
-            if not slot[0].wait(timeout):
-                raise TimeoutError(f"no reply within {timeout} s")
-            return t.cast(bytes, slot[1])
-        finally:
-            self.forget(reply_to)
-
-    def forget(self, reply_to: str) -> None:
-        with self._lock:
-            self._waiting.pop(reply_to, None)
-
-    def resolve(self, reply_to: str, data: bytes) -> bool:
-        with self._lock:
-            slot = self._waiting.pop(reply_to, None)
-        if slot is None:
-            return False  # answered already, or given up on
-        slot[1] = data
-        slot[0].set()
-        return True

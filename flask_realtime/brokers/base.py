@@ -1,59 +1,331 @@
-"""What every broker offers the node, and what it promises.
+"""What every broker offers the node, and the base that keeps its promises.
 
-Topics are short strings (``c:<channel>``, ``u:<user>``, ``n:<node id>``,
-``p:<presence channel>``); payloads are opaque bytes. The node calls these
-from any greenlet (or thread, without gevent); the broker calls ``on_message``
+Topics are short strings (``c:<channel>``, ``u:<user>``, ``n:<node id>``, ...);
+payloads are opaque bytes, delivered verbatim. The node calls a broker from
+any greenlet (or thread, without gevent); the broker calls ``on_message``
 from its own reader greenlet or thread, one message at a time, in the order
 the broker delivers them.
+
+:class:`BrokerBase` owns everything a networked broker needs besides its
+wire: the reader and its reconnection with backoff (one warning per outage,
+retries at DEBUG), restoring every subscription before anything buffered or
+new goes out, the bounded outage buffer, fork safety, and group commit of
+concurrent publishes. A backend fills six methods; see "The backend's part".
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import threading
+import time
 import typing as t
+import weakref
 
-# on_message(topic, data, reply_to): reply_to is set when the sender used
-# request() and waits for an answer through reply().
-MessageCallback = t.Callable[[str, bytes, str | None], None]
+from .._runtime import gevent_active, real_lock, sleep
+from ._outbox import Outbox
+from ._reader import Reader
+from ._support import BrokerUnavailable as BrokerUnavailable
+from ._support import LinkLost as LinkLost
+from ._support import redact
+
+log = logging.getLogger("flask_realtime")
+
+MessageCallback = t.Callable[[str, bytes], None]  # on_message(topic, data)
+
+_SETTLE_TIMEOUT = 1.5  # the first call waits this long for the first connection
+_CONFIRM_TIMEOUT = 5.0  # subscribe() waits this long for the broker's answer
+_SLICE = 0.01  # under gevent, the reader lets the loop cycle after this much work
+_WAITED = 0.0005  # a pause between two deliveries this long: the reader waited
 
 
-class BrokerUnavailable(RuntimeError):
-    """The broker is unreachable and the outage buffer is full.
-
-    Raised by ``publish`` (and so by ``broadcast``) instead of waiting or
-    dropping messages silently; ``REALTIME_BROKER_BUFFER`` sets the buffer.
-    """
+class Waitable(t.Protocol):
+    def wait(self, timeout: float | None = None) -> bool: ...
 
 
 class Broker(t.Protocol):
-    kind: str
+    kind: str  # "null" | "redis" | "rabbitmq" | "nats"
+    url: str  # redacted (no password), for logs and errors
 
-    def publish(self, topic: str, data: bytes) -> None:
+    def publish(self, topic: str, data: bytes) -> int | None:
         """Hand ``data`` to every node subscribed to ``topic``.
 
-        Returns once the broker has the message, so that anything published
-        after the return, from any process, reaches each subscriber after
-        it. While the broker is unreachable the message is buffered (bounded)
-        and sent on reconnect; :class:`BrokerUnavailable` once the buffer is full.
+        Returns once the broker has accepted it, so that anything published
+        after the return, from any process, reaches each subscriber after it;
+        the number of receivers when the backend can tell (0: provably nobody
+        subscribes), else None. During an outage the message is buffered
+        (None) and sent on reconnect; :class:`BrokerUnavailable` once the
+        buffer is full.
         """
-
-    def request(self, topic: str, data: bytes, timeout: float) -> bytes | None:
-        """Send ``data`` to the subscribers of ``topic`` and wait for one reply.
-
-        Returns the first reply; ``None`` at once when no node subscribes to
-        ``topic`` (the broker says so: nobody can answer); raises
-        ``TimeoutError`` when nobody replied within ``timeout`` seconds, and
-        :class:`BrokerUnavailable` while the broker is unreachable.
-        """
-
-    def reply(self, reply_to: str, data: bytes) -> None:
-        """Answer a request received with ``reply_to`` (any greenlet, any time)."""
 
     def subscribe(self, *topics: str) -> None:
-        """Receive ``topics`` from now on; returns once the broker has the
-        subscription in place (or, while it is unreachable, once recorded:
-        reconnecting restores every subscription)."""
+        """Receive ``topics`` from now on; returns once the subscription is in
+        place (or, while the broker is unreachable, once recorded: reconnecting
+        restores every subscription)."""
 
-    def unsubscribe(self, *topics: str) -> None: ...
+    def unsubscribe(self, *topics: str) -> None:
+        """Nothing of ``topics`` is delivered after this returns."""
 
     def close(self) -> None:
         """Disconnect and stop the reader; the broker is not used again."""
+
+    @property
+    def connected(self) -> bool:
+        """The link is up and every subscription in place."""
+
+
+class BrokerBase:
+    """The machinery of a networked broker; subclasses fill in the wire.
+
+    The backend's part (called by the base, never by the node):
+
+    * ``_connect(topics)``: open the connection(s) and subscribe ``topics``;
+      return once they are in place. Runs in the reader only.
+    * ``_read()``: read until the connection fails (raise) or ``_tick()``
+      says stop (return), calling ``_deliver(topic, data)`` per message and
+      ``_tick()`` about once a second, busy or idle. Runs in the reader only.
+    * ``_send_batch(messages)``: publish ``[(topic, data), ...]`` in order and
+      return once the broker accepted all: a receiver count (or None, or an
+      exception for a message the broker refused) per message, or None for
+      all. Called by one publisher at a time, any greenlet, the reader
+      included; opens a publishing connection itself when it needs one.
+      Raise on failure (:class:`LinkLost` tells how many were accepted).
+    * ``_subscribe(topics)`` / ``_unsubscribe(topics)``: ask for (or drop)
+      ``topics`` on the live connection, under ``_sub_lock``. ``_subscribe``
+      may return a :class:`Waitable` set once they are in place (the base
+      waits outside the lock, never in the reader). Raise when the
+      connection is broken: the reader restores everything on reconnect.
+    * ``_disconnect()``: close every connection (any greenlet; a ``_read``
+      or ``_send_batch`` in progress then fails); also releases waitables.
+    * ``_drop_after_fork()``: in a forked child, forget the parent's
+      connections without any I/O on them (close this process's copies).
+    """
+
+    kind = ""
+    link_errors: tuple[type[BaseException], ...] = (OSError,)
+
+    def __init__(
+        self, url: str, buffer_limit: int, on_message: MessageCallback
+    ) -> None:
+        self.url = redact(url)
+        self._on_message = on_message
+        self._buffer_limit = buffer_limit
+        self._topics: set[str] = set()
+        self._closed = False
+        self._reset()
+        _live.add(self)
+
+    def _reset(self) -> None:
+        """Fresh per-process state: at start, and in a forked child."""
+        self._pid = os.getpid()
+        self._lock = real_lock()  # start and close; never held across I/O
+        # Orders changes of the topic set with the messages that tell the
+        # broker; may be held across a socket write (a gevent lock once
+        # gevent has patched threading).
+        self._sub_lock = threading.Lock()
+        self._outbox = Outbox(self, self._buffer_limit)
+        self._up = False
+        self._started = False
+        self._reader: Reader | None = None
+        self._delivered = self._busy_since = 0.0
+
+    @property
+    def connected(self) -> bool:
+        return self._up
+
+    # -- the Broker interface -------------------------------------------------
+
+    def publish(self, topic: str, data: bytes) -> int | None:
+        self._start()
+        return self._outbox.publish(topic, data)
+
+    def subscribe(self, *topics: str) -> None:
+        if not topics:
+            return
+        self._start()
+        with self._sub_lock:
+            self._topics.update(topics)
+            if not self._up:
+                return  # recorded: the reader subscribes when it connects
+            try:
+                waiting = self._subscribe(list(topics))
+            except Exception as exc:
+                self._link_broken(exc)
+                return
+        if waiting is None or self._in_reader():
+            return  # only the reader reads the answer: it cannot wait here
+        if not waiting.wait(_CONFIRM_TIMEOUT):
+            log.warning(
+                "the %s broker at %s did not confirm a subscription within %s s",
+                self.kind,
+                self.url,
+                _CONFIRM_TIMEOUT,
+            )
+
+    def unsubscribe(self, *topics: str) -> None:
+        if not topics:
+            return
+        self._check_fork()
+        # No wait for the broker: _deliver drops messages of topics no longer
+        # in the set, so nothing arrives after this returns.
+        with self._sub_lock:
+            self._topics.difference_update(topics)
+            if not self._up:
+                return
+            try:
+                self._unsubscribe(list(topics))
+            except Exception as exc:
+                self._link_broken(exc)
+
+    def close(self) -> None:
+        self._check_fork()
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._up = False
+        self._disconnect()
+        if self._reader is not None:
+            self._reader.stop()
+
+    # -- for the backend ------------------------------------------------------
+
+    def _deliver(self, topic: str, data: bytes) -> None:
+        """Hand one message to the node, unless its topic was unsubscribed."""
+        if topic not in self._topics:
+            return
+        started = time.monotonic()
+        if started - self._delivered > _WAITED:
+            self._busy_since = started  # the reader waited: the loop ran meanwhile
+        try:
+            self._on_message(topic, data)
+        except Exception:
+            log.exception("on_message failed for a %s message on %s", self.kind, topic)
+        self._delivered = time.monotonic()
+        if self._delivered - self._busy_since > _SLICE and gevent_active():
+            # A backlog never makes the reader wait, and then it would starve
+            # every other greenlet (the writers to the clients among them).
+            sleep(0.0001)  # not sleep(0): let the loop run timers and I/O
+            self._delivered = self._busy_since = time.monotonic()
+
+    def _tick(self) -> bool:
+        """The reader's periodic call: flush a stuck buffer; False: stop reading."""
+        if not self._reading():
+            return False
+        if self._up and self._outbox.stuck():
+            self._outbox.flush_soon()
+        return True
+
+    def _in_reader(self) -> bool:
+        reader = self._reader
+        return reader is not None and reader.current()
+
+    # -- the reader's steps (see _reader.py) ---------------------------------------
+
+    def _start(self) -> None:
+        """Start on first use and wait (briefly) for the first connection."""
+        self._check_fork()
+        if self._started:
+            return
+        with self._lock:
+            if self._closed:
+                raise BrokerUnavailable(
+                    f"the {self.kind} broker at {self.url} is closed"
+                )
+            reader, starting = self._reader, self._reader is None
+            if starting:
+                reader = self._reader = Reader(self)
+        if starting:
+            reader.start()
+        # So a script's first publish goes out instead of into the buffer.
+        reader.settled.wait(_SETTLE_TIMEOUT)
+        self._started = True
+
+    def _reading(self) -> bool:
+        """Whether the calling reader should go on (not closed, not forked away)."""
+        return not self._closed and self._in_reader()
+
+    def _go_up(self) -> None:
+        """Connect with every topic subscribed, catch up with (un)subscriptions
+        made meanwhile, and only then let publishing go out."""
+        with self._sub_lock:
+            subscribed = set(self._topics)
+        self._connect(sorted(subscribed))
+        with self._sub_lock:
+            if self._topics - subscribed:
+                self._subscribe(sorted(self._topics - subscribed))
+            if subscribed - self._topics:
+                self._unsubscribe(sorted(subscribed - self._topics))
+            if not self._reading():
+                raise LinkLost("closed while connecting")
+            self._up = True
+
+    def _go_down(self) -> None:
+        with self._sub_lock:
+            self._up = False
+        self._disconnect()
+
+    def _link_broken(self, exc: BaseException) -> None:
+        """A write failed outside the reader: the reader reconnects."""
+        log.debug("the %s broker's connection failed: %s", self.kind, exc)
+        self._up = False
+        self._disconnect()
+
+    # -- forks ------------------------------------------------------------------
+
+    def _check_fork(self) -> None:
+        if self._pid != os.getpid():
+            self._after_fork()
+
+    def _after_fork(self) -> None:
+        """Drop the parent's connections and reader in this child, lazily reconnect.
+
+        Runs right after ``os.fork`` (see the end of the module); the pid check
+        on every call covers a fork that bypassed ``os.fork``. Subscriptions stay
+        (this process's node still wants them); buffered messages were the
+        parent's.
+        """
+        if self._pid == os.getpid():
+            return
+        if self._reader is not None:
+            self._reader.abandon()
+        self._drop_after_fork()
+        self._reset()
+
+    # -- the backend's part -------------------------------------------------------
+
+    def _connect(self, topics: list[str]) -> None:
+        raise NotImplementedError
+
+    def _read(self) -> None:
+        raise NotImplementedError
+
+    def _send_batch(
+        self, messages: list[tuple[str, bytes]]
+    ) -> t.Sequence[int | None | Exception] | None:
+        raise NotImplementedError
+
+    def _subscribe(self, topics: list[str]) -> Waitable | None:
+        raise NotImplementedError
+
+    def _unsubscribe(self, topics: list[str]) -> None:
+        raise NotImplementedError
+
+    def _disconnect(self) -> None:
+        raise NotImplementedError
+
+    def _drop_after_fork(self) -> None:
+        raise NotImplementedError
+
+
+_live: weakref.WeakSet[BrokerBase] = weakref.WeakSet()
+
+
+def _forget_parent_connections() -> None:
+    # At once, not on first use: under gevent the reader greenlet survives
+    # the fork and would read the parent's messages off the shared socket.
+    for broker in list(_live):
+        broker._after_fork()
+
+
+os.register_at_fork(after_in_child=_forget_parent_connections)

@@ -1,0 +1,322 @@
+"""The RabbitMQ broker's wire: its options, routing keys, and a pika link.
+
+:class:`Link` drives pika's SelectConnection through its public API only
+(``IOLoop.start``/``stop``, ``call_later``, ``add_callback_threadsafe`` and
+the channel's methods), synchronously and with a deadline on every wait, so
+no call hangs on a broker that stopped answering. Only one greenlet or
+thread drives a link at a time; others may only :meth:`Link.soon` and
+:meth:`Link.interrupt`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import time
+import typing as t
+from collections import deque
+from urllib.parse import quote, urlsplit
+
+import pika
+import pika.spec
+from pika.adapters.select_connection import IOLoop, SelectConnection
+
+from ..config import ConfigError, Settings
+from ._amqp_stream import Services
+from ._support import LinkLost, redact
+
+CONNECT_TIMEOUT = 2.0  # TCP (and TLS) and the AMQP handshake, all told
+CALL_TIMEOUT = 5.0  # a declare or a bind
+CONFIRM_TIMEOUT = 1.5  # a publish never waits longer on a silent broker
+CLOSE_TIMEOUT = 1.0
+_CHUNK_MESSAGES, _CHUNK_BYTES = 500, 1 << 20  # one wait each, well within the deadline
+_WAITING, _RETURNED = object(), object()  # a message's confirm is still due
+_DUE = (_WAITING, _RETURNED)
+
+
+def routing_key(topic: str) -> str:
+    """The routing key of ``topic``: one literal word, never a pattern.
+
+    A topic exchange splits keys on '.' and treats '*' and '#' as wildcards;
+    escaping them (and '%', the escape itself) makes every topic one word
+    that matches only itself, on topic and direct exchanges alike. A key past
+    AMQP's 255 bytes becomes a hash marked '%H', which escaping never makes.
+    """
+    key = topic.replace("%", "%25").replace(".", "%2E")
+    key = key.replace("*", "%2A").replace("#", "%23")
+    if len(key) > 63 and len(key.encode("utf-8", "surrogatepass")) > 255:
+        key = "%H" + hashlib.sha256(topic.encode("utf-8", "surrogatepass")).hexdigest()
+    return key
+
+
+class Options:
+    """REALTIME_RABBITMQ and REALTIME_BROKER_URL, checked once at start-up."""
+
+    def __init__(self, settings: Settings) -> None:
+        o = settings.rabbitmq
+        self.exchange, self.exchange_type = o["exchange"], o["exchange_type"]
+        if self.exchange_type not in ("topic", "direct"):
+            raise ConfigError(
+                "REALTIME_RABBITMQ['exchange_type'] must be 'topic' or 'direct'"
+                f" (got {self.exchange_type!r}): topics are routed by exact routing"
+                " key, which a fanout exchange ignores and a headers exchange"
+                " only imitates"
+            )
+        if not self.exchange:
+            raise ConfigError(
+                "REALTIME_RABBITMQ['exchange'] must name an exchange: the default"
+                " exchange cannot route to bound queues"
+            )
+        self.prefetch = o["prefetch_count"]
+        if not 0 <= self.prefetch <= 65535:
+            raise ConfigError(
+                "REALTIME_RABBITMQ['prefetch_count'] must be 0 (no limit) to 65535,"
+                f" got {self.prefetch!r}"
+            )
+        self.queue_prefix = o["queue_prefix"]
+        if self.queue_prefix.startswith("amq."):
+            raise ConfigError(
+                "REALTIME_RABBITMQ['queue_prefix'] must not start with 'amq.'"
+                " (RabbitMQ reserves those names)"
+            )
+        self.durable, self.exclusive = o["queue_durable"], o["queue_exclusive"]
+        self.auto_delete = o["queue_auto_delete"]
+        # A queue neither the connection nor its consumer takes along keeps
+        # its name (and what arrives) across reconnects; others get a fresh
+        # name, as the broker may not have noticed the old connection's end.
+        self.keeps_queue = not (self.exclusive or self.auto_delete)
+        self.properties = pika.BasicProperties(
+            delivery_mode=2 if o["persistent_messages"] else 1
+        )
+        self.url = settings.broker_url
+        if self.url is not None:
+            if urlsplit(self.url).scheme not in ("amqp", "amqps"):
+                raise ConfigError(
+                    "REALTIME_BROKER_URL must be an amqp:// or amqps:// URL for"
+                    f" RabbitMQ, got {redact(self.url)!r}"
+                )
+            self.password = urlsplit(self.url).password or ""
+        else:
+            self.password = o["password"]
+            self.url = (
+                f"amqp://{quote(o['user'], safe='')}:{quote(o['password'], safe='')}"
+                f"@{o['host']}:{o['port']}/{quote(o['vhost'], safe='')}"
+            )
+
+    def parameters(self, role: str) -> pika.URLParameters:
+        params = pika.URLParameters(self.url)
+        # Retries and their pace are the base's; an attempt must fail fast.
+        params.connection_attempts, params.retry_delay = 1, 0
+        params.socket_timeout = params.stack_timeout = CONNECT_TIMEOUT
+        if role == "publisher":
+            # Nobody pumps an idle publisher, so it could not answer
+            # heartbeats; a dead one is found by the next publish instead.
+            params.heartbeat = 0
+        params.client_properties = {
+            "connection_name": f"flask_realtime {role} {socket.gethostname()}"
+            f" pid {os.getpid()}"
+        }
+        return params
+
+    def queue_name(self) -> str:
+        # Host and pid help an operator reading `rabbitmqctl list_queues`.
+        host = socket.gethostname()[:40]
+        return f"{self.queue_prefix}.{host}.{os.getpid()}.{os.urandom(4).hex()}"
+
+
+class Link:
+    """One AMQP connection and its channel, made synchronous with deadlines."""
+
+    def __init__(self, params: pika.connection.Parameters, password: str) -> None:
+        self.error: str | None = None
+        self.interrupted = False
+        self.deliveries: deque[tuple[int, str, bytes]] = deque()
+        self.channel: t.Any = None
+        self._password = password
+        self._done: t.Callable[[], bool] | None = None
+        self._tag = 0  # the channel's last delivery tag
+        self._batch: list[tuple[str, bytes]] = []
+        self._results: list[t.Any] = []
+        self._first = self._low = self._unconfirmed = 0
+        self._ioloop = IOLoop()
+        self._services = Services(self._ioloop)
+        self.connection = SelectConnection(
+            params,
+            on_open_callback=lambda c: c.channel(on_open_callback=self._opened),
+            on_open_error_callback=self._failed,
+            on_close_callback=self._failed,
+            custom_ioloop=self._services,
+        )
+        try:
+            self.wait(lambda: self.channel is not None, CONNECT_TIMEOUT)
+        except BaseException:
+            self.abandon()
+            raise
+
+    # -- driving the loop (the link's one driver) ------------------------------
+
+    def wait(
+        self, done: t.Callable[[], bool], timeout: float, expire: bool = True
+    ) -> None:
+        """Run the loop until ``done()``; LinkLost when the link fails or is
+        interrupted, and when ``timeout`` passes if ``expire`` (the link is
+        then dead: the broker stopped answering)."""
+        deadline = time.monotonic() + timeout
+        timer = self._ioloop.call_later(timeout, self._ioloop.stop)
+        self._done = done
+        try:
+            while not done():
+                if self.error is not None or self.interrupted:
+                    raise LinkLost(self.error or "closed")
+                if time.monotonic() >= deadline:
+                    if not expire:
+                        return
+                    self.error = f"no answer from the broker within {timeout} s"
+                    raise LinkLost(self.error)
+                self._ioloop.start()
+        finally:
+            self._done = None
+            self._ioloop.remove_timeout(timer)
+
+    def call(self, method: t.Callable[..., t.Any], **kwargs: t.Any) -> t.Any:
+        """One synchronous AMQP method: send it, wait for its answer."""
+        answers: list[t.Any] = []
+        method(callback=lambda frame: self.wake(answers.append(frame)), **kwargs)
+        self.wait(lambda: bool(answers), CALL_TIMEOUT)
+        return answers[0]
+
+    def receive(self, timeout: float) -> None:
+        """Run the loop until messages arrive (in ``deliveries``) or ``timeout``."""
+        self.wait(lambda: bool(self.deliveries), timeout, expire=False)
+
+    def consume(self, queue: str) -> None:
+        self.call(
+            self.channel.basic_consume, queue=queue, on_message_callback=self._delivered
+        )
+
+    def enable_confirms(self) -> None:
+        self.call(self.channel.confirm_delivery, ack_nack_callback=self._confirmed)
+        self.channel.add_on_return_callback(self._returned)
+
+    def publish(
+        self, exchange: str, messages: list[tuple[str, bytes]], properties: t.Any
+    ) -> list[int | None | Exception]:
+        """Publish ``(key, data)`` pairs, mandatory, and wait for their confirms:
+        once per chunk, not per message. A message RabbitMQ returned as
+        unroutable counts 0 receivers; one it refused (nack) is an Exception."""
+        done: list[int | None | Exception] = []
+        while len(done) < len(messages):
+            end, size, limit = len(done), 0, len(done) + _CHUNK_MESSAGES
+            while end < min(limit, len(messages)) and size <= _CHUNK_BYTES:
+                size += len(messages[end][1])
+                end += 1
+            try:
+                done += self._publish_chunk(
+                    exchange, messages[len(done) : end], properties
+                )
+            except LinkLost as exc:
+                exc.accepted += len(done)
+                raise
+        return done
+
+    def _publish_chunk(
+        self, exchange: str, chunk: list[tuple[str, bytes]], properties: t.Any
+    ) -> list[t.Any]:
+        self._batch, self._results = chunk, [_WAITING] * len(chunk)
+        self._first, self._low, self._unconfirmed = self._tag + 1, 0, len(chunk)
+        try:
+            for key, data in chunk:  # written as one, see _amqp_stream.py
+                self.channel.basic_publish(exchange, key, data, properties, True)
+                self._tag += 1
+            self.wait(lambda: not self._unconfirmed, CONFIRM_TIMEOUT)
+        except Exception as exc:
+            self.error = self.error or str(exc) or type(exc).__name__
+            due = [n for n, result in enumerate(self._results) if result in _DUE]
+            raise LinkLost(self.error, due[0] if due else len(chunk)) from exc
+        return self._results
+
+    def _confirmed(self, frame: t.Any) -> None:
+        method = frame.method
+        value = None
+        if not isinstance(method, pika.spec.Basic.Ack):
+            value = RuntimeError("RabbitMQ refused the message (basic.nack)")
+        last = method.delivery_tag - self._first
+        for n in range(self._low if method.multiple else last, last + 1):
+            result = self._results[n] if 0 <= n < len(self._results) else None
+            if result in _DUE:
+                self._results[n] = 0 if result is _RETURNED and value is None else value
+                self._unconfirmed -= 1
+        while self._low < len(self._results) and self._results[self._low] not in _DUE:
+            self._low += 1
+        self.wake()
+
+    def _returned(self, _ch: t.Any, method: t.Any, _props: t.Any, body: bytes) -> None:
+        # RabbitMQ returns an unroutable mandatory message before confirming
+        # it, in publishing order: the first unconfirmed one that matches.
+        for n in range(self._low, len(self._results)):
+            message = self._batch[n]
+            if self._results[n] is _WAITING and message == (method.routing_key, body):
+                self._results[n] = _RETURNED
+                return
+
+    def _delivered(self, _ch: t.Any, method: t.Any, _props: t.Any, body: bytes) -> None:
+        self.deliveries.append((method.delivery_tag, method.routing_key, body))
+        if len(self.deliveries) == 1:
+            self.wake()
+
+    # -- state changes -----------------------------------------------------------
+
+    def _opened(self, channel: t.Any) -> None:
+        channel.add_on_close_callback(self._failed)
+        channel.add_on_cancel_callback(
+            lambda _frame: self._failed(None, "the broker cancelled the consumer")
+        )
+        self.channel = channel
+        self.wake()
+
+    def _failed(self, _source: object, reason: object) -> None:
+        if self.error is None:
+            text = str(reason) or repr(reason)
+            self.error = text.replace(self._password, "***") if self._password else text
+        self._ioloop.stop()
+
+    def wake(self, _: object = None) -> None:
+        """Let a wait return once its condition holds."""
+        if self._done is not None and self._done():
+            self._ioloop.stop()
+
+    # -- from any greenlet or thread -----------------------------------------------
+
+    def soon(self, callback: t.Callable[[], None]) -> None:
+        """Run ``callback`` in the link's driver, on its next turn of the loop."""
+        self._ioloop.add_callback_threadsafe(callback)
+
+    def interrupt(self) -> None:
+        """Make the driver's current or next wait fail (the driver closes it)."""
+        self.interrupted = True
+        try:
+            self._ioloop.add_callback_threadsafe(self._ioloop.stop)
+        except Exception:  # its loop is closed already
+            pass
+
+    # -- the end (the driver) -------------------------------------------------------
+
+    def close(self) -> None:
+        """Say goodbye to the broker briefly, then free the loop."""
+        try:
+            if self.error is None and self.connection.is_open:
+                self.connection.close()
+                self.interrupted = False
+                self.wait(lambda: self.connection.is_closed, CLOSE_TIMEOUT)
+        except Exception:  # it is going away either way
+            pass
+        self.abandon()
+
+    def abandon(self) -> None:
+        """Free the loop and socket without a word to the broker (gone, or silent)."""
+        try:
+            self._services.abort()
+            self._ioloop.close()
+        except Exception:
+            pass

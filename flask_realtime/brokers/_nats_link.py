@@ -1,0 +1,326 @@
+"""nats-py's side of the NATS broker: its loop thread and one connection.
+
+nats-py is asyncio only. Its loop gets an OS thread of its own, even under
+gevent (started through gevent's ``monkey.get_original``), so the process's
+other asyncio code keeps working and the hub never waits on the loop.
+Callers hand it coroutines and wait on an event of their own world, which
+the loop thread sets through :class:`Signal`.
+
+Order across subjects: nats-py hands each subscription's messages to a task
+of its own, which regroups them by subject. Every message it builds goes
+through the pluggable ``msg_class`` in the server's order: there a
+:class:`Link` queues a slot, the subscription's callback fills it, and the
+reader's inbox gets the slots in their order as they fill.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import re
+import secrets
+import selectors
+import threading
+import typing as t
+from collections import deque
+
+from nats import errors as nats_errors
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from .._runtime import event, gevent_active
+from ._support import LinkLost
+
+log = logging.getLogger("flask_realtime")
+T = t.TypeVar("T")
+Messages = list[tuple[str, bytes]]
+
+_TOPICS = "flask_realtime.t."
+_CONTROL = "flask_realtime.r."
+_UNSAFE = re.compile(r"[^A-Za-z0-9_\-:=@#]+")
+LOST = object()  # in the inbox: the connection is gone; in a slot: unsubscribed
+
+
+@functools.lru_cache(maxsize=65536)
+def subject(topic: str) -> str:
+    """The NATS subject of ``topic``: one literal token, distinct per topic;
+    all but ``[A-Za-z0-9_-:=@#]`` percent-encoded ('%' too; "%" stands for "")."""
+    return _TOPICS + (_UNSAFE.sub(_escape, topic) or "%")
+
+
+def _escape(match: re.Match[str]) -> str:
+    raw = match.group().encode("utf-8", "surrogatepass")
+    return "".join(f"%{byte:02X}" for byte in raw)
+
+
+class Signal:
+    """An event of the caller's world (gevent's or threading's) that the loop
+    thread may set. Wait with a timeout: under gevent, a wait on another
+    thread alone would end the hub's loop (LoopExit)."""
+
+    def __init__(self) -> None:
+        self._event = event()
+        self._hub: t.Any = None
+        if gevent_active():
+            import gevent
+
+            self._hub = gevent.get_hub()
+
+    def set_threadsafe(self) -> None:
+        if self._hub is None:
+            self._event.set()
+        else:
+            self._hub.loop.run_callback_threadsafe(self._event.set)
+
+    def clear(self) -> None:
+        self._event.clear()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return bool(self._event.wait(timeout))
+
+
+class _GeventSafeLoop(asyncio.SelectorEventLoop):
+    """Resolves names with the OS's blocking resolver: asyncio's default
+    executor would start greenlets in a thread whose hub never runs."""
+
+    async def getaddrinfo(self, *args: t.Any, **kwargs: t.Any) -> t.Any:  # type: ignore[override]
+        from gevent import monkey
+
+        return monkey.get_original("socket", "getaddrinfo")(*args, **kwargs)
+
+
+class LoopThread:
+    """One asyncio loop in a thread of its own, until a coroutine stops it."""
+
+    def __init__(self) -> None:
+        self.finished = False
+        self._tasks: set[asyncio.Future[t.Any]] = set()
+        if gevent_active():
+            from gevent import monkey
+
+            selector = monkey.get_original("selectors", "DefaultSelector")()
+            self.loop: asyncio.AbstractEventLoop = _GeventSafeLoop(selector)
+            monkey.get_original("_thread", "start_new_thread")(self._run, ())
+        else:
+            self.loop = asyncio.SelectorEventLoop(selectors.DefaultSelector())
+            threading.Thread(target=self._run, name="nats-loop", daemon=True).start()
+
+    def _submit(self, coro: t.Coroutine[t.Any, t.Any, T]) -> asyncio.Future[T]:
+        task = self.loop.create_task(coro)
+        self._tasks.add(task)  # asyncio keeps only a weak reference
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def soon(self, coro: t.Coroutine[t.Any, t.Any, t.Any]) -> None:
+        """Run ``coro`` on the loop; started in call order, not waited for."""
+        try:
+            self.loop.call_soon_threadsafe(self._submit, coro)
+        except RuntimeError:  # the loop is closed
+            coro.close()
+
+    def run(self, coro: t.Coroutine[t.Any, t.Any, T], timeout: float) -> T:
+        """Run ``coro`` on the loop and wait for its result."""
+        done, outcome = Signal(), []
+
+        def start() -> None:
+            outcome.append(self._submit(coro))
+            outcome[0].add_done_callback(lambda _: done.set_threadsafe())
+
+        try:
+            self.loop.call_soon_threadsafe(start)
+        except RuntimeError:
+            coro.close()
+            raise ConnectionError("the loop is closed") from None
+        if not done.wait(timeout):
+            raise ConnectionError(f"the loop did not answer within {timeout} s")
+        if outcome[0].cancelled():
+            raise ConnectionError("the loop stopped")
+        return outcome[0].result()  # type: ignore[no-any-return]
+
+    def _run(self) -> None:
+        loop = self.loop
+        try:
+            loop.run_forever()
+            tasks = asyncio.all_tasks(loop)
+            for task in tasks:
+                task.cancel()
+            if tasks:
+                loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+        finally:
+            loop.close()
+            self.finished = True
+
+
+class _Slot:
+    """One message's place in the server's order; ``data`` None until it arrives."""
+
+    __slots__ = ("topic", "data")
+
+    def __init__(self, topic: str) -> None:
+        self.topic = topic
+        self.data: t.Any = None
+
+
+class Round:
+    """A batch on its way: confirmed when its marker comes back."""
+
+    __slots__ = ("number", "future", "counts", "confirmed")
+
+    def __init__(self, number: int, size: int) -> None:
+        self.number = number
+        self.future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # Per message: 0 after a "503" (nobody subscribes), its error, or None.
+        self.counts: list[int | None | Exception] = [None] * size
+        self.confirmed = False
+
+
+class Unconfirmed:
+    """Batches whose marker never came, resent on the next connection; numbers
+    every batch across connections, so a late marker finds its own."""
+
+    def __init__(self) -> None:
+        self.last = 0
+        self.batches: dict[int, Messages] = {}
+
+    def number(self) -> int:
+        self.last += 1
+        return self.last
+
+
+class Link:
+    """One nats-py connection and what arrived on it. Lives in the loop
+    thread, but for ``inbox``, ``idle`` and ``wake``, shared with the reader
+    (which makes the link, so ``wake`` is of its world)."""
+
+    def __init__(self, unconfirmed: Unconfirmed) -> None:
+        self.nc = Client()
+        self.nc.msg_class = self._stamp  # type: ignore[assignment]
+        self.control = _CONTROL + secrets.token_hex(8)
+        self.subs: dict[str, t.Any] = {}  # topic -> nats-py Subscription
+        self.topic_of: dict[str, str] = {}  # subject -> topic
+        self.waiting: dict[str, deque[_Slot]] = {}  # subject -> its slots to fill
+        self.order: deque[_Slot] = deque()
+        self.rounds: dict[int, Round] = {}
+        self.unconfirmed = unconfirmed
+        self.changing = asyncio.Lock()  # one (un)subscription at a time, in order
+        self.inbox: deque[t.Any] = deque()
+        self.wake = Signal()
+        self.idle = False  # the reader waits for wake
+        self.error: BaseException | None = None
+        self.dead = False
+        self.warned = False  # a batch went unconfirmed on this connection
+
+    def _stamp(self, **fields: t.Any) -> Msg:
+        """nats-py's ``msg_class``: called in the server's order."""
+        msg = Msg(**fields)
+        topic = self.topic_of.get(msg.subject)
+        if topic is not None:
+            slot = _Slot(topic)
+            self.order.append(slot)
+            self.waiting[msg.subject].append(slot)
+        return msg
+
+    async def _on_topic(self, msg: Msg) -> None:
+        slots = self.waiting.get(msg.subject)
+        if slots:
+            slots.popleft().data = msg.data
+            self._release()
+
+    def _release(self) -> None:
+        order, released = self.order, False
+        while order and order[0].data is not None:
+            slot = order.popleft()
+            if slot.data is not LOST:
+                self.inbox.append((slot.topic, slot.data))
+                released = True
+        if released and self.idle:
+            self.idle = False
+            self.wake.set_threadsafe()
+
+    async def on_control(self, msg: Msg) -> None:
+        """A marker, or a "503" for a message of a batch nobody subscribes to."""
+        batch, _, index = msg.subject[len(self.control) + 1 :].partition("_")
+        if not batch.isdigit():
+            return
+        if not index:
+            self.unconfirmed.batches.pop(int(batch), None)  # late: not resent
+            done = self.rounds.pop(int(batch), None)
+            if done is not None and not done.future.done():
+                done.future.set_result(None)
+        elif (msg.headers or {}).get("Status") == "503" and index.isdigit():
+            done = self.rounds.get(int(batch))
+            if done is not None and done.counts[int(index)] is None:
+                done.counts[int(index)] = 0
+
+    async def subscribe(self, topics: list[str]) -> None:
+        async with self.changing:
+            for topic in topics:
+                if topic not in self.subs:
+                    name = subject(topic)
+                    self.topic_of[name] = topic
+                    self.waiting[name] = deque()
+                    self.subs[topic] = await self.listen(name, self._on_topic)
+
+    async def listen(self, name: str, cb: t.Callable[[Msg], t.Any]) -> t.Any:
+        # No limits: nats-py never drops a message, so no slot stays empty.
+        return await self.nc.subscribe(
+            name, cb=cb, pending_msgs_limit=0, pending_bytes_limit=0
+        )
+
+    async def unsubscribe(self, topics: list[str]) -> None:
+        async with self.changing:
+            for topic in topics:
+                sub = self.subs.pop(topic, None)
+                if sub is None:
+                    continue
+                try:
+                    await sub.unsubscribe()  # drops what its queue still holds
+                except nats_errors.Error:
+                    pass  # the connection is gone, and the subscription with it
+                del self.topic_of[subject(topic)]
+                for slot in self.waiting.pop(subject(topic)):
+                    slot.data = LOST
+            self._release()
+
+    async def send(self, messages: Messages, timeout: float, replies: bool) -> Round:
+        """Publish ``messages`` (with ``replies``: each with a reply subject
+        where a "503" comes when nobody subscribes), then a marker, and wait
+        up to ``timeout`` for it; raises when the connection fails."""
+        number = self.unconfirmed.number()
+        done = self.rounds[number] = Round(number, len(messages))
+        reply = f"{self.control}.{number}_"
+        try:
+            for index, (topic, data) in enumerate(messages):
+                try:
+                    await self.nc.publish(
+                        subject(topic),
+                        data,
+                        reply=reply + str(index) if replies else "",
+                    )
+                except nats_errors.MaxPayloadError:
+                    done.counts[index] = ValueError(f"{len(data)} bytes: max_payload")
+            await self.nc.publish(f"{self.control}.{number}")
+            await asyncio.wait_for(done.future, timeout)
+            done.confirmed = True
+        except asyncio.TimeoutError:
+            pass
+        finally:
+            self.rounds.pop(number, None)
+        return done
+
+    async def lost(self, *_: t.Any) -> None:
+        """nats-py's disconnected and closed callback: the reader raises."""
+        if self.dead:
+            return
+        self.dead = True
+        for done in self.rounds.values():
+            if not done.future.done():
+                done.future.set_exception(LinkLost("the connection was lost"))
+        self.inbox.append(LOST)
+        self.wake.set_threadsafe()
+
+    async def on_error(self, exc: Exception) -> None:
+        self.error = exc
+        if self.nc.is_connected:  # a refused permission, say; not a lost link
+            log.warning("the nats broker: %s", exc)
