@@ -1,0 +1,1 @@
+"""Attacks as a hostile client would run them, each measured while it runs."""
