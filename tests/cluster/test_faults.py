@@ -1,0 +1,157 @@
+"""A node that vanishes (SIGKILL) right before others ask it something (issue 9).
+
+Two gunicorn instances of two gevent-websocket workers each share a real
+broker; the second instance (arbiter and both workers) is killed without a
+goodbye, and at once the first one, and a process that serves nothing, use
+every cluster-wide call. None of them may take the dead node for a broker
+outage (``BrokerUnavailable``, an HTTP 500) or wait beyond its timeout:
+presence is answered by the nodes that remain, sends to the dead node's
+connections go nowhere, and requests forwarded to it get a JSON 404.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import typing as t
+
+import requests
+
+from tests.cluster.conftest import Cluster
+from tests.cluster.test_cluster import get, unique, ws
+from tests.test_sse import SSEClient
+from tests.wsclient import Client
+
+# A call that fails fast would answer well within this; one that waits for
+# a dead node would not (forwarding waits 10 s, a presence query 5 s).
+PROMPT = 3.0
+
+
+def kill(cluster: Cluster, n: int = 1) -> float:
+    """SIGKILL instance ``n``'s arbiter and workers at once; the time of death."""
+    os.killpg(cluster.instances[n].process.pid, signal.SIGKILL)
+    return time.monotonic()
+
+
+def timed(
+    function: t.Callable[..., t.Any], *args: t.Any, **kwargs: t.Any
+) -> tuple[t.Any, float]:
+    """What ``function(*args, **kwargs)`` returned, and how long it took."""
+    started = time.monotonic()
+    result = function(*args, **kwargs)
+    return result, time.monotonic() - started
+
+
+def call(server: t.Any, path: str, **params: t.Any) -> requests.Response:
+    return requests.get(server.url + path, params=params, timeout=30)
+
+
+def _presence(cluster: Cluster, channel: str) -> tuple[Client, Client]:
+    """Ann on the instance that stays, Bob on the one to be killed."""
+    ann = ws(cluster.instances[0], "ann", "Ann")
+    bob = ws(cluster.instances[1], "bob", "Bob")
+    assert ann.subscribe(channel)["type"] == "subscribed"
+    assert bob.subscribe(channel)["type"] == "subscribed"
+    ann.wait_event("presence.join", channel, timeout=10)
+    return ann, bob
+
+
+def test_presence_right_after_a_kill_comes_from_the_nodes_that_remain(
+    cluster: Cluster,
+) -> None:
+    channel = unique("presence-room.")
+    ann, _bob = _presence(cluster, channel)
+    killed_at = kill(cluster)
+    # A process with no replica asks the cluster: the node that remains answers.
+    [members] = cluster.publish_only(["presence", channel])
+    assert "ann" in [m["user_id"] for m in members]
+    # Each worker of the instance that stays, asked several times (the one
+    # without Ann's connection has no replica and asks too).
+    for _ in range(6):
+        response, took = timed(call, cluster.instances[0], "/presence", channel=channel)
+        assert response.status_code == 200, response.text
+        assert "ann" in [m["user_id"] for m in response.json()["members"]]
+        assert took < PROMPT, f"a presence query took {took:.1f} s"
+    # And the dead node's members leave within 15 s (DESIGN property 5).
+    leave = ann.wait_event("presence.leave", channel, timeout=20)
+    assert leave["data"] == {"user_id": "bob"}
+    elapsed = time.monotonic() - killed_at
+    assert elapsed <= 15, f"presence.leave came {elapsed:.1f} s after the kill"
+    [members] = cluster.publish_only(["presence", channel])
+    assert [m["user_id"] for m in members] == ["ann"]
+    for _ in range(4):
+        members = get(cluster.instances[0], "/presence", channel=channel)["members"]
+        assert [m["user_id"] for m in members] == ["ann"]
+
+
+def test_sends_to_a_killed_nodes_connections_go_nowhere_at_once(
+    cluster: Cluster,
+) -> None:
+    channel = unique("news.")
+    ann = ws(cluster.instances[0], "ann")
+    bob = ws(cluster.instances[1], "bob")
+    assert ann.subscribe(channel)["type"] == "subscribed"
+    assert bob.subscribe(channel)["type"] == "subscribed"
+    dead_connection = bob.connection_id
+    kill(cluster)
+    for path, params in [
+        ("/send", {"connection_id": dead_connection, "event": "e", "data": "1"}),
+        ("/send_to_user", {"user": "bob", "event": "e", "data": "2"}),
+        ("/broadcast", {"channel": channel, "event": "e", "data": "3"}),
+    ]:
+        for _ in range(3):  # whichever worker of the instance that stays
+            response, took = timed(call, cluster.instances[0], path, **params)
+            assert response.status_code == 200, response.text
+            assert took < PROMPT, f"{path} took {took:.1f} s"
+    # The same from a process that serves nothing.
+    results = cluster.publish_only(
+        ["send", dead_connection, "e", 4],
+        ["send_to_user", "bob", "e", 5],
+        ["broadcast", channel, "e", 6],
+    )
+    assert results == [None, None, None]
+    # Ann still gets what is hers, in order, and nothing else.
+    assert [ann.wait_event("e")["data"] for _ in range(4)] == [3, 3, 3, 6]
+    get(cluster.instances[0], "/send", connection_id=ann.connection_id, event="own")
+    assert ann.wait_event("own")["data"] is None
+
+
+def test_requests_for_a_killed_nodes_connections_get_a_json_404(
+    cluster: Cluster,
+) -> None:
+    survivor, victim = cluster.instances
+    stream = SSEClient(victim)
+    opened = requests.get(victim.url + "/realtime/poll", timeout=10).json()
+    welcome = opened["messages"][0]["data"]
+    poll = {
+        "connection_id": welcome["connection_id"],
+        "token": welcome["token"],
+        "cursor": opened["cursor"],
+    }
+    kill(cluster)
+    for _ in range(3):  # whichever worker of the instance that stays
+        response, took = timed(
+            requests.post,
+            survivor.url + "/realtime/send",
+            json={
+                "connection_id": stream.connection_id,
+                "token": stream.token,
+                "message": {"type": "ping", "id": 1},
+            },
+            timeout=30,
+        )
+        assert response.status_code == 404, response.text
+        assert response.json()["error"]["code"] == 404
+        assert took < PROMPT, f"POST /realtime/send took {took:.1f} s"
+        response, took = timed(
+            requests.get, survivor.url + "/realtime/poll", params=poll, timeout=30
+        )
+        assert response.status_code == 404, response.text
+        assert response.json()["error"]["code"] == 404
+        assert took < PROMPT, f"a poll took {took:.1f} s"
+    # The survivor's own clients are unharmed.
+    fresh = SSEClient(survivor)
+    fresh.server = survivor
+    assert fresh.request({"type": "ping", "id": "p"})[0]["type"] == "pong"
+    fresh.close()
