@@ -21,6 +21,7 @@ import logging
 import os
 import secrets
 import threading
+import time
 import typing as t
 
 from .._runtime import event, real_lock
@@ -128,10 +129,14 @@ class Control:
         """Send ``data`` to the subscribers of ``topic``; the first reply.
 
         ``None`` at once when the broker says nobody subscribes to ``topic``;
-        ``TimeoutError`` when no reply came within ``timeout`` seconds;
-        :class:`~flask_realtime.BrokerUnavailable` at once while the broker
-        is unreachable.
+        ``TimeoutError`` when no reply came within ``timeout`` seconds of the
+        call (the publish included: a subscriber that vanished without its
+        connection closing, frozen or cut off, still counts at the broker
+        and never answers); :class:`~flask_realtime.BrokerUnavailable` at
+        once while this process cannot reach the broker, never because of
+        a subscriber.
         """
+        deadline = time.monotonic() + timeout
         if self.delivering():
             # The reply would arrive through the reader this call blocks.
             raise RuntimeError("request() cannot wait inside on_message")
@@ -151,7 +156,7 @@ class Control:
             receivers = self.broker.publish(topic, head + data)
             if receivers == 0:
                 return None
-            if not waiter.done.wait(timeout):
+            if not waiter.done.wait(max(0.0, deadline - time.monotonic())):
                 raise TimeoutError(f"no reply to a request on {topic!r} in {timeout} s")
             return waiter.data
         finally:

@@ -27,8 +27,17 @@ if t.TYPE_CHECKING:
 
 logger = logging.getLogger("flask_realtime")
 
-# How long a presence query or sync waits for another node's answer.
-QUERY_TIMEOUT = 5.0
+# How long a new local subscriber's sync waits for another node's replica:
+# well under a client's timeout for its ``subscribed`` reply (5 s in our
+# clients), which waits for it. What a late or lost answer would have said
+# comes with the other nodes' next refresh, as ``presence.join`` events.
+SYNC_TIMEOUT = 1.5
+# How long get_presence_data() in a process without a replica waits for a
+# node that has one. Whichever node answers first answers for the cluster;
+# when none does in time (the only ones with a replica froze, or were cut
+# off with their connections open), nobody that answers knows of a member:
+# an empty list, and a warning in the log.
+QUERY_TIMEOUT = 2.0
 
 _SYNC = b'{"op":"sync"}'
 _MEMBERS = b'{"op":"members"}'
@@ -54,7 +63,7 @@ class PresenceSync:
         snapshot: dict[str, list[Member]] = {}
         try:
             answer = self._node.control.request(
-                topics.presence(channel), _SYNC, QUERY_TIMEOUT
+                topics.presence(channel), _SYNC, SYNC_TIMEOUT
             )
             if answer is not None:
                 snapshot = json.loads(answer)
@@ -110,9 +119,21 @@ class PresenceSync:
         """Cluster-wide: from this node's replica, else from a node that has one."""
         if not self._node.clustered or self.presence.has_replica(channel):
             return self.presence.members(channel)
-        answer = self._node.control.request(
-            topics.presence(channel), _MEMBERS, QUERY_TIMEOUT
-        )
+        try:
+            answer = self._node.control.request(
+                topics.presence(channel), _MEMBERS, QUERY_TIMEOUT
+            )
+        except TimeoutError as exc:
+            # Only nodes that vanished hold the channel (frozen, or cut off
+            # with their connections open): their members expire within
+            # about 13 s anyway, and no node that answers knows of others.
+            logger.warning(
+                "flask_realtime: no node answered for the members of %r (%s);"
+                " nobody present",
+                channel,
+                exc,
+            )
+            return []
         if answer is None:
             return []  # no node has a subscriber, so nobody is present
         return merge(json.loads(answer))

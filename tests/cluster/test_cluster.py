@@ -121,7 +121,13 @@ def _presence_clients(cluster: Cluster, channel: str) -> tuple[Client, Client]:
     reply = ann.subscribe(channel)
     assert [m["user_id"] for m in reply["data"]["members"]] == ["ann"]
     reply = bob.subscribe(channel)
-    assert sorted(m["user_id"] for m in reply["data"]["members"]) == ["ann", "bob"]
+    known = {m["user_id"] for m in reply["data"]["members"]}
+    if known != {"ann", "bob"}:
+        # The sync did not answer in time (a loaded host): the subscribe
+        # replied with what was known, and Ann's node's refresh fills in.
+        assert known == {"bob"}, known
+        join = bob.wait_event("presence.join", channel, timeout=10)
+        assert join["data"] == {"user_id": "ann", "user_info": {"name": "Ann"}}
     join = ann.wait_event("presence.join", channel)
     assert join["data"] == {"user_id": "bob", "user_info": {"name": "Bob"}}
     return ann, bob
@@ -267,7 +273,9 @@ def test_sse_requests_may_land_on_any_node(cluster: Cluster) -> None:
 def test_long_polls_may_land_on_any_node(cluster: Cluster) -> None:
     a, b = cluster.instances
     channel = unique("news.")
-    opened = requests.get(a.url + "/realtime/poll", timeout=10).json()
+    # Client timeouts above the server's for a forwarded request (10 s): a
+    # request that gets no answer shows as the server's 504, not a hang.
+    opened = requests.get(a.url + "/realtime/poll", timeout=30).json()
     welcome = opened["messages"][0]["data"]
     conn_id, token = welcome["connection_id"], welcome["token"]
     cursor = opened["cursor"]
@@ -278,7 +286,7 @@ def test_long_polls_may_land_on_any_node(cluster: Cluster) -> None:
             "token": token,
             "message": {"type": "subscribe", "channel": channel, "id": 1},
         },
-        timeout=10,
+        timeout=30,
     )
     assert send.status_code == 200, send.text
     assert send.json()[0]["type"] == "subscribed"

@@ -155,3 +155,89 @@ def test_requests_for_a_killed_nodes_connections_get_a_json_404(
     fresh.server = survivor
     assert fresh.request({"type": "ping", "id": "p"})[0]["type"] == "pong"
     fresh.close()
+
+
+# -- a node that vanished without its connections closing ---------------------
+#
+# A frozen process, or a machine cut off, leaves its broker connection open:
+# the broker still counts it as a subscriber, so a request to it gets no
+# "nobody" and no reply. SIGSTOP makes one such node here.
+
+
+def freeze(cluster: Cluster, n: int = 1) -> None:
+    os.killpg(cluster.instances[n].process.pid, signal.SIGSTOP)
+
+
+def test_a_presence_subscribe_never_waits_on_a_frozen_node(cluster: Cluster) -> None:
+    channel = unique("presence-room.")
+    ann = ws(cluster.instances[1], "ann", "Ann")
+    assert ann.subscribe(channel)["type"] == "subscribed"
+    freeze(cluster)
+    try:
+        # Only the frozen node holds the channel: the sync gets no reply,
+        # and the subscribe answers with what is known, well within the
+        # client's timeout.
+        carol = ws(cluster.instances[0], "carol", "Carol")
+        reply, took = timed(carol.subscribe, channel, timeout=PROMPT)
+        assert reply["type"] == "subscribed"
+        assert "carol" in [m["user_id"] for m in reply["data"]["members"]]
+        assert carol.ping()["type"] == "pong"
+    finally:
+        kill(cluster)
+
+
+def test_presence_asked_of_a_frozen_node_alone_answers_empty_in_time(
+    cluster: Cluster,
+) -> None:
+    channel = unique("presence-room.")
+    ann = ws(cluster.instances[1], "ann", "Ann")
+    assert ann.subscribe(channel)["type"] == "subscribed"
+    freeze(cluster)
+    try:
+        # No node that answers knows of a member: nobody present, in time.
+        [members] = cluster.publish_only(["presence", channel])
+        assert members == []
+        for _ in range(4):  # whichever worker of the instance that answers
+            response, took = timed(
+                call, cluster.instances[0], "/presence", channel=channel
+            )
+            assert response.status_code == 200, response.text
+            assert response.json()["members"] == []
+            assert took < PROMPT, f"a presence query took {took:.1f} s"
+    finally:
+        kill(cluster)
+
+
+def test_requests_for_a_frozen_nodes_connections_time_out_cleanly(
+    cluster: Cluster,
+) -> None:
+    survivor, victim = cluster.instances
+    stream = SSEClient(victim)
+    bob = ws(victim, "bob")
+    freeze(cluster)
+    try:
+        # Sends are published and return: nobody waits for the frozen node.
+        for path, params in [
+            ("/send", {"connection_id": bob.connection_id, "event": "e"}),
+            ("/send_to_user", {"user": "bob", "event": "e"}),
+        ]:
+            response, took = timed(call, survivor, path, **params)
+            assert response.status_code == 200, response.text
+            assert took < PROMPT, f"{path} took {took:.1f} s"
+        # A forwarded request waits for the owner's answer up to its
+        # timeout (10 s), then gets a JSON 504.
+        response, took = timed(
+            requests.post,
+            survivor.url + "/realtime/send",
+            json={
+                "connection_id": stream.connection_id,
+                "token": stream.token,
+                "message": {"type": "ping", "id": 1},
+            },
+            timeout=30,
+        )
+        assert response.status_code == 504, response.text
+        assert response.json()["error"]["code"] == 504
+        assert took < 10 + PROMPT, f"POST /realtime/send took {took:.1f} s"
+    finally:
+        kill(cluster)

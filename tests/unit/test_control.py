@@ -1,0 +1,56 @@
+"""Requests to nodes that vanished: a deadline, and presence that still answers.
+
+A subscriber that froze, or whose machine was cut off with its connection
+open, still counts at the broker and never replies (issue 9).
+"""
+
+from __future__ import annotations
+
+import time
+import typing as t
+
+import pytest
+
+from flask_realtime import Realtime
+from flask_realtime.node.control import Control
+
+
+class SilentSubscriber:
+    """A broker with one subscriber on every topic, which never replies;
+    a publish takes ``delay`` seconds to be accepted."""
+
+    kind = "fake"
+    url = "fake://"
+    connected = True
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+
+    def publish(self, topic: str, data: bytes) -> int:
+        time.sleep(self.delay)
+        return 1
+
+    def subscribe(self, *topics: str) -> None:
+        pass
+
+
+def test_a_request_times_out_within_its_timeout_the_publish_included() -> None:
+    control = Control(lambda _: SilentSubscriber(0.6), print, print)  # type: ignore[arg-type, return-value]
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        control.request("p:presence-room", b"{}", 0.5)
+    assert time.monotonic() - started < 0.9  # not the publish plus the timeout
+
+
+def test_presence_asked_only_of_silent_nodes_is_empty_not_an_error(
+    make: t.Callable[..., Realtime], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    node = make().node
+    node.clustered = True  # asks other nodes
+
+    def silent(topic: str, data: bytes, timeout: float) -> bytes | None:
+        assert timeout <= 2.0
+        raise TimeoutError(f"no reply to a request on {topic!r} in {timeout} s")
+
+    monkeypatch.setattr(node.control, "request", silent)
+    assert node.presence_members("presence-room.1") == []
