@@ -6,7 +6,11 @@ Every payload the node publishes starts with one tag byte:
   which connection it is for; see the node);
 - ``q<reply_to>\\n<body>``: a request; whoever answers publishes the reply
   to the inbox topic that ``reply_to`` names;
-- ``r<reply_to>\\n<body>``: a reply, published to the requester's inbox.
+- ``r<reply_to>\\n<body>``: a reply, published to the requester's inbox;
+- ``?``: a probe, which every node ignores: a request still waiting
+  publishes one now and then to the request's topic, and a broker that
+  counts nobody there means the node that took the request is gone (killed
+  just before, while the broker still counted it).
 
 Each process has one inbox topic, ``i:<hex>``, new after a fork (a child
 sharing its parent's inbox would take the parent's replies), subscribed on
@@ -36,6 +40,12 @@ logger = logging.getLogger("flask_realtime")
 MESSAGE = b"m"
 REQUEST = b"q"
 REPLY = b"r"
+PROBE = b"?"
+
+# A request without its reply probes its topic after this long, then at
+# doubling intervals up to the maximum: a long poll waits 30 s on its owner.
+_FIRST_PROBE = 0.5
+_MAX_PROBE_INTERVAL = 5.0
 
 OnMessage = t.Callable[[str, bytes], None]
 OnRequest = t.Callable[[str, bytes, str], None]
@@ -111,6 +121,8 @@ class Control:
             elif tag == REPLY:
                 reply_to, body = _split_addressed(data)
                 self._resolve(reply_to, body)
+            elif tag == PROBE:
+                pass  # counted by the broker, which is all it is for
             else:
                 logger.warning("flask_realtime: untagged payload on %r dropped", topic)
         except (ValueError, UnicodeDecodeError):
@@ -128,13 +140,14 @@ class Control:
     def request(self, topic: str, data: bytes, timeout: float) -> bytes | None:
         """Send ``data`` to the subscribers of ``topic``; the first reply.
 
-        ``None`` at once when the broker says nobody subscribes to ``topic``;
-        ``TimeoutError`` when no reply came within ``timeout`` seconds of the
-        call (the publish included: a subscriber that vanished without its
-        connection closing, frozen or cut off, still counts at the broker
-        and never answers); :class:`~flask_realtime.BrokerUnavailable` at
-        once while this process cannot reach the broker, never because of
-        a subscriber.
+        ``None`` when the broker says nobody subscribes to ``topic``: at
+        once, or, while no reply has come, as soon as a probe finds nobody
+        left (the subscriber died with the request); ``TimeoutError`` when
+        no reply came within ``timeout`` seconds of the call (a subscriber
+        that froze, or was cut off with its connection open, still counts
+        at the broker and never answers);
+        :class:`~flask_realtime.BrokerUnavailable` at once while this
+        process cannot reach the broker, never because of a subscriber.
         """
         deadline = time.monotonic() + timeout
         if self.delivering():
@@ -153,15 +166,30 @@ class Control:
             self._waiting[reply_to] = waiter
         try:
             head = b"".join((REQUEST, reply_to.encode(), b"\n"))
-            receivers = self.broker.publish(topic, head + data)
-            if receivers == 0:
+            if self.broker.publish(topic, head + data) == 0:
                 return None
-            if not waiter.done.wait(max(0.0, deadline - time.monotonic())):
-                raise TimeoutError(f"no reply to a request on {topic!r} in {timeout} s")
+            if not self._wait_or_probe(waiter, topic, deadline, timeout):
+                return None
             return waiter.data
         finally:
             with self._lock:
                 self._waiting.pop(reply_to, None)
+
+    def _wait_or_probe(
+        self, waiter: _Waiter, topic: str, deadline: float, timeout: float
+    ) -> bool:
+        """Wait for the reply; False once a probe finds nobody on ``topic``."""
+        pause = _FIRST_PROBE
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"no reply to a request on {topic!r} in {timeout} s")
+            if waiter.done.wait(min(pause, remaining)):
+                return True
+            if self.broker.connected and self.broker.publish(topic, PROBE) == 0:
+                # Nobody left to answer; a reply that came meanwhile still counts.
+                return bool(waiter.done.is_set())
+            pause = min(pause * 2, _MAX_PROBE_INTERVAL)
 
     def reply(self, reply_to: str, data: bytes) -> None:
         """Answer a request (any greenlet or thread, any time)."""

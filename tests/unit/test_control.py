@@ -42,6 +42,39 @@ def test_a_request_times_out_within_its_timeout_the_publish_included() -> None:
     assert time.monotonic() - started < 0.9  # not the publish plus the timeout
 
 
+class DiesWithTheRequest(SilentSubscriber):
+    """The subscriber took the request and died: the broker counted it for
+    the request, and counts nobody from then on."""
+
+    def __init__(self) -> None:
+        super().__init__(0.0)
+        self.published: list[bytes] = []
+
+    def publish(self, topic: str, data: bytes) -> int:
+        self.published.append(data)
+        return 1 if len(self.published) == 1 else 0
+
+
+def test_a_request_whose_subscriber_died_with_it_answers_nobody_early() -> None:
+    broker = DiesWithTheRequest()
+    control = Control(lambda _: broker, print, print)  # type: ignore[arg-type, return-value]
+    started = time.monotonic()
+    assert control.request("n:dead", b"{}", 10.0) is None
+    assert time.monotonic() - started < 2.0
+    assert broker.published[1:] == [b"?"]  # a probe, which every node ignores
+
+
+def test_a_probe_is_ignored_by_the_node_that_gets_it() -> None:
+    seen: list[t.Any] = []
+    control = Control(
+        lambda _: SilentSubscriber(0.0),  # type: ignore[arg-type, return-value]
+        lambda *args: seen.append(args),
+        lambda *args: seen.append(args),
+    )
+    control.on_message("n:me", b"?")
+    assert seen == []
+
+
 def test_presence_asked_only_of_silent_nodes_is_empty_not_an_error(
     make: t.Callable[..., Realtime], monkeypatch: pytest.MonkeyPatch
 ) -> None:
