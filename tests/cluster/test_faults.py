@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 import typing as t
 
@@ -241,3 +242,41 @@ def test_requests_for_a_frozen_nodes_connections_time_out_cleanly(
         assert took < 10 + PROMPT, f"POST /realtime/send took {took:.1f} s"
     finally:
         kill(cluster)
+
+
+def test_a_forwarded_poll_whose_owner_is_killed_meanwhile_gets_a_json_404(
+    broker_kind: str, broker_servers: t.Any, start_cluster: t.Any
+) -> None:
+    # One worker per instance: the victim is one node, whose health counts
+    # the requests forwarded to it.
+    cluster = start_cluster(broker_servers(broker_kind), workers=1)
+    survivor, victim = cluster.instances
+    opened = requests.get(victim.url + "/realtime/poll", timeout=10).json()
+    welcome = opened["messages"][0]["data"]
+    poll = {
+        "connection_id": welcome["connection_id"],
+        "token": welcome["token"],
+        "cursor": opened["cursor"],
+    }
+    before = get(victim, "/realtime/health")["broker_messages"]["node"]
+    answer: list[t.Any] = []
+    waiting = threading.Thread(
+        target=lambda: answer.append(
+            timed(
+                requests.get, survivor.url + "/realtime/poll", params=poll, timeout=60
+            )
+        ),
+        daemon=True,
+    )
+    waiting.start()
+    # The poll waits on its owner (nothing to answer for 30 s): kill it then.
+    deadline = time.monotonic() + 10
+    while get(victim, "/realtime/health")["broker_messages"]["node"] == before:
+        assert time.monotonic() < deadline, "the poll never reached its owner"
+    killed_at = kill(cluster)
+    waiting.join(timeout=60)
+    response, _ = answer[0]
+    took = time.monotonic() - killed_at
+    assert response.status_code == 404, response.text
+    assert response.json()["error"]["code"] == 404
+    assert took < PROMPT, f"the poll was answered {took:.1f} s after the kill"
