@@ -28,7 +28,7 @@ import threading
 import time
 import typing as t
 
-from .._runtime import event, real_lock
+from .._runtime import event, real_lock, sleep
 from ..brokers import BrokerUnavailable
 from . import topics
 
@@ -46,6 +46,7 @@ PROBE = b"?"
 # doubling intervals up to the maximum: a long poll waits 30 s on its owner.
 _FIRST_PROBE = 0.5
 _MAX_PROBE_INTERVAL = 5.0
+_UP_POLL = 0.05  # a first request looks this often for the first connection
 
 OnMessage = t.Callable[[str, bytes], None]
 OnRequest = t.Callable[[str, bytes, str], None]
@@ -103,6 +104,7 @@ class Control:
         self._lock = real_lock()  # the waiting map and the per-process reset
         self._subscribe_lock: t.Any = None
         self._delivering: int | None = None  # the thread (greenlet) in on_message
+        self._was_up = 0  # the pid of the process that saw the broker up
         self.broker = make_broker(self.on_message)
 
     # -- what the broker brings ------------------------------------------------
@@ -154,7 +156,7 @@ class Control:
             # The reply would arrive through the reader this call blocks.
             raise RuntimeError("request() cannot wait inside on_message")
         inbox = self._subscribed_inbox()
-        if not self.broker.connected:
+        if not self._connected(deadline):
             # Never buffered for later: it would run after its requester
             # gave up (a forwarded POST run twice, say).
             raise BrokerUnavailable(
@@ -174,6 +176,22 @@ class Control:
         finally:
             with self._lock:
                 self._waiting.pop(reply_to, None)
+
+    def _connected(self, deadline: float) -> bool:
+        """Whether the broker is up; a process's first request waits for the
+        first connection (up to its deadline), which a script or a task
+        starting on a loaded host may still be making: slow is not down."""
+        if self.broker.connected:
+            self._was_up = os.getpid()
+            return True
+        if self._was_up == os.getpid():
+            return False  # it was up and went down: an outage, say so at once
+        while time.monotonic() < deadline:
+            sleep(_UP_POLL)
+            if self.broker.connected:
+                self._was_up = os.getpid()
+                return True
+        return False
 
     def _wait_or_probe(
         self, waiter: _Waiter, topic: str, deadline: float, timeout: float

@@ -11,7 +11,7 @@ import typing as t
 
 import pytest
 
-from flask_realtime import Realtime
+from flask_realtime import BrokerUnavailable, Realtime
 from flask_realtime.node.control import Control
 
 
@@ -73,6 +73,35 @@ def test_a_probe_is_ignored_by_the_node_that_gets_it() -> None:
     )
     control.on_message("n:me", b"?")
     assert seen == []
+
+
+class SlowToConnect(SilentSubscriber):
+    """A broker whose first connection comes ``after`` seconds from now."""
+
+    def __init__(self, after: float) -> None:
+        super().__init__(0.0)
+        self.up_at = time.monotonic() + after
+        self.down = False
+
+    @property  # type: ignore[override]
+    def connected(self) -> bool:
+        return not self.down and time.monotonic() >= self.up_at
+
+    def publish(self, topic: str, data: bytes) -> int:
+        return 0  # nobody subscribes
+
+
+def test_a_first_request_waits_for_a_slow_first_connection() -> None:
+    broker = SlowToConnect(0.3)
+    control = Control(lambda _: broker, print, print)  # type: ignore[arg-type, return-value]
+    # Slow is not down: no BrokerUnavailable while the first connection comes.
+    assert control.request("p:presence-room", b"{}", 2.0) is None
+    # Once up, a broker that goes down is an outage, said at once.
+    broker.down = True
+    started = time.monotonic()
+    with pytest.raises(BrokerUnavailable):
+        control.request("p:presence-room", b"{}", 2.0)
+    assert time.monotonic() - started < 0.5
 
 
 def test_presence_asked_only_of_silent_nodes_is_empty_not_an_error(
