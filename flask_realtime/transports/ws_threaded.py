@@ -124,6 +124,7 @@ class ThreadedWebSocket(WebSocketProtocol, Sink):
                     continue  # dropped: waiting for the peer to close
                 for text in self.data_received(data):
                     self.handle_text(text)
+                self.close_if_pending()
         finally:
             self.reader_done.set()
             with self.cond:
