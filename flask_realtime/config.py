@@ -48,6 +48,8 @@ class Settings:
     longpoll_timeout: float
     longpoll_expiry: float
     max_message_size: int
+    max_message_fragments: int
+    fragment_timeout: float
     max_subscriptions: int
     max_queue_messages: int
     max_queue_bytes: int
@@ -82,6 +84,10 @@ DEFAULTS: dict[str, t.Any] = {
     "REALTIME_LONGPOLL_TIMEOUT": 30,
     "REALTIME_LONGPOLL_EXPIRY": 60,
     "REALTIME_MAX_MESSAGE_SIZE": 64 * 1024,
+    # A WebSocket message in fragments: at most this many, complete within
+    # this many seconds of the first (1009 / 1008 past them).
+    "REALTIME_MAX_MESSAGE_FRAGMENTS": 1024,
+    "REALTIME_FRAGMENT_TIMEOUT": 30,
     "REALTIME_MAX_SUBSCRIPTIONS": 100,
     "REALTIME_MAX_QUEUE_MESSAGES": 10_000,
     "REALTIME_MAX_QUEUE_BYTES": 1024 * 1024,
@@ -338,6 +344,12 @@ def load(config: t.Mapping[str, t.Any]) -> Settings:
             config, "REALTIME_LONGPOLL_EXPIRY", minimum=0.1, integer=False
         ),
         max_message_size=_number(config, "REALTIME_MAX_MESSAGE_SIZE", minimum=64),
+        max_message_fragments=_number(
+            config, "REALTIME_MAX_MESSAGE_FRAGMENTS", minimum=1
+        ),
+        fragment_timeout=_number(
+            config, "REALTIME_FRAGMENT_TIMEOUT", minimum=0.1, integer=False
+        ),
         max_subscriptions=_number(config, "REALTIME_MAX_SUBSCRIPTIONS", minimum=1),
         max_queue_messages=_number(config, "REALTIME_MAX_QUEUE_MESSAGES", minimum=1),
         max_queue_bytes=_number(config, "REALTIME_MAX_QUEUE_BYTES", minimum=1024),

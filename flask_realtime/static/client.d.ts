@@ -191,6 +191,8 @@ export declare class RealtimeClient {
 
   /** The protocol version this client speaks. */
   static readonly PROTOCOL: 1;
+  /** The WebSocket subprotocol the client offers and the server selects. */
+  static readonly SUBPROTOCOL: "realtime.v1";
   static readonly Channel: typeof Channel;
 
   readonly options: Required<RealtimeOptions>;

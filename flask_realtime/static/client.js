@@ -214,6 +214,8 @@
     }
   }
 
+  const SUBPROTOCOL = "realtime.v1";
+
   class WebSocketTransport {
     constructor(client) {
       this.client = client;
@@ -225,7 +227,9 @@
     }
 
     open() {
-      const ws = new WebSocket(this.client._url("websocket"));
+      // Offering the protocol's subprotocol: the server selects it (a server
+      // that ignored it would fail the connection in the browser).
+      const ws = new WebSocket(this.client._url("websocket"), [SUBPROTOCOL]);
       this.ws = ws;
       ws.onmessage = (event) => this.client._receiveText(this, event.data);
       ws.onclose = (event) => this.client._closed(this, event.code, event.reason);
@@ -781,5 +785,6 @@
 
   RealtimeClient.Channel = Channel;
   RealtimeClient.PROTOCOL = 1;
+  RealtimeClient.SUBPROTOCOL = SUBPROTOCOL;
   return RealtimeClient;
 });

@@ -21,6 +21,7 @@ import time
 import typing as t
 
 from ..connection import Connection, Outbound, Sink
+from ..protocol import CLOSE_TOO_SLOW
 from .flusher import flusher
 
 if t.TYPE_CHECKING:
@@ -207,8 +208,10 @@ class SocketSession(Sink):
     def close(self, code: int, reason: str) -> None:
         conn = self.conn
         self.gauge.relieved(self)
-        if conn.backed_up:
+        if conn.backed_up and code == CLOSE_TOO_SLOW:
             # Drop what a slow client had not read; its close frame goes next.
+            # Any other close (4200 at shutdown, say) sends what is queued
+            # first: the queue is bounded, and the close waits its turn.
             self.gauge.dequeued(conn.drop())
         frame = self.closing_bytes(code, reason)
         conn.put_last(frame)

@@ -36,13 +36,34 @@ def valid_key(key: str) -> bool:
         return False
 
 
-def switching_protocols(key: str) -> bytes:
+#: The protocol's subprotocol name. Browsers and Node's ``ws`` fail a
+#: connection that offered subprotocols when the server selects none of them.
+SUBPROTOCOL = "realtime.v1"
+
+
+def offers_subprotocol(environ: WSGIEnviron) -> bool:
+    """Whether the client offered ``realtime.v1`` (others are ignored)."""
+    offered = environ.get("HTTP_SEC_WEBSOCKET_PROTOCOL", "")
+    return SUBPROTOCOL in (p.strip() for p in offered.split(","))
+
+
+def switching_protocols(key: str, subprotocol: bool = False) -> bytes:
+    """The 101 response; with ``Sec-WebSocket-Protocol`` when selected."""
     accept = base64.b64encode(
         hashlib.sha1(key.strip().encode("ascii") + _GUID).digest()
     )
+    selected = (
+        b"Sec-WebSocket-Protocol: " + SUBPROTOCOL.encode() + b"\r\n"
+        if subprotocol
+        else b""
+    )
     return (
         b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-        b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n"
+        b"Connection: Upgrade\r\nSec-WebSocket-Accept: "
+        + accept
+        + b"\r\n"
+        + selected
+        + b"\r\n"
     )
 
 
@@ -103,14 +124,15 @@ def accept(
     try:
         if take is not None:
             key = environ.get("HTTP_SEC_WEBSOCKET_KEY", "")
-            sock = take(switching_protocols(key) + (welcome or b""))
+            head = switching_protocols(key, offers_subprotocol(environ))
+            sock = take(head + (welcome or b""))
             welcomed = True
         elif upgraded is not None:
             upgraded.closed = True  # it must never write to the socket we take
             environ["wsgi.websocket"] = None
             sock = upgraded.handler.socket
         else:
-            sock, mode = simple_websocket_handshake(environ)
+            sock, mode = simple_websocket_handshake(environ, SUBPROTOCOL)
             detach = detach and not is_tls(sock)
     except OSError:
         if session is not None:

@@ -43,39 +43,56 @@ def _error_frame(code: int, message: str) -> bytes:
 
 
 class WebSocketProtocol:
-    """Reads frames into the node; answers control frames; heartbeats."""
+    """Reads frames into the node; answers control frames; heartbeats.
+
+    A close the client asks for, or one its bad frame calls for, waits in
+    :attr:`pending_close` until the text messages that came before it have
+    been handled (:meth:`close_if_pending`): nothing sent before a close is
+    lost, and nothing after it is read.
+    """
 
     conn: Connection
     node: Node
 
     def start_protocol(self, node: Node) -> None:
-        self.parser = FrameParser(node.settings.max_message_size)
+        settings = node.settings
+        self.parser = FrameParser(
+            settings.max_message_size,
+            settings.max_message_fragments,
+            settings.fragment_timeout,
+        )
+        #: ``(code, reason, frame to send first)`` once the client is done.
+        self.pending_close: tuple[int, str, bytes] | None = None
 
     def tick(self, now: float, heartbeat: float) -> None:
         conn = self.conn
         idle = now - conn.last_seen
         if idle > 2 * heartbeat:
             conn.close(protocol.CLOSE_HEARTBEAT_TIMEOUT, "heartbeat timeout")
-        elif idle >= heartbeat:
+            return
+        try:
+            self.parser.check_deadline(now)
+        except FrameError as exc:
+            conn.close(exc.code, exc.reason)
+            return
+        if idle >= heartbeat:
             conn.push_bytes(PING_FRAME)
 
     def data_received(self, data: bytes) -> list[bytes]:
-        """Parse frames; answer control frames; return admitted text messages."""
+        """Parse frames; answer control frames; return admitted text messages.
+
+        A close (asked for, or due to a bad frame) is left pending: the
+        caller handles the returned messages, then :meth:`close_if_pending`.
+        """
         conn = self.conn
+        if self.pending_close is not None:
+            return []  # nothing after a close frame, or a bad frame, counts
         conn.last_seen = time.monotonic()
+        failure: FrameError | None = None
         try:
             frames = self.parser.feed(data)
-        except MessageTooLarge as exc:
-            conn.push_bytes(
-                _error_frame(
-                    protocol.TOO_LARGE, f"message too large (limit {exc.limit} bytes)"
-                )
-            )
-            conn.close(protocol.CLOSE_TOO_LARGE, "message too large")
-            return []
         except FrameError as exc:
-            conn.close(exc.code, exc.reason)
-            return []
+            frames, failure = exc.frames, exc
         texts: list[bytes] = []
         for opcode, payload in frames:
             if opcode == OP_TEXT:
@@ -87,9 +104,14 @@ class WebSocketProtocol:
             elif opcode == OP_PING:
                 conn.push_bytes(build_frame(OP_PONG, payload))
             elif opcode == OP_CLOSE:
+                # The client's code is echoed; none (1005) is answered 1000.
                 code = parse_close(payload)
-                conn.close(protocol.CLOSE_NORMAL if code == 1005 else code, "")
-                break
+                self.pending_close = (
+                    protocol.CLOSE_NORMAL if code == 1005 else code,
+                    "",
+                    b"",
+                )
+                return texts
             elif opcode == OP_BINARY:
                 conn.push_bytes(
                     _error_frame(
@@ -97,7 +119,29 @@ class WebSocketProtocol:
                     )
                 )
             # pongs only refresh last_seen
+        if isinstance(failure, MessageTooLarge):
+            self.pending_close = (
+                protocol.CLOSE_TOO_LARGE,
+                "message too large",
+                _error_frame(
+                    protocol.TOO_LARGE,
+                    f"message too large (limit {failure.limit} bytes)",
+                ),
+            )
+        elif failure is not None:
+            self.pending_close = (failure.code, failure.reason, b"")
         return texts
+
+    def close_if_pending(self) -> None:
+        """Close as the client asked (or its bad frame requires), now that
+        the messages it sent before are handled."""
+        pending = self.pending_close
+        if pending is None or self.conn.closing:
+            return
+        code, reason, first = pending
+        if first:
+            self.conn.push_bytes(first)
+        self.conn.close(code, reason)
 
     def handle_text(self, payload: bytes) -> None:
         reply = self.node.receive(self.conn, payload)
@@ -137,6 +181,8 @@ class GeventWebSocket(WebSocketProtocol, SocketSession):
             if not self.scheduled_messages:
                 self.scheduled_messages = True
                 runner().schedule(self)
+        elif not self.scheduled_messages:
+            self.close_if_pending()  # (else drain closes, once the inbox is done)
 
     def drain(self) -> None:
         """Client messages run in a greenlet: authorizers and handlers may block."""
@@ -150,3 +196,5 @@ class GeventWebSocket(WebSocketProtocol, SocketSession):
             if self.inbox and not self.conn.closed:
                 self.scheduled_messages = True
                 runner().schedule(self)
+            elif not self.inbox:
+                self.close_if_pending()

@@ -22,9 +22,10 @@ class _NoThread:
         pass
 
 
-def handshake(environ: dict[str, t.Any]) -> tuple[t.Any, str]:
-    """Answer the upgrade with simple-websocket: ``(socket, mode)``."""
+def handshake(environ: dict[str, t.Any], subprotocol: str) -> tuple[t.Any, str]:
+    """Answer the upgrade with simple-websocket: ``(socket, mode)``; it
+    selects ``subprotocol`` when the client offers it."""
     from simple_websocket import Server
 
-    ws = Server(environ, thread_class=_NoThread)
+    ws = Server(environ, subprotocols=[subprotocol], thread_class=_NoThread)
     return ws.sock, ws.mode

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 import typing as t
 
 from .. import protocol
 from .._runtime import gevent_active
 from .._ws_frames import close_frame
 from ..connection import Connection, Sink, as_ws_frame
-from .socket_session import CLOSE_GRACE, READ_SIZE
+from .handoff import is_tls
+from .socket_session import CLOSE_GRACE, READ_SIZE, SLOWCLOSE_GRACE
 from .ws_session import WebSocketProtocol
 
 if t.TYPE_CHECKING:
@@ -41,6 +43,14 @@ class ThreadedWebSocket(WebSocketProtocol, Sink):
         self.reader_done = threading.Event()
         self.final_queued = False  # the close frame is in the queue
         self.finished = False
+        self.last_read = time.monotonic()
+        # A send that must not wait: on plain sockets where the OS has it
+        # (not on TLS sockets, which refuse send flags).
+        self.dontwait = (
+            hasattr(socket, "MSG_DONTWAIT")
+            and not is_tls(sock)
+            and sock.gettimeout() is None  # (a timeout would make it wait)
+        )
 
     def bind(self, conn: Connection) -> None:
         super().bind(conn)
@@ -87,17 +97,13 @@ class ThreadedWebSocket(WebSocketProtocol, Sink):
                         return
                     data = conn.take()
                     last = self.final_queued
-                    conn.backed_up = True
-                try:
-                    self.sock.sendall(data)
-                finally:
-                    conn.backed_up = False
+                self._send(data)
                 if last:
                     break
             # Close frame sent: half-close, give the reader time to see the
             # peer's close, then cut the connection (see SocketSession).
             self.sock.shutdown(socket.SHUT_WR)
-            self.reader_done.wait(CLOSE_GRACE)
+            self._linger()
         except OSError:
             pass
         finally:
@@ -106,6 +112,43 @@ class ThreadedWebSocket(WebSocketProtocol, Sink):
                 self.sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+
+    def _send(self, data: bytes) -> None:
+        """Send ``data``; the queue's bound applies only while the socket is full.
+
+        A first send that must not wait (``MSG_DONTWAIT``) tells a full socket
+        from a writer thread that was merely slow to be scheduled: on a busy
+        host, the reader could queue past the bound while the writer waited
+        for the GIL with room in the socket, and close a client that reads.
+        """
+        conn = self.conn
+        view = memoryview(data)
+        if self.dontwait:
+            try:
+                view = view[self.sock.send(view, socket.MSG_DONTWAIT) :]
+            except BlockingIOError:
+                pass
+            if not view:
+                return
+        conn.backed_up = True
+        try:
+            self.sock.sendall(view)
+        finally:
+            conn.backed_up = False
+
+    def _linger(self) -> None:
+        """After our close frame: wait for the peer's close while it still sends.
+
+        A client that was sending when it was closed (a flood of pings, say)
+        must get to read the close frame; cutting the connection under it
+        would reset it instead. A silent peer gets ``CLOSE_GRACE``; one still
+        sending, up to ``SLOWCLOSE_GRACE``.
+        """
+        give_up = time.monotonic() + SLOWCLOSE_GRACE
+        while not self.reader_done.wait(CLOSE_GRACE / 10):
+            now = time.monotonic()
+            if now > give_up or now - self.last_read > CLOSE_GRACE:
+                return
 
     def run(self) -> None:
         """Read until the peer or the writer ends the connection."""
@@ -120,10 +163,12 @@ class ThreadedWebSocket(WebSocketProtocol, Sink):
                     break
                 if not data:
                     break
+                self.last_read = time.monotonic()
                 if conn.closing:
                     continue  # dropped: waiting for the peer to close
                 for text in self.data_received(data):
                     self.handle_text(text)
+                self.close_if_pending()
         finally:
             self.reader_done.set()
             with self.cond:

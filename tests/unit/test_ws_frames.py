@@ -130,7 +130,7 @@ def test_split_at_every_offset() -> None:
 
 @pytest.mark.parametrize("length", [125, 126, 300, 65535])
 def test_16_bit_lengths(length: int) -> None:
-    payload = bytes(i % 251 for i in range(length))
+    payload = bytes(97 + i % 26 for i in range(length))  # text: UTF-8
     frame = client_frame(payload)
     if length >= 126:
         assert frame[1] & 0x7F == 126
@@ -139,7 +139,7 @@ def test_16_bit_lengths(length: int) -> None:
 
 @pytest.mark.parametrize("length", [65536, 70000])
 def test_64_bit_lengths(length: int) -> None:
-    payload = bytes(i % 251 for i in range(length))
+    payload = bytes(97 + i % 26 for i in range(length))  # text: UTF-8
     frame = client_frame(payload)
     assert frame[1] & 0x7F == 127
     assert FrameParser(100_000).feed(frame) == [(OP_TEXT, payload)]
@@ -282,7 +282,7 @@ def test_control_frame_over_125_bytes_is_refused(opcode: int) -> None:
 
 @pytest.mark.parametrize("opcode", [OP_PING, OP_PONG, OP_CLOSE])
 def test_control_frame_of_125_bytes_is_accepted(opcode: int) -> None:
-    payload = b"p" * 125
+    payload = b"\x03\xe8" + b"p" * 123  # (a close frame: code 1000, a reason)
     assert FrameParser(LIMIT).feed(client_frame(payload, opcode)) == [(opcode, payload)]
 
 
