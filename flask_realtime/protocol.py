@@ -7,11 +7,13 @@ broadcast; transports frame those bytes without decoding them again.
 from __future__ import annotations
 
 import json
-import math
-import re
 import typing as t
 
 from . import channels
+from .strict_json import SURROGATE
+from .strict_json import NotStrictJSON as NotStrictJSON
+from .strict_json import dumps as encode_strict
+from .strict_json import loads as loads
 
 PROTOCOL_VERSION = 1
 
@@ -52,84 +54,20 @@ DEFAULT_URL_PREFIX = "/realtime"
 DEFAULT_WEBSOCKET_PATH = "/ws"
 
 CLIENT_TYPES = frozenset({"subscribe", "unsubscribe", "event", "ping"})
-
-# Strict JSON both ways (RFC 8259): no NaN or Infinity, which JSON has no
-# words for and browsers' ``JSON.parse`` refuses (one would spoil a whole
-# long-poll batch), and no lone surrogate, which UTF-8 cannot carry.
-_compact = json.JSONEncoder(
-    separators=(",", ":"), ensure_ascii=False, allow_nan=False
-).encode
-
-
-class NotStrictJSON(ValueError):
-    """Input or output that strict JSON (RFC 8259, in UTF-8) cannot carry."""
+# Every ``type`` the server sends, and the event names it uses itself: a
+# client event may not take any of them, so no client can pass for the
+# server (PROTOCOL.md, "Server → client").
+SERVER_TYPES = frozenset(
+    {"connected", "event", "subscribed", "unsubscribed", "pong", "error", "ack"}
+)
+PRESENCE_JOIN = "presence.join"
+PRESENCE_LEAVE = "presence.leave"
+_SERVER_EVENT_PREFIXES = ("presence.",)
 
 
-def _no_constants(name: str) -> t.NoReturn:
-    raise NotStrictJSON(f"invalid JSON: {name} is not a JSON number")
-
-
-def _finite(text: str) -> float:
-    number = float(text)
-    if not math.isfinite(number):  # 1e400: valid JSON, but no double holds it
-        raise NotStrictJSON(f"invalid JSON: {text[:40]} is out of range")
-    return number
-
-
-_strict_decoder = json.JSONDecoder(parse_constant=_no_constants, parse_float=_finite)
-
-
-_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-def _lone_surrogate(value: t.Any) -> str | None:
-    """The first string in ``value`` (keys included) with a lone surrogate.
-
-    The decoder pairs escaped surrogates (``"\\ud83d\\ude00"``) into one
-    character, so any surrogate left in a string has no partner. Iterative,
-    so that nesting as deep as the decoder allows cannot exhaust the stack.
-    """
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, str):
-            if _SURROGATE.search(item):
-                return item
-        elif isinstance(item, dict):
-            stack.extend(item.keys())
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
-    return None
-
-
-def loads(text: str | bytes) -> t.Any:
-    """Strict JSON from a client: UTF-8, no NaN or Infinity, no lone surrogate.
-
-    Raises :class:`NotStrictJSON` (a ValueError) for anything else, and
-    RecursionError for nesting deeper than the decoder goes.
-    """
-    if isinstance(text, str):
-        raw = text
-        if _SURROGATE.search(raw):
-            raise NotStrictJSON("invalid JSON: a lone surrogate is not text")
-    else:
-        try:
-            raw = bytes(text).decode("utf-8")
-        except UnicodeDecodeError:
-            raise NotStrictJSON("invalid JSON: the message is not UTF-8") from None
-    try:
-        value = _strict_decoder.decode(raw)
-    except NotStrictJSON:
-        raise
-    except ValueError:
-        raise NotStrictJSON("invalid JSON") from None
-    # Only an escape ("\\ud800") can put a surrogate in a string of UTF-8.
-    if "\\u" in raw and _lone_surrogate(value) is not None:
-        raise NotStrictJSON(
-            "invalid JSON: an unpaired surrogate escape (\\ud800-\\udfff) is not text"
-        )
-    return value
+def is_server_event_name(name: str) -> bool:
+    """A name the server uses itself, which no client event may carry."""
+    return name in SERVER_TYPES or name.startswith(_SERVER_EVENT_PREFIXES)
 
 
 class ProtocolError(Exception):
@@ -170,28 +108,11 @@ class ClientMessage(t.NamedTuple):
 
 
 def encode(message: dict[str, t.Any]) -> bytes:
-    """Serialise one envelope to compact UTF-8 JSON.
-
-    Raises ValueError for what strict JSON cannot carry (NaN, Infinity, a
-    lone surrogate) and TypeError for what JSON has no type for, in the
-    caller of ``broadcast()`` and the like, before anything is sent.
-    """
-    try:
-        text = _compact(message)
-    except ValueError as exc:  # NaN or Infinity, or a circular reference
-        hint = (
-            ": NaN and Infinity have no JSON form; send null or a string instead"
-            if "Out of range" in str(exc)
-            else ""
-        )
-        raise NotStrictJSON(f"not strict JSON ({exc}){hint}") from None
-    try:
-        return text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise NotStrictJSON(
-            f"not strict JSON: a lone surrogate ({text[exc.start]!r}) is not "
-            "text, and UTF-8 cannot carry it"
-        ) from None
+    """Serialise one envelope to compact UTF-8 JSON, strictly: raises
+    ValueError for NaN, Infinity or a lone surrogate and TypeError for what
+    JSON has no type for, in the caller of ``broadcast()`` and the like,
+    before anything is sent."""
+    return encode_strict(message)
 
 
 def parse(text: str | bytes) -> ClientMessage:
@@ -245,6 +166,14 @@ def parse(text: str | bytes) -> ClientMessage:
             request_id=request_id,
             channel=channel,
         )
+    if is_server_event_name(event):
+        raise ProtocolError(
+            FORBIDDEN,
+            f"{event[:50]!r} is a name the server uses itself; "
+            "client events may not take it",
+            request_id=request_id,
+            channel=channel,
+        )
     return ClientMessage(kind, request_id, channel, event, obj.get("data"))
 
 
@@ -255,7 +184,7 @@ def request_id(text: str | bytes) -> t.Any:
     except (ValueError, UnicodeDecodeError, RecursionError):
         return None
     value = obj.get("id") if isinstance(obj, dict) else None
-    if isinstance(value, str) and _SURROGATE.search(value):
+    if isinstance(value, str) and SURROGATE.search(value):
         return None  # could not be echoed as strict JSON
     return (
         value if isinstance(value, (int, str)) and not isinstance(value, bool) else None
@@ -287,6 +216,21 @@ def event(channel: str | None, name: str, data: t.Any) -> bytes:
     if channel is None:
         return encode({"type": "event", "event": name, "data": data})
     return encode({"type": "event", "channel": channel, "event": name, "data": data})
+
+
+def client_event(channel: str, name: str, data: t.Any, user_id: t.Any) -> bytes:
+    """A client event relayed to the channel's other subscribers, with the
+    sender's ``user_id`` as the server knows it (None: anonymous), so that
+    no client can speak for another."""
+    return encode(
+        {
+            "type": "event",
+            "channel": channel,
+            "event": name,
+            "data": data,
+            "user_id": user_id,
+        }
+    )
 
 
 def subscribed(channel: str, request_id: t.Any, data: t.Any = None) -> bytes:
