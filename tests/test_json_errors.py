@@ -43,6 +43,23 @@ def test_no_endpoint_is_404_json(server: Server, path: str, method: str) -> None
     assert_json_error(response, 404)
 
 
+@pytest.mark.parametrize("path", ["/realtime/nothing", "/realtime/"])
+def test_websocket_upgrade_to_no_endpoint_is_404_json(
+    server: Server, path: str
+) -> None:
+    response = requests.get(
+        server.url + path,
+        headers={
+            "Connection": "Upgrade",
+            "Upgrade": "websocket",
+            "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+            "Sec-WebSocket-Version": "13",
+        },
+        timeout=5,
+    )
+    assert_json_error(response, 404)
+
+
 @pytest.mark.parametrize(
     ("method", "path"),
     [

@@ -173,14 +173,21 @@ def answer_errors_in_json(bp: Blueprint, methods: t.Sequence[str]) -> None:
     would take the app's own 404s).
     """
     bp.register_error_handler(HTTPException, _http_exception_as_json)
-    if bp.url_prefix:
-        for rule in ("/", "/<path:_anything>"):
+    if not bp.url_prefix:
+        return
+    for rule, name in (
+        ("/", "no_endpoint"),
+        ("/<path:_anything>", "no_endpoint_below"),
+    ):
+        # Plain requests, and WebSocket upgrades (Werkzeug routes them apart).
+        for websocket in (False, True):
             bp.add_url_rule(
                 rule,
-                endpoint="no_endpoint" + ("" if rule == "/" else "_below"),
+                endpoint=name + ("_ws" if websocket else ""),
                 view_func=lambda **_: _no_endpoint(),
-                methods=list(methods),
+                methods=["GET", "HEAD", "OPTIONS"] if websocket else list(methods),
                 strict_slashes=False,  # the prefix itself, with or without "/"
+                websocket=websocket,
             )
 
 
