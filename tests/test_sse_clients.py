@@ -10,14 +10,13 @@ a clean end rather than a truncated body. HTTP/1.0 clients keep a body that
 ends with the connection.
 
 The Python clients are in the ``test`` extra; Node's ``eventsource`` is
-installed by ``npm`` from ``tests/node/package.json`` into a cache directory
-the first time (Node.js and npm come from .ci/run).
+installed by ``npm ci`` into ``tests/node/node_modules`` the first time
+(Node.js and npm come from .ci/run).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import queue
 import shutil
 import socket
@@ -258,39 +257,29 @@ def test_curl(server: Server) -> None:
         process.wait()
 
 
-def node_modules(cache: Path) -> Path:
-    """``tests/node``'s packages, installed by npm into ``cache`` once."""
+def install_node_clients() -> None:
+    """``tests/node``'s packages, installed by npm from its lock file once."""
     npm = shutil.which("npm")
     assert npm, "npm is needed for this test (.ci/run installs it with nodejs)"
-    target = cache / "node"
-    if not (target / "node_modules" / "eventsource").is_dir():
-        target.mkdir(parents=True, exist_ok=True)
-        shutil.copy(NODE_DIR / "package.json", target / "package.json")
+    if not (NODE_DIR / "node_modules" / "eventsource").is_dir():
         subprocess.run(
-            [npm, "install", "--no-audit", "--no-fund", "--loglevel=error"],
-            cwd=target,
+            [npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"],
+            cwd=NODE_DIR,
             check=True,
             timeout=300,
         )
-    return target / "node_modules"
 
 
-def test_node_eventsource(server: Server, pytestconfig: pytest.Config) -> None:
+def test_node_eventsource(server: Server) -> None:
     node = shutil.which("node")
     assert node, "node is needed for this test (.ci/run installs nodejs)"
-    assert pytestconfig.cache is not None
-    modules = node_modules(Path(pytestconfig.cache.mkdir("npm")))
+    install_node_clients()
     channel = unique("news")
-    env = {**os.environ, "NODE_PATH": str(modules)}
-    # ES modules ignore NODE_PATH: the script runs from beside its packages.
-    script = modules.parent / "sse_client.mjs"
-    shutil.copy(NODE_DIR / "sse_client.mjs", script)
     process = subprocess.Popen(
-        [node, str(script), stream_url(server, channel)],
+        [node, str(NODE_DIR / "sse_client.mjs"), stream_url(server, channel)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=env,
     )
     try:
         received = lines_of(process, "")
