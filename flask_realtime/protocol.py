@@ -10,6 +10,10 @@ import json
 import typing as t
 
 from . import channels
+from .strict_json import SURROGATE
+from .strict_json import NotStrictJSON as NotStrictJSON
+from .strict_json import dumps as encode_strict
+from .strict_json import loads as loads
 
 PROTOCOL_VERSION = 1
 
@@ -50,8 +54,20 @@ DEFAULT_URL_PREFIX = "/realtime"
 DEFAULT_WEBSOCKET_PATH = "/ws"
 
 CLIENT_TYPES = frozenset({"subscribe", "unsubscribe", "event", "ping"})
+# Every ``type`` the server sends, and the event names it uses itself: a
+# client event may not take any of them, so no client can pass for the
+# server (PROTOCOL.md, "Server → client").
+SERVER_TYPES = frozenset(
+    {"connected", "event", "subscribed", "unsubscribed", "pong", "error", "ack"}
+)
+PRESENCE_JOIN = "presence.join"
+PRESENCE_LEAVE = "presence.leave"
+_SERVER_EVENT_PREFIXES = ("presence.",)
 
-_compact = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+def is_server_event_name(name: str) -> bool:
+    """A name the server uses itself, which no client event may carry."""
+    return name in SERVER_TYPES or name.startswith(_SERVER_EVENT_PREFIXES)
 
 
 class ProtocolError(Exception):
@@ -92,17 +108,22 @@ class ClientMessage(t.NamedTuple):
 
 
 def encode(message: dict[str, t.Any]) -> bytes:
-    """Serialise one envelope to compact UTF-8 JSON."""
-    return _compact(message).encode()
+    """Serialise one envelope to compact UTF-8 JSON, strictly: raises
+    ValueError for NaN, Infinity or a lone surrogate and TypeError for what
+    JSON has no type for, in the caller of ``broadcast()`` and the like,
+    before anything is sent."""
+    return encode_strict(message)
 
 
 def parse(text: str | bytes) -> ClientMessage:
     """Validate one client message; raise :class:`ProtocolError` (400) if it is bad."""
     try:
-        obj = json.loads(text)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        # RecursionError: "[[[[..." nested deeper than the parser goes.
-        raise ProtocolError(BAD_REQUEST, "invalid JSON") from None
+        obj = loads(text)
+    except NotStrictJSON as exc:
+        raise ProtocolError(BAD_REQUEST, str(exc), request_id=_id_of(text)) from None
+    except RecursionError:
+        # "[[[[..." nested deeper than the parser goes.
+        raise ProtocolError(BAD_REQUEST, "invalid JSON: nested too deeply") from None
     if not isinstance(obj, dict):
         raise ProtocolError(BAD_REQUEST, "a message must be a JSON object")
     request_id = obj.get("id")
@@ -145,6 +166,14 @@ def parse(text: str | bytes) -> ClientMessage:
             request_id=request_id,
             channel=channel,
         )
+    if is_server_event_name(event):
+        raise ProtocolError(
+            FORBIDDEN,
+            f"{event[:50]!r} is a name the server uses itself; "
+            "client events may not take it",
+            request_id=request_id,
+            channel=channel,
+        )
     return ClientMessage(kind, request_id, channel, event, obj.get("data"))
 
 
@@ -155,9 +184,14 @@ def request_id(text: str | bytes) -> t.Any:
     except (ValueError, UnicodeDecodeError, RecursionError):
         return None
     value = obj.get("id") if isinstance(obj, dict) else None
+    if isinstance(value, str) and SURROGATE.search(value):
+        return None  # could not be echoed as strict JSON
     return (
         value if isinstance(value, (int, str)) and not isinstance(value, bool) else None
     )
+
+
+_id_of = request_id  # for parse(), whose local ``request_id`` hides it
 
 
 def _with_id(message: dict[str, t.Any], request_id: t.Any) -> dict[str, t.Any]:
@@ -182,6 +216,21 @@ def event(channel: str | None, name: str, data: t.Any) -> bytes:
     if channel is None:
         return encode({"type": "event", "event": name, "data": data})
     return encode({"type": "event", "channel": channel, "event": name, "data": data})
+
+
+def client_event(channel: str, name: str, data: t.Any, user_id: t.Any) -> bytes:
+    """A client event relayed to the channel's other subscribers, with the
+    sender's ``user_id`` as the server knows it (None: anonymous), so that
+    no client can speak for another."""
+    return encode(
+        {
+            "type": "event",
+            "channel": channel,
+            "event": name,
+            "data": data,
+            "user_id": user_id,
+        }
+    )
 
 
 def subscribed(channel: str, request_id: t.Any, data: t.Any = None) -> bytes:

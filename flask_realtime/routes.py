@@ -19,7 +19,7 @@ from .transports import longpoll as _longpoll
 from .transports import send as _send
 from .transports import sse as _sse
 from .transports import websocket as _websocket
-from .transports.http import json_error
+from .transports.http import answer_errors_in_json, json_error
 
 if t.TYPE_CHECKING:
     from .extension import Realtime
@@ -38,6 +38,7 @@ F = t.TypeVar("F", bound=t.Callable[..., t.Any])
 def blueprint(realtime: Realtime, settings: _config.Settings) -> Blueprint:
     """The routes of ``realtime`` for an app with these ``settings``."""
     bp = Blueprint("realtime", __name__, url_prefix=settings.url_prefix or None)
+    answer_errors_in_json(bp, _ALL_METHODS)
 
     def route(
         rule: str, methods: tuple[str, ...], **options: t.Any

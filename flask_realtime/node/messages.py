@@ -193,9 +193,8 @@ class ClientMessages:
             self._run_handler(handler, conn, name, message)
             return None
         if node.rules.kind(name) != _channels.PUBLIC and event.startswith("client-"):
-            node.publish_channel(
-                name, protocol.event(name, event, message.data), exclude=conn.id
-            )
+            envelope = protocol.client_event(name, event, message.data, conn.user_id)
+            node.publish_channel(name, envelope, exclude=conn.id)
             return None
         raise protocol.ProtocolError(
             protocol.FORBIDDEN,

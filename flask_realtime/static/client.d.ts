@@ -128,6 +128,8 @@ export interface Envelope {
   event?: string;
   data?: any;
   id?: number | string;
+  /** A relayed client event: the sender's user id as the server knows it (null: anonymous). */
+  user_id?: string | number | null;
 }
 
 export declare class Channel {

@@ -13,7 +13,8 @@ import json
 import logging
 import typing as t
 
-from flask import Response, jsonify, request
+from flask import Blueprint, Response, jsonify, request
+from werkzeug.exceptions import HTTPException
 from werkzeug.http import HTTP_STATUS_CODES
 from werkzeug.wsgi import get_host
 
@@ -141,6 +142,53 @@ def json_error(status: int, message: str) -> Response:
     response = jsonify(error={"code": status, "message": message})
     response.status_code = status
     return response
+
+
+def _http_exception_as_json(exc: HTTPException) -> t.Any:
+    """Werkzeug's error, with its status and headers (``Allow``,
+    ``Retry-After``), as :func:`json_error` instead of an HTML page."""
+    code = exc.code or 500
+    if code < 400:
+        return exc  # a redirect is no error
+    response = json_error(code, exc.description or HTTP_STATUS_CODES.get(code, ""))
+    for name, value in exc.get_headers():
+        if name.lower() != "content-type":
+            response.headers[name] = value
+    return response
+
+
+def _no_endpoint() -> Response:
+    return json_error(404, "no realtime endpoint at this path")
+
+
+def answer_errors_in_json(bp: Blueprint, methods: t.Sequence[str]) -> None:
+    """Every error under the blueprint's URL prefix answers in JSON.
+
+    Its views' HTTP errors (413 past ``MAX_CONTENT_LENGTH``, ``abort``), and
+    500 for an exception (which Flask has logged, and which propagates as
+    usual under ``TESTING``/``PROPAGATE_EXCEPTIONS``), go through the
+    blueprint's handler. Flask never gives routing errors to a blueprint,
+    so paths under the prefix that no endpoint has are routed to a view of
+    the blueprint that answers 404 (only with a prefix: without one it
+    would take the app's own 404s).
+    """
+    bp.register_error_handler(HTTPException, _http_exception_as_json)
+    if not bp.url_prefix:
+        return
+    for rule, name in (
+        ("/", "no_endpoint"),
+        ("/<path:_anything>", "no_endpoint_below"),
+    ):
+        # Plain requests, and WebSocket upgrades (Werkzeug routes them apart).
+        for websocket in (False, True):
+            bp.add_url_rule(
+                rule,
+                endpoint=name + ("_ws" if websocket else ""),
+                view_func=lambda **_: _no_endpoint(),
+                methods=["GET", "HEAD", "OPTIONS"] if websocket else list(methods),
+                strict_slashes=False,  # the prefix itself, with or without "/"
+                websocket=websocket,
+            )
 
 
 def wsgi_error(

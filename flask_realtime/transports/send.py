@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 import typing as t
 
@@ -59,9 +58,11 @@ def _send(node: Node) -> Response:
     if len(raw) > limit + _ENVELOPE_ALLOWANCE:
         return json_error(413, f"message too large (limit {limit} bytes)")
     try:
-        body = json.loads(raw)
-    except (ValueError, RecursionError):
-        return json_error(400, "the body must be JSON")
+        body = protocol.loads(raw)
+    except protocol.NotStrictJSON as exc:
+        return json_error(400, f"the body must be strict JSON: {exc}")
+    except RecursionError:
+        return json_error(400, "the body must be JSON: nested too deeply")
     if not isinstance(body, dict):
         return json_error(400, "the body must be a JSON object")
     connection_id = body.get("connection_id")
@@ -127,7 +128,7 @@ def close_view(node: Node) -> Response:
         return json_error(403, "origin not allowed")
     raw = request.stream.read(_ENVELOPE_ALLOWANCE + 1)
     try:
-        body = json.loads(raw)
+        body = protocol.loads(raw)
     except (ValueError, RecursionError):
         return json_error(400, "the body must be JSON")
     if not isinstance(body, dict) or not isinstance(body.get("connection_id"), str):

@@ -31,6 +31,25 @@ _RETRY_MS = 2000
 # ticks often enough for it: see ``KEEPALIVE`` in the node.)
 KEEPALIVE = 10.0
 _KEEPALIVE_COMMENT = b": keepalive\n\n"
+# The zero-length chunk that ends a chunked body (RFC 9112, 7.1).
+_LAST_CHUNK = b"0\r\n\r\n"
+
+
+def chunk(data: bytes) -> bytes:
+    """``data`` as one chunk of a chunked body (RFC 9112, 7.1).
+
+    Written by hand because the session writes its socket itself, past the
+    server: each write is one chunk, so a client reading the body through a
+    buffering library (urllib3, ``requests``) has every event as it comes.
+    """
+    return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+def wants_chunked(environ: t.Mapping[str, t.Any]) -> bool:
+    """HTTP/1.1 and later read a chunked body; HTTP/1.0 only one that ends
+    with the connection."""
+    version = environ.get("SERVER_PROTOCOL", "")
+    return version.startswith("HTTP/") and version[5:] >= "1.1"
 
 
 class SSESession(SocketSession):
@@ -43,19 +62,25 @@ class SSESession(SocketSession):
 
     transport = "sse"
 
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: Node, chunked: bool) -> None:
         super().__init__(node)
+        self.chunked = chunked
         self.seq = 0
         self.seq_at_tick = 0
         self.quiet_since = 0.0
         self.keepalive = min(KEEPALIVE, node.settings.heartbeat / 2)
 
+    def frame(self, data: bytes) -> bytes:
+        """What goes on the wire for ``data`` of the event stream."""
+        return chunk(data) if self.chunked else data
+
     def encode(self, message: Outbound) -> bytes:
         self.seq += 1
-        return b"id: %d\ndata: %b\n\n" % (self.seq, message.json)
+        return self.frame(b"id: %d\ndata: %b\n\n" % (self.seq, message.json))
 
     def closing_bytes(self, code: int, reason: str) -> bytes:
-        return b": closed %d\n\n" % code
+        comment = b": closed %d\n\n" % code
+        return chunk(comment) + _LAST_CHUNK if self.chunked else comment
 
     def tick(self, now: float, heartbeat: float) -> None:
         if self.seq != self.seq_at_tick:
@@ -63,18 +88,21 @@ class SSESession(SocketSession):
             self.quiet_since = now
         elif now - self.quiet_since >= self.keepalive:
             self.quiet_since = now
-            self.conn.push_bytes(_KEEPALIVE_COMMENT)
+            self.conn.push_bytes(self.frame(_KEEPALIVE_COMMENT))
 
 
-def _head(allowed: tuple[str, ...]) -> bytes:
+def _head(allowed: tuple[str, ...], chunked: bool) -> bytes:
     """The response head of a stream the session writes itself.
 
-    No length and no chunking: ``Connection: close`` ends the body with the
-    connection, which is what an event stream does.
+    Chunked for HTTP/1.1 clients: a body with neither a length nor chunks
+    ends only with the connection, and clients that read it through a
+    buffer (urllib3 fills 64 KiB) would see nothing until that much came.
+    An HTTP/1.0 client gets the body that ends with the connection.
     """
     return (
         b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream; charset=utf-8\r\n"
         b"Cache-Control: no-cache\r\nX-Accel-Buffering: no\r\nConnection: close\r\n"
+        + (b"Transfer-Encoding: chunked\r\n" if chunked else b"")
         + cors_lines(request.headers.get("Origin"), allowed)
         + b"\r\n"
     )
@@ -105,14 +133,17 @@ def sse_view(node: Node, authenticate: t.Callable[..., t.Any] | None) -> Respons
     taker = socket_taker(request.environ) if gevent_active() else None
     if taker is not None:
         take, mode = taker
-        session = SSESession(node)
+        chunked = wants_chunked(request.environ)
+        session = SSESession(node, chunked)
         welcome = session.encode(
             Outbound(session.open(user_id, user_info, with_token=True))
         )
         _subscribe_initial(node, session.conn, names)
         try:
             sock = take(
-                _head(settings.allowed_origins) + b"retry: %d\n\n" % _RETRY_MS + welcome
+                _head(settings.allowed_origins, chunked)
+                + session.frame(b"retry: %d\n\n" % _RETRY_MS)
+                + welcome
             )
         except OSError:
             session.abandon()

@@ -288,6 +288,7 @@ def test_client_event_on_presence_channel_reaches_the_other_page(
     [[data, message]] = wait_seen(bob, "room", "client-typing")
     assert data == {"typing": True}
     assert message["channel"] == "presence-room.1"
+    assert message["user_id"] == "1"  # the sender, as the server knows it
     bob.evaluate("room.send('client-typing', {typing: false})")
     assert wait_seen(ann, "room", "client-typing")[0][0] == {"typing": False}
 

@@ -7,7 +7,7 @@ import weakref
 import pytest
 from flask import Flask
 
-from flask_realtime import Realtime, extension, protocol
+from flask_realtime import Realtime, extension, strict_json
 
 
 @pytest.fixture(autouse=True)
@@ -23,9 +23,9 @@ def test_one_json_encoding_per_broadcast(monkeypatch: pytest.MonkeyPatch) -> Non
         client.subscribe("news")
 
     calls = []
-    original = protocol._compact
+    original = strict_json._compact  # the JSON encoder behind protocol.encode
     monkeypatch.setattr(
-        protocol, "_compact", lambda obj: calls.append(obj) or original(obj)
+        strict_json, "_compact", lambda obj: calls.append(obj) or original(obj)
     )
     with app.app_context():
         realtime.broadcast("news", "headline", {"title": "Once"})

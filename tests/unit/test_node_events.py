@@ -133,6 +133,7 @@ def test_client_event_relayed_to_the_other_subscribers_only(
             "channel": channel,
             "event": "client-typing",
             "data": {"who": 1},
+            "user_id": 1,  # the sender, as the server knows it
         }
     ]
     assert sender.received == []
