@@ -14,6 +14,7 @@ import typing as t
 import pytest
 import requests
 
+from tests.brokerservers import BrokerServer
 from tests.conftest import LiveServerFactory
 from tests.hostile.measure import server_rss, wait_until
 from tests.servers import Server
@@ -94,11 +95,17 @@ def _idle(state: dict[str, t.Any]) -> bool:
     return left == {"interest.topics": state["node_topic"]}
 
 
+@pytest.mark.parametrize("broker", ["null", "redis"])
 @pytest.mark.parametrize("transport", ["websocket", "sse", "longpoll"])
 def test_registries_are_empty_after_many_channels_fill_and_empty(
-    live_server: LiveServerFactory, transport: str
+    live_server: LiveServerFactory,
+    broker_servers: t.Callable[[str], BrokerServer],
+    transport: str,
+    broker: str,
 ) -> None:
-    server = live_server("geventwebsocket")
+    """With a broker, presence replicas and broker topics come and go too."""
+    env = broker_servers(broker).app_env if broker != "null" else {}
+    server = live_server("geventwebsocket", env=env)
     for round_ in range(2):  # warm up: allocator pools, imports, greenlets
         _over_websocket(server, 1000 + round_, 1)
     wait_until(lambda: _idle(_state(server)), 10, "an idle node after warm-up")
@@ -112,5 +119,6 @@ def test_registries_are_empty_after_many_channels_fill_and_empty(
     # Topics are released about a second after their last subscriber left.
     wait_until(lambda: _idle(_state(server)), 15, "every registry to empty")
     growth = server_rss(server) - rss_before
-    print(f"{transport}: {ROUNDS * 2 * 3 * CHANNELS} channels, +{growth} bytes")
+    channels = ROUNDS * 2 * 3 * CHANNELS
+    print(f"{transport}, {broker}: {channels} channels, +{growth} bytes")
     assert growth < MEMORY_GROWTH
