@@ -7,8 +7,9 @@ gauge never touches a socket; a session never reads the gauge.
 
 The rule (DESIGN.md property 2): a publisher is slowed only when the node
 itself is behind, or when a large share of all connections is reading but
-cannot keep up. A client that does not read is never waited for: its own
-queue bound closes it (4100). And no wait for clients lasts longer than
+cannot keep up. A client that stopped reading is closed by its own queue
+bound (4100) and counts for nothing once it drained nothing for
+:data:`STALLED_AFTER`. And no wait for clients lasts longer than
 :data:`MAX_CLIENT_WAIT`, so no group of connections, however chosen, can
 delay one broadcast elsewhere by more.
 """
@@ -20,9 +21,13 @@ import typing as t
 
 from ._runtime import gevent_active, in_event_loop
 
-# A pressured session that drained nothing for this long does not read (or
-# reads too little to matter): it holds no publisher.
-STALLED_AFTER = 1.0
+# A pressured session that drained nothing for this long does not read: it
+# holds no publisher. Long, because a slow reader shows progress rarely: the
+# kernel reports a full socket writable again only once half its send
+# buffer (up to 4 MiB) drained, which takes a 60 KB/s reader half a minute.
+# Until then a socket that stopped reading counts as slow, and can make a
+# publish wait, but never longer than MAX_CLIENT_WAIT.
+STALLED_AFTER = 60.0
 # The longest one publish waits for clients to drain. A publisher in a loop
 # is slowed to a few publishes a second while clients as a whole lag, which
 # lets them catch up; a single broadcast is never held longer.
@@ -30,7 +35,15 @@ MAX_CLIENT_WAIT = 0.1
 # Clients as a whole lag when more than this many sessions that read, and
 # more than one in SLOW_SHARE of all connections, are pressured.
 MIN_SLOW = 2
-SLOW_SHARE = 20
+SLOW_SHARE = 50
+# While more than one in BLOCKED_SHARE of all connections have a full socket,
+# each publish pauses for PACE: clients as a whole fall behind, and a
+# publisher far faster than they read must not fill their queues from half
+# to full before the count of pressured readers can tell (at 100,000
+# publishes a second that takes 50 ms). A millisecond is nothing to one
+# broadcast, whoever holds those sockets.
+BLOCKED_SHARE = 4
+PACE = 0.001
 # Without pressure a publisher still yields this often, so that reads, pings,
 # timers and the broker's deliveries keep running while it publishes in a
 # loop: its speed is then the speed at which the node delivers.
@@ -53,6 +66,7 @@ class PressureGauge:
         self.drained_bytes = 0  # written to such sockets since the start
         self.blocked_sessions = 0  # sessions whose socket is full now
         self.waits = 0  # how often a publisher had to wait
+        self.paced = 0  # how often it paused for PACE
         self._pressured: set[PressuredSession] = set()
         self._last_yield = 0.0
 
@@ -117,7 +131,9 @@ class PressureGauge:
         """Slow the publisher when clients as a whole cannot keep up.
 
         Waits while :meth:`lagging` holds, for at most
-        :data:`MAX_CLIENT_WAIT`; otherwise only yields now and then. A node
+        :data:`MAX_CLIENT_WAIT`; pauses for :data:`PACE` while a large share
+        of connections have a full socket; otherwise only yields now and
+        then. A node
         short of CPU is slowed elsewhere: the flusher makes a publisher that
         outruns it write the backlog itself (``transports/flusher.py``).
         """
@@ -127,7 +143,11 @@ class PressureGauge:
 
         now = time.monotonic()
         if not self._pressured or not self.lagging(connections, now):
-            if now - self._last_yield > _YIELD_EVERY:
+            if self.blocked_sessions > max(MIN_SLOW, connections // BLOCKED_SHARE):
+                self.paced += 1
+                self._last_yield = now
+                gevent.sleep(PACE)
+            elif now - self._last_yield > _YIELD_EVERY:
                 self._last_yield = now
                 gevent.sleep(0)
             return

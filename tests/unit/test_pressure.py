@@ -36,7 +36,7 @@ def _publish(gauge: PressureGauge, connections: int) -> float:
 
 def test_clients_that_stopped_reading_hold_no_publisher() -> None:
     gauge = PressureGauge(backlog_limit=64 * 1024 * 1024)
-    for _ in range(8):  # stopped reading 2 s ago: not yet "stuck" by the old rule
+    for _ in range(8):  # drained nothing for longer than STALLED_AFTER
         gauge.pressured(Session(time.monotonic() - 2 * pressure.STALLED_AFTER))
     assert _publish(gauge, connections=10) < 0.05
     assert gauge.waits == 0
@@ -95,3 +95,15 @@ def test_the_wait_ends_once_most_readers_drained() -> None:
     waited = _publish(gauge, connections=100)
     assert 0.015 <= waited < pressure.MAX_CLIENT_WAIT * 0.8
     assert gauge.pressured_count == 0
+
+
+def test_many_full_sockets_pace_the_publisher_by_a_millisecond() -> None:
+    gauge = PressureGauge(backlog_limit=64 * 1024 * 1024)
+    for _ in range(30):
+        gauge.blocked()
+    assert _publish(gauge, connections=100) < 0.05
+    assert gauge.paced == 1 and gauge.waits == 0
+    for _ in range(10):
+        gauge.unblocked()
+    _publish(gauge, connections=100)  # 20 of 100: not a large share
+    assert gauge.paced == 1
