@@ -1,11 +1,10 @@
 """Clients that stop reading never stall the node (DESIGN.md property 2).
 
-A few sockets that never read are closed by their own queue bound (4100);
-the publisher never waits for them. The bound on a bystander's broadcast
-follows from the rule that no group of connections one user or one address
-may open delays a broadcast elsewhere by more than 100 ms, with room for a
-loaded CI host; before this rule such an attack held every broadcast for
-about 14 s.
+A few sockets that never read are closed by their own queue bound (4100),
+and a publisher waits for no group of connections longer than 100 ms. The
+bound on a bystander's broadcast follows from that rule, with room for a
+loaded CI host; before it such an attack held broadcasts for seconds (about
+14 s in the report, 2.8 s here).
 """
 
 from __future__ import annotations
