@@ -44,6 +44,8 @@ SLOW_SHARE = 50
 # broadcast, whoever holds those sockets.
 BLOCKED_SHARE = 4
 PACE = 0.001
+# ... and five times that while some queue is past half its bound already.
+PACE_PRESSURED = 0.005
 # Without pressure a publisher still yields this often, so that reads, pings,
 # timers and the broker's deliveries keep running while it publishes in a
 # loop: its speed is then the speed at which the node delivers.
@@ -146,7 +148,7 @@ class PressureGauge:
             if self.blocked_sessions > max(MIN_SLOW, connections // BLOCKED_SHARE):
                 self.paced += 1
                 self._last_yield = now
-                gevent.sleep(PACE)
+                gevent.sleep(PACE_PRESSURED if self._pressured else PACE)
             elif now - self._last_yield > _YIELD_EVERY:
                 self._last_yield = now
                 gevent.sleep(0)
