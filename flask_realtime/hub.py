@@ -91,8 +91,12 @@ class Hub:
         snapshot = self._snapshots.get(channel)
         if snapshot is None:
             with self._lock:
-                snapshot = tuple(self._by_channel.get(channel, ()))
-                self._snapshots[channel] = snapshot
+                subs = self._by_channel.get(channel)
+                if subs is None:
+                    # Not cached: a channel nobody here is in keeps no entry
+                    # (a presence leave is delivered after the last one left).
+                    return ()
+                snapshot = self._snapshots[channel] = tuple(subs)
         return snapshot
 
     def subscriber_count(self, channel: str) -> int:
@@ -136,3 +140,12 @@ class Hub:
 
     def all(self) -> list[Connection]:
         return list(self.connections.values())
+
+    def sizes(self) -> dict[str, int]:
+        """How many entries each map holds (all 0 once every client left)."""
+        return {
+            "connections": len(self.connections),
+            "users": len(self._by_user),
+            "channels": len(self._by_channel),
+            "snapshots": len(self._snapshots),
+        }

@@ -163,6 +163,10 @@ class ClusterPresence:
     def has_replica(self, channel: str) -> bool:
         return channel in self._remote or channel in self._local
 
+    def sizes(self) -> dict[str, int]:
+        """Channels with local members, and channels with a replica."""
+        return {"local": len(self._local), "replicas": len(self._remote)}
+
     # -- answers --------------------------------------------------------------
 
     def snapshot(self, channel: str, own_id: str) -> dict[str, list[Member]]:

@@ -12,6 +12,10 @@ line ``EXPECT N`` arrives on stdin, it waits (up to a deadline) until every
 open client has seen N events, then prints one JSON line with the results
 and exits.
 
+``LOADCLIENT_READ_SIZE`` (bytes per read) and ``LOADCLIENT_PAUSE`` (seconds
+between rounds of reads) make every client a slow reader until ``EXPECT``
+arrives, for the test of clients that as a whole cannot keep up.
+
 Plain sockets and a selector, not a WebSocket library: the point is to read
 faster than one server worker can write, so that the server is what is
 measured.
@@ -32,6 +36,8 @@ import urllib.parse
 
 _SEQ = re.compile(rb'"seq":(\d+)\}\}')
 PING_EVERY = 5.0
+READ_SIZE = int(os.environ.get("LOADCLIENT_READ_SIZE", "65536"))
+PAUSE = float(os.environ.get("LOADCLIENT_PAUSE", "0"))
 
 
 def _mask(opcode: int, payload: bytes) -> bytes:
@@ -186,6 +192,8 @@ def main() -> None:
             or now > deadline
         ):
             break
+        if PAUSE and ready and expected is None:
+            time.sleep(PAUSE)  # a slow reader: its pace, not a synchronisation
         for key, _ in selector.select(timeout=0.5):
             client = key.data
             if client is None:
@@ -196,7 +204,7 @@ def main() -> None:
                 selector.unregister(sys.stdin)
                 continue
             try:
-                data = client.sock.recv(65536)
+                data = client.sock.recv(READ_SIZE)
             except BlockingIOError:
                 continue
             except OSError as exc:

@@ -1,4 +1,9 @@
-"""Overload: a publisher faster than the worker can deliver, for a minute."""
+"""Overload: a publisher faster than the worker, or than its clients, can take.
+
+Both keep the property of DESIGN.md property 2: the publisher is slowed and
+nobody who reads is dropped. (Its other side, that clients which stop reading
+never slow anyone, is tests/hostile/test_slow_readers.py.)
+"""
 
 from __future__ import annotations
 
@@ -6,15 +11,52 @@ import json
 import os
 import subprocess
 import sys
+import typing as t
 
 import pytest
 import requests
 
 from tests.conftest import LiveServerFactory
-from tests.servers import ROOT
+from tests.servers import ROOT, Server
 
 CLIENTS = 500
 SECONDS = float(os.environ.get("REALTIME_TEST_OVERLOAD_SECONDS", "60"))
+SLOW_CLIENTS = 100
+# Each slow client reads at most 1 KiB per round, a round every 10 ms or more:
+# some 60 KB/s, a fraction of what one worker publishes to it.
+SLOW_READER = {"LOADCLIENT_READ_SIZE": "1024", "LOADCLIENT_PAUSE": "0.01"}
+
+
+def _overload(
+    server: Server, clients: int, seconds: float, env: t.Mapping[str, str] = {}
+) -> tuple[dict[str, t.Any], dict[str, t.Any]]:
+    """Publish in a tight loop for ``seconds`` to ``clients`` load clients;
+    the server's account and the clients'."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tests.loadclient", server.ws_url, str(clients), "load"],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **env},
+    )
+    try:
+        assert process.stdout is not None and process.stdin is not None
+        assert process.stdout.readline().strip() == "READY"
+        response = requests.get(
+            f"{server.url}/overload",
+            params={"channel": "load", "seconds": seconds},
+            timeout=seconds + 120,
+        )
+        account = response.json()
+        print("overload: server", account)
+        process.stdin.write(f"EXPECT {account['published']}\n")
+        process.stdin.flush()
+        result = json.loads(process.stdout.readline())
+    finally:
+        process.kill()
+        process.wait()
+    return account, result
 
 
 @pytest.mark.slow
@@ -22,30 +64,8 @@ def test_overload_slows_the_publisher_and_drops_nobody(
     live_server: LiveServerFactory,
 ) -> None:
     server = live_server("geventwebsocket")
-    clients = subprocess.Popen(
-        [sys.executable, "-m", "tests.loadclient", server.ws_url, str(CLIENTS), "load"],
-        cwd=ROOT,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert clients.stdout is not None and clients.stdin is not None
-        assert clients.stdout.readline().strip() == "READY"
-        response = requests.get(
-            f"{server.url}/overload",
-            params={"channel": "load", "seconds": SECONDS},
-            timeout=SECONDS + 120,
-        )
-        published = response.json()["published"]
-        print("overload: server", response.json())
-        clients.stdin.write(f"EXPECT {published}\n")
-        clients.stdin.flush()
-        result = json.loads(clients.stdout.readline())
-    finally:
-        clients.kill()
-        clients.wait()
-
+    account, result = _overload(server, CLIENTS, SECONDS)
+    published = account["published"]
     assert published > 0
     assert result["closed"] == []
     assert result["errors"] == []
@@ -54,3 +74,25 @@ def test_overload_slows_the_publisher_and_drops_nobody(
     assert result["received"] == [published] * CLIENTS
     # The server stayed responsive: each protocol ping got its pong.
     assert result["pongs"] == result["pings"]
+
+
+@pytest.mark.slow
+def test_clients_that_all_read_slowly_slow_the_publisher_and_none_is_dropped(
+    live_server: LiveServerFactory,
+) -> None:
+    """Every client reads, slower than the worker publishes: a large share
+    of all connections cannot keep up, so the publisher waits for them."""
+    # One load process serves its clients unevenly: the margin between half
+    # the bound (where a reader counts as lagging) and the bound must exceed
+    # that spread, or the first laggard is closed before the share is reached.
+    server = live_server(
+        "geventwebsocket", env={"TESTAPP_REALTIME_MAX_QUEUE_MESSAGES": "30000"}
+    )
+    account, result = _overload(
+        server, SLOW_CLIENTS, min(SECONDS, 20.0), env=SLOW_READER
+    )
+    published = account["published"]
+    assert account["backpressure_waits"] > 0
+    assert result["closed"] == []
+    assert result["errors"] == []
+    assert result["received"] == [published] * SLOW_CLIENTS

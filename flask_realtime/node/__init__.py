@@ -296,5 +296,15 @@ class Node:
     def subscriber_count(self, channel: str) -> int:
         return self.hub.subscriber_count(channel)
 
+    def state_sizes(self) -> dict[str, int]:
+        """Entries in every registry that keeps per-channel, per-user or
+        per-connection state: with no client left, only the node topic
+        (``interest.topics``, once a client came) and nothing else remains."""
+        sizes = {f"hub.{k}": v for k, v in self.hub.sizes().items()}
+        sizes.update({f"presence.{k}": v for k, v in self.presence.sizes().items()})
+        sizes.update({f"interest.{k}": v for k, v in self.interest.sizes().items()})
+        sizes["pressure.pressured"] = self.pressure.pressured_count
+        return sizes
+
 
 __all__ = ["KEEPALIVE", "Node", "Observer", "Rejected", "RequestHandler"]

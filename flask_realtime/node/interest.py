@@ -42,6 +42,9 @@ class _Guards:
         self._lock = real_lock()  # the map only; never held across a wait
         self._held: dict[str, list[t.Any]] = {}  # topic -> [lock, holders]
 
+    def __len__(self) -> int:
+        return len(self._held)
+
     @contextlib.contextmanager
     def __call__(self, topic: str) -> t.Iterator[None]:
         with self._lock:
@@ -92,6 +95,14 @@ class Interest:
     def is_subscribed(self, topic: str) -> bool:
         return topic in self._subscribed
 
+    def sizes(self) -> dict[str, int]:
+        """Topics subscribed, re-checks due, guards held (0 when idle)."""
+        return {
+            "topics": len(self._subscribed),
+            "due": len(self._due),
+            "guards": len(self._guard),
+        }
+
     @contextlib.contextmanager
     def hold(
         self, topic: str, prepare: t.Callable[[], None] | None = None
@@ -109,7 +120,12 @@ class Interest:
             if topic not in self._subscribed:
                 if prepare is not None:
                     prepare()
-                self._subscribe(topic)
+                try:
+                    self._subscribe(topic)
+                except BrokerUnavailable:
+                    if prepare is not None and self._on_dropped is not None:
+                        self._on_dropped(topic)  # undo what prepare() kept
+                    raise
             try:
                 yield
             finally:

@@ -172,6 +172,8 @@ class PresenceSync:
             node_id = message["node"]
             if node_id == self._node.id:
                 return  # our own announcement, back from the broker
+            if not self.presence.has_replica(channel):
+                return  # arrived after the replica was dropped: keep nothing
             op = message["op"]
             now = time.monotonic()
             if op == "join":

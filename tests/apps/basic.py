@@ -13,6 +13,7 @@ Routes that act from "the server side", as a view or a task would:
 - ``GET /send_to_user?user=..&event=..&data=<json>``
 - ``GET /send?connection_id=..&event=..&data=<json>``
 - ``GET /presence?channel=..`` -> ``{"members": [...], "subscriber_count": N}``
+- ``GET /debug/state`` -> entries in the node's registries (``Node.state_sizes``)
 """
 
 from __future__ import annotations
@@ -106,6 +107,15 @@ def presence() -> t.Any:
         members=channel.get_presence_data(),
         subscriber_count=channel.subscriber_count,
     )
+
+
+@app.get("/debug/state")
+def debug_state() -> t.Any:
+    """Entries in the node's registries (hub, presence, interest, pressure)."""
+    node = realtime.node
+    sizes = node.state_sizes()
+    sizes["node_topic"] = int(node.interest.is_subscribed(f"n:{node.id}"))
+    return jsonify(sizes)
 
 
 @app.get("/flood")

@@ -1,0 +1,109 @@
+"""The pressure gauge's rule: who may make a publisher wait, and how long."""
+
+from __future__ import annotations
+
+import time
+
+import gevent
+import pytest
+
+from flask_realtime import pressure
+from flask_realtime.pressure import PressureGauge
+
+
+class Session:
+    """A session as the gauge sees it: when it last drained bytes."""
+
+    def __init__(self, last_progress: float) -> None:
+        self.last_progress = last_progress
+        self.label = "session"
+
+
+@pytest.fixture(autouse=True)
+def under_gevent(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The gauge waits only in greenlets; these tests run in one."""
+    monkeypatch.setattr(pressure, "gevent_active", lambda: True)
+    monkeypatch.setattr(pressure, "in_event_loop", lambda: False)
+
+
+def _publish(gauge: PressureGauge, connections: int) -> float:
+    """One publisher's wait, in seconds; fails fast where it would hang."""
+    started = time.monotonic()
+    with gevent.Timeout(2, AssertionError("the publisher was held for long")):
+        gauge.wait_for_capacity(connections)
+    return time.monotonic() - started
+
+
+def test_clients_that_stopped_reading_hold_no_publisher() -> None:
+    gauge = PressureGauge(backlog_limit=64 * 1024 * 1024)
+    for _ in range(8):  # drained nothing for longer than STALLED_AFTER
+        gauge.pressured(Session(time.monotonic() - 2 * pressure.STALLED_AFTER))
+    assert _publish(gauge, connections=10) < 0.05
+    assert gauge.waits == 0
+
+
+def test_a_backlog_nobody_drains_holds_no_publisher() -> None:
+    """Bytes past the node's cap that no client reads (a reply flood):
+    waiting would never free them."""
+    gauge = PressureGauge(backlog_limit=64 * 1024)
+    gauge.queued(10 * 1024 * 1024)
+    gauge.pressured(Session(time.monotonic() - 2 * pressure.STALLED_AFTER))
+    assert _publish(gauge, connections=10) < 0.05
+    assert gauge.waits == 0
+
+
+def test_a_few_slow_readers_hold_no_publisher() -> None:
+    gauge = PressureGauge(backlog_limit=64 * 1024 * 1024)
+    for _ in range(pressure.MIN_SLOW):
+        gauge.pressured(Session(time.monotonic()))
+    assert _publish(gauge, connections=1000) < 0.05
+    assert gauge.waits == 0
+
+
+def test_a_large_share_of_slow_readers_slows_the_publisher_briefly() -> None:
+    """Readers that cannot keep up, many of them: each publish waits, but
+    never longer than MAX_CLIENT_WAIT, whoever the readers are."""
+    gauge = PressureGauge(backlog_limit=64 * 1024 * 1024)
+    for _ in range(100):
+        gauge.pressured(Session(time.monotonic()))
+    waited = _publish(gauge, connections=500)
+    assert pressure.MAX_CLIENT_WAIT * 0.9 <= waited < pressure.MAX_CLIENT_WAIT + 0.05
+    assert gauge.waits == 1
+
+
+def test_a_backlog_past_the_cap_that_drains_slows_the_publisher() -> None:
+    gauge = PressureGauge(backlog_limit=64 * 1024)
+    gauge.queued(1024 * 1024)
+    gauge.pressured(Session(time.monotonic()))
+    waited = _publish(gauge, connections=500)
+    assert waited >= pressure.MAX_CLIENT_WAIT * 0.9
+    assert gauge.waits == 1
+
+
+def test_the_wait_ends_once_most_readers_drained() -> None:
+    gauge = PressureGauge(backlog_limit=64 * 1024 * 1024)
+    sessions = [Session(time.monotonic()) for _ in range(40)]
+    for session in sessions:
+        gauge.pressured(session)
+
+    def drain() -> None:
+        gevent.sleep(0.02)
+        for session in sessions:
+            gauge.relieved(session)
+
+    gevent.spawn(drain)
+    waited = _publish(gauge, connections=100)
+    assert 0.015 <= waited < pressure.MAX_CLIENT_WAIT * 0.8
+    assert gauge.pressured_count == 0
+
+
+def test_many_full_sockets_pace_the_publisher_by_a_millisecond() -> None:
+    gauge = PressureGauge(backlog_limit=64 * 1024 * 1024)
+    for _ in range(30):
+        gauge.blocked()
+    assert _publish(gauge, connections=100) < 0.05
+    assert gauge.paced == 1 and gauge.waits == 0
+    for _ in range(10):
+        gauge.unblocked()
+    _publish(gauge, connections=100)  # 20 of 100: not a large share
+    assert gauge.paced == 1
