@@ -46,8 +46,8 @@ def readiness(node: Node, environ: t.Mapping[str, t.Any]) -> Response:
                 "kind": broker.kind,
                 "url": broker.url,
                 "connected": False,
-                "reason": f"cannot reach the {broker.kind} broker at {broker.url};"
-                " the worker keeps retrying (its log says why)",
+                "reason": getattr(broker, "problem", None)
+                or f"not connected to the {broker.kind} broker at {broker.url} yet",
             },
         )
     return _answer(

@@ -194,7 +194,8 @@ def test_health_is_a_readiness_check_on_the_broker(
     assert state["kind"] == broker_kind
     assert state["connected"] is False
     assert f"127.0.0.1:{broker.port}" in state["url"]
-    assert state["reason"]
+    # What the broker's reader last hit.
+    assert state["reason"].startswith(("lost the connection", "cannot connect")), state
     live = requests.get(url + "/live", timeout=5)
     assert live.status_code == 200 and live.json()["status"] == "ok"
 
