@@ -53,7 +53,7 @@ def test_per_address_limit_counts_every_transport_and_is_released(
     server = live_server(kind, env=app_env(REALTIME_MAX_CONNECTIONS_PER_IP=3))
     ws = connect(server.ws_url)
     stream = _open_sse(server)
-    _open_poll(server)
+    poll = _open_poll(server)
 
     status, body = _ws_refusal(server)
     assert status == 429 and body["error"]["code"] == 429
@@ -68,6 +68,16 @@ def test_per_address_limit_counts_every_transport_and_is_released(
     stream.close()
     wait_until(lambda: _connections(server) == 2, 10, "the SSE stream to be released")
     _open_sse(server).close()
+    # A long-poll connection is released by its POST /close.
+    connected = poll["messages"][0]["data"]
+    closed = requests.post(
+        server.url + "/realtime/close",
+        json={"connection_id": connected["connection_id"], "token": connected["token"]},
+        timeout=5,
+    )
+    assert closed.status_code == 204, closed.text
+    wait_until(lambda: _connections(server) <= 1, 10, "the long poll to be released")
+    _open_poll(server)
     again.close()
 
 

@@ -9,7 +9,7 @@ import typing as t
 import pytest
 
 from flask_realtime import config as rt_config
-from flask_realtime import deployment
+from flask_realtime import deployment, limits
 from flask_realtime.limits import Admission
 from flask_realtime.ratelimit import RateLimiter, SharedLimiter, UserBuckets
 
@@ -137,3 +137,21 @@ def test_startup_problem_from_gunicorn_options(
 def test_no_startup_problem_outside_gunicorn(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("sys.argv", ["flask", "run"])
     assert deployment.startup_problem(settings(), {"WEB_CONCURRENCY": "4"}) is None
+
+
+def test_handshakes_in_flight_count_until_they_open_or_expire(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = [1000.0]
+    monkeypatch.setattr(limits.time, "monotonic", lambda: clock[0])
+    admission = Admission(settings(REALTIME_MAX_CONNECTIONS_PER_IP=2))
+    assert admission.refusal(environ()) is None
+    assert admission.refusal(environ()) is None  # both in flight, none open
+    assert t.cast(tuple, admission.refusal(environ()))[0] == 429
+    admission.opened(Conn("a"))  # one opens: still two held
+    assert t.cast(tuple, admission.refusal(environ()))[0] == 429
+    clock[0] += limits.PENDING_FOR + 1  # the other was abandoned
+    assert admission.refusal(environ("10.0.0.2")) is None  # sweeps the rest
+    assert admission.by_address == {"10.0.0.1": 1}
+    assert "10.0.0.1" not in admission._pending
+    assert admission.refusal(environ()) is None
