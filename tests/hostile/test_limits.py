@@ -18,6 +18,7 @@ from tests.conftest import LiveServerFactory
 from tests.hostile.measure import Bystander, server_rss, wait_until
 from tests.http_helpers import app_env
 from tests.servers import Server
+from tests.wsclient import WSTimeout, connect
 
 ATTACKER = "127.0.0.2"
 LIMIT = 50
@@ -109,3 +110,43 @@ def test_many_connections_from_one_address_are_refused_at_no_cost(
         started = time.monotonic()
         assert _handshake(server)[0] == 101
         assert time.monotonic() - started < 2
+
+
+def test_many_connections_of_one_user_share_one_rate_limit(
+    live_server: LiveServerFactory,
+) -> None:
+    """Fifty connections of one user, each within its own limit (60 a
+    minute), relay what one user may: 120 a minute by default, not 3,000."""
+    server = live_server("geventwebsocket")
+    channel = "presence-room.flood"
+    with Bystander(server) as bystander:
+        receiver = connect(server.ws_url + "?user=8")
+        assert receiver.subscribe(channel)["type"] == "subscribed"
+        senders = [connect(server.ws_url + "?user=7") for _ in range(50)]
+        for sender in senders:
+            assert sender.subscribe(channel)["type"] == "subscribed"
+        started = time.monotonic()
+        for sender in senders:
+            for n in range(60):
+                sender.send_json(
+                    {
+                        "type": "event",
+                        "channel": channel,
+                        "event": "client-x",
+                        "data": n,
+                    }
+                )
+        worst = bystander.worst_delay(5)
+        relayed = 0
+        while True:
+            try:
+                message = receiver.recv_json(timeout=1.0)
+            except WSTimeout:
+                break
+            relayed += message.get("event") == "client-x"
+        elapsed = time.monotonic() - started
+        # The subscribes took 50 of the user's 120; 2 a second refill.
+        assert relayed <= 70 + 2 * elapsed + 2, (relayed, elapsed)
+        assert worst < 0.25, worst
+        for client in (receiver, *senders):
+            client.close()
