@@ -171,7 +171,7 @@ def test_one_worker_on_the_null_broker_is_ready(
     assert "flask_realtime: several worker processes" not in server.log()
 
 
-@pytest.mark.parametrize("broker_kind", ["redis", "nats"])
+@pytest.mark.parametrize("broker_kind", ["redis", "nats", "rabbitmq"])
 def test_health_is_a_readiness_check_on_the_broker(
     live_server: LiveServerFactory,
     own_broker_server: t.Callable[[str], BrokerServer],
