@@ -145,12 +145,12 @@ class Node:
         )
         if with_token:
             conn.token = secrets.token_urlsafe(24)
-        self.admission.opened(conn)
         if conn.user_key is None:
             self.hub.add(conn)
         else:
             with self.interest.hold(topics.user(conn.user_key)):
                 self.hub.add(conn)
+        self.admission.opened(conn)  # counted once registered (see ..limits)
         if welcome:
             conn.push_json(self.welcome(conn))
         return conn
