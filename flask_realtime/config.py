@@ -57,6 +57,9 @@ class Settings:
     rate_limit_enabled: bool
     messages_per_minute: int
     rate_limit_close_after: int
+    user_messages_per_minute: int
+    max_connections: int | None
+    max_connections_per_ip: int | None
     allowed_origins: tuple[str, ...]
 
 
@@ -93,6 +96,9 @@ DEFAULTS: dict[str, t.Any] = {
     "REALTIME_MAX_QUEUE_BYTES": 1024 * 1024,
     "REALTIME_BACKPRESSURE_BYTES": 64 * 1024 * 1024,
     "REALTIME_RATE_LIMIT": {"enabled": True, "messages_per_minute": 60},
+    # Connections per node (every transport), and per client address.
+    "REALTIME_MAX_CONNECTIONS": 20_000,
+    "REALTIME_MAX_CONNECTIONS_PER_IP": 1000,
     "REALTIME_ALLOWED_ORIGINS": [],
     "REALTIME_AUTHORIZERS": {},
 }
@@ -178,6 +184,18 @@ def _number(
     if isinstance(value, bool) or not isinstance(value, ok_types) or value < minimum:
         kind = "an integer" if integer else "a number"
         raise ConfigError(f"{key} must be {kind} >= {minimum}, got {value!r}")
+    return value
+
+
+def _limit(config: t.Mapping[str, t.Any], key: str) -> int | None:
+    """A positive integer, or None for no limit."""
+    value = config.get(key, DEFAULTS[key])
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(
+            f"{key} must be a positive integer, or None for no limit, got {value!r}"
+        )
     return value
 
 
@@ -267,13 +285,24 @@ def load(config: t.Mapping[str, t.Any]) -> Settings:
     rate = config["REALTIME_RATE_LIMIT"]
     if not isinstance(rate, dict):
         raise ConfigError(f"REALTIME_RATE_LIMIT must be a dict, got {rate!r}")
-    unknown = set(rate) - {"enabled", "messages_per_minute", "close_after"}
+    unknown = set(rate) - {
+        "enabled",
+        "messages_per_minute",
+        "close_after",
+        "user_messages_per_minute",
+    }
     if unknown:
         raise ConfigError(f"REALTIME_RATE_LIMIT: unknown option(s) {sorted(unknown)}")
-    rate = {"enabled": True, "messages_per_minute": 60, "close_after": 60, **rate}
+    rate = {
+        "enabled": True,
+        "messages_per_minute": 60,
+        "close_after": 60,
+        "user_messages_per_minute": 120,
+        **rate,
+    }
     if not isinstance(rate["enabled"], bool):
         raise ConfigError("REALTIME_RATE_LIMIT['enabled'] must be True or False")
-    for key in ("messages_per_minute", "close_after"):
+    for key in ("messages_per_minute", "close_after", "user_messages_per_minute"):
         value = rate[key]
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigError(
@@ -359,5 +388,8 @@ def load(config: t.Mapping[str, t.Any]) -> Settings:
         rate_limit_enabled=rate["enabled"],
         messages_per_minute=rate["messages_per_minute"],
         rate_limit_close_after=rate["close_after"],
+        user_messages_per_minute=rate["user_messages_per_minute"],
+        max_connections=_limit(config, "REALTIME_MAX_CONNECTIONS"),
+        max_connections_per_ip=_limit(config, "REALTIME_MAX_CONNECTIONS_PER_IP"),
         allowed_origins=tuple(o.rstrip("/") for o in origins),
     )

@@ -14,6 +14,7 @@ from flask import (
 
 from . import channels as _channels
 from . import config as _config
+from . import deployment as _deployment
 from . import routes as _routes
 from .node import Node
 from .recorder import Recorder
@@ -106,6 +107,9 @@ class Realtime:
         - ``REALTIME_MAX_QUEUE_MESSAGES``: ``1000``; ``REALTIME_MAX_QUEUE_BYTES``: 1 MiB
         - ``REALTIME_BACKPRESSURE_BYTES``: 64 MiB
         - ``REALTIME_RATE_LIMIT``: ``{"enabled": True, "messages_per_minute": 60}``
+          (also ``close_after``: 60, ``user_messages_per_minute``: 120)
+        - ``REALTIME_MAX_CONNECTIONS``: ``20000`` per node;
+          ``REALTIME_MAX_CONNECTIONS_PER_IP``: ``1000`` per node
         - ``REALTIME_ALLOWED_ORIGINS``: ``[]`` (same origin only)
         - ``REALTIME_AUTHORIZERS``: ``{}`` (channel pattern -> callable)
 
@@ -121,6 +125,8 @@ class Realtime:
             # A copy: apps must not share (and mutate) one default list or dict.
             app.config.setdefault(key, copy.deepcopy(fallbacks.get(key, default)))
         settings = _config.load(app.config)
+        # Logged now, at the worker's start, when the server can tell already.
+        _deployment.startup_problem(settings)
 
         rules = _channels.ChannelRules()
         for pattern, func in app.config["REALTIME_AUTHORIZERS"].items():

@@ -12,9 +12,10 @@ import functools
 import os
 import typing as t
 
-from flask import Blueprint, jsonify, request, send_from_directory
+from flask import Blueprint, request, send_from_directory
 
 from . import config as _config
+from . import health as _health
 from .transports import longpoll as _longpoll
 from .transports import send as _send
 from .transports import sse as _sse
@@ -92,14 +93,10 @@ def blueprint(realtime: Realtime, settings: _config.Settings) -> Blueprint:
 
     @route("/health", ("GET",), endpoint="health")
     def health() -> t.Any:
-        node = realtime.node
-        return jsonify(
-            status="ok",
-            node=node.id,
-            connections=len(node.hub),
-            transports=list(node.settings.transports),
-            broker=node.settings.broker,
-            broker_messages=node.received,
-        )
+        return _health.readiness(realtime.node, request.environ)
+
+    @route("/health/live", ("GET",), endpoint="health_live")
+    def health_live() -> t.Any:
+        return _health.liveness(realtime.node)
 
     return bp

@@ -18,6 +18,8 @@ app.config["REALTIME_ALLOWED_ORIGINS"] = ["*"]
 app.config["REALTIME_MAX_QUEUE_MESSAGES"] = 100_000
 app.config["REALTIME_MAX_QUEUE_BYTES"] = 64 * 1024 * 1024
 app.config["REALTIME_RATE_LIMIT"] = {"enabled": False}
+# The load generator opens every connection from one address.
+app.config["REALTIME_MAX_CONNECTIONS_PER_IP"] = None
 realtime = Realtime(app)
 
 

@@ -12,6 +12,8 @@ from flask_realtime import Realtime, broadcast
 app = Flask(__name__)
 app.config["REALTIME_ALLOWED_ORIGINS"] = ["*"]
 app.config["REALTIME_MAX_QUEUE_MESSAGES"] = 10000
+# The load generator opens every connection from one address.
+app.config["REALTIME_MAX_CONNECTIONS_PER_IP"] = None
 realtime = Realtime(app)
 
 

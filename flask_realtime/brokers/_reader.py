@@ -62,6 +62,7 @@ class Reader:
                 problem = exc
             if problem is None:
                 log.info("connected to the %s broker at %s", broker.kind, broker.url)
+                broker.problem = None
                 self.settled.set()
                 backoff.reset()
                 warned = False
@@ -76,6 +77,8 @@ class Reader:
             if not broker._reading():
                 break  # closed (close() disconnects), or a parent's reader after fork
             broker._go_down()
+            broker.problem = f"{verb} the {broker.kind} broker at {broker.url}"
+            broker.problem += f": {problem}" if problem is not None else ""
             self.settled.set()
             if problem is not None and not isinstance(problem, broker.link_errors):
                 log.error(

@@ -103,6 +103,8 @@ class BrokerBase:
 
     kind = ""
     link_errors: tuple[type[BaseException], ...] = (OSError,)
+    #: Why the link is down, for the health check (None while it is up).
+    problem: str | None = None
 
     def __init__(
         self, url: str, buffer_limit: int, on_message: MessageCallback

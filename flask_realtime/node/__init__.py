@@ -29,9 +29,9 @@ from ..brokers import create_broker
 from ..config import Settings
 from ..connection import Connection, Outbound, Sink
 from ..hub import Hub
+from ..limits import Admission
 from ..presence import ClusterPresence, Member
 from ..pressure import PressureGauge
-from ..ratelimit import RateLimiter
 from . import control, lifecycle, topics
 from .control import Control
 from .forwarding import Forwarding, RequestHandler
@@ -82,6 +82,8 @@ class Node:
         # Sessions report full sockets here; publishers ask it before publishing.
         self.pressure = PressureGauge(settings.backpressure_bytes)
         self.shutting_down = False
+        # Connection limits and rate limiters (see ..limits).
+        self.admission = Admission(settings)
         self.lifecycle.chain_sigterm()
 
     @property
@@ -143,13 +145,12 @@ class Node:
         )
         if with_token:
             conn.token = secrets.token_urlsafe(24)
-        if self.settings.rate_limit_enabled:
-            conn.rate = RateLimiter(self.settings.messages_per_minute)
         if conn.user_key is None:
             self.hub.add(conn)
         else:
             with self.interest.hold(topics.user(conn.user_key)):
                 self.hub.add(conn)
+        self.admission.opened(conn)  # counted once registered (see ..limits)
         if welcome:
             conn.push_json(self.welcome(conn))
         return conn
@@ -161,6 +162,7 @@ class Node:
     def disconnect(self, conn: Connection) -> None:
         """Forget a connection that went away: subscriptions, presence, user."""
         conn.closed = True
+        self.admission.closed(conn)
         if in_event_loop() or self.control.delivering():
             # Announcing a presence leave may wait: not in the event loop (a
             # socket watcher noticed), and not in the broker's reader (a

@@ -20,6 +20,7 @@ from werkzeug.wsgi import get_host
 
 from .. import protocol
 from ..errors import BrokerUnavailable
+from ..limits import refuse as refuse_connection
 
 if t.TYPE_CHECKING:
     from ..node import Node
@@ -261,7 +262,8 @@ def refuse_stream(node: Node, transport: str, opening: bool = True) -> Response 
         return json_error(403, "origin not allowed")
     if opening and node.shutting_down:
         return json_error(503, "server shutting down; connect again")
-    return None
+    refused = refuse_connection(node, request.environ) if opening else None
+    return None if refused is None else json_error(*refused)  # limits, deployment
 
 
 class Finished(Response):

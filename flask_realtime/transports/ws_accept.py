@@ -16,6 +16,7 @@ import typing as t
 
 from .._runtime import gevent_active
 from .._ws_frames import OP_TEXT, build_frame, close_frame
+from ..limits import refuse as refuse_connection
 from .handoff import TAKE_KEY, is_tls, plain_taker, take_over
 from .http import WSGIEnviron, environ_origin_allowed
 from .ws_session import GeventWebSocket
@@ -80,7 +81,7 @@ def refuse_upgrade(
         return 426, "only WebSocket version 13 is supported"
     if not environ_origin_allowed(environ, settings.allowed_origins, trusted_hosts):
         return 403, "origin not allowed"
-    return None
+    return refuse_connection(node, environ)  # deployment, connection limits
 
 
 #: Sent with a 426 refusal: the version we speak.

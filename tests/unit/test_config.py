@@ -120,6 +120,18 @@ def test_partial_rate_limit_is_completed_with_defaults() -> None:
     assert settings.messages_per_minute == 60
     settings = load(REALTIME_RATE_LIMIT={"close_after": 3})
     assert settings.rate_limit_close_after == 3
+    assert settings.user_messages_per_minute == 120
+    settings = load(REALTIME_RATE_LIMIT={"user_messages_per_minute": 7})
+    assert settings.user_messages_per_minute == 7
+
+
+def test_connection_limits_default_and_none() -> None:
+    settings = load()
+    assert settings.max_connections == 20_000
+    assert settings.max_connections_per_ip == 1000
+    settings = load(REALTIME_MAX_CONNECTIONS=None, REALTIME_MAX_CONNECTIONS_PER_IP=None)
+    assert settings.max_connections is None
+    assert settings.max_connections_per_ip is None
 
 
 def test_partial_rabbitmq_is_completed_with_defaults() -> None:
@@ -228,6 +240,16 @@ BAD_VALUES = [
     ("REALTIME_RATE_LIMIT", {"messages_per_minute": "60"}),
     ("REALTIME_RATE_LIMIT", {"close_after": 0}),
     ("REALTIME_RATE_LIMIT", {"close_after": -3}),
+    ("REALTIME_RATE_LIMIT", {"user_messages_per_minute": 0}),
+    ("REALTIME_RATE_LIMIT", {"user_messages_per_minute": "120"}),
+    ("REALTIME_MAX_CONNECTIONS", 0),
+    ("REALTIME_MAX_CONNECTIONS", -1),
+    ("REALTIME_MAX_CONNECTIONS", True),
+    ("REALTIME_MAX_CONNECTIONS", 1.5),
+    ("REALTIME_MAX_CONNECTIONS", "100"),
+    ("REALTIME_MAX_CONNECTIONS_PER_IP", 0),
+    ("REALTIME_MAX_CONNECTIONS_PER_IP", False),
+    ("REALTIME_MAX_CONNECTIONS_PER_IP", "10"),
     ("REALTIME_ALLOWED_ORIGINS", 5),
     ("REALTIME_ALLOWED_ORIGINS", [5]),
     ("REALTIME_AUTHORIZERS", []),
