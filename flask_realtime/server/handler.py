@@ -121,6 +121,11 @@ class RealtimeHandler(WebSocketHandler):
             return None
         return True
 
+    def read_requestline(self) -> str:
+        """The request line, up to just past its limit (pywsgi reads 8 KiB)."""
+        line = self.rfile.readline(self.limits.max_request_line + 2)
+        return t.cast(bytes, line).decode("latin-1")
+
     def check_requestline(self, line: str) -> None:
         """Refuse a line that is cut, too long, or has no HTTP/1.x version
         (pywsgi would serve ``GET /path`` as HTTP/0.9)."""

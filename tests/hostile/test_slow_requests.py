@@ -268,3 +268,13 @@ def test_a_request_line_without_http_1_is_refused_with_400(
             # Never served as HTTP/0.9: a status line, and the JSON error.
             assert answer.startswith(b"HTTP/1.1 400 "), answer[:100]
             assert answer.endswith(b'"status": 400}'), answer
+
+
+def test_a_request_line_past_its_limit_gets_414(server: Server) -> None:
+    with Attack(server, 20) as attack:
+        # Never ended: the server must not wait for the rest of it.
+        attack.send_all(b"GET /realtime/health?q=" + b"q" * 20_000)
+        attack.run(GRACE)
+        assert attack.seconds_to_close() < GRACE
+        for answer in attack.received.values():
+            assert answer.startswith(b"HTTP/1.1 414 "), answer[:100]
