@@ -15,7 +15,7 @@ realtime_cli = AppGroup("realtime", help="Realtime messaging commands.")
 # command runs the app usually is imported already.
 _BOOT = (
     "from gevent import monkey; monkey.patch_all(); "
-    "from flask_realtime.server import main; main()"
+    "from flask_realtime.server.serve import main; main()"
 )
 
 

@@ -36,8 +36,7 @@ logger = logging.getLogger("flask_realtime")
 
 #: The command the README shows; every message about workers points to it.
 WORKER_COMMAND = (
-    "gunicorn -k geventwebsocket.gunicorn.workers.GeventWebSocketWorker"
-    " --worker-connections 10000 app:app"
+    "gunicorn -k flask_realtime.gunicorn.Worker --worker-connections 10000 app:app"
 )
 
 NULL_BROKER_WORKERS = (

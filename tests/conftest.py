@@ -82,8 +82,9 @@ def live_server(
 
 #: ``server`` fixture params of the protocol suites: every server kind, and
 #: "cluster", four workers sharing Redis behind one port, so that a
-#: connection's requests land on any worker (no stickiness).
-PROTOCOL_SERVERS = (*servers.KINDS, "cluster")
+#: connection's requests land on any worker (no stickiness), and the
+#: project's own gunicorn worker.
+PROTOCOL_SERVERS = (*servers.PROTOCOL_KINDS, "cluster")
 
 
 def start_protocol_server(

@@ -23,6 +23,12 @@ ROOT = Path(__file__).resolve().parent.parent
 
 #: Every server the library supports, as ``live_server`` kinds.
 KINDS = ("geventwebsocket", "gevent", "cli", "flask-run")
+#: The project's own gunicorn worker (``flask_realtime.gunicorn.Worker``).
+#: Not in KINDS, which every parametrised test runs on: the protocol suites
+#: (WebSocket, SSE, long-poll) and the hostile tests run on it.
+REALTIME_WORKER = "realtime-worker"
+#: The ``server`` params of the protocol suites' module servers.
+PROTOCOL_KINDS = (*KINDS, REALTIME_WORKER)
 
 DEFAULT_APP = "tests.apps.basic:app"
 HEALTH_PATH = "/realtime/health"
@@ -33,6 +39,7 @@ STOP_TIMEOUT = 10.0
 _GUNICORN_WORKERS = {
     "geventwebsocket": "geventwebsocket.gunicorn.workers.GeventWebSocketWorker",
     "gevent": "gevent",
+    REALTIME_WORKER: "flask_realtime.gunicorn.Worker",
 }
 _ADDRESS_IN_USE = ("address already in use", "errno 98")
 
@@ -107,7 +114,7 @@ def command(
             "--no-reload",
             "--no-debugger",
         ]
-    raise ValueError(f"unknown server kind {kind!r}; expected one of {KINDS}")
+    raise ValueError(f"unknown server kind {kind!r}; expected one of {PROTOCOL_KINDS}")
 
 
 def child_environment(env: t.Mapping[str, str | None] | None = None) -> dict[str, str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import socket
 import ssl
 import subprocess
 import sys
@@ -144,3 +145,78 @@ def test_serve_speaks_tls_with_realtime_ssl(tmp_path: Path) -> None:
             assert json.loads(ws.recv()) == {"type": "pong", "id": 1}
         finally:
             ws.close()
+
+
+def test_serve_on_a_busy_port_says_so_in_one_line() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "flask", "--app", "tests.apps.basic:app"]
+            + ["realtime", "serve", "--host", "127.0.0.1", "--port", str(port)],
+            cwd=ROOT,
+            env=child_environment(),
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert lines == [
+        f"Error: cannot listen on 127.0.0.1:{port}: Address already in use"
+    ], result.stderr
+
+
+def _request_pair_seconds(port: int) -> float:
+    """The slowest second request of a kept-alive pair, over a few pairs."""
+    request = b"GET /realtime/health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    worst = 0.0
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        reader = sock.makefile("rb")
+        for n in range(6):
+            started = time.monotonic()
+            sock.sendall(request)
+            assert reader.readline().startswith(b"HTTP/1.1 200")
+            length = 0
+            while (line := reader.readline()) not in (b"\r\n", b""):
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":")[1])
+            reader.read(length)
+            if n:  # the first has the connection's quick ACKs
+                worst = max(worst, time.monotonic() - started)
+    return worst
+
+
+def test_serve_answers_kept_alive_requests_without_the_delayed_ack(
+    tmp_path: Path,
+) -> None:
+    # pywsgi writes a response's head and body in two sends; without
+    # TCP_NODELAY the body waits for the client's delayed ACK, about 40 ms.
+    with _serving(tmp_path) as (port, _log):
+        assert _request_pair_seconds(port) < 0.025
+
+
+def test_the_examples_listen_on_loopback_by_default(tmp_path: Path) -> None:
+    port = free_port()
+    log = tmp_path / "clock.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "flask", "--app", "examples/clock/app.py"]
+            + ["realtime", "serve", "--port", str(port)],
+            cwd=ROOT,
+            env=child_environment(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 20
+        while "serving" not in log.read_text():
+            assert process.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)  # polling for the server's first line
+        assert f"on http://127.0.0.1:{port} " in log.read_text()
+    finally:
+        process.terminate()
+        process.wait(10)

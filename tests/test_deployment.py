@@ -149,12 +149,12 @@ def test_gunicorn_sync_worker_refuses_long_lived_requests_at_once(
     server = _start_unready(tmp_path, _gunicorn(None, 1), {})
     try:
         wait_until(
-            lambda: "GeventWebSocketWorker" in server.log(),
+            lambda: "flask_realtime.gunicorn.Worker" in server.log(),
             20,
             "the worker to log the sync worker error at start",
         )
         started = time.monotonic()
-        _assert_every_endpoint_refuses(server, "GeventWebSocketWorker")
+        _assert_every_endpoint_refuses(server, "flask_realtime.gunicorn.Worker")
         # Answered at once, and the only worker is free for the next request.
         assert time.monotonic() - started < 5
         assert requests.get(server.url + "/broadcast?channel=a&event=b", timeout=5).ok

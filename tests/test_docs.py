@@ -92,14 +92,15 @@ def test_every_block_has_a_handled_language_and_a_known_marker() -> None:
 
 @pytest.fixture(scope="module")
 def readme_app(tmp_path_factory: pytest.TempPathFactory) -> t.Iterator[Server]:
-    """The README's app, written out from its blocks, under gunicorn."""
+    """The README's app, written out from its blocks, under gunicorn with the
+    worker class the README shows."""
     directory = tmp_path_factory.mktemp("readme")
     for block in blocks_of(ROOT / "README.md"):
         if block.marker == "file":
             (directory / block.arg).parent.mkdir(parents=True, exist_ok=True)
             (directory / block.arg).write_text(block.text)
     server = servers.start(
-        "geventwebsocket",
+        servers.REALTIME_WORKER,
         directory / "logs",
         app="app:app",
         env={"PYTHONPATH": str(directory)},

@@ -896,7 +896,7 @@ def _poll_target(poller: Poller, cursor: int | None = None) -> str:
 
 
 # Where a waiting poll is parked (the others keep it in its request).
-PARKING_SERVERS = ("geventwebsocket", "gevent", "cli")
+PARKING_SERVERS = ("geventwebsocket", "gevent", "cli", "realtime-worker")
 
 
 def _parked_connection(server: Server) -> str | None:
@@ -910,6 +910,7 @@ def _parked_connection(server: Server) -> str | None:
     return {
         "geventwebsocket": "keep-alive",
         "cli": "keep-alive",
+        "realtime-worker": "keep-alive",
         "gevent": "close",
     }.get(server.kind)
 

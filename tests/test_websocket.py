@@ -22,7 +22,7 @@ from tests.servers import Server
 from tests.wsclient import Client, ConnectionClosed, connect
 
 
-@pytest.fixture(scope="module", params=servers.KINDS)
+@pytest.fixture(scope="module", params=servers.PROTOCOL_KINDS)
 def server(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> t.Iterator[Server]:

@@ -36,6 +36,8 @@ from flask_realtime import Connection, Realtime, Rejected, broadcast
 
 app = Flask(__name__)
 app.config["SECRET_KEY"] = os.environ.get("SECRET_KEY", "dev-only-chat-example-key")
+# A demo listens on this machine only, unless told otherwise.
+app.config["REALTIME_HOST"] = os.environ.get("REALTIME_HOST", "127.0.0.1")
 realtime = Realtime(app)
 
 ROOMS: dict[int, str] = {1: "general", 2: "random", 3: "show-and-tell"}

@@ -7,6 +7,7 @@ Run it with the embedded defaults (one process, null broker)::
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -15,6 +16,8 @@ from flask import Flask, jsonify, render_template
 from flask_realtime import Realtime, broadcast
 
 app = Flask(__name__)
+# A demo listens on this machine only, unless told otherwise.
+app.config["REALTIME_HOST"] = os.environ.get("REALTIME_HOST", "127.0.0.1")
 realtime = Realtime(app)
 
 _counter = {"value": 0}

@@ -1,15 +1,42 @@
-"""The gevent server behind ``flask realtime serve`` (patched before import)."""
+"""The gevent server behind ``flask realtime serve`` (patched before import).
+
+It serves with :class:`~.handler.RealtimeHandler`, the same handler as
+gunicorn's ``flask_realtime.gunicorn.Worker``, so both get the same
+timeouts and limits (:mod:`.limits`).
+"""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import signal
+import socket
 import sys
 import typing as t
 
-from . import protocol
-from .config import TRANSPORTS
+from .. import protocol
+from ..config import TRANSPORTS, ConfigError
+from . import limits as server_limits
+
+BACKLOG = 2048
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """The listening socket, or a one-line error and exit status 1.
+
+    ``TCP_NODELAY`` is set here and inherited by every accepted socket:
+    without it a kept-alive connection's next response waits for the
+    client's delayed ACK (about 40 ms) behind the previous one.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        sock = socket.create_server((host, port), family=family, backlog=BACKLOG)
+    except OSError as exc:
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        sys.exit(f"Error: cannot listen on {host}:{port}: {reason}")
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -23,11 +50,13 @@ def main(argv: list[str] | None = None) -> None:
     import gevent
     from flask.cli import NoAppException, ScriptInfo
     from gevent.pywsgi import WSGIServer
-    from geventwebsocket.handler import WebSocketHandler
+
+    from .handler import RealtimeHandler
 
     try:
         app = ScriptInfo(app_import_path=args.app).load_app()
-    except NoAppException as exc:
+        limits = server_limits.from_environment()
+    except (NoAppException, ConfigError) as exc:
         sys.exit(f"Error: {exc}")
     realtime = app.extensions.get("realtime")
     if realtime is None:
@@ -47,8 +76,9 @@ def main(argv: list[str] | None = None) -> None:
     port = settings.port if args.port is None else args.port
 
     server = WSGIServer(
-        (host, port), app, handler_class=WebSocketHandler, **(settings.ssl or {})
+        listen(host, port), app, handler_class=RealtimeHandler, **(settings.ssl or {})
     )
+    server.limits = limits  # read by each RealtimeHandler
     scheme = "https" if settings.ssl else "http"
 
     def stop(*_: t.Any) -> None:
