@@ -47,7 +47,7 @@ REPO = HERE.parent
 sys.path[:0] = [str(REPO), str(HERE)]
 
 KINDS = ("redis", "rabbitmq", "nats")
-# What the seed promises per broker: latency, messages/s.
+# What is often quoted per broker: latency, messages/s.
 SEED = {
     "redis": ("~0.1 ms", "100k"),
     "rabbitmq": ("~1 ms", "50k"),
@@ -410,7 +410,7 @@ def report(results: list[dict[str, t.Any]]) -> None:
     print(
         "| broker | p50 ms | p99 ms | delivered at 1,000/s | publish rate/s"
         " | messages per batch | sustained, all delivered/s"
-        " | CPU us/message: publisher, node B, broker, subscriber | seed promise |"
+        " | CPU us/message: publisher, node B, broker, subscriber | often quoted |"
     )
     print("|---|---:|---:|---:|---:|---:|---:|---|---|")
     for r in results:
