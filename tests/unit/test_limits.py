@@ -96,7 +96,7 @@ def test_user_buckets_count_connections() -> None:
         ({"wsgi.multiprocess": True, "wsgi.multithread": True}, "REALTIME_BROKER"),
         (
             {"wsgi.multithread": False, "gunicorn.socket": object()},
-            "GeventWebSocketWorker",
+            "flask_realtime.gunicorn.Worker",
         ),
         ({"wsgi.multithread": False}, None),  # a test client, not a server
         ({"wsgi.multiprocess": False, "wsgi.multithread": True}, None),
@@ -118,7 +118,7 @@ def test_several_workers_are_fine_with_a_broker() -> None:
         (["-k", "gevent", "-w", "2", "app:app"], {}, "REALTIME_BROKER"),
         (["-k", "gevent", "app:app"], {"WEB_CONCURRENCY": "3"}, "REALTIME_BROKER"),
         (["app:app"], {"GUNICORN_CMD_ARGS": "-k gevent -w 4"}, "REALTIME_BROKER"),
-        (["app:app"], {}, "GeventWebSocketWorker"),
+        (["app:app"], {}, "flask_realtime.gunicorn.Worker"),
         (["-k", "gevent", "-w", "1", "app:app"], {}, None),
     ],
 )
