@@ -1,16 +1,10 @@
-"""What every broker offers the node, and the base that keeps its promises.
-
-Topics are short strings (``c:<channel>``, ``u:<user>``, ``n:<node id>``, ...);
-payloads are opaque bytes, delivered verbatim. The node calls a broker from
-any greenlet (or thread, without gevent); the broker calls ``on_message``
-from its own reader greenlet or thread, one message at a time, in the order
-the broker delivers them.
+"""The base that keeps a broker's promises (see ``interface.py``).
 
 :class:`BrokerBase` owns everything a networked broker needs besides its
 wire: the reader and its reconnection with backoff (one warning per outage,
 retries at DEBUG), restoring every subscription before anything buffered or
 new goes out, the bounded outage buffer, fork safety, and group commit of
-concurrent publishes. A backend fills six methods; see "The backend's part".
+concurrent publishes. A backend fills six methods (``interface.Backend``).
 """
 
 from __future__ import annotations
@@ -19,19 +13,19 @@ import logging
 import os
 import threading
 import time
-import typing as t
-import weakref
 
 from .._runtime import gevent_active, real_lock, sleep
+from ._forks import watch
 from ._outbox import Outbox
 from ._reader import Reader
 from ._support import BrokerUnavailable as BrokerUnavailable
 from ._support import LinkLost as LinkLost
 from ._support import redact
+from .interface import Backend
+from .interface import Broker as Broker
+from .interface import MessageCallback as MessageCallback
 
 log = logging.getLogger("flask_realtime")
-
-MessageCallback = t.Callable[[str, bytes], None]  # on_message(topic, data)
 
 _SETTLE_TIMEOUT = 1.5  # the first call waits this long for the first connection
 _CONFIRM_TIMEOUT = 5.0  # subscribe() waits this long for the broker's answer
@@ -39,67 +33,8 @@ _SLICE = 0.01  # under gevent, the reader lets the loop cycle after this much wo
 _WAITED = 0.0005  # a pause between two deliveries this long: the reader waited
 
 
-class Waitable(t.Protocol):
-    def wait(self, timeout: float | None = None) -> bool: ...
-
-
-class Broker(t.Protocol):
-    kind: str  # "null" | "redis" | "rabbitmq" | "nats"
-    url: str  # redacted (no password), for logs and errors
-
-    def publish(self, topic: str, data: bytes) -> int | None:
-        """Hand ``data`` to every node subscribed to ``topic``.
-
-        Returns once the broker has accepted it, so that anything published
-        after the return, from any process, reaches each subscriber after it;
-        the number of receivers when the backend can tell (0: provably nobody
-        subscribes), else None. During an outage the message is buffered
-        (None) and sent on reconnect; :class:`BrokerUnavailable` once the
-        buffer is full.
-        """
-
-    def subscribe(self, *topics: str) -> None:
-        """Receive ``topics`` from now on; returns once the subscription is in
-        place (or, while the broker is unreachable, once recorded: reconnecting
-        restores every subscription)."""
-
-    def unsubscribe(self, *topics: str) -> None:
-        """Nothing of ``topics`` is delivered after this returns."""
-
-    def close(self) -> None:
-        """Disconnect and stop the reader; the broker is not used again."""
-
-    @property
-    def connected(self) -> bool:
-        """The link is up and every subscription in place."""
-
-
-class BrokerBase:
-    """The machinery of a networked broker; subclasses fill in the wire.
-
-    The backend's part (called by the base, never by the node):
-
-    * ``_connect(topics)``: open the connection(s) and subscribe ``topics``;
-      return once they are in place. Runs in the reader only.
-    * ``_read()``: read until the connection fails (raise) or ``_tick()``
-      says stop (return), calling ``_deliver(topic, data)`` per message and
-      ``_tick()`` about once a second, busy or idle. Runs in the reader only.
-    * ``_send_batch(messages)``: publish ``[(topic, data), ...]`` in order and
-      return once the broker accepted all: a receiver count (or None, or an
-      exception for a message the broker refused) per message, or None for
-      all. Called by one publisher at a time, any greenlet, the reader
-      included; opens a publishing connection itself when it needs one.
-      Raise on failure (:class:`LinkLost` tells how many were accepted).
-    * ``_subscribe(topics)`` / ``_unsubscribe(topics)``: ask for (or drop)
-      ``topics`` on the live connection, under ``_sub_lock``. ``_subscribe``
-      may return a :class:`Waitable` set once they are in place (the base
-      waits outside the lock, never in the reader). Raise when the
-      connection is broken: the reader restores everything on reconnect.
-    * ``_disconnect()``: close every connection (any greenlet; a ``_read``
-      or ``_send_batch`` in progress then fails); also releases waitables.
-    * ``_drop_after_fork()``: in a forked child, forget the parent's
-      connections without any I/O on them (close this process's copies).
-    """
+class BrokerBase(Backend):
+    """The machinery of a networked broker; subclasses fill in the wire."""
 
     kind = ""
     link_errors: tuple[type[BaseException], ...] = (OSError,)
@@ -115,7 +50,7 @@ class BrokerBase:
         self._topics: set[str] = set()
         self._closed = False
         self._reset()
-        _live.add(self)
+        watch(self)
 
     def _reset(self) -> None:
         """Fresh per-process state: at start, and in a forked child."""
@@ -282,7 +217,7 @@ class BrokerBase:
     def _after_fork(self) -> None:
         """Drop the parent's connections and reader in this child, lazily reconnect.
 
-        Runs right after ``os.fork`` (see the end of the module); the pid check
+        Runs right after ``os.fork`` (see ``_forks.py``); the pid check
         on every call covers a fork that bypassed ``os.fork``. Subscriptions stay
         (this process's node still wants them); buffered messages were the
         parent's.
@@ -293,41 +228,3 @@ class BrokerBase:
             self._reader.abandon()
         self._drop_after_fork()
         self._reset()
-
-    # -- the backend's part -------------------------------------------------------
-
-    def _connect(self, topics: list[str]) -> None:
-        raise NotImplementedError
-
-    def _read(self) -> None:
-        raise NotImplementedError
-
-    def _send_batch(
-        self, messages: list[tuple[str, bytes]]
-    ) -> t.Sequence[int | None | Exception] | None:
-        raise NotImplementedError
-
-    def _subscribe(self, topics: list[str]) -> Waitable | None:
-        raise NotImplementedError
-
-    def _unsubscribe(self, topics: list[str]) -> None:
-        raise NotImplementedError
-
-    def _disconnect(self) -> None:
-        raise NotImplementedError
-
-    def _drop_after_fork(self) -> None:
-        raise NotImplementedError
-
-
-_live: weakref.WeakSet[BrokerBase] = weakref.WeakSet()
-
-
-def _forget_parent_connections() -> None:
-    # At once, not on first use: under gevent the reader greenlet survives
-    # the fork and would read the parent's messages off the shared socket.
-    for broker in list(_live):
-        broker._after_fork()
-
-
-os.register_at_fork(after_in_child=_forget_parent_connections)

@@ -1,9 +1,10 @@
 """NATS through nats-py's public API: one connection, one subscription per topic.
 
-nats-py is asyncio only: its loop runs in a thread of its own and the base's
-reader takes messages from an inbox, in the server's order (see
-:mod:`._nats_link`). Subjects are ``flask_realtime.t.<topic>``, a topic
-always one literal token (:func:`._nats_link.subject`).
+nats-py is asyncio only: its loop runs in a thread of its own
+(:mod:`._nats_loop`) and the base's reader takes messages from an inbox, in
+the server's order (see :mod:`._nats_link`). Subjects are
+``flask_realtime.t.<topic>``, a topic always one literal token
+(:func:`._nats_link.subject`).
 
 "Accepted" needs a round trip, and ``flush()`` cannot give it (it writes its
 PING ahead of the PUBs still in nats-py's buffer). So a batch ends with a
@@ -29,7 +30,8 @@ from urllib.parse import urlsplit, urlunsplit
 from nats import errors as nats_errors
 
 from ..config import ConfigError, Settings
-from ._nats_link import LOST, Link, LoopThread, Messages, Signal, Unconfirmed
+from ._nats_link import LOST, Link, Messages, Unconfirmed
+from ._nats_loop import LoopThread, Signal
 from ._support import redact
 from .base import BrokerBase, LinkLost, MessageCallback
 

@@ -28,8 +28,9 @@ import pika.exceptions
 
 from .._runtime import event
 from ..config import Settings
-from ._amqp import CALL_TIMEOUT, Link, Options
-from ._amqp import routing_key as routing_key
+from ._amqp import CALL_TIMEOUT, Link
+from ._amqp_options import Options
+from ._amqp_options import routing_key as routing_key
 from .base import BrokerBase, LinkLost, MessageCallback
 
 _TICK = 1.0  # the reader looks up at least this often

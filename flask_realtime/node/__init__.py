@@ -7,11 +7,11 @@ the nodes whose clients want it. Nothing here knows how bytes reach a socket.
 
 The node composes its parts, one concern each: :mod:`.lifecycle` (the
 timer, fork, SIGTERM), :mod:`.interest` (broker subscriptions that follow
-local subscribers), :mod:`.messages` (what clients send),
-:mod:`.presence_sync` (presence between nodes), :mod:`.control`
-(request/reply on publish/subscribe), :mod:`.forwarding` (requests run on
-the owning node), :mod:`.publishing` (server-side sends) and :mod:`.topics`
-(every topic name).
+local subscribers), :mod:`.inbound` (what the broker brings),
+:mod:`.messages` (what clients send), :mod:`.presence_sync` (presence
+between nodes), :mod:`.control` (request/reply on publish/subscribe),
+:mod:`.forwarding` (requests run on the owning node), :mod:`.publishing`
+(server-side sends) and :mod:`.topics` (every topic name).
 """
 
 from __future__ import annotations
@@ -27,14 +27,15 @@ from .. import protocol
 from .._runtime import in_event_loop, spawn
 from ..brokers import create_broker
 from ..config import Settings
-from ..connection import Connection, Outbound, Sink
+from ..connection import Connection, Sink
 from ..hub import Hub
 from ..limits import Admission
 from ..presence import ClusterPresence, Member
 from ..pressure import PressureGauge
-from . import control, lifecycle, topics
+from . import lifecycle, topics
 from .control import Control
 from .forwarding import Forwarding, RequestHandler
+from .inbound import Inbound
 from .interest import Interest
 from .lifecycle import KEEPALIVE, Lifecycle
 from .messages import ClientMessages, Rejected
@@ -64,21 +65,23 @@ class Node:
         self.hub = Hub()
         self.presence = ClusterPresence()
         self.clustered = settings.broker != "null"
+        self.inbound = Inbound(self)
+        # What the broker brought here, by topic kind (see .inbound).
+        self.received = self.inbound.received
         self.control = Control(
             lambda on_message: create_broker(settings, on_message),
-            self._on_plain,
-            self._on_request,
+            self.inbound.plain,
+            self.inbound.request,
         )
         self.broker = self.control.broker
-        self.interest = Interest(self.broker, self._wanted, on_dropped=self._dropped)
+        self.interest = Interest(
+            self.broker, self.inbound.wanted, on_dropped=self.inbound.dropped
+        )
         self.messages = ClientMessages(self)
         self.presence_sync = PresenceSync(self, self.presence)
         self.forwarding = Forwarding(self)
         self.lifecycle = Lifecycle(self)
         self.publisher = Publisher(self)
-        # What the broker brought here, by topic kind: with interest-based
-        # routing, a node gets no channel traffic none of its clients wants.
-        self.received = {"channel": 0, "user": 0, "node": 0, "presence": 0}
         # Sessions report full sockets here; publishers ask it before publishing.
         self.pressure = PressureGauge(settings.backpressure_bytes)
         self.shutting_down = False
@@ -220,51 +223,6 @@ class Node:
 
     def send(self, connection_id: str, event: str, data: t.Any) -> None:
         self.publisher.send(connection_id, event, data)
-
-    # -- what the broker brings --------------------------------------------------
-
-    def _on_plain(self, topic: str, data: bytes) -> None:
-        """Deliver a plain message to the local clients that want it."""
-        kind, name = topics.split(topic)
-        received = self.received
-        if kind == topics.PRESENCE:
-            received["presence"] += 1
-            self.presence_sync.on_message(name, control.split_message(data)[1])
-            return
-        header, envelope = control.split_message(data)
-        message = Outbound(envelope)
-        if kind == topics.CHANNEL:
-            received["channel"] += 1
-            self.hub.deliver_channel(name, message, header.decode() or None)
-        elif kind == topics.USER:
-            received["user"] += 1
-            self.hub.deliver_user(name, message)
-        elif kind == topics.NODE:
-            received["node"] += 1
-            self.hub.deliver_connection(header.decode(), message)
-
-    def _on_request(self, topic: str, body: bytes, reply_to: str) -> None:
-        kind, name = topics.split(topic)
-        if kind == topics.PRESENCE:
-            self.received["presence"] += 1
-            self.presence_sync.answer(name, body, reply_to)
-        elif kind == topics.NODE:
-            self.received["node"] += 1
-            self.forwarding.on_request(body, reply_to)
-
-    def _wanted(self, topic: str) -> bool:
-        """Does a local subscriber still want ``topic`` (see .interest)?"""
-        kind, name = topics.split(topic)
-        if kind in (topics.CHANNEL, topics.PRESENCE):
-            return self.hub.subscriber_count(name) > 0
-        if kind == topics.USER:
-            return self.hub.has_user(name)
-        return True  # the node topic: for the process's life
-
-    def _dropped(self, topic: str) -> None:
-        kind, name = topics.split(topic)
-        if kind == topics.PRESENCE:
-            self.presence_sync.dropped(name)
 
     # -- requests between nodes (see .forwarding) --------------------------------
 
