@@ -233,6 +233,32 @@ def test_client_events_relay_on_presence_and_refusals_arrive_as_errors(
         assert refusal["channel"] == "presence-room.2"
 
 
+def test_client_events_say_who_sent_them(server: Server) -> None:
+    received: queue.Queue[tuple[t.Any, dict[str, t.Any]]] = queue.Queue()
+    plain: queue.Queue[t.Any] = queue.Queue()
+    with (
+        _client(server, params={"user": "31"}) as ann,
+        _client(server, params={"user": "32"}) as bob,
+    ):
+        ann_room = ann.subscribe("presence-room.31")
+        bob_room = bob.subscribe("presence-room.31")
+        bob_room.on(
+            "client-typing",
+            lambda data, envelope: received.put((data, envelope)),
+            envelope=True,
+        )
+        bob_room.on("client-typing", plain.put)
+        ann_room.send("client-typing", {"typing": True})
+        data, envelope = received.get(timeout=5)
+        assert data == {"typing": True}
+        assert envelope["user_id"] == "31"
+        assert envelope["channel"] == "presence-room.31"
+        assert envelope["event"] == "client-typing"
+        assert plain.get(timeout=5) == {"typing": True}  # fn(data) stays the default
+        claimed = bob_room.wait_for("client-typing", timeout=5, envelope=True)
+        assert claimed["user_id"] == "31" and claimed["data"] == {"typing": True}
+
+
 def test_direct_messages_reach_client_handlers(server: Server) -> None:
     notes: queue.Queue[t.Any] = queue.Queue()
     with _client(server, params={"user": "9"}) as client:
