@@ -17,18 +17,11 @@ import requests
 import websocket
 
 from tests import servers
-from tests.conftest import LiveServerFactory
+from tests.conftest import LiveServerFactory, module_server
 from tests.servers import Server
 from tests.wsclient import Client, ConnectionClosed, connect
 
-
-@pytest.fixture(scope="module", params=servers.PROTOCOL_KINDS)
-def server(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> t.Iterator[Server]:
-    started = servers.start(request.param, tmp_path_factory.mktemp(request.param))
-    yield started
-    started.stop()
+server = module_server(servers.PROTOCOL_KINDS)
 
 
 def _client(server: Server, **query: str) -> Client:
