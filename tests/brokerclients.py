@@ -12,8 +12,13 @@ import time
 import typing as t
 from pathlib import Path
 
+import pytest
+
 from flask_realtime import config as _config
 from flask_realtime.brokers import Broker, MessageCallback, create_broker
+
+if t.TYPE_CHECKING:
+    from tests.brokerservers import BrokerServer
 
 TIMEOUT = 10.0
 ROOT = Path(__file__).resolve().parent.parent
@@ -89,6 +94,42 @@ class Brokers:
             broker.close()
 
 
+def broker_fixtures(kind: str) -> tuple[t.Any, t.Any]:
+    """A broker test module's ``make`` and ``server`` fixtures:
+    ``make, server = broker_fixtures("redis")``."""
+
+    @pytest.fixture(name="make")
+    def make_fixture() -> t.Iterator[t.Callable[..., tuple[t.Any, Inbox]]]:
+        """``make(url=None, on_message=None, **REALTIME_settings)``: a broker
+        and what it receives (an Inbox, unless ``on_message`` is given)."""
+        brokers = Brokers(kind)
+        yield brokers.make
+        brokers.close()
+
+    @pytest.fixture(name="server")
+    def server_fixture(
+        broker_servers: t.Callable[[str], BrokerServer],
+    ) -> BrokerServer:
+        """The session's broker server of ``kind``."""
+        return broker_servers(kind)
+
+    return make_fixture, server_fixture
+
+
+def wait_until(predicate: t.Callable[[], bool], timeout: float = TIMEOUT) -> None:
+    """Poll ``predicate`` until it holds; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def round_trip(publisher: t.Any, inbox: Inbox, topic: str, data: bytes) -> None:
+    """Publish ``data`` and wait until ``inbox`` has it."""
+    publisher.publish(topic, data)
+    inbox.wait_for(lambda: data in inbox.payloads(topic))
+
+
 def count_batches(broker: t.Any) -> list[int]:
     """From now on, the size of each batch ``broker`` sends, in a list."""
     sizes: list[int] = []
@@ -102,18 +143,60 @@ def count_batches(broker: t.Any) -> list[int]:
     return sizes
 
 
+def script_env() -> dict[str, str]:
+    """The environment of a script: this process's, as a test has it now."""
+    return {**os.environ, "PYTHONPATH": str(ROOT)}
+
+
+def script_argv(code: str, *args: str) -> list[str]:
+    """The command line that runs ``code`` (dedented) with ``args``."""
+    return [sys.executable, "-c", textwrap.dedent(code), *args]
+
+
 def run_script(code: str, *args: str, timeout: float = 120) -> str:
     """Run ``code`` (dedented) in a Python process of its own; its output."""
     done = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code), *args],
+        script_argv(code, *args),
         capture_output=True,
         text=True,
         timeout=timeout,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env=script_env(),
         cwd=ROOT,
     )
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout
+
+
+def run_restarting_script(code: str, server: BrokerServer) -> list[str]:
+    """Run ``code`` against ``server``, restarting the server when the script
+    prints ``restart please`` (and answering ``restarted``); its lines."""
+    process = subprocess.Popen(
+        script_argv(code, server.url),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=script_env(),
+        cwd=ROOT,
+    )
+    watchdog = threading.Timer(120, process.kill)
+    watchdog.start()
+    try:
+        assert process.stdout is not None and process.stdin is not None
+        lines = []
+        for line in process.stdout:
+            lines.append(line.strip())
+            if line.strip() == "restart please":
+                server.restart()
+                process.stdin.write("restarted\n")
+                process.stdin.flush()
+        assert process.wait(timeout=60) == 0, process.stderr.read()  # type: ignore[union-attr]
+        return lines
+    finally:
+        watchdog.cancel()
+        if process.poll() is None:
+            process.kill()
+            process.wait()
 
 
 def script_head(kind: str) -> str:

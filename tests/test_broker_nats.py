@@ -11,9 +11,6 @@ import concurrent.futures
 import logging
 import os
 import signal
-import subprocess
-import sys
-import textwrap
 import threading
 import time
 import typing as t
@@ -28,10 +25,11 @@ from flask_realtime.brokers._nats_link import subject as nats_subject
 from flask_realtime.config import ConfigError
 from tests import brokerservers
 from tests.brokerclients import (
-    ROOT,
     TIMEOUT,
-    Brokers,
     Inbox,
+    broker_fixtures,
+    round_trip,
+    run_restarting_script,
     script_head,
     settings_for,
 )
@@ -43,17 +41,7 @@ def settings(**config: t.Any) -> _config.Settings:
     return settings_for("nats", **config)
 
 
-@pytest.fixture
-def make() -> t.Iterator[t.Callable[..., tuple[t.Any, Inbox]]]:
-    """``make(**REALTIME_settings)``: a NATS broker and what it receives."""
-    brokers = Brokers("nats")
-    yield brokers.make
-    brokers.close()
-
-
-@pytest.fixture
-def server(broker_servers: t.Callable[[str], BrokerServer]) -> BrokerServer:
-    return broker_servers("nats")
+make, server = broker_fixtures("nats")
 
 
 class NatsWithOptions(BrokerServer):
@@ -81,11 +69,6 @@ def nats_with() -> t.Iterator[t.Callable[..., BrokerServer]]:
     yield start
     for server in started:
         server.stop()
-
-
-def round_trip(publisher: t.Any, inbox: Inbox, topic: str, data: bytes) -> None:
-    publisher.publish(topic, data)
-    inbox.wait_for(lambda: data in inbox.payloads(topic))
 
 
 def freeze(server: BrokerServer) -> None:
@@ -595,30 +578,5 @@ GEVENT_SCRIPT = """
 def test_under_gevent_everything_is_cooperative(own_broker_server: t.Any) -> None:
     server = own_broker_server("nats")
     code = SCRIPT_HEAD.format(patch="from gevent import monkey; monkey.patch_all()")
-    process = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(code + GEVENT_SCRIPT), server.url],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        cwd=ROOT,
-    )
-    watchdog = threading.Timer(120, process.kill)
-    watchdog.start()
-    try:
-        assert process.stdout is not None and process.stdin is not None
-        lines = []
-        for line in process.stdout:
-            lines.append(line.strip())
-            if line.strip() == "restart please":
-                server.restart()
-                process.stdin.write("restarted\n")
-                process.stdin.flush()
-        assert process.wait(timeout=60) == 0, process.stderr.read()  # type: ignore[union-attr]
-        assert lines == ["concurrent ok", "restart please", "reconnect ok"]
-    finally:
-        watchdog.cancel()
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+    lines = run_restarting_script(code + GEVENT_SCRIPT, server)
+    assert lines == ["concurrent ok", "restart please", "reconnect ok"]

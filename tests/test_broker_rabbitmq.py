@@ -28,11 +28,13 @@ from flask_realtime.brokers.rabbitmq import routing_key
 from flask_realtime.config import ConfigError
 from tests.brokerclients import (
     TIMEOUT,
-    Brokers,
     Inbox,
+    broker_fixtures,
     count_batches,
+    round_trip,
     run_script,
     settings_for,
+    wait_until,
 )
 from tests.brokerservers import BrokerServer
 from tests.servers import free_port
@@ -44,18 +46,7 @@ def settings(url: str | None = None, **config: t.Any) -> _config.Settings:
     return settings_for("rabbitmq", url, **config)
 
 
-@pytest.fixture
-def make() -> t.Iterator[t.Callable[..., tuple[t.Any, Inbox]]]:
-    """``make(url, on_message=None, **REALTIME_settings)``: a broker and
-    what it receives (an Inbox, unless ``on_message`` is given)."""
-    brokers = Brokers("rabbitmq")
-    yield brokers.make
-    brokers.close()
-
-
-@pytest.fixture
-def server(broker_servers: t.Callable[[str], BrokerServer]) -> BrokerServer:
-    return broker_servers("rabbitmq")
+make, server = broker_fixtures("rabbitmq")
 
 
 def unique(prefix: str) -> str:
@@ -91,18 +82,6 @@ def queues(server: BrokerServer, prefix: str, vhost: str = "/") -> list[dict]:
     ).split()
     found = listing(server, "list_queues", *columns, vhost=vhost)
     return [q for q in found if q["name"].startswith(prefix + ".")]
-
-
-def wait_until(predicate: t.Callable[[], bool], timeout: float = TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
-
-
-def round_trip(publisher: t.Any, inbox: Inbox, topic: str, data: bytes) -> None:
-    publisher.publish(topic, data)
-    inbox.wait_for(lambda: data in inbox.payloads(topic))
 
 
 def add_user(server: BrokerServer, vhost: str = "/") -> tuple[str, str]:
