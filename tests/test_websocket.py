@@ -161,17 +161,23 @@ def test_oversize_message_gets_413_then_close_1009(server: Server) -> None:
         _assert_still_working(server, bystander)
 
 
-def test_malformed_handshake_key_gets_400_json(server: Server) -> None:
-    response = requests.get(
+def _upgrade_request(server: Server, key: str, version: str) -> requests.Response:
+    """A WebSocket upgrade through ``requests``: what the server answers a
+    handshake it refuses."""
+    return requests.get(
         server.ws_url.replace("ws://", "http://"),
         headers={
             "Upgrade": "websocket",
             "Connection": "Upgrade",
-            "Sec-WebSocket-Key": "not base64!",
-            "Sec-WebSocket-Version": "13",
+            "Sec-WebSocket-Key": key,
+            "Sec-WebSocket-Version": version,
         },
         timeout=5,
     )
+
+
+def test_malformed_handshake_key_gets_400_json(server: Server) -> None:
+    response = _upgrade_request(server, key="not base64!", version="13")
     assert response.status_code == 400
     assert response.json()["error"]["code"] == 400
     with _client(server) as client:
@@ -380,16 +386,7 @@ def test_no_extension_is_negotiated(server: Server) -> None:
 
 
 def test_unsupported_version_gets_426_before_the_upgrade(server: Server) -> None:
-    response = requests.get(
-        server.ws_url.replace("ws://", "http://"),
-        headers={
-            "Upgrade": "websocket",
-            "Connection": "Upgrade",
-            "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
-            "Sec-WebSocket-Version": "8",
-        },
-        timeout=5,
-    )
+    response = _upgrade_request(server, key="dGhlIHNhbXBsZSBub25jZQ==", version="8")
     assert response.status_code == 426
     assert response.headers["Sec-WebSocket-Version"] == "13"
     assert response.json()["error"]["code"] == 426
