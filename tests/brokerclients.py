@@ -130,6 +130,16 @@ def round_trip(publisher: t.Any, inbox: Inbox, topic: str, data: bytes) -> None:
     inbox.wait_for(lambda: data in inbox.payloads(topic))
 
 
+def in_threads(target: t.Callable[[int], t.Any], count: int) -> None:
+    """Run ``target(0)`` ... ``target(count - 1)`` at once, a thread each;
+    return when all are done."""
+    threads = [threading.Thread(target=target, args=(n,)) for n in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
 def count_batches(broker: t.Any) -> list[int]:
     """From now on, the size of each batch ``broker`` sends, in a list."""
     sizes: list[int] = []
@@ -165,6 +175,21 @@ def run_script(code: str, *args: str, timeout: float = 120) -> str:
     )
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout
+
+
+#: The script's side of :func:`run_restarting_script`: ask for the restart,
+#: then publish on ``c:room`` until ``got`` has a message again (the script
+#: has ``got``, ``publisher`` and gevent).
+AWAIT_RESTART = """
+    print("restart please", flush=True)
+    assert sys.stdin.readline().strip() == "restarted"
+    n = 0
+    while not any(d.startswith(b"after") for t, d in got):
+        n += 1
+        assert n < 300, "no message after the restart"
+        publisher.publish("c:room", b"after %d" % n)
+        gevent.sleep(0.1)
+"""
 
 
 def run_restarting_script(code: str, server: BrokerServer) -> list[str]:

@@ -25,9 +25,11 @@ from flask_realtime.brokers._nats_link import subject as nats_subject
 from flask_realtime.config import ConfigError
 from tests import brokerservers
 from tests.brokerclients import (
+    AWAIT_RESTART,
     TIMEOUT,
     Inbox,
     broker_fixtures,
+    in_threads,
     round_trip,
     run_restarting_script,
     script_head,
@@ -288,22 +290,6 @@ def test_unsubscribing_a_busy_topic_never_holds_back_the_others(
     assert inbox.payloads("c:steady") == [b"%d" % n for n in range(2000)] + [b"end"]
 
 
-def test_a_returned_publish_is_ahead_of_any_later_one_from_another_connection(
-    server: BrokerServer, make: t.Any
-) -> None:
-    subscriber, inbox = make(REALTIME_BROKER_URL=server.url)
-    first, _ = make(REALTIME_BROKER_URL=server.url)
-    second, _ = make(REALTIME_BROKER_URL=server.url)
-    subscriber.subscribe("c:turns")
-    sent = []
-    for n in range(500):
-        for publisher, name in ((first, b"a"), (second, b"b")):
-            publisher.publish("c:turns", name + b"%d" % n)
-            sent.append(name + b"%d" % n)
-    inbox.wait_for(lambda: len(inbox.payloads()) == len(sent))
-    assert inbox.payloads() == sent
-
-
 def test_concurrent_publishers_share_confirmations_and_keep_their_order(
     server: BrokerServer, make: t.Any
 ) -> None:
@@ -317,11 +303,7 @@ def test_concurrent_publishers_share_confirmations_and_keep_their_order(
         for i in range(300):
             publisher.publish("c:crowd", b"%d:%d" % (n, i))
 
-    threads = [threading.Thread(target=publish_many, args=(n,)) for n in range(20)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    in_threads(publish_many, 20)
     inbox.wait_for(lambda: len(inbox.payloads()) == 1 + 20 * 300)
     for n in range(20):
         mine = [d for d in inbox.payloads() if d.startswith(b"%d:" % n)]
@@ -557,15 +539,9 @@ GEVENT_SCRIPT = """
         return "mine"
     assert asyncio.run(other_asyncio()) == "mine"
     print("concurrent ok", flush=True)
-
-    print("restart please", flush=True)
-    assert sys.stdin.readline().strip() == "restarted"
-    n = 0
-    while not any(d.startswith(b"after") for t, d in got):
-        n += 1
-        assert n < 300, "no message after the restart"
-        publisher.publish("c:room", b"after %d" % n)
-        gevent.sleep(0.1)
+"""
+# Then the test restarts the server (AWAIT_RESTART), and:
+AFTER_RESTART = """
     loops = [broker._loop, publisher._loop]
     broker.close()
     publisher.close()
@@ -578,5 +554,7 @@ GEVENT_SCRIPT = """
 def test_under_gevent_everything_is_cooperative(own_broker_server: t.Any) -> None:
     server = own_broker_server("nats")
     code = SCRIPT_HEAD.format(patch="from gevent import monkey; monkey.patch_all()")
-    lines = run_restarting_script(code + GEVENT_SCRIPT, server)
+    lines = run_restarting_script(
+        code + GEVENT_SCRIPT + AWAIT_RESTART + AFTER_RESTART, server
+    )
     assert lines == ["concurrent ok", "restart please", "reconnect ok"]

@@ -31,6 +31,7 @@ from tests.brokerclients import (
     Inbox,
     broker_fixtures,
     count_batches,
+    in_threads,
     round_trip,
     run_script,
     settings_for,
@@ -375,18 +376,29 @@ def test_the_default_queue_is_exclusive_auto_delete_and_transient(
     assert queues(server, prefix) == []
 
 
-def test_an_exclusive_queue_is_replaced_after_a_lost_connection(
-    server: BrokerServer, make: t.Any
-) -> None:
+def own_user_options(
+    server: BrokerServer, prefix: str, **queue: t.Any
+) -> tuple[str, dict[str, t.Any]]:
+    """A new user, and ``REALTIME_RABBITMQ`` that connects as it with queues
+    named ``prefix`` (and the ``queue`` options): its connections can be
+    closed without touching the other tests'."""
     user, password = add_user(server)
-    prefix = unique("q")
     options = {
         "host": "127.0.0.1",
         "port": server.port,
         "user": user,
         "password": password,
         "queue_prefix": prefix,
+        **queue,
     }
+    return user, options
+
+
+def test_an_exclusive_queue_is_replaced_after_a_lost_connection(
+    server: BrokerServer, make: t.Any
+) -> None:
+    prefix = unique("q")
+    user, options = own_user_options(server, prefix)
     broker, inbox = make(None, REALTIME_RABBITMQ=options)
     publisher, _ = make(server.url)
     broker.subscribe("c:replaced")
@@ -411,18 +423,14 @@ def test_an_exclusive_queue_is_replaced_after_a_lost_connection(
 def test_a_queue_that_outlives_its_connection_keeps_what_came_meanwhile(
     server: BrokerServer, make: t.Any
 ) -> None:
-    user, password = add_user(server)
     prefix = unique("kept")
-    options = {
-        "host": "127.0.0.1",
-        "port": server.port,
-        "user": user,
-        "password": password,
-        "queue_prefix": prefix,
-        "queue_durable": True,
-        "queue_exclusive": False,
-        "queue_auto_delete": False,
-    }
+    user, options = own_user_options(
+        server,
+        prefix,
+        queue_durable=True,
+        queue_exclusive=False,
+        queue_auto_delete=False,
+    )
     broker, inbox = make(None, REALTIME_RABBITMQ=options)
     broker.subscribe("c:kept", "c:dropped")
     round_trip(broker, inbox, "c:kept", b"1")
@@ -539,11 +547,7 @@ def test_concurrent_publishers_share_confirmed_batches_in_order(
         for n in range(per_thread):
             publisher.publish("c:batched", b"%d:%d" % (k, n))
 
-    workers = [threading.Thread(target=publish, args=(k,)) for k in range(threads)]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join()
+    in_threads(publish, threads)
     inbox.wait_for(lambda: len(inbox.messages) == threads * per_thread)
     for k in range(threads):
         mine = [p for p in inbox.payloads() if p.startswith(b"%d:" % k)]

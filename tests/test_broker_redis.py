@@ -22,9 +22,11 @@ from flask_realtime.brokers import redis as redis_broker
 from flask_realtime.config import ConfigError
 from tests import brokerservers
 from tests.brokerclients import (
+    AWAIT_RESTART,
     ROOT,
     TIMEOUT,
     broker_fixtures,
+    in_threads,
     round_trip,
     run_restarting_script,
     run_script,
@@ -212,22 +214,6 @@ def test_topics_are_exact_channel_names_never_patterns(
 # -- publishing ----------------------------------------------------------------
 
 
-def test_a_returned_publish_is_ahead_of_any_later_one_from_another_connection(
-    server: BrokerServer, make: t.Any
-) -> None:
-    subscriber, inbox = make(REALTIME_BROKER_URL=server.url)
-    first, _ = make(REALTIME_BROKER_URL=server.url)
-    second, _ = make(REALTIME_BROKER_URL=server.url)
-    subscriber.subscribe("c:turns")
-    sent = []
-    for n in range(1000):
-        for publisher, name in ((first, b"a"), (second, b"b")):
-            publisher.publish("c:turns", name + b"%d" % n)
-            sent.append(name + b"%d" % n)
-    inbox.wait_for(lambda: len(inbox.payloads()) == len(sent))
-    assert inbox.payloads() == sent
-
-
 # -- either connection can fail on its own --------------------------------------
 
 
@@ -362,16 +348,9 @@ GEVENT_SCRIPT = """
     (reader,) = readers
     assert isinstance(reader, gevent.Greenlet) and reader is not gevent.getcurrent()
     print("concurrent ok", flush=True)
-
-    # The test restarts the server now.
-    print("restart please", flush=True)
-    assert sys.stdin.readline().strip() == "restarted"
-    n = 0
-    while not any(d.startswith(b"after") for t, d in got):
-        n += 1
-        assert n < 300, "no message after the restart"
-        publisher.publish("c:room", b"after %d" % n)
-        gevent.sleep(0.1)
+"""
+# Then the test restarts the server (AWAIT_RESTART), and:
+AFTER_RESTART = """
     assert publisher.publish("c:room", b"again") == 1
     broker.close()
     publisher.close()
@@ -382,7 +361,9 @@ GEVENT_SCRIPT = """
 def test_under_gevent_everything_is_cooperative(own_broker_server: t.Any) -> None:
     server = own_broker_server("redis")
     code = SCRIPT_HEAD.format(patch="from gevent import monkey; monkey.patch_all()")
-    lines = run_restarting_script(code + GEVENT_SCRIPT, server)
+    lines = run_restarting_script(
+        code + GEVENT_SCRIPT + AWAIT_RESTART + AFTER_RESTART, server
+    )
     assert lines == ["concurrent ok", "restart please", "reconnect ok"]
 
 
@@ -434,11 +415,7 @@ def test_under_gevent_a_backlog_does_not_starve_the_other_greenlets(
             for i in range(messages // 8):
                 publisher.publish("c:flood", b"%d:%d" % (n, i))
 
-        floods = [threading.Thread(target=flood, args=(n,)) for n in range(8)]
-        for thread in floods:
-            thread.start()
-        for thread in floods:
-            thread.join()
+        in_threads(flood, 8)
         out, _ = process.communicate(timeout=60)
     finally:
         if process.poll() is None:
