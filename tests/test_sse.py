@@ -216,26 +216,24 @@ class SSEClient(HttpClientMessages):
                 return None
         return t.cast(socket.socket, sock)
 
-    def drop(self) -> None:
-        """Go away without a goodbye: the TCP connection just ends."""
+    def _shutdown(self) -> None:
+        """End the TCP connection. Also wakes the reader thread blocked in
+        recv; close() alone would not, and the socket would stay open under it."""
         sock = self._socket()
         if sock is not None:
             try:
                 sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+
+    def drop(self) -> None:
+        """Go away without a goodbye: the TCP connection just ends."""
+        self._shutdown()
         self.close()
 
     def close(self) -> None:
         if self._thread is not None:
-            sock = self._socket()
-            if sock is not None:
-                try:
-                    # Wakes the reader thread blocked in recv; close() alone
-                    # would not, and the socket would stay open under it.
-                    sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+            self._shutdown()
         self.response.close()
         if self._thread is not None:
             self._thread.join(5)
