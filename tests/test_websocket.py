@@ -18,6 +18,7 @@ import websocket
 
 from tests import servers
 from tests.conftest import LiveServerFactory, module_server
+from tests.http_helpers import broadcast as _broadcast
 from tests.servers import Server
 from tests.wsclient import Client, ConnectionClosed, connect
 
@@ -29,15 +30,6 @@ def _client(server: Server, **query: str) -> Client:
     if query:
         url += "?" + urllib.parse.urlencode(query)
     return connect(url)
-
-
-def _broadcast(server: Server, channel: str, event: str, data: t.Any) -> None:
-    response = requests.get(
-        f"{server.url}/broadcast",
-        params={"channel": channel, "event": event, "data": json.dumps(data)},
-        timeout=5,
-    )
-    assert response.status_code == 200, response.text
 
 
 def _assert_still_working(server: Server, client: Client) -> None:
