@@ -377,19 +377,18 @@ def test_the_default_queue_is_exclusive_auto_delete_and_transient(
 
 
 def own_user_options(
-    server: BrokerServer, prefix: str, **queue: t.Any
+    server: BrokerServer, **rabbitmq: t.Any
 ) -> tuple[str, dict[str, t.Any]]:
-    """A new user, and ``REALTIME_RABBITMQ`` that connects as it with queues
-    named ``prefix`` (and the ``queue`` options): its connections can be
-    closed without touching the other tests'."""
+    """A new user, and ``REALTIME_RABBITMQ`` that connects as it (with the
+    other ``rabbitmq`` options): its connections can be closed without
+    touching the other tests'."""
     user, password = add_user(server)
     options = {
         "host": "127.0.0.1",
         "port": server.port,
         "user": user,
         "password": password,
-        "queue_prefix": prefix,
-        **queue,
+        **rabbitmq,
     }
     return user, options
 
@@ -398,7 +397,7 @@ def test_an_exclusive_queue_is_replaced_after_a_lost_connection(
     server: BrokerServer, make: t.Any
 ) -> None:
     prefix = unique("q")
-    user, options = own_user_options(server, prefix)
+    user, options = own_user_options(server, queue_prefix=prefix)
     broker, inbox = make(None, REALTIME_RABBITMQ=options)
     publisher, _ = make(server.url)
     broker.subscribe("c:replaced")
@@ -426,7 +425,7 @@ def test_a_queue_that_outlives_its_connection_keeps_what_came_meanwhile(
     prefix = unique("kept")
     user, options = own_user_options(
         server,
-        prefix,
+        queue_prefix=prefix,
         queue_durable=True,
         queue_exclusive=False,
         queue_auto_delete=False,
@@ -587,13 +586,7 @@ def test_on_message_may_subscribe_publish_and_close(
 def test_a_node_gets_back_what_it_published_while_the_server_closed_it(
     server: BrokerServer, make: t.Any
 ) -> None:
-    user, password = add_user(server)
-    options = {
-        "host": "127.0.0.1",
-        "port": server.port,
-        "user": user,
-        "password": password,
-    }
+    user, options = own_user_options(server)
     broker, inbox = make(None, REALTIME_RABBITMQ=options)
     broker.subscribe("c:forced")
     round_trip(broker, inbox, "c:forced", b"0")
