@@ -25,15 +25,17 @@ from flask_realtime.brokers._nats_link import subject as nats_subject
 from flask_realtime.config import ConfigError
 from tests import brokerservers
 from tests.brokerclients import (
-    AWAIT_RESTART,
     TIMEOUT,
     Inbox,
     broker_fixtures,
     in_threads,
     round_trip,
+    settings_for,
+)
+from tests.brokerscripts import (
+    AWAIT_RESTART,
     run_restarting_script,
     script_head,
-    settings_for,
 )
 from tests.brokerservers import BrokerServer
 from tests.servers import free_port

@@ -33,9 +33,11 @@ from tests.brokerclients import (
     count_batches,
     in_threads,
     round_trip,
-    run_script,
     settings_for,
     wait_until,
+)
+from tests.brokerscripts import (
+    run_script,
 )
 from tests.brokerservers import BrokerServer
 from tests.servers import free_port

@@ -22,19 +22,21 @@ from flask_realtime.brokers import redis as redis_broker
 from flask_realtime.config import ConfigError
 from tests import brokerservers
 from tests.brokerclients import (
-    AWAIT_RESTART,
     ROOT,
     TIMEOUT,
     broker_fixtures,
     in_threads,
     round_trip,
+    settings_for,
+    wait_until,
+)
+from tests.brokerscripts import (
+    AWAIT_RESTART,
     run_restarting_script,
     run_script,
     script_argv,
     script_env,
     script_head,
-    settings_for,
-    wait_until,
 )
 from tests.brokerservers import BrokerServer
 from tests.servers import free_port

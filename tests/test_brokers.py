@@ -14,12 +14,14 @@ import pytest
 
 from flask_realtime.brokers import Broker, BrokerUnavailable
 from tests.brokerclients import (
-    FORK_SCRIPT,
     TIMEOUT,
     Brokers,
     Inbox,
     count_batches,
     in_threads,
+)
+from tests.brokerscripts import (
+    FORK_SCRIPT,
     run_script,
     script_head,
 )
