@@ -1,19 +1,21 @@
-"""Broker objects for the broker tests, and what each one received."""
+"""Broker objects for the broker tests, what each one received, and the
+fixtures and helpers the broker suites share."""
 
 from __future__ import annotations
 
 import copy
-import os
-import subprocess
-import sys
-import textwrap
 import threading
 import time
 import typing as t
 from pathlib import Path
 
+import pytest
+
 from flask_realtime import config as _config
 from flask_realtime.brokers import Broker, MessageCallback, create_broker
+
+if t.TYPE_CHECKING:
+    from tests.brokerservers import BrokerServer
 
 TIMEOUT = 10.0
 ROOT = Path(__file__).resolve().parent.parent
@@ -89,6 +91,52 @@ class Brokers:
             broker.close()
 
 
+def broker_fixtures(kind: str) -> tuple[t.Any, t.Any]:
+    """A broker test module's ``make`` and ``server`` fixtures:
+    ``make, server = broker_fixtures("redis")``."""
+
+    @pytest.fixture(name="make")
+    def make_fixture() -> t.Iterator[t.Callable[..., tuple[t.Any, Inbox]]]:
+        """``make(url=None, on_message=None, **REALTIME_settings)``: a broker
+        and what it receives (an Inbox, unless ``on_message`` is given)."""
+        brokers = Brokers(kind)
+        yield brokers.make
+        brokers.close()
+
+    @pytest.fixture(name="server")
+    def server_fixture(
+        broker_servers: t.Callable[[str], BrokerServer],
+    ) -> BrokerServer:
+        """The session's broker server of ``kind``."""
+        return broker_servers(kind)
+
+    return make_fixture, server_fixture
+
+
+def wait_until(predicate: t.Callable[[], bool], timeout: float = TIMEOUT) -> None:
+    """Poll ``predicate`` until it holds; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def round_trip(publisher: t.Any, inbox: Inbox, topic: str, data: bytes) -> None:
+    """Publish ``data`` and wait until ``inbox`` has it."""
+    publisher.publish(topic, data)
+    inbox.wait_for(lambda: data in inbox.payloads(topic))
+
+
+def in_threads(target: t.Callable[[int], t.Any], count: int) -> None:
+    """Run ``target(0)`` ... ``target(count - 1)`` at once, a thread each;
+    return when all are done."""
+    threads = [threading.Thread(target=target, args=(n,)) for n in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
 def count_batches(broker: t.Any) -> list[int]:
     """From now on, the size of each batch ``broker`` sends, in a list."""
     sizes: list[int] = []
@@ -100,88 +148,3 @@ def count_batches(broker: t.Any) -> list[int]:
 
     broker._send_batch = counting
     return sizes
-
-
-def run_script(code: str, *args: str, timeout: float = 120) -> str:
-    """Run ``code`` (dedented) in a Python process of its own; its output."""
-    done = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        cwd=ROOT,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    return done.stdout
-
-
-def script_head(kind: str) -> str:
-    """The start of a broker script run by :func:`run_script`.
-
-    ``{patch}`` is left for the caller (gevent's monkey patching, or nothing);
-    the script gets ``settings()`` for the broker at ``sys.argv[1]`` and
-    ``wait_for(predicate)``.
-    """
-    return _SCRIPT_HEAD.replace("KIND", kind)
-
-
-_SCRIPT_HEAD = """
-    import copy, os, sys, threading, time
-    {patch}
-    from flask_realtime import config as _config
-    from flask_realtime.brokers import create_broker
-
-    def settings():
-        values = copy.deepcopy(_config.DEFAULTS)
-        values.update(REALTIME_BROKER="KIND", REALTIME_BROKER_URL=sys.argv[1])
-        return _config.load(values)
-
-    def wait_for(predicate, timeout=10):
-        deadline = time.monotonic() + timeout
-        while not predicate():
-            assert time.monotonic() < deadline, "timed out"
-            time.sleep(0.01)
-"""
-
-# A broker used before a fork: the child connects anew, keeping its topics,
-# and the parent keeps every message.
-FORK_SCRIPT = """
-    got = []
-    def on_message(topic, data):
-        got.append((topic, data))
-
-    broker = create_broker(settings(), on_message)
-    broker.subscribe("c:shared")
-    publisher = create_broker(settings(), lambda *a: None)
-    publisher.publish("c:shared", b"before the fork")
-    wait_for(lambda: len(got) == 1)
-
-    pid = os.fork()
-    if pid == 0:
-        # Idle first: under gevent the parent's reader greenlet lives on in
-        # the child, and must not take the parent's messages meanwhile.
-        time.sleep(1.0)
-        # Then the child connects anew, keeping the topics its node
-        # subscribed, and adds its own.
-        got.clear()
-        broker.subscribe("c:child")
-        assert broker.publish("c:child", b"to the child") in (1, None)
-        broker.publish("c:shared", b"child says hello")
-        wait_for(lambda: (b"child says hello" in [d for _, d in got]))
-        assert (b"to the child" in [d for _, d in got])
-        print("child: has its own messages", flush=True)
-        os._exit(0)
-    # Meanwhile the parent keeps every message: its connection is untouched.
-    for n in range(200):
-        publisher.publish("c:shared", b"parent %d" % n)
-        time.sleep(0.002)
-    _, status = os.waitpid(pid, 0)
-    assert status == 0, status
-    publisher.publish("c:shared", b"after the child")
-    wait_for(lambda: (b"after the child" in [d for _, d in got]))
-    mine = [d for t, d in got if d.startswith(b"parent ")]
-    assert mine == [b"parent %d" % n for n in range(200)], mine
-    assert (b"child says hello" in [d for _, d in got])
-    print("parent: all", len(mine), flush=True)
-"""

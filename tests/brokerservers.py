@@ -225,16 +225,34 @@ def servers_required() -> bool:
     return os.environ.get("CI") == "true"
 
 
-def require(kind: str) -> None:
-    """Fail (CI) or skip (a developer's machine) when the server is missing."""
-    if available(kind):
+def require_program(program: str, package: str | None = None) -> None:
+    """Fail (CI) or skip (a developer's machine) when ``program`` is missing.
+
+    ``program`` is a name on the PATH or an absolute path; ``package`` names
+    the Debian package that has it, for the message.
+    """
+    if shutil.which(program) is not None:
         return
     import pytest
 
-    message = f"{_BINARIES[kind]} is not installed"
+    message = f"{program} is not installed"
+    if package is not None:
+        message += f" (Debian package {package})"
     if servers_required():
         pytest.fail(message + " (CI=true: .ci/run must install it)")
     pytest.skip(message)
 
 
-__all__: t.Sequence[str] = ("BrokerServer", "KINDS", "available", "require", "start")
+def require(kind: str) -> None:
+    """Fail (CI) or skip (a developer's machine) when the server is missing."""
+    require_program(_BINARIES[kind])
+
+
+__all__: t.Sequence[str] = (
+    "BrokerServer",
+    "KINDS",
+    "available",
+    "require",
+    "require_program",
+    "start",
+)

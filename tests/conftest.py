@@ -101,6 +101,39 @@ def start_protocol_server(
     return servers.start(kind, tmp_path_factory.mktemp(param), env=env, workers=workers)
 
 
+def module_server(
+    params: t.Sequence[str] = servers.KINDS,
+    app: str = servers.DEFAULT_APP,
+    env: t.Mapping[str, str] | None = None,
+) -> t.Any:
+    """A module-scoped ``server`` fixture: ``server = module_server(...)``.
+
+    One server of each kind in ``params`` serving ``app`` with ``env``,
+    shared by the module's tests, which is what makes a long parametrized
+    suite affordable. ``"cluster"`` is ``start_protocol_server``'s (the
+    default app).
+    """
+
+    @pytest.fixture(scope="module", params=params, name="server")
+    def fixture(
+        request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+    ) -> t.Iterator[Server]:
+        if request.param == "cluster":
+            started = start_protocol_server(
+                request.param,
+                tmp_path_factory,
+                env or {},
+                request.getfixturevalue("broker_servers"),
+            )
+        else:
+            directory = tmp_path_factory.mktemp(request.param)
+            started = servers.start(request.param, directory, app=app, env=env)
+        yield started
+        started.stop()
+
+    return fixture
+
+
 @pytest.fixture(params=servers.KINDS)
 def server_kind(request: pytest.FixtureRequest) -> str:
     """Each server kind in turn: geventwebsocket, gevent, cli, flask-run."""

@@ -34,21 +34,12 @@ import sys
 import time
 import urllib.parse
 
+from tests.rfc6455_cases import OP_TEXT, frame
+
 _SEQ = re.compile(rb'"seq":(\d+)\}\}')
 PING_EVERY = 5.0
 READ_SIZE = int(os.environ.get("LOADCLIENT_READ_SIZE", "65536"))
 PAUSE = float(os.environ.get("LOADCLIENT_PAUSE", "0"))
-
-
-def _mask(opcode: int, payload: bytes) -> bytes:
-    key = os.urandom(4)
-    length = len(payload)
-    if length < 126:
-        header = struct.pack("!BB", 0x80 | opcode, 0x80 | length)
-    else:
-        header = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, length)
-    masked = bytes(b ^ key[i % 4] for i, b in enumerate(payload))
-    return header + key + masked
 
 
 class Client:
@@ -82,7 +73,7 @@ class Client:
         self.subscribed = False
 
     def send_text(self, obj: dict) -> None:
-        self.sock.sendall(_mask(0x1, json.dumps(obj).encode()))
+        self.sock.sendall(frame(OP_TEXT, json.dumps(obj).encode()))
 
     def feed(self, data: bytes) -> None:
         """Check the events in ``data`` in bulk.

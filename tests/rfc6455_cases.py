@@ -49,6 +49,16 @@ def chop(data: bytes, size: int = 1) -> tuple[bytes, ...]:
     return tuple(data[i : i + size] for i in range(0, len(data), size))
 
 
+def written(frames: t.Sequence[bytes], how: str) -> tuple[bytes, ...]:
+    """``frames`` as TCP writes: ``one`` write, ``chop``ped, or ``each`` a write."""
+    if how == "one":
+        return (b"".join(frames),)
+    if how == "chop":
+        return chop(b"".join(frames))
+    assert how == "each", how
+    return tuple(frames)
+
+
 @dataclass(frozen=True)
 class Case:
     id: str
@@ -239,11 +249,7 @@ def _fragment_cases() -> t.Iterator[Case]:
     for cid, how in (("5.6", "one"), ("5.7", "chop"), ("5.8", "each")):
         a, b = two(cid)
         frames = [a, frame(OP_PING, b"between"), b]
-        writes = {
-            "one": (b"".join(frames),),
-            "chop": chop(b"".join(frames)),
-            "each": tuple(frames),
-        }[how]
+        writes = written(frames, how)
         yield Case(
             cid,
             f"text in 2 fragments, ping between ({how})",
@@ -260,11 +266,7 @@ def _fragment_cases() -> t.Iterator[Case]:
         ("5.14", False, "chop"),
     ):
         frames = [frame(OP_CONT, b"fragment", fin=fin), frame(OP_TEXT, ping_json(cid))]
-        writes = {
-            "one": (b"".join(frames),),
-            "chop": chop(b"".join(frames)),
-            "each": tuple(frames),
-        }[how]
+        writes = written(frames, how)
         yield Case(
             cid,
             f"continuation (fin={fin}) with nothing to continue ({how})",

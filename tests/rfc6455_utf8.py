@@ -100,6 +100,14 @@ UTF8_SEQUENCES: tuple[tuple[bytes, bool], ...] = (
 )
 
 
+def per_byte(data: bytes) -> bytes:
+    """``data`` as a text message of one fragment per byte, in one write."""
+    return b"".join(
+        frame(OP_TEXT if i == 0 else OP_CONT, data[i : i + 1], fin=i == len(data) - 1)
+        for i in range(len(data))
+    )
+
+
 def utf8_cases() -> t.Iterator[Case]:
     """Case 6: text in valid and invalid UTF-8, whole and in fragments."""
     yield Case("6.1.1", "empty text", (frame(OP_TEXT),))
@@ -127,16 +135,7 @@ def utf8_cases() -> t.Iterator[Case]:
     yield Case(
         "6.2.4",
         "valid UTF-8, a fragment per byte",
-        (
-            b"".join(
-                frame(
-                    OP_TEXT if i == 0 else OP_CONT,
-                    _HELLO[i : i + 1],
-                    fin=i == len(_HELLO) - 1,
-                )
-                for i in range(len(_HELLO))
-            ),
-        ),
+        (per_byte(_HELLO),),
     )
     bad = _KOSME + b"\xed\xa0\x80edited"  # a lone surrogate inside
     yield Case(
@@ -145,16 +144,7 @@ def utf8_cases() -> t.Iterator[Case]:
     yield Case(
         "6.3.2",
         "invalid UTF-8, a fragment per byte",
-        (
-            b"".join(
-                frame(
-                    OP_TEXT if i == 0 else OP_CONT,
-                    bad[i : i + 1],
-                    fin=i == len(bad) - 1,
-                )
-                for i in range(len(bad))
-            ),
-        ),
+        (per_byte(bad),),
         INVALID_DATA,
     )
     # 6.4: fail fast. Only the fragments up to the invalid one are sent:
@@ -204,14 +194,7 @@ def utf8_cases() -> t.Iterator[Case]:
         )
         if len(data) > 1:
             # The same, a fragment per byte (as Autobahn's fragmented variants).
-            frags = b"".join(
-                frame(
-                    OP_TEXT if i == 0 else OP_CONT,
-                    data[i : i + 1],
-                    fin=i == len(data) - 1,
-                )
-                for i in range(len(data))
-            )
+            frags = per_byte(data)
             yield Case(
                 f"6.5-23.{n}f",
                 "the same, a fragment per byte",

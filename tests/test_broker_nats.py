@@ -11,9 +11,6 @@ import concurrent.futures
 import logging
 import os
 import signal
-import subprocess
-import sys
-import textwrap
 import threading
 import time
 import typing as t
@@ -28,12 +25,17 @@ from flask_realtime.brokers._nats_link import subject as nats_subject
 from flask_realtime.config import ConfigError
 from tests import brokerservers
 from tests.brokerclients import (
-    ROOT,
     TIMEOUT,
-    Brokers,
     Inbox,
-    script_head,
+    broker_fixtures,
+    in_threads,
+    round_trip,
     settings_for,
+)
+from tests.brokerscripts import (
+    AWAIT_RESTART,
+    run_restarting_script,
+    script_head,
 )
 from tests.brokerservers import BrokerServer
 from tests.servers import free_port
@@ -43,17 +45,7 @@ def settings(**config: t.Any) -> _config.Settings:
     return settings_for("nats", **config)
 
 
-@pytest.fixture
-def make() -> t.Iterator[t.Callable[..., tuple[t.Any, Inbox]]]:
-    """``make(**REALTIME_settings)``: a NATS broker and what it receives."""
-    brokers = Brokers("nats")
-    yield brokers.make
-    brokers.close()
-
-
-@pytest.fixture
-def server(broker_servers: t.Callable[[str], BrokerServer]) -> BrokerServer:
-    return broker_servers("nats")
+make, server = broker_fixtures("nats")
 
 
 class NatsWithOptions(BrokerServer):
@@ -81,11 +73,6 @@ def nats_with() -> t.Iterator[t.Callable[..., BrokerServer]]:
     yield start
     for server in started:
         server.stop()
-
-
-def round_trip(publisher: t.Any, inbox: Inbox, topic: str, data: bytes) -> None:
-    publisher.publish(topic, data)
-    inbox.wait_for(lambda: data in inbox.payloads(topic))
 
 
 def freeze(server: BrokerServer) -> None:
@@ -305,22 +292,6 @@ def test_unsubscribing_a_busy_topic_never_holds_back_the_others(
     assert inbox.payloads("c:steady") == [b"%d" % n for n in range(2000)] + [b"end"]
 
 
-def test_a_returned_publish_is_ahead_of_any_later_one_from_another_connection(
-    server: BrokerServer, make: t.Any
-) -> None:
-    subscriber, inbox = make(REALTIME_BROKER_URL=server.url)
-    first, _ = make(REALTIME_BROKER_URL=server.url)
-    second, _ = make(REALTIME_BROKER_URL=server.url)
-    subscriber.subscribe("c:turns")
-    sent = []
-    for n in range(500):
-        for publisher, name in ((first, b"a"), (second, b"b")):
-            publisher.publish("c:turns", name + b"%d" % n)
-            sent.append(name + b"%d" % n)
-    inbox.wait_for(lambda: len(inbox.payloads()) == len(sent))
-    assert inbox.payloads() == sent
-
-
 def test_concurrent_publishers_share_confirmations_and_keep_their_order(
     server: BrokerServer, make: t.Any
 ) -> None:
@@ -334,11 +305,7 @@ def test_concurrent_publishers_share_confirmations_and_keep_their_order(
         for i in range(300):
             publisher.publish("c:crowd", b"%d:%d" % (n, i))
 
-    threads = [threading.Thread(target=publish_many, args=(n,)) for n in range(20)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    in_threads(publish_many, 20)
     inbox.wait_for(lambda: len(inbox.payloads()) == 1 + 20 * 300)
     for n in range(20):
         mine = [d for d in inbox.payloads() if d.startswith(b"%d:" % n)]
@@ -574,15 +541,9 @@ GEVENT_SCRIPT = """
         return "mine"
     assert asyncio.run(other_asyncio()) == "mine"
     print("concurrent ok", flush=True)
-
-    print("restart please", flush=True)
-    assert sys.stdin.readline().strip() == "restarted"
-    n = 0
-    while not any(d.startswith(b"after") for t, d in got):
-        n += 1
-        assert n < 300, "no message after the restart"
-        publisher.publish("c:room", b"after %d" % n)
-        gevent.sleep(0.1)
+"""
+# Then the test restarts the server (AWAIT_RESTART), and:
+AFTER_RESTART = """
     loops = [broker._loop, publisher._loop]
     broker.close()
     publisher.close()
@@ -595,30 +556,7 @@ GEVENT_SCRIPT = """
 def test_under_gevent_everything_is_cooperative(own_broker_server: t.Any) -> None:
     server = own_broker_server("nats")
     code = SCRIPT_HEAD.format(patch="from gevent import monkey; monkey.patch_all()")
-    process = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(code + GEVENT_SCRIPT), server.url],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        cwd=ROOT,
+    lines = run_restarting_script(
+        code + GEVENT_SCRIPT + AWAIT_RESTART + AFTER_RESTART, server
     )
-    watchdog = threading.Timer(120, process.kill)
-    watchdog.start()
-    try:
-        assert process.stdout is not None and process.stdin is not None
-        lines = []
-        for line in process.stdout:
-            lines.append(line.strip())
-            if line.strip() == "restart please":
-                server.restart()
-                process.stdin.write("restarted\n")
-                process.stdin.flush()
-        assert process.wait(timeout=60) == 0, process.stderr.read()  # type: ignore[union-attr]
-        assert lines == ["concurrent ok", "restart please", "reconnect ok"]
-    finally:
-        watchdog.cancel()
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+    assert lines == ["concurrent ok", "restart please", "reconnect ok"]

@@ -28,11 +28,16 @@ from flask_realtime.brokers.rabbitmq import routing_key
 from flask_realtime.config import ConfigError
 from tests.brokerclients import (
     TIMEOUT,
-    Brokers,
     Inbox,
+    broker_fixtures,
     count_batches,
-    run_script,
+    in_threads,
+    round_trip,
     settings_for,
+    wait_until,
+)
+from tests.brokerscripts import (
+    run_script,
 )
 from tests.brokerservers import BrokerServer
 from tests.servers import free_port
@@ -44,18 +49,7 @@ def settings(url: str | None = None, **config: t.Any) -> _config.Settings:
     return settings_for("rabbitmq", url, **config)
 
 
-@pytest.fixture
-def make() -> t.Iterator[t.Callable[..., tuple[t.Any, Inbox]]]:
-    """``make(url, on_message=None, **REALTIME_settings)``: a broker and
-    what it receives (an Inbox, unless ``on_message`` is given)."""
-    brokers = Brokers("rabbitmq")
-    yield brokers.make
-    brokers.close()
-
-
-@pytest.fixture
-def server(broker_servers: t.Callable[[str], BrokerServer]) -> BrokerServer:
-    return broker_servers("rabbitmq")
+make, server = broker_fixtures("rabbitmq")
 
 
 def unique(prefix: str) -> str:
@@ -91,18 +85,6 @@ def queues(server: BrokerServer, prefix: str, vhost: str = "/") -> list[dict]:
     ).split()
     found = listing(server, "list_queues", *columns, vhost=vhost)
     return [q for q in found if q["name"].startswith(prefix + ".")]
-
-
-def wait_until(predicate: t.Callable[[], bool], timeout: float = TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
-
-
-def round_trip(publisher: t.Any, inbox: Inbox, topic: str, data: bytes) -> None:
-    publisher.publish(topic, data)
-    inbox.wait_for(lambda: data in inbox.payloads(topic))
 
 
 def add_user(server: BrokerServer, vhost: str = "/") -> tuple[str, str]:
@@ -396,18 +378,28 @@ def test_the_default_queue_is_exclusive_auto_delete_and_transient(
     assert queues(server, prefix) == []
 
 
-def test_an_exclusive_queue_is_replaced_after_a_lost_connection(
-    server: BrokerServer, make: t.Any
-) -> None:
+def own_user_options(
+    server: BrokerServer, **rabbitmq: t.Any
+) -> tuple[str, dict[str, t.Any]]:
+    """A new user, and ``REALTIME_RABBITMQ`` that connects as it (with the
+    other ``rabbitmq`` options): its connections can be closed without
+    touching the other tests'."""
     user, password = add_user(server)
-    prefix = unique("q")
     options = {
         "host": "127.0.0.1",
         "port": server.port,
         "user": user,
         "password": password,
-        "queue_prefix": prefix,
+        **rabbitmq,
     }
+    return user, options
+
+
+def test_an_exclusive_queue_is_replaced_after_a_lost_connection(
+    server: BrokerServer, make: t.Any
+) -> None:
+    prefix = unique("q")
+    user, options = own_user_options(server, queue_prefix=prefix)
     broker, inbox = make(None, REALTIME_RABBITMQ=options)
     publisher, _ = make(server.url)
     broker.subscribe("c:replaced")
@@ -432,18 +424,14 @@ def test_an_exclusive_queue_is_replaced_after_a_lost_connection(
 def test_a_queue_that_outlives_its_connection_keeps_what_came_meanwhile(
     server: BrokerServer, make: t.Any
 ) -> None:
-    user, password = add_user(server)
     prefix = unique("kept")
-    options = {
-        "host": "127.0.0.1",
-        "port": server.port,
-        "user": user,
-        "password": password,
-        "queue_prefix": prefix,
-        "queue_durable": True,
-        "queue_exclusive": False,
-        "queue_auto_delete": False,
-    }
+    user, options = own_user_options(
+        server,
+        queue_prefix=prefix,
+        queue_durable=True,
+        queue_exclusive=False,
+        queue_auto_delete=False,
+    )
     broker, inbox = make(None, REALTIME_RABBITMQ=options)
     broker.subscribe("c:kept", "c:dropped")
     round_trip(broker, inbox, "c:kept", b"1")
@@ -560,11 +548,7 @@ def test_concurrent_publishers_share_confirmed_batches_in_order(
         for n in range(per_thread):
             publisher.publish("c:batched", b"%d:%d" % (k, n))
 
-    workers = [threading.Thread(target=publish, args=(k,)) for k in range(threads)]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join()
+    in_threads(publish, threads)
     inbox.wait_for(lambda: len(inbox.messages) == threads * per_thread)
     for k in range(threads):
         mine = [p for p in inbox.payloads() if p.startswith(b"%d:" % k)]
@@ -604,13 +588,7 @@ def test_on_message_may_subscribe_publish_and_close(
 def test_a_node_gets_back_what_it_published_while_the_server_closed_it(
     server: BrokerServer, make: t.Any
 ) -> None:
-    user, password = add_user(server)
-    options = {
-        "host": "127.0.0.1",
-        "port": server.port,
-        "user": user,
-        "password": password,
-    }
+    user, options = own_user_options(server)
     broker, inbox = make(None, REALTIME_RABBITMQ=options)
     broker.subscribe("c:forced")
     round_trip(broker, inbox, "c:forced", b"0")

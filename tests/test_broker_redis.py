@@ -7,10 +7,7 @@ The promises every broker keeps are in tests/test_brokers.py.
 from __future__ import annotations
 
 import logging
-import os
 import subprocess
-import sys
-import textwrap
 import threading
 import time
 import typing as t
@@ -27,10 +24,19 @@ from tests import brokerservers
 from tests.brokerclients import (
     ROOT,
     TIMEOUT,
-    Brokers,
-    Inbox,
-    script_head,
+    broker_fixtures,
+    in_threads,
+    round_trip,
     settings_for,
+    wait_until,
+)
+from tests.brokerscripts import (
+    AWAIT_RESTART,
+    run_restarting_script,
+    run_script,
+    script_argv,
+    script_env,
+    script_head,
 )
 from tests.brokerservers import BrokerServer
 from tests.servers import free_port
@@ -42,17 +48,7 @@ def settings(**config: t.Any) -> _config.Settings:
     return settings_for("redis", **config)
 
 
-@pytest.fixture
-def make() -> t.Iterator[t.Callable[..., tuple[t.Any, Inbox]]]:
-    """``make(**REALTIME_settings)``: a Redis broker and what it receives."""
-    brokers = Brokers("redis")
-    yield brokers.make
-    brokers.close()
-
-
-@pytest.fixture
-def server(broker_servers: t.Callable[[str], BrokerServer]) -> BrokerServer:
-    return broker_servers("redis")
+make, server = broker_fixtures("redis")
 
 
 def admin(port: int, **options: t.Any) -> redis_py.Redis:
@@ -61,18 +57,6 @@ def admin(port: int, **options: t.Any) -> redis_py.Redis:
 
 def our_clients(client: redis_py.Redis) -> list[dict[str, t.Any]]:
     return [c for c in client.client_list() if c["name"].startswith("flask_realtime")]
-
-
-def wait_until(predicate: t.Callable[[], bool], timeout: float = TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
-
-
-def round_trip(publisher: t.Any, inbox: Inbox, topic: str, data: bytes) -> None:
-    publisher.publish(topic, data)
-    inbox.wait_for(lambda: data in inbox.payloads(topic))
 
 
 # -- configuration -----------------------------------------------------------
@@ -232,22 +216,6 @@ def test_topics_are_exact_channel_names_never_patterns(
 # -- publishing ----------------------------------------------------------------
 
 
-def test_a_returned_publish_is_ahead_of_any_later_one_from_another_connection(
-    server: BrokerServer, make: t.Any
-) -> None:
-    subscriber, inbox = make(REALTIME_BROKER_URL=server.url)
-    first, _ = make(REALTIME_BROKER_URL=server.url)
-    second, _ = make(REALTIME_BROKER_URL=server.url)
-    subscriber.subscribe("c:turns")
-    sent = []
-    for n in range(1000):
-        for publisher, name in ((first, b"a"), (second, b"b")):
-            publisher.publish("c:turns", name + b"%d" % n)
-            sent.append(name + b"%d" % n)
-    inbox.wait_for(lambda: len(inbox.payloads()) == len(sent))
-    assert inbox.payloads() == sent
-
-
 # -- either connection can fail on its own --------------------------------------
 
 
@@ -382,16 +350,9 @@ GEVENT_SCRIPT = """
     (reader,) = readers
     assert isinstance(reader, gevent.Greenlet) and reader is not gevent.getcurrent()
     print("concurrent ok", flush=True)
-
-    # The test restarts the server now.
-    print("restart please", flush=True)
-    assert sys.stdin.readline().strip() == "restarted"
-    n = 0
-    while not any(d.startswith(b"after") for t, d in got):
-        n += 1
-        assert n < 300, "no message after the restart"
-        publisher.publish("c:room", b"after %d" % n)
-        gevent.sleep(0.1)
+"""
+# Then the test restarts the server (AWAIT_RESTART), and:
+AFTER_RESTART = """
     assert publisher.publish("c:room", b"again") == 1
     broker.close()
     publisher.close()
@@ -402,33 +363,10 @@ GEVENT_SCRIPT = """
 def test_under_gevent_everything_is_cooperative(own_broker_server: t.Any) -> None:
     server = own_broker_server("redis")
     code = SCRIPT_HEAD.format(patch="from gevent import monkey; monkey.patch_all()")
-    process = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(code + GEVENT_SCRIPT), server.url],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        cwd=ROOT,
+    lines = run_restarting_script(
+        code + GEVENT_SCRIPT + AWAIT_RESTART + AFTER_RESTART, server
     )
-    watchdog = threading.Timer(120, process.kill)
-    watchdog.start()
-    try:
-        assert process.stdout is not None and process.stdin is not None
-        lines = []
-        for line in process.stdout:
-            lines.append(line.strip())
-            if line.strip() == "restart please":
-                server.restart()
-                process.stdin.write("restarted\n")
-                process.stdin.flush()
-        assert process.wait(timeout=60) == 0, process.stderr.read()  # type: ignore[union-attr]
-        assert lines == ["concurrent ok", "restart please", "reconnect ok"]
-    finally:
-        watchdog.cancel()
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+    assert lines == ["concurrent ok", "restart please", "reconnect ok"]
 
 
 STARVE_SCRIPT = """
@@ -464,11 +402,10 @@ def test_under_gevent_a_backlog_does_not_starve_the_other_greenlets(
     messages = 20000
     code = SCRIPT_HEAD.format(patch="from gevent import monkey; monkey.patch_all()")
     process = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(code + STARVE_SCRIPT)]
-        + [server.url, str(messages)],
+        script_argv(code + STARVE_SCRIPT, server.url, str(messages)),
         stdout=subprocess.PIPE,
         text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env=script_env(),
         cwd=ROOT,
     )
     try:
@@ -480,11 +417,7 @@ def test_under_gevent_a_backlog_does_not_starve_the_other_greenlets(
             for i in range(messages // 8):
                 publisher.publish("c:flood", b"%d:%d" % (n, i))
 
-        floods = [threading.Thread(target=flood, args=(n,)) for n in range(8)]
-        for thread in floods:
-            thread.start()
-        for thread in floods:
-            thread.join()
+        in_threads(flood, 8)
         out, _ = process.communicate(timeout=60)
     finally:
         if process.poll() is None:
@@ -525,16 +458,7 @@ def test_under_gevent_broadcasting_greenlets_share_pipelines(
     # never yields sends one message per round trip, however many wait. (It
     # fell into that about every other run: 21,000 round trips for 30,000.)
     code = SCRIPT_HEAD.format(patch="from gevent import monkey; monkey.patch_all()")
-    result = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code + BUSY_PUBLISHERS_SCRIPT)]
-        + [server.url],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        cwd=ROOT,
-        timeout=60,
-    )
-    assert result.returncode == 0, result.stderr
-    sent, pipelines = map(int, result.stdout.split())
+    out = run_script(code + BUSY_PUBLISHERS_SCRIPT, server.url, timeout=60)
+    sent, pipelines = map(int, out.split())
     assert sent == 50 * 600
     assert pipelines <= sent / 10, f"{sent} messages took {pipelines} round trips"

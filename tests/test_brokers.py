@@ -7,7 +7,6 @@ threads: the node calls brokers the same way without gevent.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 import typing as t
 
@@ -15,11 +14,14 @@ import pytest
 
 from flask_realtime.brokers import Broker, BrokerUnavailable
 from tests.brokerclients import (
-    FORK_SCRIPT,
     TIMEOUT,
     Brokers,
     Inbox,
     count_batches,
+    in_threads,
+)
+from tests.brokerscripts import (
+    FORK_SCRIPT,
     run_script,
     script_head,
 )
@@ -131,6 +133,23 @@ def test_one_publisher_arrives_in_order_and_once(
     for data in sent:
         publisher.publish("c:ordered", data)
     inbox.wait_for(lambda: len(inbox.payloads()) >= len(sent))
+    assert inbox.payloads() == sent
+
+
+@pytest.mark.parametrize(("kind", "rounds"), [("redis", 1000), ("nats", 500)])
+def test_a_returned_publish_is_ahead_of_any_later_one_from_another_connection(
+    kind: str, rounds: int, server: BrokerServer, make_broker: t.Any
+) -> None:
+    subscriber, inbox = make_broker(kind, server.url)
+    first, _ = make_broker(kind, server.url)
+    second, _ = make_broker(kind, server.url)
+    subscriber.subscribe("c:turns")
+    sent = []
+    for n in range(rounds):
+        for publisher, name in ((first, b"a"), (second, b"b")):
+            publisher.publish("c:turns", name + b"%d" % n)
+            sent.append(name + b"%d" % n)
+    inbox.wait_for(lambda: len(inbox.payloads()) == len(sent))
     assert inbox.payloads() == sent
 
 
@@ -275,11 +294,7 @@ def test_concurrent_publishing_threads_share_batches_and_keep_their_order(
         for i in range(each):
             publisher.publish("c:many", b"%d:%d" % (n, i))
 
-    workers = [threading.Thread(target=publish_all, args=(n,)) for n in range(threads)]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join()
+    in_threads(publish_all, threads)
     inbox.wait_for(lambda: len(inbox.payloads()) == threads * each)
     for n in range(threads):
         mine = [p for p in inbox.payloads() if p.startswith(b"%d:" % n)]

@@ -76,26 +76,27 @@ def test_serve_with_one_transport(tmp_path: Path) -> None:
         assert "transports: websocket;" in log.read_text()
 
 
-def test_serve_refuses_an_unknown_transport() -> None:
+def _failing_flask(
+    *args: str,
+    app: str = "tests.apps.basic:app",
+    cwd: Path = ROOT,
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """``flask --app APP realtime ARGS``, which must fail; what it said."""
     result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "flask",
-            "--app",
-            "tests.apps.basic:app",
-            "realtime",
-            "serve",
-            "--transport",
-            "carrier-pigeon",
-        ],
-        cwd=ROOT,
-        env=child_environment(),
+        [sys.executable, "-m", "flask", "--app", app, "realtime", *args],
+        cwd=cwd,
+        env=child_environment() if env is None else env,
         capture_output=True,
         text=True,
         timeout=30,
     )
     assert result.returncode != 0
+    return result
+
+
+def test_serve_refuses_an_unknown_transport() -> None:
+    result = _failing_flask("serve", "--transport", "carrier-pigeon")
     assert "carrier-pigeon" in result.stderr
 
 
@@ -105,15 +106,7 @@ def test_serve_without_realtime_says_so(tmp_path: Path) -> None:
     )
     env = child_environment()
     env["PYTHONPATH"] = f"{tmp_path}:{env.get('PYTHONPATH', '')}"
-    result = subprocess.run(
-        [sys.executable, "-m", "flask", "--app", "plain:app", "realtime", "serve"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert result.returncode != 0
+    result = _failing_flask("serve", app="plain:app", cwd=tmp_path, env=env)
     assert "Realtime(app)" in result.stderr
 
 
@@ -152,16 +145,7 @@ def test_serve_on_a_busy_port_says_so_in_one_line() -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        result = subprocess.run(
-            [sys.executable, "-m", "flask", "--app", "tests.apps.basic:app"]
-            + ["realtime", "serve", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=ROOT,
-            env=child_environment(),
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-    assert result.returncode != 0
+        result = _failing_flask("serve", "--host", "127.0.0.1", "--port", str(port))
     lines = result.stderr.strip().splitlines()
     assert lines == [
         f"Error: cannot listen on 127.0.0.1:{port}: Address already in use"

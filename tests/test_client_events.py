@@ -16,8 +16,9 @@ import uuid
 import pytest
 import requests
 
-from tests import servers
 from tests.apps.relay import SERVER_NAMES
+from tests.conftest import module_server
+from tests.http_helpers import open_poll
 from tests.servers import Server
 from tests.wsclient import Client
 from tests.wsclient import connect as ws_connect
@@ -25,15 +26,7 @@ from tests.wsclient import connect as ws_connect
 APP = "tests.apps.relay:app"
 
 
-@pytest.fixture(scope="module", params=servers.KINDS)
-def server(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> t.Iterator[Server]:
-    started = servers.start(
-        request.param, tmp_path_factory.mktemp(request.param), app=APP
-    )
-    yield started
-    started.stop()
+server = module_server(app=APP)
 
 
 def unique(prefix: str) -> str:
@@ -51,11 +44,8 @@ class PollUser:
 
     def __init__(self, server: Server, user: str) -> None:
         self.url = server.url + "/realtime/send"
-        opened = requests.get(
-            server.url + "/realtime/poll", params={"user": user}, timeout=5
-        ).json()
-        data = opened["messages"][0]["data"]
-        self.ids = {"connection_id": data["connection_id"], "token": data["token"]}
+        poll = open_poll(server, user=user)
+        self.ids = {"connection_id": poll["connection_id"], "token": poll["token"]}
 
     def send(self, message: dict[str, t.Any]) -> list[dict[str, t.Any]]:
         response = requests.post(

@@ -8,27 +8,17 @@ app's own paths keep the app's errors.
 
 from __future__ import annotations
 
-import typing as t
-
 import pytest
 import requests
 
-from tests import servers
+from tests.conftest import module_server
 from tests.http_helpers import assert_json_error
 from tests.servers import Server
 
 APP = "tests.apps.errors:app"
 
 
-@pytest.fixture(scope="module", params=servers.KINDS)
-def server(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> t.Iterator[Server]:
-    started = servers.start(
-        request.param, tmp_path_factory.mktemp(request.param), app=APP
-    )
-    yield started
-    started.stop()
+server = module_server(app=APP)
 
 
 @pytest.mark.parametrize(

@@ -32,8 +32,8 @@ import uuid
 import pytest
 import requests
 
-from tests.brokerservers import BrokerServer
-from tests.conftest import PROTOCOL_SERVERS, LiveServerFactory, start_protocol_server
+from tests.conftest import PROTOCOL_SERVERS, LiveServerFactory, module_server
+from tests.http_helpers import SEND_PATH, HttpClientMessages
 from tests.http_helpers import assert_json_error as _assert_json_error
 from tests.http_helpers import broadcast as _broadcast
 from tests.http_helpers import unique as _unique
@@ -41,7 +41,6 @@ from tests.servers import Server
 from tests.wsclient import connect as ws_connect
 
 POLL_PATH = "/realtime/poll"
-SEND_PATH = "/realtime/send"
 TIMEOUT = 1.0
 EXPIRY = 1.0
 HEARTBEAT = 1
@@ -55,26 +54,14 @@ ENV = {
 # Ample for any kind of server on a busy host, and still well short of TIMEOUT.
 PROMPT = 0.5
 
-_ids = itertools.count(1)
 
-
-@pytest.fixture(scope="module", params=PROTOCOL_SERVERS)
-def server(
-    request: pytest.FixtureRequest,
-    tmp_path_factory: pytest.TempPathFactory,
-    broker_servers: t.Callable[[str], BrokerServer],
-) -> t.Iterator[Server]:
-    started = start_protocol_server(
-        request.param, tmp_path_factory, ENV, broker_servers
-    )
-    yield started
-    started.stop()
+server = module_server(PROTOCOL_SERVERS, env=ENV)
 
 
 # -- a long-poll client ------------------------------------------------------------
 
 
-class Poller:
+class Poller(HttpClientMessages):
     """One long-poll connection: open, poll with the cursor, POST messages."""
 
     def __init__(
@@ -141,43 +128,6 @@ class Poller:
             f"timed out waiting for {predicate.__name__};"
             f" read past meanwhile: {self.skipped[-10:]!r}"
         )
-
-    def wait_event(
-        self, event: str, channel: str | None = None, timeout: float = 5
-    ) -> dict[str, t.Any]:
-        def matches(msg: t.Any) -> bool:
-            return (
-                msg.get("type") == "event"
-                and msg.get("event") == event
-                and (channel is None or msg.get("channel") == channel)
-            )
-
-        matches.__name__ = f"event {event!r} on {channel!r}"
-        return self.wait_for(matches, timeout)
-
-    def post(self, message: t.Any, **overrides: t.Any) -> requests.Response:
-        body = {
-            "connection_id": self.connection_id,
-            "token": self.token,
-            "message": message,
-        }
-        body.update(overrides)
-        return self.session.post(self.server.url + SEND_PATH, json=body, timeout=5)
-
-    def request(self, message: dict[str, t.Any]) -> list[dict[str, t.Any]]:
-        response = self.post(message)
-        assert response.status_code == 200, response.text
-        assert response.headers["Content-Type"].startswith("application/json")
-        replies = response.json()
-        assert isinstance(replies, list), replies
-        return replies
-
-    def subscribe(self, channel: str, id: t.Any = None) -> dict[str, t.Any]:
-        if id is None:
-            id = next(_ids)
-        [reply] = self.request({"type": "subscribe", "channel": channel, "id": id})
-        assert reply.get("id") == id, reply
-        return reply
 
 
 # -- helpers -------------------------------------------------------------------

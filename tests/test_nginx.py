@@ -45,12 +45,7 @@ WAIT = 5.0
 
 def require_nginx() -> None:
     """Fail (CI) or skip (a developer's machine) when nginx is missing."""
-    if os.access(NGINX, os.X_OK):
-        return
-    message = f"{NGINX} is not installed (Debian package nginx)"
-    if brokerservers.servers_required():
-        pytest.fail(message + " (CI=true: .ci/run must install it)")
-    pytest.skip(message)
+    brokerservers.require_program(str(NGINX), package="nginx")
 
 
 def documented_config() -> str:

@@ -9,6 +9,7 @@ client in a subprocess under gevent's monkey patching.
 from __future__ import annotations
 
 import ast
+import contextlib
 import json
 import os
 import queue
@@ -24,6 +25,7 @@ import pytest
 import requests
 
 from flask_realtime.client import (
+    Channel,
     ConnectError,
     ConnectionClosed,
     NotConnected,
@@ -205,16 +207,23 @@ def test_channel_send_goes_through_the_echo_handler(server: Server) -> None:
         }
 
 
+@contextlib.contextmanager
+def _two_in(
+    server: Server, channel: str, ann_id: str, bob_id: str
+) -> t.Iterator[tuple[RealtimeClient, Channel, Channel]]:
+    """Ann and Bob subscribed to ``channel``: Ann's client, her channel, his."""
+    with (
+        _client(server, params={"user": ann_id}) as ann,
+        _client(server, params={"user": bob_id}) as bob,
+    ):
+        yield ann, ann.subscribe(channel), bob.subscribe(channel)
+
+
 def test_client_events_relay_on_presence_and_refusals_arrive_as_errors(
     server: Server,
 ) -> None:
     errors: queue.Queue[t.Any] = queue.Queue()
-    with (
-        _client(server, params={"user": "1"}) as ann,
-        _client(server, params={"user": "2"}) as bob,
-    ):
-        ann_room = ann.subscribe("presence-room.2")
-        bob_room = bob.subscribe("presence-room.2")
+    with _two_in(server, "presence-room.2", "1", "2") as (ann, ann_room, bob_room):
         ann_room.send("client-typing", {"typing": True})
         assert bob_room.wait_for("client-typing", timeout=5) == {"typing": True}
 
@@ -231,6 +240,27 @@ def test_client_events_relay_on_presence_and_refusals_arrive_as_errors(
         refusal = errors.get(timeout=5)
         assert refusal["code"] == 403
         assert refusal["channel"] == "presence-room.2"
+
+
+def test_client_events_say_who_sent_them(server: Server) -> None:
+    received: queue.Queue[tuple[t.Any, dict[str, t.Any]]] = queue.Queue()
+    plain: queue.Queue[t.Any] = queue.Queue()
+    with _two_in(server, "presence-room.31", "31", "32") as (_, ann_room, bob_room):
+        bob_room.on(
+            "client-typing",
+            lambda data, envelope: received.put((data, envelope)),
+            envelope=True,
+        )
+        bob_room.on("client-typing", plain.put)
+        ann_room.send("client-typing", {"typing": True})
+        data, envelope = received.get(timeout=5)
+        assert data == {"typing": True}
+        assert envelope["user_id"] == "31"
+        assert envelope["channel"] == "presence-room.31"
+        assert envelope["event"] == "client-typing"
+        assert plain.get(timeout=5) == {"typing": True}  # fn(data) stays the default
+        claimed = bob_room.wait_for("client-typing", timeout=5, envelope=True)
+        assert claimed["user_id"] == "31" and claimed["data"] == {"typing": True}
 
 
 def test_direct_messages_reach_client_handlers(server: Server) -> None:

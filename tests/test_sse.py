@@ -13,7 +13,6 @@ within one heartbeat.
 
 from __future__ import annotations
 
-import itertools
 import json
 import queue
 import socket
@@ -22,11 +21,10 @@ import time
 import typing as t
 import uuid
 
-import pytest
 import requests
 
-from tests.brokerservers import BrokerServer
-from tests.conftest import PROTOCOL_SERVERS, LiveServerFactory, start_protocol_server
+from tests.conftest import PROTOCOL_SERVERS, LiveServerFactory, module_server
+from tests.http_helpers import SEND_PATH, HttpClientMessages
 from tests.http_helpers import assert_json_error as _assert_json_error
 from tests.http_helpers import broadcast as _broadcast
 from tests.http_helpers import unique as _unique
@@ -34,25 +32,12 @@ from tests.servers import Server
 from tests.wsclient import connect as ws_connect
 
 SSE_PATH = "/realtime/sse"
-SEND_PATH = "/realtime/send"
 HEARTBEAT = 1
 KEEPALIVE = HEARTBEAT / 2
 ENV = {"TESTAPP_REALTIME_HEARTBEAT": str(HEARTBEAT)}
 
-_ids = itertools.count(1)
 
-
-@pytest.fixture(scope="module", params=PROTOCOL_SERVERS)
-def server(
-    request: pytest.FixtureRequest,
-    tmp_path_factory: pytest.TempPathFactory,
-    broker_servers: t.Callable[[str], BrokerServer],
-) -> t.Iterator[Server]:
-    started = start_protocol_server(
-        request.param, tmp_path_factory, ENV, broker_servers
-    )
-    yield started
-    started.stop()
+server = module_server(PROTOCOL_SERVERS, env=ENV)
 
 
 # -- an SSE client -------------------------------------------------------------
@@ -92,7 +77,7 @@ class StreamEnded(AssertionError):
     """The server ended the stream while something was expected."""
 
 
-class SSEClient:
+class SSEClient(HttpClientMessages):
     """One SSE connection, read by a background thread into a queue of blocks."""
 
     def __init__(
@@ -206,19 +191,6 @@ class SSEClient:
                 return message
             self.skipped.append(message)
 
-    def wait_event(
-        self, event: str, channel: str | None = None, timeout: float = 5
-    ) -> dict[str, t.Any]:
-        def matches(msg: t.Any) -> bool:
-            return (
-                msg.get("type") == "event"
-                and msg.get("event") == event
-                and (channel is None or msg.get("channel") == channel)
-            )
-
-        matches.__name__ = f"event {event!r} on {channel!r}"
-        return self.wait_for(matches, timeout)
-
     def drain(self, quiet: float = 0.3) -> list[t.Any]:
         """Every message that arrives until nothing comes for ``quiet`` s."""
         found = []
@@ -229,33 +201,6 @@ class SSEClient:
                 return found
             if block.data is not None:
                 found.append(block.message())
-
-    # -- sending ---------------------------------------------------------
-
-    def post(self, message: t.Any, **overrides: t.Any) -> requests.Response:
-        body = {
-            "connection_id": self.connection_id,
-            "token": self.token,
-            "message": message,
-        }
-        body.update(overrides)
-        return requests.post(self.server.url + SEND_PATH, json=body, timeout=5)
-
-    def request(self, message: dict[str, t.Any]) -> list[dict[str, t.Any]]:
-        """POST one client message and return the reply envelopes."""
-        response = self.post(message)
-        assert response.status_code == 200, response.text
-        assert response.headers["Content-Type"].startswith("application/json")
-        replies = response.json()
-        assert isinstance(replies, list), replies
-        return replies
-
-    def subscribe(self, channel: str, id: t.Any = None) -> dict[str, t.Any]:
-        if id is None:
-            id = next(_ids)
-        [reply] = self.request({"type": "subscribe", "channel": channel, "id": id})
-        assert reply.get("id") == id, reply
-        return reply
 
     # -- closing ---------------------------------------------------------
 
@@ -271,26 +216,24 @@ class SSEClient:
                 return None
         return t.cast(socket.socket, sock)
 
-    def drop(self) -> None:
-        """Go away without a goodbye: the TCP connection just ends."""
+    def _shutdown(self) -> None:
+        """End the TCP connection. Also wakes the reader thread blocked in
+        recv; close() alone would not, and the socket would stay open under it."""
         sock = self._socket()
         if sock is not None:
             try:
                 sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+
+    def drop(self) -> None:
+        """Go away without a goodbye: the TCP connection just ends."""
+        self._shutdown()
         self.close()
 
     def close(self) -> None:
         if self._thread is not None:
-            sock = self._socket()
-            if sock is not None:
-                try:
-                    # Wakes the reader thread blocked in recv; close() alone
-                    # would not, and the socket would stay open under it.
-                    sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+            self._shutdown()
         self.response.close()
         if self._thread is not None:
             self._thread.join(5)

@@ -33,6 +33,7 @@ import requests
 import sseclient
 
 from tests import servers
+from tests.conftest import module_server
 from tests.http_helpers import app_env, unique
 from tests.http_helpers import broadcast as _broadcast
 from tests.servers import Server
@@ -45,15 +46,7 @@ NODE_DIR = Path(__file__).resolve().parent / "node"
 ENV = app_env(REALTIME_HEARTBEAT=2)
 
 
-@pytest.fixture(scope="module", params=servers.KINDS)
-def server(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> t.Iterator[Server]:
-    started = servers.start(
-        request.param, tmp_path_factory.mktemp(request.param), env=ENV
-    )
-    yield started
-    started.stop()
+server = module_server(env=ENV)
 
 
 # -- what every client is held to ----------------------------------------------

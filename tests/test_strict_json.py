@@ -19,13 +19,12 @@ import requests
 from flask import Flask
 
 from flask_realtime import Realtime, protocol
-from tests import servers
-from tests.http_helpers import assert_json_error
+from tests.conftest import module_server
+from tests.http_helpers import assert_json_error, open_poll
 from tests.servers import Server
 from tests.wsclient import Client
 from tests.wsclient import connect as ws_connect
 
-POLL_PATH = "/realtime/poll"
 SEND_PATH = "/realtime/send"
 
 # Client events as raw JSON text, each with something strict JSON refuses.
@@ -40,13 +39,7 @@ NOT_STRICT = [
 ]
 
 
-@pytest.fixture(scope="module", params=servers.KINDS)
-def server(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> t.Iterator[Server]:
-    started = servers.start(request.param, tmp_path_factory.mktemp(request.param))
-    yield started
-    started.stop()
+server = module_server()
 
 
 def client_event(data_json: str, channel: str, event: str = "client-note") -> str:
@@ -111,11 +104,8 @@ class Poll:
 
     def __init__(self, server: Server, user: str, channel: str) -> None:
         self.url = server.url + SEND_PATH
-        opened = requests.get(
-            server.url + POLL_PATH, params={"user": user}, timeout=5
-        ).json()
-        data = opened["messages"][0]["data"]
-        self.ids = {"connection_id": data["connection_id"], "token": data["token"]}
+        poll = open_poll(server, user=user)
+        self.ids = {"connection_id": poll["connection_id"], "token": poll["token"]}
         reply = self.send_message({"type": "subscribe", "channel": channel})
         assert reply.status_code == 200 and reply.json()[0]["type"] == "subscribed"
 

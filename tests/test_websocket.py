@@ -17,18 +17,12 @@ import requests
 import websocket
 
 from tests import servers
-from tests.conftest import LiveServerFactory
+from tests.conftest import LiveServerFactory, module_server
+from tests.http_helpers import broadcast as _broadcast
 from tests.servers import Server
 from tests.wsclient import Client, ConnectionClosed, connect
 
-
-@pytest.fixture(scope="module", params=servers.PROTOCOL_KINDS)
-def server(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> t.Iterator[Server]:
-    started = servers.start(request.param, tmp_path_factory.mktemp(request.param))
-    yield started
-    started.stop()
+server = module_server(servers.PROTOCOL_KINDS)
 
 
 def _client(server: Server, **query: str) -> Client:
@@ -36,15 +30,6 @@ def _client(server: Server, **query: str) -> Client:
     if query:
         url += "?" + urllib.parse.urlencode(query)
     return connect(url)
-
-
-def _broadcast(server: Server, channel: str, event: str, data: t.Any) -> None:
-    response = requests.get(
-        f"{server.url}/broadcast",
-        params={"channel": channel, "event": event, "data": json.dumps(data)},
-        timeout=5,
-    )
-    assert response.status_code == 200, response.text
 
 
 def _assert_still_working(server: Server, client: Client) -> None:
@@ -168,17 +153,23 @@ def test_oversize_message_gets_413_then_close_1009(server: Server) -> None:
         _assert_still_working(server, bystander)
 
 
-def test_malformed_handshake_key_gets_400_json(server: Server) -> None:
-    response = requests.get(
+def _upgrade_request(server: Server, key: str, version: str) -> requests.Response:
+    """A WebSocket upgrade through ``requests``: what the server answers a
+    handshake it refuses."""
+    return requests.get(
         server.ws_url.replace("ws://", "http://"),
         headers={
             "Upgrade": "websocket",
             "Connection": "Upgrade",
-            "Sec-WebSocket-Key": "not base64!",
-            "Sec-WebSocket-Version": "13",
+            "Sec-WebSocket-Key": key,
+            "Sec-WebSocket-Version": version,
         },
         timeout=5,
     )
+
+
+def test_malformed_handshake_key_gets_400_json(server: Server) -> None:
+    response = _upgrade_request(server, key="not base64!", version="13")
     assert response.status_code == 400
     assert response.json()["error"]["code"] == 400
     with _client(server) as client:
@@ -387,16 +378,7 @@ def test_no_extension_is_negotiated(server: Server) -> None:
 
 
 def test_unsupported_version_gets_426_before_the_upgrade(server: Server) -> None:
-    response = requests.get(
-        server.ws_url.replace("ws://", "http://"),
-        headers={
-            "Upgrade": "websocket",
-            "Connection": "Upgrade",
-            "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
-            "Sec-WebSocket-Version": "8",
-        },
-        timeout=5,
-    )
+    response = _upgrade_request(server, key="dGhlIHNhbXBsZSBub25jZQ==", version="8")
     assert response.status_code == 426
     assert response.headers["Sec-WebSocket-Version"] == "13"
     assert response.json()["error"]["code"] == 426

@@ -70,7 +70,8 @@ class Channel(Emitter):
 
     # -- called by the client's reader with what the server said -------------------
 
-    def _on_subscribed(self, data: t.Any) -> None:
+    def _on_subscribed(self, message: dict[str, t.Any]) -> None:
+        data = message.get("data")
         with self._cond:
             self.state = "subscribed"
             self.subscribed_data = data
@@ -83,9 +84,9 @@ class Channel(Emitter):
                 }
             awaited, self._awaited = self._awaited, False
             self._cond.notify_all()
-        self._emit("subscribed", data, buffer=not awaited)
+        self._emit("subscribed", data, buffer=not awaited, message=message)
 
-    def _on_refused(self, error: SubscriptionError) -> bool:
+    def _on_refused(self, error: SubscriptionError, message: dict[str, t.Any]) -> bool:
         """Record a refusal; True if a blocking subscribe() will raise it."""
         with self._cond:
             self.state = "refused"
@@ -93,10 +94,11 @@ class Channel(Emitter):
             awaited, self._awaited = self._awaited, False
             self._cond.notify_all()
         if not awaited:
-            self._emit("error", error.data)
+            self._emit("error", error.data, message=message)
         return awaited
 
-    def _on_event(self, event: str, data: t.Any) -> None:
+    def _on_event(self, event: str, message: dict[str, t.Any]) -> None:
+        data = message.get("data")
         if self.is_presence and isinstance(data, dict) and "user_id" in data:
             key = str(data["user_id"])
             with self._cond:
@@ -104,4 +106,4 @@ class Channel(Emitter):
                     self._members[key] = dict(data)
                 elif event == "presence.leave":
                     self._members.pop(key, None)
-        self._emit(event, data)
+        self._emit(event, data, message=message)

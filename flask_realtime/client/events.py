@@ -10,7 +10,7 @@ import typing as t
 
 from .errors import RealtimeTimeout
 
-Handler = t.Callable[[t.Any], t.Any]
+Handler = t.Callable[..., t.Any]
 
 # The package's logger ("flask_realtime.client"), named in the docs.
 logger = logging.getLogger(__package__)
@@ -26,17 +26,25 @@ class Emitter:
 
     def __init__(self, cond: threading.Condition, buffer_size: int) -> None:
         self._cond = cond
-        self._handlers: dict[str, list[Handler]] = {}
-        self._mailbox: collections.deque[tuple[str, t.Any]] = collections.deque(
-            maxlen=buffer_size
+        # Each handler with whether it also takes the envelope.
+        self._handlers: dict[str, list[tuple[Handler, bool]]] = {}
+        self._mailbox: collections.deque[tuple[str, t.Any, dict[str, t.Any]]] = (
+            collections.deque(maxlen=buffer_size)
         )
 
-    def on(self, event: str, fn: Handler | None = None) -> t.Any:
-        """Call ``fn(data)`` for each ``event``; usable as a decorator."""
+    def on(
+        self, event: str, fn: Handler | None = None, *, envelope: bool = False
+    ) -> t.Any:
+        """Call ``fn(data)`` for each ``event``; usable as a decorator.
+
+        With ``envelope=True``, ``fn(data, envelope)``: the whole message, so
+        that a handler can read what lies beside ``data``, such as the
+        sender's ``user_id`` on a relayed client event.
+        """
 
         def register(handler: Handler) -> Handler:
             with self._cond:
-                self._handlers.setdefault(event, []).append(handler)
+                self._handlers.setdefault(event, []).append((handler, envelope))
             return handler
 
         return register if fn is None else register(fn)
@@ -50,16 +58,21 @@ class Emitter:
             elif fn is None:
                 self._handlers.pop(event, None)
             else:
-                remaining = [h for h in self._handlers.get(event, []) if h != fn]
+                remaining = [
+                    entry for entry in self._handlers.get(event, []) if entry[0] != fn
+                ]
                 if remaining:
                     self._handlers[event] = remaining
                 else:
                     self._handlers.pop(event, None)
 
-    def wait_for(self, event: str, timeout: float = 10.0) -> t.Any:
+    def wait_for(
+        self, event: str, timeout: float = 10.0, *, envelope: bool = False
+    ) -> t.Any:
         """The data of the oldest unclaimed ``event``, waiting up to ``timeout``.
 
-        Each event is returned once. Raises :class:`RealtimeTimeout`, or
+        Each event is returned once; with ``envelope=True`` its whole message
+        rather than its data. Raises :class:`RealtimeTimeout`, or
         :class:`ConnectionClosed` once nothing more can arrive. From a
         callback only ``timeout=0`` (look, don't wait) is allowed.
         """
@@ -68,14 +81,14 @@ class Emitter:
         deadline = time.monotonic() + timeout
         with self._cond:
             while True:
-                for index, (name, data) in enumerate(self._mailbox):
+                for index, (name, data, message) in enumerate(self._mailbox):
                     if name == event:
                         del self._mailbox[index]
-                        return data
+                        return message if envelope else data
                 self._raise_if_finished()
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    seen = [name for name, _ in self._mailbox][-10:]
+                    seen = [entry[0] for entry in self._mailbox][-10:]
                     raise RealtimeTimeout(
                         f"no {event!r} event within {timeout:g} s"
                         + (f" (unclaimed meanwhile: {seen})" if seen else "")
@@ -95,15 +108,28 @@ class Emitter:
         """Refuse a blocking call made on the reader thread."""
         raise NotImplementedError
 
-    def _emit(self, event: str, data: t.Any, *, buffer: bool = True) -> None:
+    def _emit(
+        self,
+        event: str,
+        data: t.Any,
+        *,
+        buffer: bool = True,
+        message: dict[str, t.Any] | None = None,
+    ) -> None:
+        """Hand ``event`` to its handlers and the mailbox. ``message`` is the
+        server's envelope; the client's own events get ``{"event", "data"}``."""
+        envelope = {"event": event, "data": data} if message is None else message
         with self._cond:
             if buffer:
-                self._mailbox.append((event, data))
+                self._mailbox.append((event, data, envelope))
                 self._cond.notify_all()
             handlers = list(self._handlers.get(event, ()))
-        for handler in handlers:
+        for handler, wants_envelope in handlers:
             try:
-                handler(data)
+                if wants_envelope:
+                    handler(data, envelope)
+                else:
+                    handler(data)
             except Exception:
                 logger.exception(
                     "%r: the handler %r of %r raised", self, handler, event

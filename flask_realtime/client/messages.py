@@ -207,14 +207,14 @@ class Messages(Emitter):
             if not isinstance(event, str):
                 return
             if name is None:
-                self._emit(event, data)
+                self._emit(event, data, message=message)
             elif channel is not None:
-                channel._on_event(event, data)
+                channel._on_event(event, message)
         elif kind == "subscribed":
             with self._cond:
                 self._subscribe_ids.pop(message.get("id"), None)
             if channel is not None:
-                channel._on_subscribed(data)
+                channel._on_subscribed(message)
         elif kind in ("unsubscribed", "pong"):
             self._resolve(message)
         elif kind == "error":
@@ -245,8 +245,8 @@ class Messages(Emitter):
                     del self._channels[channel.name]
         if subscribe_for is not None and channel is not None:
             error = SubscriptionError.from_data(data, channel=channel.name)
-            if channel._on_refused(error):
+            if channel._on_refused(error, message):
                 return
         elif channel is not None:
-            channel._emit("error", data)
-        self._emit("error", data)
+            channel._emit("error", data, message=message)
+        self._emit("error", data, message=message)

@@ -161,14 +161,7 @@ class ClientMessages:
             return False
 
     def _unsubscribe(self, conn: Connection, message: protocol.ClientMessage) -> bytes:
-        name = t.cast(str, message.channel)
-        if name not in conn.channels:
-            raise protocol.ProtocolError(
-                protocol.NOT_SUBSCRIBED,
-                "not subscribed to this channel",
-                request_id=message.id,
-                channel=name,
-            )
+        name = _require_subscribed(conn, message, "not subscribed to this channel")
         self._node.hub.unsubscribe(conn, name)
         self._node.left_channel(conn, name)
         return protocol.unsubscribed(name, message.id)
@@ -179,15 +172,10 @@ class ClientMessages:
         self, conn: Connection, message: protocol.ClientMessage
     ) -> bytes | None:
         node = self._node
-        name = t.cast(str, message.channel)
+        name = _require_subscribed(
+            conn, message, "subscribe to the channel before sending events to it"
+        )
         event = t.cast(str, message.event)
-        if name not in conn.channels:
-            raise protocol.ProtocolError(
-                protocol.NOT_SUBSCRIBED,
-                "subscribe to the channel before sending events to it",
-                request_id=message.id,
-                channel=name,
-            )
         handler = node.handlers.find(event, name)
         if handler is not None:
             self._run_handler(handler, conn, name, message)
@@ -238,3 +226,16 @@ class ClientMessages:
                 request_id=message.id,
                 channel=name,
             )
+
+
+def _require_subscribed(
+    conn: Connection, message: protocol.ClientMessage, refusal: str
+) -> str:
+    """The message's channel, which ``conn`` must have subscribed: else a
+    NOT_SUBSCRIBED error saying ``refusal``."""
+    name = t.cast(str, message.channel)
+    if name not in conn.channels:
+        raise protocol.ProtocolError(
+            protocol.NOT_SUBSCRIBED, refusal, request_id=message.id, channel=name
+        )
+    return name

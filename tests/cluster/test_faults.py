@@ -21,6 +21,7 @@ import requests
 
 from tests.cluster.conftest import Cluster
 from tests.cluster.test_cluster import get, unique, ws
+from tests.http_helpers import open_poll
 from tests.test_sse import SSEClient
 from tests.wsclient import Client
 
@@ -46,6 +47,20 @@ def timed(
 
 def call(server: t.Any, path: str, **params: t.Any) -> requests.Response:
     return requests.get(server.url + path, params=params, timeout=30)
+
+
+def timed_ping(server: t.Any, stream: SSEClient) -> tuple[requests.Response, float]:
+    """A ping for ``stream``'s connection, POSTed to ``server``; and its time."""
+    return timed(
+        requests.post,
+        server.url + "/realtime/send",
+        json={
+            "connection_id": stream.connection_id,
+            "token": stream.token,
+            "message": {"type": "ping", "id": 1},
+        },
+        timeout=30,
+    )
 
 
 def _presence(cluster: Cluster, channel: str) -> tuple[Client, Client]:
@@ -123,25 +138,10 @@ def test_requests_for_a_killed_nodes_connections_get_a_json_404(
 ) -> None:
     survivor, victim = cluster.instances
     stream = SSEClient(victim)
-    opened = requests.get(victim.url + "/realtime/poll", timeout=10).json()
-    welcome = opened["messages"][0]["data"]
-    poll = {
-        "connection_id": welcome["connection_id"],
-        "token": welcome["token"],
-        "cursor": opened["cursor"],
-    }
+    poll = open_poll(victim, timeout=10)
     kill(cluster)
     for _ in range(3):  # whichever worker of the instance that stays
-        response, took = timed(
-            requests.post,
-            survivor.url + "/realtime/send",
-            json={
-                "connection_id": stream.connection_id,
-                "token": stream.token,
-                "message": {"type": "ping", "id": 1},
-            },
-            timeout=30,
-        )
+        response, took = timed_ping(survivor, stream)
         assert response.status_code == 404, response.text
         assert response.json()["error"]["code"] == 404
         assert took < PROMPT, f"POST /realtime/send took {took:.1f} s"
@@ -227,16 +227,7 @@ def test_requests_for_a_frozen_nodes_connections_time_out_cleanly(
             assert took < PROMPT, f"{path} took {took:.1f} s"
         # A forwarded request waits for the owner's answer up to its
         # timeout (10 s), then gets a JSON 504.
-        response, took = timed(
-            requests.post,
-            survivor.url + "/realtime/send",
-            json={
-                "connection_id": stream.connection_id,
-                "token": stream.token,
-                "message": {"type": "ping", "id": 1},
-            },
-            timeout=30,
-        )
+        response, took = timed_ping(survivor, stream)
         assert response.status_code == 504, response.text
         assert response.json()["error"]["code"] == 504
         assert took < 10 + PROMPT, f"POST /realtime/send took {took:.1f} s"
@@ -251,13 +242,7 @@ def test_a_forwarded_poll_whose_owner_is_killed_meanwhile_gets_a_json_404(
     # the requests forwarded to it.
     cluster = start_cluster(broker_servers(broker_kind), workers=1)
     survivor, victim = cluster.instances
-    opened = requests.get(victim.url + "/realtime/poll", timeout=10).json()
-    welcome = opened["messages"][0]["data"]
-    poll = {
-        "connection_id": welcome["connection_id"],
-        "token": welcome["token"],
-        "cursor": opened["cursor"],
-    }
+    poll = open_poll(victim, timeout=10)
     before = get(victim, "/realtime/health")["broker_messages"]["node"]
     answer: list[t.Any] = []
     waiting = threading.Thread(

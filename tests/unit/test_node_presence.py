@@ -104,15 +104,22 @@ def test_presence_join_once_per_user(presence: Realtime) -> None:
     assert presence.channel("presence-room.1").subscriber_count == 3
 
 
-def test_presence_leave_only_when_the_last_connection_leaves(
-    presence: Realtime,
-) -> None:
+def _observer_and_user_5_twice(presence: Realtime) -> tuple[t.Any, t.Any, t.Any]:
+    """User 9 on presence-room.1, then user 5 on two connections (the same
+    user by value: 5 and "5")."""
     observer = presence.test_client(user_id=9)
     observer.subscribe("presence-room.1")
     first = presence.test_client(user_id=5)
     second = presence.test_client(user_id="5")
     first.subscribe("presence-room.1")
     second.subscribe("presence-room.1")
+    return observer, first, second
+
+
+def test_presence_leave_only_when_the_last_connection_leaves(
+    presence: Realtime,
+) -> None:
+    observer, first, second = _observer_and_user_5_twice(presence)
     observer.received.clear()
 
     first.unsubscribe("presence-room.1")
@@ -135,12 +142,7 @@ def test_presence_leave_only_when_the_last_connection_leaves(
 def test_presence_leave_carries_the_user_id_the_join_announced(
     presence: Realtime,
 ) -> None:
-    observer = presence.test_client(user_id=9)
-    observer.subscribe("presence-room.1")
-    first = presence.test_client(user_id=5)
-    second = presence.test_client(user_id="5")
-    first.subscribe("presence-room.1")
-    second.subscribe("presence-room.1")
+    observer, first, second = _observer_and_user_5_twice(presence)
     first.disconnect()
     second.disconnect()
     (join, leave) = observer.get_received()
