@@ -37,9 +37,7 @@ _CLIENT_FILES = (
 F = t.TypeVar("F", bound=t.Callable[..., t.Any])
 
 
-def blueprint(
-    realtime: Realtime, settings: _config.Settings, node: Node
-) -> Blueprint:
+def blueprint(realtime: Realtime, settings: _config.Settings, node: Node) -> Blueprint:
     """The routes of ``realtime`` for an app with these ``settings``, whose
     node is ``node``."""
     bp = Blueprint("realtime", __name__, url_prefix=settings.url_prefix or None)
