@@ -141,7 +141,7 @@ class Realtime:
         _send.register(node)
         _longpoll.register(node)
         app.extensions["realtime"] = self
-        app.register_blueprint(_routes.blueprint(self, settings))
+        app.register_blueprint(_routes.blueprint(self, settings, node))
         _websocket.install(app, node, lambda: self._authenticate)
         from .cli import realtime_cli
 

@@ -24,6 +24,7 @@ with no server API between them to carry it.
 from __future__ import annotations
 
 import contextvars
+import sys
 import time
 import typing as t
 from collections import deque
@@ -104,6 +105,8 @@ class Admission:
         address = _opening.get()
         if address is not None:
             _opening.set(None)
+            # One string per address, not one per connection (kept in _held).
+            address = sys.intern(address)
             self.by_address[address] = self.by_address.get(address, 0) + 1
             times = self._pending.get(address)
             if times:  # no longer in flight: open
