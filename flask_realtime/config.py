@@ -61,6 +61,7 @@ class Settings:
     max_connections: int | None
     max_connections_per_ip: int | None
     allowed_origins: tuple[str, ...]
+    shutdown_timeout: float
 
 
 # Key -> default. The environment fallbacks below are applied first.
@@ -101,6 +102,9 @@ DEFAULTS: dict[str, t.Any] = {
     "REALTIME_MAX_CONNECTIONS_PER_IP": 1000,
     "REALTIME_ALLOWED_ORIGINS": [],
     "REALTIME_AUTHORIZERS": {},
+    # Seconds a stopping process waits for queued messages to go out before
+    # the 4200 close (flask realtime serve, flask run; gunicorn: see lifecycle).
+    "REALTIME_SHUTDOWN_TIMEOUT": 10,
 }
 
 _RABBITMQ_DEFAULTS: dict[str, t.Any] = {
@@ -392,4 +396,7 @@ def load(config: t.Mapping[str, t.Any]) -> Settings:
         max_connections=_limit(config, "REALTIME_MAX_CONNECTIONS"),
         max_connections_per_ip=_limit(config, "REALTIME_MAX_CONNECTIONS_PER_IP"),
         allowed_origins=tuple(o.rstrip("/") for o in origins),
+        shutdown_timeout=_number(
+            config, "REALTIME_SHUTDOWN_TIMEOUT", minimum=0, integer=False
+        ),
     )

@@ -112,6 +112,17 @@ class Node:
         """Close all connections (4200 by default: clients reconnect at once)."""
         lifecycle.shutdown(self, code)
 
+    def written(self, conn: Connection) -> None:
+        """A transport's word that ``conn``'s wire is done (see
+        ``Sink.reports_written``): a shutdown waits for it."""
+        self.lifecycle.written(conn)
+
+    def wait_written(self, deadline: float) -> bool:
+        """After :meth:`shutdown`: until what was queued for each connection
+        and its close frame are written, or until ``deadline``
+        (time.monotonic()); whether all were."""
+        return self.lifecycle.wait_written(deadline)
+
     def tick(self, now: float) -> None:
         """The timer's work: heartbeats, expiry, presence refresh."""
         lifecycle.tick(self, now)
