@@ -3,6 +3,7 @@ and the process waits for it, bounded (issue 9)."""
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import time
@@ -114,3 +115,47 @@ def test_a_client_that_never_reads_does_not_hold_the_shutdown_past_the_bound(
     # arbiter would kill the worker a second later, without this line).
     assert TIMED_OUT in server.log()
     assert bound - 0.5 < elapsed < bound + 2.5
+
+
+def _worker_pid(server: Server) -> int:
+    """The process that holds the connections: gunicorn's one worker, or
+    the server itself."""
+    if server.kind in ("cli", "flask-run"):
+        return server.process.pid
+    pid = server.process.pid
+    with open(f"/proc/{pid}/task/{pid}/children") as children:
+        (worker,) = children.read().split()
+    return int(worker)
+
+
+def _wait_until_refused(server: Server) -> None:
+    deadline = time.monotonic() + 5
+    while server.health(timeout=1) is not None:
+        assert time.monotonic() < deadline, "still listening"
+        time.sleep(0.05)
+
+
+SECOND_SIGNALS = [(kind, signal.SIGTERM) for kind in servers.PROTOCOL_KINDS]
+SECOND_SIGNALS.append(("cli", signal.SIGINT))
+
+
+@pytest.mark.parametrize(("kind", "signum"), SECOND_SIGNALS)
+def test_a_second_signal_during_the_wait_exits_at_once(
+    live_server: LiveServerFactory, kind: str, signum: int
+) -> None:
+    server = _start(live_server, kind, 20, **BIG_QUEUES)
+    worker = _worker_pid(server)
+    with connect(server.ws_url) as reader:
+        stuck = _queue_burst(server, 3000)  # would hold the shutdown 20 s
+        try:
+            server.signal(signum)
+            assert reader.expect_close(timeout=10) == 4200
+            if kind != "flask-run":  # (which keeps listening while it waits)
+                _wait_until_refused(server)  # the wait began
+            started = time.monotonic()
+            os.kill(worker, signum)
+            server.process.wait(timeout=10)
+            elapsed = time.monotonic() - started
+        finally:
+            stuck.close()
+    assert elapsed < 3
