@@ -113,14 +113,11 @@ class Node:
         lifecycle.shutdown(self, code)
 
     def written(self, conn: Connection) -> None:
-        """A transport's word that ``conn``'s wire is done (see
-        ``Sink.reports_written``): a shutdown waits for it."""
+        """``conn``'s wire is done (``Sink.reports_written``): shutdown waits."""
         self.lifecycle.written(conn)
 
     def wait_written(self, deadline: float) -> bool:
-        """After :meth:`shutdown`: until what was queued for each connection
-        and its close frame are written, or until ``deadline``
-        (time.monotonic()); whether all were."""
+        """After :meth:`shutdown`: wait for the last bytes, until ``deadline``."""
         return self.lifecycle.wait_written(deadline)
 
     def tick(self, now: float) -> None:
