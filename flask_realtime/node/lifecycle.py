@@ -167,7 +167,12 @@ class Lifecycle:
             if self._unwritten is None:
                 self._unwritten = set()
                 self._all_written = event()
-            self._unwritten.update(c for c in conns if c.sink.reports_written)
+            # (Not one already forgotten: its sink may have reported before.)
+            self._unwritten.update(
+                c
+                for c in conns
+                if getattr(c.sink, "reports_written", False) and not c.closed
+            )
             if self._unwritten:
                 self._all_written.clear()
             else:

@@ -100,3 +100,12 @@ def test_under_gunicorn_the_bound_is_the_graceful_timeout_less_a_second(
 def test_elsewhere_the_bound_is_the_config_key(make: Factory) -> None:
     settings = make(REALTIME_SHUTDOWN_TIMEOUT=4.5).node.settings
     assert shutdown_bound(None, settings) == 4.5
+
+
+def test_a_connection_already_done_is_not_waited_for(realtime: Realtime) -> None:
+    # Its wire reported before the shutdown, and the hub forgets it later
+    # (a watcher's callback hands that to a greenlet).
+    done = _open(realtime)
+    done.conn.closed = True
+    realtime.node.shutdown()
+    assert realtime.node.wait_written(time.monotonic() + 30) is True
