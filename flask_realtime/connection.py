@@ -80,9 +80,14 @@ class Sink(abc.ABC):
       what is due and the closing bytes (:meth:`Connection.put_last`), then
       end the wire and tell the node (``node.disconnect``);
     * :meth:`tick` from the node's one timer: heartbeats, keepalives, expiry.
+
+    A sink with :attr:`reports_written` calls ``node.written(conn)`` once its
+    wire is done (the close frame written and the socket closed, or the peer
+    gone): a shutdown waits for that before the process exits.
     """
 
     conn: Connection
+    reports_written = False
 
     def bind(self, conn: Connection) -> None:
         self.conn = conn

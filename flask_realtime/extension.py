@@ -104,8 +104,11 @@ class Realtime:
           ``REALTIME_SSL``: ``False`` (for ``flask realtime serve``)
         - ``REALTIME_HEARTBEAT``: ``25`` s; ``REALTIME_LONGPOLL_TIMEOUT``: ``30`` s
         - ``REALTIME_MAX_MESSAGE_SIZE``: 64 KiB; ``REALTIME_MAX_SUBSCRIPTIONS``: ``100``
-        - ``REALTIME_MAX_QUEUE_MESSAGES``: ``1000``; ``REALTIME_MAX_QUEUE_BYTES``: 1 MiB
+        - ``REALTIME_MAX_QUEUE_MESSAGES``: ``10000``; ``REALTIME_MAX_QUEUE_BYTES``:
+          1 MiB
         - ``REALTIME_BACKPRESSURE_BYTES``: 64 MiB
+        - ``REALTIME_SHUTDOWN_TIMEOUT``: ``10`` s for queued messages to go
+          out at a stop (gunicorn: ``--graceful-timeout`` less 1 s)
         - ``REALTIME_RATE_LIMIT``: ``{"enabled": True, "messages_per_minute": 60}``
           (also ``close_after``: 60, ``user_messages_per_minute``: 120)
         - ``REALTIME_MAX_CONNECTIONS``: ``20000`` per node;

@@ -258,7 +258,12 @@ def start(
     between, the start is retried on a new port. A given ``port`` (to restart
     a server where its clients look for it) is used as it is, once.
     """
-    child_env = child_environment(env)
+    # As --graceful-timeout 2 does under gunicorn: a stopped server whose
+    # clients no longer read waits 2 s for them, not 10 (the test apps that
+    # read TESTAPP_* config; a test's own value wins).
+    child_env = child_environment(
+        {"TESTAPP_REALTIME_SHUTDOWN_TIMEOUT": "2", **(env or {})}
+    )
     log_dir.mkdir(parents=True, exist_ok=True)
     name = name or kind
     tries = 1 if port is not None else 3

@@ -46,6 +46,7 @@ class Settings:
     max_connections: int | None
     max_connections_per_ip: int | None
     allowed_origins: tuple[str, ...]
+    shutdown_timeout: float
 
 
 # Key -> default. The environment fallbacks (environment.py) are applied first.
@@ -86,4 +87,7 @@ DEFAULTS: dict[str, t.Any] = {
     "REALTIME_MAX_CONNECTIONS_PER_IP": 1000,
     "REALTIME_ALLOWED_ORIGINS": [],
     "REALTIME_AUTHORIZERS": {},
+    # Seconds a stopping process waits for queued messages to go out before
+    # the 4200 close (flask realtime serve, flask run; gunicorn: see lifecycle).
+    "REALTIME_SHUTDOWN_TIMEOUT": 10,
 }

@@ -177,4 +177,7 @@ def load(config: t.Mapping[str, t.Any]) -> Settings:
         max_connections=_limit(config, "REALTIME_MAX_CONNECTIONS"),
         max_connections_per_ip=_limit(config, "REALTIME_MAX_CONNECTIONS_PER_IP"),
         allowed_origins=tuple(o.rstrip("/") for o in origins),
+        shutdown_timeout=_number(
+            config, "REALTIME_SHUTDOWN_TIMEOUT", minimum=0, integer=False
+        ),
     )

@@ -115,6 +115,14 @@ class Node:
         """Close all connections (4200 by default: clients reconnect at once)."""
         lifecycle.shutdown(self, code)
 
+    def written(self, conn: Connection) -> None:
+        """``conn``'s wire is done (``Sink.reports_written``): shutdown waits."""
+        self.lifecycle.written(conn)
+
+    def wait_written(self, deadline: float) -> bool:
+        """After :meth:`shutdown`: wait for the last bytes, until ``deadline``."""
+        return self.lifecycle.wait_written(deadline)
+
     def tick(self, now: float) -> None:
         """The timer's work: heartbeats, expiry, presence refresh."""
         lifecycle.tick(self, now)

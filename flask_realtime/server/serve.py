@@ -3,6 +3,11 @@
 It serves with :class:`~.handler.RealtimeHandler`, the same handler as
 gunicorn's ``flask_realtime.gunicorn.Worker``, so both get the same
 timeouts and limits (:mod:`.limits`).
+
+SIGTERM or SIGINT stops it in order: the listening socket closes (new
+connections are refused), every connection is closed with 4200 after what
+is queued for it, and the process waits for those bytes to be written, for
+up to ``REALTIME_SHUTDOWN_TIMEOUT`` seconds. A second signal exits at once.
 """
 
 from __future__ import annotations
@@ -13,10 +18,11 @@ import os
 import signal
 import socket
 import sys
-import typing as t
+import time
 
 from .. import protocol
 from ..config import TRANSPORTS, ConfigError
+from ..node.lifecycle import exit_now
 from . import limits as server_limits
 
 BACKLOG = 2048
@@ -81,16 +87,24 @@ def main(argv: list[str] | None = None) -> None:
     server.limits = limits  # read by each RealtimeHandler
     scheme = "https" if settings.ssl else "http"
 
-    def stop(*_: t.Any) -> None:
+    stopping_until: list[float] = []
+
+    def stop(signum: int) -> None:
+        if stopping_until:
+            exit_now(signum)  # a second signal: no more waiting
+            return
+        stopping_until.append(time.monotonic() + settings.shutdown_timeout)
+        server.close()  # refuse new connections; serve_forever returns
         node.shutdown(protocol.CLOSE_SHUTDOWN)
-        gevent.spawn(server.stop, timeout=2)
 
     node.ensure_started(handle_sigterm=False)  # before gevent takes SIGTERM
-    gevent.signal_handler(signal.SIGTERM, stop)
-    gevent.signal_handler(signal.SIGINT, stop)
+    gevent.signal_handler(signal.SIGTERM, stop, signal.SIGTERM)
+    gevent.signal_handler(signal.SIGINT, stop, signal.SIGINT)
     print(
         f" * flask_realtime serving {app.import_name!r} on {scheme}://{host}:{port}"
         f" (transports: {', '.join(settings.transports)}; broker: {settings.broker})",
         flush=True,
     )
-    server.serve_forever()
+    server.serve_forever(stop_timeout=2)  # (requests still running)
+    if stopping_until:
+        node.wait_written(stopping_until[0])

@@ -45,6 +45,7 @@ class SocketSession(Sink):
     """
 
     transport = ""
+    reports_written = True
 
     def __init__(self, node: Node) -> None:
         import gevent
@@ -109,6 +110,7 @@ class SocketSession(Sink):
         """The handshake failed: the connection never existed."""
         self.conn.closing = self.finished = True
         self._detach_from_node()
+        self.node.written(self.conn)
 
     # writing (the seam) -------------------------------------------------------
 
@@ -263,6 +265,7 @@ class SocketSession(Sink):
         else:
             self._close_socket()
         self._detach_from_node()
+        self.node.written(conn)
 
     def _close_socket(self) -> None:
         if self.raw is not None:

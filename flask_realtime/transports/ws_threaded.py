@@ -33,6 +33,8 @@ class ThreadedWebSocket(WebSocketProtocol, Sink):
     thread to be scheduled.
     """
 
+    reports_written = True
+
     def __init__(self, node: Node, sock: socket.socket) -> None:
         self.node = node
         self.start_protocol(node)
@@ -181,3 +183,4 @@ class ThreadedWebSocket(WebSocketProtocol, Sink):
                 self.sock.close()
             except OSError:  # pragma: no cover
                 pass
+            self.node.written(conn)

@@ -72,6 +72,12 @@ def test_defaults_load() -> None:
     assert settings.messages_per_minute == 60
     assert settings.rate_limit_close_after >= 1
     assert settings.allowed_origins == ()
+    assert settings.shutdown_timeout == 10
+
+
+def test_shutdown_timeout_may_be_a_fraction_or_zero() -> None:
+    assert load(REALTIME_SHUTDOWN_TIMEOUT=2.5).shutdown_timeout == 2.5
+    assert load(REALTIME_SHUTDOWN_TIMEOUT=0).shutdown_timeout == 0
 
 
 def test_defaults_are_set_on_the_app_config() -> None:
@@ -255,6 +261,10 @@ BAD_VALUES = [
     ("REALTIME_AUTHORIZERS", []),
     ("REALTIME_AUTHORIZERS", {"private-*": "not callable"}),
     ("REALTIME_AUTHORIZERS", {5: allow}),
+    ("REALTIME_SHUTDOWN_TIMEOUT", -1),
+    ("REALTIME_SHUTDOWN_TIMEOUT", "10"),
+    ("REALTIME_SHUTDOWN_TIMEOUT", True),
+    ("REALTIME_SHUTDOWN_TIMEOUT", None),
 ]
 
 

@@ -1,0 +1,161 @@
+"""Shutdown on real servers: what is queued goes out before the 4200 close,
+and the process waits for it, bounded (issue 9)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+
+import pytest
+import requests
+
+from tests import servers
+from tests.conftest import LiveServerFactory
+from tests.http_helpers import app_env as _env
+from tests.servers import Server
+from tests.wsclient import Client, connect
+
+#: What the process logs when the bound passed with bytes still unwritten.
+TIMED_OUT = "still had bytes to write when the shutdown timeout passed"
+# Queues far larger than the burst: no client is closed for being slow (4100).
+BIG_QUEUES = {
+    "REALTIME_MAX_QUEUE_BYTES": 64 << 20,
+    "REALTIME_MAX_QUEUE_MESSAGES": 10**6,
+}
+
+
+def _start(
+    live_server: LiveServerFactory, kind: str, bound: float, **config: object
+) -> Server:
+    """``kind`` with a shutdown bound of ``bound`` seconds: under gunicorn a
+    ``--graceful-timeout`` one second longer, elsewhere
+    ``REALTIME_SHUTDOWN_TIMEOUT``."""
+    if kind in ("cli", "flask-run"):
+        return live_server(kind, env=_env(REALTIME_SHUTDOWN_TIMEOUT=bound, **config))
+    return live_server(
+        kind,
+        env=_env(**config),
+        gunicorn_options=["--graceful-timeout", f"{bound + 1:g}"],
+    )
+
+
+def _queue_burst(server: Server, count: int) -> Client:
+    """A client subscribed to ``news`` that reads nothing while ``count``
+    broadcasts of 2 KB fill its socket (the kernel takes about 4 MB here,
+    the rest waits in its queue)."""
+    client = connect(
+        server.ws_url, sockopt=[(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)]
+    )
+    assert client.subscribe("news")["type"] == "subscribed"
+    published = requests.get(
+        f"{server.url}/flood",
+        params={"channel": "news", "count": count, "size": 2000},
+        timeout=60,
+    )
+    assert published.json() == {"published": count}
+    return client
+
+
+@pytest.mark.parametrize("kind", servers.PROTOCOL_KINDS)
+def test_what_is_queued_goes_out_before_the_shutdown_close(
+    live_server: LiveServerFactory, kind: str
+) -> None:
+    server = _start(live_server, kind, 9, **BIG_QUEUES)
+    count = 3000
+    client = _queue_burst(server, count)
+    server.signal(signal.SIGTERM)
+    try:
+        assert client.expect_close(timeout=30) == 4200
+    finally:
+        client.close()
+    seqs = [m["data"]["seq"] for m in client.skipped if m.get("event") == "flood"]
+    assert seqs == list(range(count))
+    # Everything was written: the process does not wait for its bound.
+    server.process.wait(timeout=8)
+    assert TIMED_OUT not in server.log()
+
+
+@pytest.mark.parametrize("kind", servers.PROTOCOL_KINDS)
+def test_a_process_with_no_connections_exits_fast_after_sigterm(
+    live_server: LiveServerFactory, kind: str
+) -> None:
+    server = _start(live_server, kind, 20)
+    with connect(server.ws_url) as client:  # (the node has started)
+        assert client.ping()["type"] == "pong"
+    deadline = time.monotonic() + 5
+    while requests.get(f"{server.url}/debug/state", timeout=5).json()[
+        "hub.connections"
+    ]:
+        assert time.monotonic() < deadline, "the closed client is still counted"
+        time.sleep(0.05)
+    started = time.monotonic()
+    server.signal(signal.SIGTERM)
+    server.process.wait(timeout=10)
+    # gunicorn's worker notices its stop flag once a second.
+    assert time.monotonic() - started < 3.5
+
+
+@pytest.mark.parametrize("kind", servers.PROTOCOL_KINDS)
+def test_a_client_that_never_reads_does_not_hold_the_shutdown_past_the_bound(
+    live_server: LiveServerFactory, kind: str
+) -> None:
+    bound = 3.0
+    server = _start(live_server, kind, bound, **BIG_QUEUES)
+    client = _queue_burst(server, 3000)
+    try:
+        started = time.monotonic()
+        server.signal(signal.SIGTERM)
+        server.process.wait(timeout=bound + 10)
+        elapsed = time.monotonic() - started
+    finally:
+        client.close()
+    # It waited for the client, and gave up at its own bound (gunicorn's
+    # arbiter would kill the worker a second later, without this line).
+    assert TIMED_OUT in server.log()
+    assert bound - 0.5 < elapsed < bound + 2.5
+
+
+def _worker_pid(server: Server) -> int:
+    """The process that holds the connections: gunicorn's one worker, or
+    the server itself."""
+    if server.kind in ("cli", "flask-run"):
+        return server.process.pid
+    pid = server.process.pid
+    with open(f"/proc/{pid}/task/{pid}/children") as children:
+        (worker,) = children.read().split()
+    return int(worker)
+
+
+def _wait_until_refused(server: Server) -> None:
+    deadline = time.monotonic() + 5
+    while server.health(timeout=1) is not None:
+        assert time.monotonic() < deadline, "still listening"
+        time.sleep(0.05)
+
+
+SECOND_SIGNALS = [(kind, signal.SIGTERM) for kind in servers.PROTOCOL_KINDS]
+SECOND_SIGNALS.append(("cli", signal.SIGINT))
+
+
+@pytest.mark.parametrize(("kind", "signum"), SECOND_SIGNALS)
+def test_a_second_signal_during_the_wait_exits_at_once(
+    live_server: LiveServerFactory, kind: str, signum: int
+) -> None:
+    server = _start(live_server, kind, 20, **BIG_QUEUES)
+    worker = _worker_pid(server)
+    with connect(server.ws_url) as reader:
+        stuck = _queue_burst(server, 3000)  # would hold the shutdown 20 s
+        try:
+            server.signal(signum)
+            assert reader.expect_close(timeout=10) == 4200
+            if kind != "flask-run":  # (which keeps listening while it waits)
+                _wait_until_refused(server)  # the wait began
+            started = time.monotonic()
+            os.kill(worker, signum)
+            server.process.wait(timeout=10)
+            elapsed = time.monotonic() - started
+        finally:
+            stuck.close()
+    assert elapsed < 3
