@@ -136,14 +136,21 @@ class PressureGauge:
             self._pressured.discard(session)
 
     def refresh(self, now: float) -> None:
-        """Ask every full socket how far behind its client is, at most every
-        :data:`REFRESH_EVERY` (longer with many): the kernel's figure, which
-        shows a client behind and reading long before its queue does."""
+        """Ask every full socket, and every pressured one, how far behind its
+        client is, at most every :data:`REFRESH_EVERY` (longer with many):
+        the kernel's figure, which shows a client behind and reading long
+        before its queue does. A pressured socket that is no longer full (its
+        writer emptied the queue into the kernel) stays pressured until its
+        client is under a quarter behind."""
         if not _kernel.AVAILABLE or now < self._next_refresh:
             return
         blocked = self._blocked
-        self._next_refresh = now + max(REFRESH_EVERY, len(blocked) * REFRESH_PER_SOCKET)
+        pressured = self._pressured
+        watched = len(blocked) + len(pressured)
+        self._next_refresh = now + max(REFRESH_EVERY, watched * REFRESH_PER_SOCKET)
         for session in blocked:
+            self.report(session, session.lag(now))
+        for session in [s for s in pressured if s not in blocked]:
             self.report(session, session.lag(now))
 
     def is_pressured(self, session: PressuredSession) -> bool:

@@ -185,7 +185,8 @@ class SocketSession(Progress, Sink):
         finally:
             conn.backed_up = False
             gauge.unblocked(self)
-        gauge.relieved(self)
+        if gauge.is_pressured(self):  # relieved once under a quarter behind
+            gauge.report(self, self.lag(time.monotonic()))
         if conn.closing:
             self._half_close()
 
@@ -211,6 +212,7 @@ class SocketSession(Progress, Sink):
     def close(self, code: int, reason: str) -> None:
         conn = self.conn
         self.gauge.relieved(self)
+        self.gauge.unblocked(self)  # it takes no more: the gauge forgets it
         if conn.backed_up and code == CLOSE_TOO_SLOW:
             # Drop what a slow client had not read; its close frame goes next.
             # Any other close (4200 at shutdown, say) sends what is queued

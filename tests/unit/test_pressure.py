@@ -15,7 +15,7 @@ class Session:
     """A session as the gauge sees it: when its client last took bytes, and
     how far behind it is (``share`` of its bound, as the kernel would say)."""
 
-    def __init__(self, last_progress: float, share: float = 0.0) -> None:
+    def __init__(self, last_progress: float, share: float = 1.0) -> None:
         self.last_progress = last_progress
         self.share = share
         self.looks = 0
@@ -106,7 +106,7 @@ def test_the_wait_ends_once_most_readers_drained() -> None:
 
 def test_many_full_sockets_pace_the_publisher_by_a_millisecond() -> None:
     gauge = PressureGauge(backlog_limit=64 * 1024 * 1024)
-    sessions = [Session(time.monotonic()) for _ in range(30)]
+    sessions = [Session(time.monotonic(), share=0.0) for _ in range(30)]
     for session in sessions:
         gauge.blocked(session)
     assert _publish(gauge, connections=100) < 0.05
@@ -144,7 +144,7 @@ def test_a_full_socket_lags_past_half_its_bound_until_under_a_quarter() -> None:
 @pytest.mark.usefixtures("kernel_says")
 def test_the_kernel_is_asked_at_most_every_refresh_interval() -> None:
     gauge = PressureGauge(backlog_limit=64 * 1024 * 1024)
-    session = Session(time.monotonic())
+    session = Session(time.monotonic(), share=0.0)
     gauge.blocked(session)
     start = time.monotonic()
     for step in range(10):
@@ -186,3 +186,23 @@ def test_the_wait_ends_when_the_kernel_shows_readers_caught_up() -> None:
     waited = _publish(gauge, connections=100)
     assert 0.015 <= waited < pressure.MAX_CLIENT_WAIT * 0.8
     assert gauge.pressured_count == 0
+
+
+@pytest.mark.usefixtures("kernel_says")
+def test_a_lagging_socket_stays_pressured_when_no_longer_full() -> None:
+    """Its writer emptied the queue into the kernel, whose buffer still holds
+    more than a quarter of the bound: the client has not caught up."""
+    gauge = PressureGauge(backlog_limit=64 * 1024 * 1024)
+    session = Session(time.monotonic(), share=0.9)
+    gauge.blocked(session)
+    gauge.refresh(time.monotonic())
+    gauge.unblocked(session)
+    session.share = 0.3
+    gauge.refresh(time.monotonic() + 1)
+    assert gauge.is_pressured(session)
+    session.share = 0.1
+    gauge.refresh(time.monotonic() + 2)
+    assert not gauge.is_pressured(session)
+    session.share = 0.9  # neither full nor pressured: never asked again
+    gauge.refresh(time.monotonic() + 3)
+    assert not gauge.is_pressured(session)
