@@ -4,9 +4,10 @@ Sessions report to the gauge through its methods: bytes that wait on sockets
 that were full, which sockets are full, and whether their queue is past half
 its bound. Publishers ask it, through :meth:`PressureGauge.wait_for_capacity`,
 before they publish; at most every :data:`REFRESH_EVERY` that call also asks
-each full socket's session how far behind its client is, the kernel's send
-queue included (:meth:`PressuredSession.lag`, :mod:`._kernel`). The gauge
-never touches a socket itself; a session never reads the gauge.
+the session of each socket that is full or pressured how far behind its
+client is, the kernel's send queue included (:meth:`PressuredSession.lag`,
+:mod:`._kernel`). The gauge never touches a socket itself; a session never
+reads the gauge.
 
 The rule (DESIGN.md property 2): a publisher is slowed only when the node
 itself is behind, or when a large share of all connections is reading but
@@ -129,7 +130,9 @@ class PressureGauge:
         self._pressured.discard(session)
 
     def report(self, session: PressuredSession, share: float) -> None:
-        """``session``'s full socket is ``share`` of its bound behind."""
+        """``session``'s client is ``share`` of its bound behind: past
+        :data:`LAGGING` it is pressured, under :data:`CAUGHT_UP` no longer.
+        (Only for a socket that is full, or already pressured.)"""
         if share > LAGGING:
             self._pressured.add(session)
         elif share < CAUGHT_UP:
