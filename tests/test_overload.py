@@ -82,12 +82,12 @@ def test_clients_that_all_read_slowly_slow_the_publisher_and_none_is_dropped(
 ) -> None:
     """Every client reads, slower than the worker publishes: a large share
     of all connections cannot keep up, so the publisher waits for them."""
-    # One load process serves its clients unevenly: the margin between half
-    # the bound (where a reader counts as lagging) and the bound must exceed
-    # that spread, or the first laggard is closed before the share is reached.
-    server = live_server(
-        "geventwebsocket", env={"TESTAPP_REALTIME_MAX_QUEUE_MESSAGES": "30000"}
-    )
+    # The default bound (10,000 messages, 1 MiB). Most of what a slow reader
+    # is behind sits in the kernel's send buffer (up to 4 MiB), which the
+    # queue never shows: judged by its queue alone, the first reader whose
+    # queue filled was closed before enough others counted as lagging (2 of
+    # 4 runs on a quiet host). The kernel's figure counts them all at once.
+    server = live_server("geventwebsocket")
     account, result = _overload(
         server, SLOW_CLIENTS, min(SECONDS, 20.0), env=SLOW_READER
     )
