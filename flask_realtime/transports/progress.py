@@ -26,6 +26,16 @@ class Progress:
     sent = 0  # bytes the kernel accepted from us, since the start
     acked = 0  # of those, what the client had acknowledged at the last look
 
+    def filled(self, now: float) -> None:
+        """The socket just filled. What its client acknowledged until now is
+        no sign that it reads: only what it takes from here on is. Without
+        the kernel's figure the fill itself counts, the only sign there is."""
+        unsent = None if self.raw is None else _kernel.unsent(self.raw.fileno())
+        if unsent is None:
+            self.last_progress = now
+        else:
+            self.acked = self.sent - unsent
+
     def lag(self, now: float) -> float:
         """What the client is behind (queue, unwritten head, and the bytes
         the kernel holds that it did not acknowledge, where the kernel says),

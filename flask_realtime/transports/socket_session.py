@@ -148,7 +148,7 @@ class SocketSession(Progress, Sink):
             self.gauge.queued(len(self.head))
             self.gauge.blocked(self)
             conn.backed_up = True
-            self.last_progress = time.monotonic()
+            self.filled(time.monotonic())
             self._gevent.spawn(self._write_blocked)
         elif conn.closing:
             self._half_close()

@@ -43,6 +43,18 @@ def _until(predicate: t.Callable[[], bool], what: str) -> None:
         time.sleep(0.01)  # polling the kernel's figure, with a deadline
 
 
+def _settled(sock: socket.socket) -> None:
+    """Until the peer's (possibly delayed, by up to 40 ms) acks of what is in
+    flight are in: the same figure over more than 50 ms."""
+    seen: list[int | None] = []
+
+    def still() -> bool:
+        seen.append(_kernel.unsent(sock.fileno()))
+        return len(seen) > 5 and len(set(seen[-6:])) == 1
+
+    _until(still, "a settled send queue")
+
+
 class Conn:
     """The queue of a connection, as a session's :meth:`Progress.lag` sees it."""
 
@@ -95,6 +107,7 @@ def test_a_session_lags_by_what_the_kernel_holds_and_sees_its_reader(
     server, client = pair
     session = Session(server)
     session.sent = _fill(server)
+    _settled(server)
     # The queue is empty, yet the client is behind by the kernel's bytes.
     unsent = _kernel.unsent(server.fileno())
     assert unsent is not None
@@ -123,3 +136,28 @@ def test_without_the_kernel_a_session_lags_by_its_queue(
     session.conn.queued_bytes = 60_000
     assert session.lag(1.0) == pytest.approx(0.6)  # 600 of 1000 messages
     assert session.last_progress == 0.0
+
+
+def test_a_client_that_never_reads_shows_no_progress_once_full(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    """What it acknowledged before its socket filled is not reading."""
+    server, _ = pair
+    session = Session(server)
+    session.sent = _fill(server)
+    _settled(server)
+    session.filled(1.0)
+    assert session.last_progress == 0.0
+    assert session.lag(2.0) > 0
+    assert session.last_progress == 0.0
+
+
+def test_without_the_kernel_the_fill_counts_as_progress(
+    pair: tuple[socket.socket, socket.socket], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server, _ = pair
+    monkeypatch.setattr(_kernel, "_OUTQ", None)
+    session = Session(server)
+    session.sent = _fill(server)
+    session.filled(1.0)
+    assert session.last_progress == 1.0
