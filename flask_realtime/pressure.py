@@ -33,11 +33,12 @@ from ._runtime import gevent_active, in_event_loop
 # acknowledged, a reader shows progress each time it opens its receive
 # window again: on loopback (64 KiB segments) about once a second for a
 # 60 KB/s reader, far more often over a real network; so 5 s tells a
-# stopped reader from a slow one. Elsewhere the only sign is a full socket
-# turning writable, once half its send buffer (up to 4 MiB) drained, which
-# takes such a reader half a minute: 60 s. Until then a socket that stopped
-# reading counts as slow, and can make a publish wait, but never longer
-# than MAX_CLIENT_WAIT.
+# stopped reader from a slow one, and one that took nothing since its socket
+# filled never counts (transports/progress.py). Elsewhere the only signs are
+# the fill itself, then the full socket turning writable once half its send
+# buffer (up to 4 MiB) drained, which takes such a reader half a minute:
+# 60 s. Until then a socket that stopped reading counts as slow, and can
+# make a publish wait, but never longer than MAX_CLIENT_WAIT.
 STALLED_AFTER = 5.0 if _kernel.AVAILABLE else 60.0
 # A full socket lags once its client is behind by more than this share of
 # its queue bound (queue and kernel send queue together), and lags until it
