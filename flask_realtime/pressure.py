@@ -1,14 +1,20 @@
 """The node's pressure gauge: when must a publisher slow down?
 
 Sessions report to the gauge through its methods: bytes that wait on sockets
-that were full, and whether their queue is past half its bound. Publishers ask
-it, through :meth:`PressureGauge.wait_for_capacity`, before they publish. The
-gauge never touches a socket; a session never reads the gauge.
+that were full, which sockets are full, and whether their queue is past half
+its bound. Publishers ask it, through :meth:`PressureGauge.wait_for_capacity`,
+before they publish; at most every :data:`REFRESH_EVERY` that call also asks
+the session of each socket that is full or pressured how far behind its
+client is, the kernel's send queue included (:meth:`PressuredSession.lag`,
+:mod:`._kernel`). The gauge never touches a socket itself; a session never
+reads the gauge.
 
 The rule (DESIGN.md property 2): a publisher is slowed only when the node
 itself is behind, or when a large share of all connections is reading but
-cannot keep up. A client that stopped reading is closed by its own queue
-bound (4100) and counts for nothing once it drained nothing for
+cannot keep up. A socket *lags* (is pressured) while it is full and its
+client is more than half its queue bound behind, and until that falls under
+a quarter. A client that stopped reading is closed by its own queue bound
+(4100) and counts for nothing once the kernel saw it take nothing for
 :data:`STALLED_AFTER`. And no wait for clients lasts longer than
 :data:`MAX_CLIENT_WAIT`, so no group of connections, however chosen, can
 delay one broadcast elsewhere by more.
@@ -19,15 +25,31 @@ from __future__ import annotations
 import time
 import typing as t
 
+from . import _kernel
 from ._runtime import gevent_active, in_event_loop
 
-# A pressured session that drained nothing for this long does not read: it
-# holds no publisher. Long, because a slow reader shows progress rarely: the
-# kernel reports a full socket writable again only once half its send
-# buffer (up to 4 MiB) drained, which takes a 60 KB/s reader half a minute.
-# Until then a socket that stopped reading counts as slow, and can make a
-# publish wait, but never longer than MAX_CLIENT_WAIT.
-STALLED_AFTER = 60.0
+# A pressured session whose client took nothing for this long does not read:
+# it holds no publisher. Where the kernel tells what a socket's peer
+# acknowledged, a reader shows progress each time it opens its receive
+# window again: on loopback (64 KiB segments) about once a second for a
+# 60 KB/s reader, far more often over a real network; so 5 s tells a
+# stopped reader from a slow one, and one that took nothing since its socket
+# filled never counts (transports/progress.py). Elsewhere the only signs are
+# the fill itself, then the full socket turning writable once half its send
+# buffer (up to 4 MiB) drained, which takes such a reader half a minute:
+# 60 s. Until then a socket that stopped reading counts as slow, and can
+# make a publish wait, but never longer than MAX_CLIENT_WAIT.
+STALLED_AFTER = 5.0 if _kernel.AVAILABLE else 60.0
+# A full socket lags once its client is behind by more than this share of
+# its queue bound (queue and kernel send queue together), and lags until it
+# is behind by less than CAUGHT_UP.
+LAGGING = 0.5
+CAUGHT_UP = 0.25
+# How often at most the gauge asks the kernel about every full socket, and
+# at least this long per full socket between two rounds, so that the ioctls
+# take a few percent of a worker whatever the number of full sockets.
+REFRESH_EVERY = 0.01
+REFRESH_PER_SOCKET = 0.00002
 # The longest one publish waits for clients to drain. A publisher in a loop
 # is slowed to a few publishes a second while clients as a whole lag, which
 # lets them catch up; a single broadcast is never held longer.
@@ -56,7 +78,12 @@ _POLL = 0.005
 class PressuredSession(t.Protocol):
     """What the gauge needs to know of a session it may hold publishers for."""
 
-    last_progress: float  # time.monotonic() of its last write that drained bytes
+    last_progress: float  # time.monotonic() when its client last took bytes
+
+    def lag(self, now: float) -> float:
+        """How far behind its client is, as a share of its queue bound, the
+        kernel's send queue included where the kernel says. Moves
+        :attr:`last_progress` when the client took bytes since."""
 
 
 class PressureGauge:
@@ -66,11 +93,12 @@ class PressureGauge:
         self.backlog_limit = backlog_limit  # REALTIME_BACKPRESSURE_BYTES
         self.backlog_bytes = 0  # queued for sockets that were full
         self.drained_bytes = 0  # written to such sockets since the start
-        self.blocked_sessions = 0  # sessions whose socket is full now
         self.waits = 0  # how often a publisher had to wait
         self.paced = 0  # how often it paused for PACE
         self._pressured: set[PressuredSession] = set()
+        self._blocked: set[PressuredSession] = set()  # sockets full now
         self._last_yield = 0.0
+        self._next_refresh = 0.0
 
     # -- what sessions report ------------------------------------------------
 
@@ -84,12 +112,16 @@ class PressureGauge:
         if drained:
             self.drained_bytes += nbytes
 
-    def blocked(self) -> None:
+    def blocked(self, session: PressuredSession) -> None:
         """A session's socket is full: it writes from a greenlet of its own."""
-        self.blocked_sessions += 1
+        self._blocked.add(session)
 
-    def unblocked(self) -> None:
-        self.blocked_sessions -= 1
+    def unblocked(self, session: PressuredSession) -> None:
+        self._blocked.discard(session)
+
+    @property
+    def blocked_sessions(self) -> int:
+        return len(self._blocked)
 
     def pressured(self, session: PressuredSession) -> None:
         """``session`` is past half its queue bound while its socket is full."""
@@ -97,6 +129,33 @@ class PressureGauge:
 
     def relieved(self, session: PressuredSession) -> None:
         self._pressured.discard(session)
+
+    def report(self, session: PressuredSession, share: float) -> None:
+        """``session``'s client is ``share`` of its bound behind: past
+        :data:`LAGGING` it is pressured, under :data:`CAUGHT_UP` no longer.
+        (Only for a socket that is full, or already pressured.)"""
+        if share > LAGGING:
+            self._pressured.add(session)
+        elif share < CAUGHT_UP:
+            self._pressured.discard(session)
+
+    def refresh(self, now: float) -> None:
+        """Ask every full socket, and every pressured one, how far behind its
+        client is, at most every :data:`REFRESH_EVERY` (longer with many):
+        the kernel's figure, which shows a client behind and reading long
+        before its queue does. A pressured socket that is no longer full (its
+        writer emptied the queue into the kernel) stays pressured until its
+        client is under a quarter behind."""
+        if not _kernel.AVAILABLE or now < self._next_refresh:
+            return
+        blocked = self._blocked
+        pressured = self._pressured
+        watched = len(blocked) + len(pressured)
+        self._next_refresh = now + max(REFRESH_EVERY, watched * REFRESH_PER_SOCKET)
+        for session in blocked:
+            self.report(session, session.lag(now))
+        for session in [s for s in pressured if s not in blocked]:
+            self.report(session, session.lag(now))
 
     def is_pressured(self, session: PressuredSession) -> bool:
         return session in self._pressured
@@ -106,7 +165,7 @@ class PressureGauge:
         return len(self._pressured)
 
     def slow_readers(self, now: float) -> int:
-        """Pressured sessions that still read: drained within STALLED_AFTER."""
+        """Pressured sessions that still read: took bytes within STALLED_AFTER."""
         since = now - STALLED_AFTER
         return sum(1 for s in self._pressured if s.last_progress >= since)
 
@@ -144,8 +203,9 @@ class PressureGauge:
         import gevent
 
         now = time.monotonic()
+        self.refresh(now)
         if not self._pressured or not self.lagging(connections, now):
-            if self.blocked_sessions > max(MIN_SLOW, connections // BLOCKED_SHARE):
+            if len(self._blocked) > max(MIN_SLOW, connections // BLOCKED_SHARE):
                 self.paced += 1
                 self._last_yield = now
                 gevent.sleep(PACE_PRESSURED if self._pressured else PACE)
@@ -158,4 +218,5 @@ class PressureGauge:
         while now < deadline and self.lagging(connections, now, easing=2):
             gevent.sleep(_POLL)
             now = time.monotonic()
+            self.refresh(now)
         self._last_yield = now

@@ -21,6 +21,10 @@ from tests.servers import ROOT, Server
 
 CLIENTS = 500
 SECONDS = float(os.environ.get("REALTIME_TEST_OVERLOAD_SECONDS", "60"))
+SLOW_CLIENTS = 100
+# Each slow client reads at most 1 KiB per round, a round every 10 ms or more:
+# some 60 KB/s, a fraction of what one worker publishes to it.
+SLOW_READER = {"LOADCLIENT_READ_SIZE": "1024", "LOADCLIENT_PAUSE": "0.01"}
 
 
 def _overload(
@@ -70,3 +74,25 @@ def test_overload_slows_the_publisher_and_drops_nobody(
     assert result["received"] == [published] * CLIENTS
     # The server stayed responsive: each protocol ping got its pong.
     assert result["pongs"] == result["pings"]
+
+
+@pytest.mark.slow
+def test_clients_that_all_read_slowly_slow_the_publisher_and_none_is_dropped(
+    live_server: LiveServerFactory,
+) -> None:
+    """Every client reads, slower than the worker publishes: a large share
+    of all connections cannot keep up, so the publisher waits for them."""
+    # The default bound (10,000 messages, 1 MiB). Most of what a slow reader
+    # is behind sits in the kernel's send buffer (up to 4 MiB), which the
+    # queue never shows: judged by its queue alone, the first reader whose
+    # queue filled was closed before enough others counted as lagging (2 of
+    # 4 runs on a quiet host). The kernel's figure counts them all at once.
+    server = live_server("geventwebsocket")
+    account, result = _overload(
+        server, SLOW_CLIENTS, min(SECONDS, 20.0), env=SLOW_READER
+    )
+    published = account["published"]
+    assert account["backpressure_waits"] > 0
+    assert result["closed"] == []
+    assert result["errors"] == []
+    assert result["received"] == [published] * SLOW_CLIENTS

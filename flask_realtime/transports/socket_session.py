@@ -23,6 +23,7 @@ import typing as t
 from ..connection import Connection, Outbound, Sink
 from ..protocol import CLOSE_TOO_SLOW
 from .flusher import flusher
+from .progress import Progress
 
 if t.TYPE_CHECKING:
     from ..node import Node
@@ -35,7 +36,7 @@ SLOWCLOSE_GRACE = 30.0
 WRITE_CHUNK = 64 * 1024
 
 
-class SocketSession(Sink):
+class SocketSession(Progress, Sink):
     """A connection that owns its socket: a read watcher, and a writer
     greenlet only while the socket is full.
 
@@ -141,14 +142,15 @@ class SocketSession(Sink):
         except OSError:
             self._lost()
             return
+        self.sent += sent
         if sent < len(data):
             # The unsent tail may end in the middle of a frame: it is kept
             # apart from the queue, which a 4100 close empties.
             self.head = data[sent:]
             self.gauge.queued(len(self.head))
-            self.gauge.blocked()
+            self.gauge.blocked(self)
             conn.backed_up = True
-            self.last_progress = time.monotonic()
+            self.filled(time.monotonic())
             self._gevent.spawn(self._write_blocked)
         elif conn.closing:
             self._half_close()
@@ -175,17 +177,18 @@ class SocketSession(Sink):
                 self._send_all(data)
                 gauge.dequeued(len(data), drained=True)
                 data = b""
-                self.last_progress = time.monotonic()
-                if gauge.is_pressured(self) and not conn.past(4):
-                    gauge.relieved(self)
+                now = self.last_progress = time.monotonic()
+                if gauge.is_pressured(self):  # one ioctl a batch, not a frame
+                    gauge.report(self, self.lag(now))
         except OSError:
             gauge.dequeued(len(data))
             self._lost()
             return
         finally:
             conn.backed_up = False
-            gauge.unblocked()
-        gauge.relieved(self)
+            gauge.unblocked(self)
+        if gauge.is_pressured(self):  # relieved once under a quarter behind
+            gauge.report(self, self.lag(time.monotonic()))
         if conn.closing:
             self._half_close()
 
@@ -199,6 +202,7 @@ class SocketSession(Sink):
                 sent = raw.send(view)
             except BlockingIOError:
                 sent = 0
+            self.sent += sent
             view = view[sent:]
             if view:
                 if self.write_watcher is None:
@@ -210,6 +214,7 @@ class SocketSession(Sink):
     def close(self, code: int, reason: str) -> None:
         conn = self.conn
         self.gauge.relieved(self)
+        self.gauge.unblocked(self)  # it takes no more: the gauge forgets it
         if conn.backed_up and code == CLOSE_TOO_SLOW:
             # Drop what a slow client had not read; its close frame goes next.
             # Any other close (4200 at shutdown, say) sends what is queued
