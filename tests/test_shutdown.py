@@ -3,16 +3,19 @@ and the process waits for it, bounded (issue 9)."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import time
+import urllib.parse
 
 import pytest
 import requests
 
 from tests import servers
 from tests.conftest import LiveServerFactory
+from tests.http_helpers import SEND_PATH, open_poll
 from tests.http_helpers import app_env as _env
 from tests.servers import Server
 from tests.wsclient import Client, connect
@@ -159,3 +162,115 @@ def test_a_second_signal_during_the_wait_exits_at_once(
         finally:
             stuck.close()
     assert elapsed < 3
+
+
+# -- SSE streams and long polls: raw sockets, so that the test reads nothing
+# until the signal is sent.
+
+
+def _raw_get(server: Server, target: str) -> socket.socket:
+    """A GET on a socket with a small receive buffer; the server closes the
+    connection after its answer."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", server.port))
+    head = f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+    sock.sendall(head.encode() + b"\r\n")
+    sock.settimeout(30)
+    return sock
+
+
+def _read_until(sock: socket.socket, data: bytes, marker: bytes) -> bytes:
+    """What ``sock`` has sent, read until ``marker`` is in it."""
+    while marker not in data:
+        more = sock.recv(65536)
+        assert more, f"closed before {marker!r}: {data[-300:]!r}"
+        data += more
+    return data
+
+
+def _read_to_end(sock: socket.socket) -> bytes:
+    chunks = []
+    while more := sock.recv(1 << 20):
+        chunks.append(more)
+    return b"".join(chunks)
+
+
+def _dechunk(data: bytes) -> bytes:
+    """A chunked body's bytes, up to where it was cut."""
+    body = b""
+    while b"\r\n" in data:
+        size, _, data = data.partition(b"\r\n")
+        if not int(size, 16):
+            break
+        body += data[: int(size, 16)]
+        data = data[int(size, 16) + 2 :]
+    return body
+
+
+def test_an_sse_stream_under_flask_run_gets_its_queue_before_the_process_exits(
+    live_server: LiveServerFactory,
+) -> None:
+    server = _start(live_server, "flask-run", 9, **BIG_QUEUES)
+    count = 3000
+    with _raw_get(server, "/realtime/sse?channels=news") as sock:
+        start = _read_until(sock, b"", b'"subscribed"')
+        published = requests.get(
+            f"{server.url}/flood",
+            params={"channel": "news", "count": count, "size": 2000},
+            timeout=60,
+        )
+        assert published.json() == {"published": count}
+        server.signal(signal.SIGTERM)
+        answer = start + _read_to_end(sock)
+    body = _dechunk(answer.partition(b"\r\n\r\n")[2])
+    *blocks, _ = body.split(b"\n\n")  # (the last one is cut, or empty)
+    events = [
+        json.loads(line[6:])
+        for block in blocks
+        for line in block.split(b"\n")
+        if line.startswith(b"data: ")
+    ]
+    seqs = [e["data"]["seq"] for e in events if e.get("event") == "flood"]
+    assert seqs == list(range(count))
+    assert body.endswith(b": closed 4200\n\n"), body[-100:]
+    server.process.wait(timeout=8)
+    assert TIMED_OUT not in server.log()
+
+
+@pytest.mark.parametrize("kind", servers.PROTOCOL_KINDS)
+def test_a_long_poll_answer_is_written_before_the_process_exits(
+    live_server: LiveServerFactory, kind: str
+) -> None:
+    server = _start(live_server, kind, 9, **BIG_QUEUES)
+    poll = open_poll(server)
+    subscribe = {"type": "subscribe", "channel": "news", "id": 1}
+    sent = requests.post(
+        server.url + SEND_PATH,
+        json={"connection_id": poll["connection_id"], "token": poll["token"]}
+        | {"message": subscribe},
+        timeout=5,
+    )
+    assert sent.json()[0]["type"] == "subscribed", sent.text
+    # Queued between two polls; their answer (8 MB) is more than the kernel
+    # takes, so that the process must wait for the client to read it.
+    count = 1000
+    published = requests.get(
+        f"{server.url}/flood",
+        params={"channel": "news", "count": count, "size": 8000},
+        timeout=60,
+    )
+    assert published.json() == {"published": count}
+    query = urllib.parse.urlencode(poll)
+    with _raw_get(server, f"/realtime/poll?{query}") as sock:
+        head = _read_until(sock, b"", b"\r\n\r\n")  # the answer is on its way
+        server.signal(signal.SIGTERM)
+        answer = head + _read_to_end(sock)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.split(b"\r\n")[0].endswith(b" 200 OK"), head
+    assert len(body) == int(head.split(b"Content-Length: ")[1].split(b"\r")[0])
+    messages = json.loads(body)["messages"]
+    seqs = [m["data"]["seq"] for m in messages if m.get("event") == "flood"]
+    assert seqs == list(range(count))
+    server.process.wait(timeout=8)
+    assert TIMED_OUT not in server.log()

@@ -169,9 +169,7 @@ class Lifecycle:
                 self._all_written = event()
             # (Not one already forgotten: its sink may have reported before.)
             self._unwritten.update(
-                c
-                for c in conns
-                if getattr(c.sink, "reports_written", False) and not c.closed
+                c for c in conns if c.sink.reports_written and not c.closed
             )
             if self._unwritten:
                 self._all_written.clear()

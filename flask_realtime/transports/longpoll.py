@@ -80,9 +80,20 @@ def poll_view(node: Node, authenticate: t.Callable[..., t.Any] | None) -> Respon
         "token": token,
         "cursor": cursor,
     }
+    if node.owns(connection_id):
+        box, found = _poll(node, forwarded)
+        return cors(_written_later(answer_response(found), box), allowed)
     # The owner answers within the poll timeout; the margin covers the trip.
     timeout = settings.longpoll_timeout + 10
     return cors(run_or_forward(node, forwarded, _poll_here, timeout), allowed)
+
+
+def _written_later(response: Response, box: PollBox | None) -> Response:
+    """The server closes the body once it is written (or the client is
+    gone): then the poll's answer is out (``PollBox.answered``)."""
+    if box is not None:
+        response.call_on_close(box.answered)
+    return response
 
 
 def _open(node: Node, authenticate: t.Callable[..., t.Any] | None) -> Response:
@@ -115,6 +126,8 @@ def _begin(
         return error_answer(404, "the connection expired; open a new one")
     if not isinstance(cursor, int) or cursor < 0 or cursor > box.seq:
         return error_answer(400, f"'cursor' must be between 0 and {box.seq}")
+    if not box.begin_answer():
+        return error_answer(404, "the connection expired; open a new one")
 
     box.ack(cursor)
     box.poll_serial += 1
@@ -128,15 +141,24 @@ def _begin(
     return box
 
 
-def _poll_here(node: Node, forwarded: dict[str, t.Any]) -> Answer:
+def _poll(node: Node, forwarded: dict[str, t.Any]) -> tuple[PollBox | None, Answer]:
     """A poll that waits in its own greenlet or thread, answered as
     (status, body): under ``flask run``, and for polls forwarded by other
-    nodes."""
+    nodes. With its box, if it began (its answer is then to be written)."""
     cursor = forwarded["cursor"]
     box = _begin(node, forwarded["connection_id"], forwarded.get("token"), cursor)
     if isinstance(box, tuple):
-        return box
-    return _wait(node, box, cursor)
+        return None, box
+    return box, _wait(node, box, cursor)
+
+
+def _poll_here(node: Node, forwarded: dict[str, t.Any]) -> Answer:
+    """A poll forwarded by another node: this node's part ends with the
+    answer, which that node writes."""
+    box, found = _poll(node, forwarded)
+    if box is not None:
+        box.answered()
+    return found
 
 
 def _wait(node: Node, box: PollBox, cursor: int) -> Answer:
@@ -176,13 +198,14 @@ def _poll_or_park(
             found = answer(items, items[-1][0])
         else:
             found = error_answer(404, CLOSED)
-        return cors(answer_response(found), allowed)
+        return cors(_written_later(answer_response(found), box), allowed)
     try:
         later = socket_for_later(request.environ)
     except OSError:  # no descriptor to spare, or the client is gone
         later = None
     if later is None:
-        return cors(answer_response(_wait(node, box, cursor)), allowed)
+        found = _wait(node, box, cursor)
+        return cors(_written_later(answer_response(found), box), allowed)
     box.parked = ParkedPoll(
         box,
         later,

@@ -162,6 +162,7 @@ class ParkedPoll:
         box.end_poll()
         raw = self.raw
         if raw is None:
+            box.answered()
             return  # the client left: the messages stay for its next poll
         self.io.stop()
         self.raw = None
@@ -177,18 +178,20 @@ class ParkedPoll:
             sent = 0
         except OSError:
             raw.close()
+            box.answered()
             return
         if sent == len(data):
             # With keep-alive this closes only our duplicate descriptor.
             raw.close()
+            box.answered()
         else:
             # A large answer on a full socket: the rest waits in a greenlet.
             import gevent
 
-            gevent.spawn(_send_rest, raw, data[sent:])
+            gevent.spawn(_send_rest, raw, data[sent:], box)
 
 
-def _send_rest(raw: t.Any, rest: bytes) -> None:
+def _send_rest(raw: t.Any, rest: bytes, box: PollBox) -> None:
     """Write the tail of an answer, then close; a client that reads nothing
     for ``SLOWCLOSE_GRACE`` seconds loses it (its next poll gets it again)."""
     from gevent.socket import wait_write
@@ -204,3 +207,4 @@ def _send_rest(raw: t.Any, rest: bytes) -> None:
         pass
     finally:
         raw.close()
+        box.answered()

@@ -26,7 +26,13 @@ class Mailbox(Sink):
     Messages wait for the client to come for them, so the queue's bound
     always applies: overflowing it closes the connection (4100), and a
     closed box wakes whoever waits on it.
+
+    It reports when its wire is done (:attr:`reports_written`): a stream
+    when the server closes its response, a poll box when its last answer is
+    written (:class:`.pollbox.PollBox`).
     """
+
+    reports_written = True
 
     def __init__(self, node: Node) -> None:
         self.node = node

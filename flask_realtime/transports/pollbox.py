@@ -28,6 +28,9 @@ class PollBox(Mailbox):
         #: The poll waiting on its own socket, if any (at most one: a newer
         #: poll answers the older one first).
         self.parked: ParkedPoll | None = None
+        #: Polls begun whose answer is not yet written (or dropped): once
+        #: the box is closed and none is left, its wire is done.
+        self.answering = 0
 
     def write(self, nbytes: int) -> None:
         super().write(nbytes)
@@ -42,6 +45,10 @@ class PollBox(Mailbox):
             # At once, not at the next idle moment: a closing worker may not
             # have one. Messages still waiting go first, as in a waiting poll.
             parked.flush()
+        with self.conn.locked():
+            done = not self.answering
+        if done:
+            self.node.written(self.conn)
 
     def tick(self, now: float, heartbeat: float) -> None:
         self.expire_if_stale(now)
@@ -55,6 +62,23 @@ class PollBox(Mailbox):
         if not self.polling and now - self.last_poll > self.expiry:
             self.conn.close(protocol.CLOSE_HEARTBEAT_TIMEOUT, "not polled")
         return self.close_code is not None
+
+    def begin_answer(self) -> bool:
+        """Count a poll that will be answered; False once the box is closed
+        (then its 404 carries nothing the shutdown should wait for)."""
+        with self.conn.locked():
+            if self.close_code is not None:
+                return False
+            self.answering += 1
+            return True
+
+    def answered(self) -> None:
+        """A poll's answer is written, or its client is gone."""
+        with self.conn.locked():
+            self.answering -= 1
+            done = not self.answering and self.close_code is not None
+        if done:
+            self.node.written(self.conn)
 
     def end_poll(self) -> None:
         """A poll ended: the client was here until now."""

@@ -187,6 +187,9 @@ def _stream(node: Node, user_id: t.Any, user_info: t.Any, names: list[str]) -> R
             conn.close(protocol.CLOSE_GOING_AWAY)
 
     response = Response(stream_with_context(stream()), mimetype="text/event-stream")
+    # The server closes the body once its last bytes are written (or the
+    # client is gone): a shutdown waits for that (``Sink.reports_written``).
+    response.call_on_close(lambda: node.written(conn))
     response.headers["Cache-Control"] = "no-cache"
     response.headers["X-Accel-Buffering"] = "no"
     return response
