@@ -238,31 +238,40 @@ def test_an_sse_stream_under_flask_run_gets_its_queue_before_the_process_exits(
     assert TIMED_OUT not in server.log()
 
 
-@pytest.mark.parametrize("kind", servers.PROTOCOL_KINDS)
-def test_a_long_poll_answer_is_written_before_the_process_exits(
-    live_server: LiveServerFactory, kind: str
+def _flood_news(server: Server, count: int, size: int) -> None:
+    published = requests.get(
+        f"{server.url}/flood",
+        params={"channel": "news", "count": count, "size": size},
+        # (Not kept alive: an idle connection would hold gunicorn's
+        # geventwebsocket worker for its graceful timeout.)
+        headers={"Connection": "close"},
+        timeout=60,
+    )
+    assert published.json() == {"published": count}
+
+
+def _long_poll_answer_after_sigterm(
+    server: Server, poll_first: bool, count: int, size: int
 ) -> None:
-    server = _start(live_server, kind, 9, **BIG_QUEUES)
+    """A long-poll client gets ``count`` messages (8 MB in all, more than
+    the kernel takes) in one answer that it reads only after SIGTERM; the
+    process waits for it."""
     poll = open_poll(server)
     subscribe = {"type": "subscribe", "channel": "news", "id": 1}
     sent = requests.post(
         server.url + SEND_PATH,
         json={"connection_id": poll["connection_id"], "token": poll["token"]}
         | {"message": subscribe},
+        headers={"Connection": "close"},
         timeout=5,
     )
     assert sent.json()[0]["type"] == "subscribed", sent.text
-    # Queued between two polls; their answer (8 MB) is more than the kernel
-    # takes, so that the process must wait for the client to read it.
-    count = 1000
-    published = requests.get(
-        f"{server.url}/flood",
-        params={"channel": "news", "count": count, "size": 8000},
-        timeout=60,
-    )
-    assert published.json() == {"published": count}
-    query = urllib.parse.urlencode(poll)
-    with _raw_get(server, f"/realtime/poll?{query}") as sock:
+    if not poll_first:  # queued between two polls
+        _flood_news(server, count, size)
+    with _raw_get(server, f"/realtime/poll?{urllib.parse.urlencode(poll)}") as sock:
+        if poll_first:
+            # (If the flood comes first after all, this is the other case.)
+            _flood_news(server, count, size)
         head = _read_until(sock, b"", b"\r\n\r\n")  # the answer is on its way
         server.signal(signal.SIGTERM)
         answer = head + _read_to_end(sock)
@@ -274,3 +283,25 @@ def test_a_long_poll_answer_is_written_before_the_process_exits(
     assert seqs == list(range(count))
     server.process.wait(timeout=8)
     assert TIMED_OUT not in server.log()
+
+
+@pytest.mark.parametrize("kind", servers.PROTOCOL_KINDS)
+def test_a_long_poll_answer_is_written_before_the_process_exits(
+    live_server: LiveServerFactory, kind: str
+) -> None:
+    server = _start(live_server, kind, 9, **BIG_QUEUES)
+    _long_poll_answer_after_sigterm(server, poll_first=False, count=1000, size=8000)
+
+
+# Where a poll that finds nothing is parked on its socket (not flask run,
+# where it waits in its thread and would answer with the first messages).
+PARKING_KINDS = [kind for kind in servers.PROTOCOL_KINDS if kind != "flask-run"]
+
+
+@pytest.mark.parametrize("kind", PARKING_KINDS)
+def test_a_parked_poll_answer_is_written_before_the_process_exits(
+    live_server: LiveServerFactory, kind: str
+) -> None:
+    server = _start(live_server, kind, 9, **BIG_QUEUES)
+    # One message: a parked poll is answered once half a megabyte waits.
+    _long_poll_answer_after_sigterm(server, poll_first=True, count=1, size=8 << 20)
