@@ -44,6 +44,14 @@ def _start(
     )
 
 
+def _all_in_order_then_exited(server: Server, seqs: list[int], count: int) -> None:
+    """Every one of ``count`` messages arrived in order, and the process
+    exited without waiting for its bound: everything was written."""
+    assert seqs == list(range(count))
+    server.process.wait(timeout=8)
+    assert TIMED_OUT not in server.log()
+
+
 def _queue_burst(server: Server, count: int) -> Client:
     """A client subscribed to ``news`` that reads nothing while ``count``
     broadcasts of 2 KB fill its socket (the kernel takes about 4 MB here,
@@ -74,10 +82,7 @@ def test_what_is_queued_goes_out_before_the_shutdown_close(
     finally:
         client.close()
     seqs = [m["data"]["seq"] for m in client.skipped if m.get("event") == "flood"]
-    assert seqs == list(range(count))
-    # Everything was written: the process does not wait for its bound.
-    server.process.wait(timeout=8)
-    assert TIMED_OUT not in server.log()
+    _all_in_order_then_exited(server, seqs, count)
 
 
 @pytest.mark.parametrize("kind", servers.PROTOCOL_KINDS)
@@ -232,10 +237,8 @@ def test_an_sse_stream_under_flask_run_gets_its_queue_before_the_process_exits(
         if line.startswith(b"data: ")
     ]
     seqs = [e["data"]["seq"] for e in events if e.get("event") == "flood"]
-    assert seqs == list(range(count))
     assert body.endswith(b": closed 4200\n\n"), body[-100:]
-    server.process.wait(timeout=8)
-    assert TIMED_OUT not in server.log()
+    _all_in_order_then_exited(server, seqs, count)
 
 
 def _flood_news(server: Server, count: int, size: int) -> None:
@@ -280,9 +283,7 @@ def _long_poll_answer_after_sigterm(
     assert len(body) == int(head.split(b"Content-Length: ")[1].split(b"\r")[0])
     messages = json.loads(body)["messages"]
     seqs = [m["data"]["seq"] for m in messages if m.get("event") == "flood"]
-    assert seqs == list(range(count))
-    server.process.wait(timeout=8)
-    assert TIMED_OUT not in server.log()
+    _all_in_order_then_exited(server, seqs, count)
 
 
 @pytest.mark.parametrize("kind", servers.PROTOCOL_KINDS)

@@ -101,12 +101,18 @@ def test_unsent_is_none_where_the_kernel_does_not_say(
     assert _kernel.unsent(closed.fileno()) is None  # -1: no descriptor
 
 
+def _full_session(server: socket.socket) -> Session:
+    """A session over ``server`` whose socket is full of bytes it sent."""
+    session = Session(server)
+    session.sent = _fill(server)
+    return session
+
+
 def test_a_session_lags_by_what_the_kernel_holds_and_sees_its_reader(
     pair: tuple[socket.socket, socket.socket],
 ) -> None:
     server, client = pair
-    session = Session(server)
-    session.sent = _fill(server)
+    session = _full_session(server)
     _settled(server)
     # The queue is empty, yet the client is behind by the kernel's bytes.
     unsent = _kernel.unsent(server.fileno())
@@ -130,8 +136,7 @@ def test_without_the_kernel_a_session_lags_by_its_queue(
 ) -> None:
     server, _ = pair
     monkeypatch.setattr(_kernel, "_OUTQ", None)
-    session = Session(server)
-    session.sent = _fill(server)
+    session = _full_session(server)
     session.conn.queue.extend([b"y" * 100] * 600)
     session.conn.queued_bytes = 60_000
     assert session.lag(1.0) == pytest.approx(0.6)  # 600 of 1000 messages
@@ -143,8 +148,7 @@ def test_a_client_that_never_reads_shows_no_progress_once_full(
 ) -> None:
     """What it acknowledged before its socket filled is not reading."""
     server, _ = pair
-    session = Session(server)
-    session.sent = _fill(server)
+    session = _full_session(server)
     _settled(server)
     session.filled(1.0)
     assert session.last_progress == 0.0
@@ -157,7 +161,6 @@ def test_without_the_kernel_the_fill_counts_as_progress(
 ) -> None:
     server, _ = pair
     monkeypatch.setattr(_kernel, "_OUTQ", None)
-    session = Session(server)
-    session.sent = _fill(server)
+    session = _full_session(server)
     session.filled(1.0)
     assert session.last_progress == 1.0
