@@ -4,7 +4,7 @@
 wire: the reader and its reconnection with backoff (one warning per outage,
 retries at DEBUG), restoring every subscription before anything buffered or
 new goes out, the bounded outage buffer, fork safety, and group commit of
-concurrent publishes. A backend fills six methods (``interface.Backend``).
+concurrent publishes. A backend fills the methods of ``interface.Backend``.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from ._reader import Reader
 from ._support import BrokerUnavailable as BrokerUnavailable
 from ._support import LinkLost as LinkLost
 from ._support import redact
-from .interface import Backend
+from .interface import Backend, Position, no_retention
 from .interface import Broker as Broker
 from .interface import MessageCallback as MessageCallback
 
@@ -40,6 +40,8 @@ class BrokerBase(Backend):
     link_errors: tuple[type[BaseException], ...] = (OSError,)
     #: Why the link is down, for the health check (None while it is up).
     problem: str | None = None
+    #: Which topics the broker keeps (see ``interface.Broker``); the node's.
+    retention = staticmethod(no_retention)
 
     def __init__(
         self, url: str, buffer_limit: int, on_message: MessageCallback
@@ -98,6 +100,17 @@ class BrokerBase(Backend):
                 self.url,
                 _CONFIRM_TIMEOUT,
             )
+
+    def history(
+        self, topic: str, *, after: int | None = None, limit: int | None = None
+    ) -> tuple[Position, list[bytes] | None]:
+        self._start()
+        if not self._up:
+            raise BrokerUnavailable(
+                f"the {self.kind} broker at {self.url} is unreachable:"
+                " its history cannot be read"
+            )
+        return self._read_history(topic, after, limit)
 
     def unsubscribe(self, *topics: str) -> None:
         if not topics:

@@ -14,6 +14,29 @@ import typing as t
 MessageCallback = t.Callable[[str, bytes], None]  # on_message(topic, data)
 
 
+class Retention(t.NamedTuple):
+    """How much of a topic's stream the broker keeps (``REALTIME_HISTORY``)."""
+
+    size: int  # events
+    ttl: float  # seconds
+
+
+class Position(t.NamedTuple):
+    """Where a topic's stream stands: its latest offset (0: no event yet) and
+    its epoch, which changes whenever the stream's history may have been lost."""
+
+    offset: int
+    epoch: str
+
+
+# retention(topic): how much of ``topic`` to keep; None: nothing (plain publish).
+RetentionLookup = t.Callable[[str], "Retention | None"]
+
+
+def no_retention(topic: str) -> Retention | None:
+    return None
+
+
 class Waitable(t.Protocol):
     def wait(self, timeout: float | None = None) -> bool: ...
 
@@ -48,6 +71,35 @@ class Broker(t.Protocol):
     def connected(self) -> bool:
         """The link is up and every subscription in place."""
 
+    # -- history (PROTOCOL.md, "History and recovery") ------------------------
+    #
+    # The node sets ``retention`` once, before the broker's first use. A
+    # topic it keeps is published with ``publish`` as usual; ``data`` is then
+    # ``<header>\n<JSON object>``, and the broker, in one atomic step, gives
+    # the message the topic's next offset (contiguous: 1, 2, 3, ... across
+    # every publisher of the cluster), stores the stamped object and delivers
+    # ``<header>\n{"offset":N,<the object's members>}`` (``_history.stamp``)
+    # to the topic's subscribers, every subscriber in offset order. Nothing
+    # is delivered that was not stored: a subscriber that reads the history
+    # after its ``subscribe`` returned misses nothing between the two.
+
+    retention: RetentionLookup
+
+    def history(
+        self, topic: str, *, after: int | None = None, limit: int | None = None
+    ) -> tuple[Position, list[bytes] | None]:
+        """The stream's position and stored events (stamped JSON objects,
+        oldest first).
+
+        ``after=None``: the newest ``limit`` events still kept (all of them
+        when ``limit`` is None; none, only the position, when it is 0).
+        ``after=N``: every event after offset N, or None when one of them is
+        no longer kept (trimmed, expired) or N is beyond the position; the
+        caller compares epochs. The epoch returned is the one the next event
+        will carry: a stream with no epoch yet gets one here. Raises
+        :class:`BrokerUnavailable` while the broker is unreachable.
+        """
+
 
 class Backend:
     """The backend's part of a networked broker (called by the base, never by
@@ -71,6 +123,10 @@ class Backend:
       connection is broken: the reader restores everything on reconnect.
     * ``_disconnect()``: close every connection (any greenlet; a ``_read``
       or ``_send_batch`` in progress then fails); also releases waitables.
+    * ``_read_history(topic, after, limit)``: ``Broker.history`` on the
+      live link (any greenlet). A backend whose ``_send_batch`` meets a
+      topic ``self.retention(topic)`` keeps stamps, stores and delivers it
+      as ``Broker`` says, in order with the rest of the batch.
     * ``_drop_after_fork()``: in a forked child, forget the parent's
       connections without any I/O on them (close this process's copies).
     """
@@ -93,6 +149,11 @@ class Backend:
         raise NotImplementedError
 
     def _disconnect(self) -> None:
+        raise NotImplementedError
+
+    def _read_history(
+        self, topic: str, after: int | None, limit: int | None
+    ) -> tuple[Position, list[bytes] | None]:
         raise NotImplementedError
 
     def _drop_after_fork(self) -> None:
