@@ -103,7 +103,9 @@ def _walk(
 
     def session_end() -> None:
         nonlocal early
-        if not replied:  # cut before the reply came: events continue the stream
+        # Cut before the reply came: the events continue the stream (unless
+        # the client never had a position: it starts afresh, as it should).
+        if not replied and expected is not None:
             for entry in early:
                 take(entry)
         early = []
