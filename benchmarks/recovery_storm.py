@@ -1,0 +1,192 @@
+"""A recovery storm (issue 10): many clients that missed events come back at once.
+
+One gunicorn worker (gevent-websocket) serves the test app with history on
+``storm.*``. N WebSocket clients (default 1,000, over 10 channels) subscribe
+and note their channel's position; all are cut; M events (default 50) are
+broadcast to every channel; then every client reconnects at the same moment
+and resubscribes with ``since``. Reported: the time from the reconnect until
+the last client has all M events (each exactly once, in order, after a
+``recovered: true``), the worker's CPU time over that interval, and the same
+for a reconnect that asks for nothing (a plain subscribe), for comparison.
+
+Usage::
+
+    .venv/bin/python benchmarks/recovery_storm.py [--clients 1000]
+        [--channels 10] [--missed 50] [--broker null|redis] [--json FILE]
+
+The clients run as greenlets of this process (websocket-client under
+gevent), the server in its own process; on a 2-core machine they share the
+cores, so the time includes the clients' own work.
+"""
+
+from __future__ import annotations
+
+from gevent import monkey
+
+monkey.patch_all()
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+import typing as t  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import gevent  # noqa: E402
+import gevent.event  # noqa: E402
+import requests  # noqa: E402
+import websocket  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from benchmarks.loadgen import read_cpu_s  # noqa: E402
+from tests import brokerservers, servers  # noqa: E402
+
+
+def connect(url: str) -> websocket.WebSocket:
+    ws = websocket.create_connection(url, timeout=60)
+    assert json.loads(ws.recv())["type"] == "connected"
+    return ws
+
+
+def subscribe(ws: websocket.WebSocket, channel: str, since: t.Any = None) -> t.Any:
+    message: dict[str, t.Any] = {"type": "subscribe", "channel": channel, "id": 1}
+    if since is not None:
+        message["since"] = since
+    ws.send(json.dumps(message))
+    while True:
+        reply = json.loads(ws.recv())
+        if reply.get("id") == 1:
+            assert reply["type"] == "subscribed", reply
+            return reply["data"]
+
+
+def storm(
+    url: str,
+    channels: list[str],
+    missed: int,
+    recover: bool,
+    count: int,
+    cpu: t.Callable[[], float],
+) -> tuple[float, float, list[str]]:
+    """Connect ``count`` clients, cut them, publish, reconnect them all at once."""
+    positions: list[t.Any] = [None] * count
+    sockets: list[t.Any] = [None] * count
+
+    def first(n: int) -> None:
+        sockets[n] = connect(url)
+        positions[n] = subscribe(sockets[n], channels[n % len(channels)])["position"]
+
+    gevent.joinall([gevent.spawn(first, n) for n in range(count)], raise_error=True)
+    for ws in sockets:
+        ws.sock.close()  # cut: no close frame
+    base = url.replace("ws://", "http://").split("/realtime")[0]
+    with requests.Session() as session:
+        for channel in channels:
+            for k in range(missed):
+                session.get(
+                    base + "/broadcast",
+                    params={"channel": channel, "event": "e", "data": json.dumps(k)},
+                    timeout=10,
+                ).raise_for_status()
+    problems: list[str] = []
+    go = gevent.event.Event()
+
+    def back(n: int) -> None:
+        go.wait()
+        channel = channels[n % len(channels)]
+        ws = connect(url)
+        since = positions[n] if recover else None
+        reply = subscribe(ws, channel, since)
+        if not recover:
+            ws.close()
+            return
+        if reply.get("recovered") is not True:
+            problems.append(f"client {n}: {reply}")
+        got = []
+        while len(got) < missed:
+            message = json.loads(ws.recv())
+            if message.get("type") == "event":
+                got.append(message["offset"])
+        expected = list(
+            range(positions[n]["offset"] + 1, positions[n]["offset"] + missed + 1)
+        )
+        if got != expected:
+            problems.append(
+                f"client {n}: offsets {got[:5]}..., expected {expected[:5]}..."
+            )
+        ws.close()
+
+    greenlets = [gevent.spawn(back, n) for n in range(count)]
+    gevent.sleep(0.5)  # every greenlet is waiting on `go`
+    started, cpu_before = time.monotonic(), cpu()
+    go.set()
+    gevent.joinall(greenlets, raise_error=True)
+    return time.monotonic() - started, cpu() - cpu_before, problems
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--clients", type=int, default=1000)
+    parser.add_argument("--channels", type=int, default=10)
+    parser.add_argument("--missed", type=int, default=50)
+    parser.add_argument("--broker", choices=("null", "redis"), default="null")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+    work = Path(tempfile.mkdtemp(prefix="storm-"))
+    env = {
+        "TESTAPP_REALTIME_HISTORY": json.dumps({"storm.*": {"size": 100, "ttl": 600}}),
+        "TESTAPP_REALTIME_MAX_CONNECTIONS_PER_IP": "null",
+        "TESTAPP_REALTIME_ALLOWED_ORIGINS": '["*"]',
+    }
+    broker = None
+    if args.broker != "null":
+        broker = brokerservers.start(args.broker, work / args.broker)
+        env.update(broker.app_env)
+    server = servers.start("geventwebsocket", work, env=env, workers=1)
+    arbiter = server.process.pid
+    children = Path(f"/proc/{arbiter}/task/{arbiter}/children").read_text().split()
+    pid = int(children[0])  # the one worker
+    url = server.ws_url
+    results = {}
+    try:
+        for recover in (False, True):
+            channels = [f"storm.{recover}.{n}" for n in range(args.channels)]
+            seconds, cpu, problems = storm(
+                url,
+                channels,
+                args.missed,
+                recover,
+                args.clients,
+                lambda: read_cpu_s(pid),
+            )
+            label = "recovering" if recover else "plain subscribe"
+            results[label] = {
+                "seconds": round(seconds, 3),
+                "worker_cpu_s": round(cpu, 3),
+                "problems": problems[:5],
+                "problem_count": len(problems),
+            }
+    finally:
+        server.stop()
+        if broker is not None:
+            broker.stop()
+    print(
+        f"{args.clients} clients, {args.channels} channels, {args.missed} missed each,"
+    )
+    print(f"one gevent-websocket worker, {args.broker} broker")
+    print("| reconnect | all done in (s) | worker CPU over it (s) |")
+    print("|---|---|---|")
+    for label, figures in results.items():
+        print(f"| {label} | {figures['seconds']} | {figures['worker_cpu_s']} |")
+        if figures["problem_count"]:
+            print(f"PROBLEMS ({figures['problem_count']}): {figures['problems']}")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    return 0 if all(not f["problem_count"] for f in results.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
