@@ -83,7 +83,11 @@ def test_keys_share_the_topic_as_hash_tag_and_expire(
     admin = redis_py.Redis(host="127.0.0.1", port=server.port, db=2)
     base = f"flask_realtime:2:{{{topic}}}:"
     assert admin.hgetall(base + "position")[b"offset"] == b"5"
-    assert admin.xlen(base + "events") == 3  # trimmed to size
+    stored = admin.lrange(base + "events", 0, -1)
+    assert [e[13:] for e in stored] == [  # trimmed to size
+        _history.envelope(_history.stamp(event(n - 1), n)) for n in (3, 4, 5)
+    ]
+    assert all(abs(int(e[:13]) / 1000 - time.time()) < 10 for e in stored)
     assert 0 < admin.pttl(base + "events") <= 30_000
     position_ttl = admin.pttl(base + "position") / 1000
     assert 30 + _history.POSITION_TTL - 5 < position_ttl <= 30 + _history.POSITION_TTL

@@ -1,4 +1,4 @@
-"""History on Redis: a stream of events and a position hash per kept topic.
+"""History on Redis: a list of events and a position hash per kept topic.
 
 Keys, in the broker's database, under its prefix, the topic in braces so
 that a cluster would hash both keys of one stream to one slot:
@@ -6,10 +6,12 @@ that a cluster would hash both keys of one stream to one slot:
 * ``flask_realtime:<db>:{<topic>}:position``: a hash, ``epoch`` and
   ``offset`` (the latest event's); it expires ``ttl`` + ``POSITION_TTL``
   after the last event, so a quiet channel's clients still recover.
-* ``flask_realtime:<db>:{<topic>}:events``: a stream of stamped envelopes
-  (field ``e``), trimmed to ``size`` on every append and expiring ``ttl``
-  after the last one. Its entry ids are Redis's clock in milliseconds, so
-  a read leaves out events older than ``ttl`` by id, on the server.
+* ``flask_realtime:<db>:{<topic>}:events``: a list of stamped envelopes,
+  oldest first, each behind the publishing node's clock (13 digits of
+  milliseconds); trimmed to about ``size`` (a read takes at most ``size``)
+  and expiring ``ttl`` after the last one. A read leaves out events older
+  than ``ttl`` by that prefix, on the server. (A stream, with Redis's clock
+  in its ids, took 1.7 times the memory and more CPU: docs/architecture.md.)
 
 One Lua script (``_PUBLISH``) takes the next offset, stamps, appends and
 PUBLISHes the stamped payload on the topic's channel: Redis runs a script
@@ -17,13 +19,15 @@ alone, so offsets are contiguous across every publisher and live delivery
 never overtakes what is stored. Another (``_READ``) reads the position and
 the events in one step. Whoever creates a position hash gives it the
 caller's fresh epoch; it lives as long as Redis keeps its data (an AOF or
-RDB restart keeps it), and a lost hash means a new epoch and a new stream.
+RDB restart keeps it), and a lost hash means a new epoch and a new list.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import threading
+import time
 import typing as t
 
 from redis.connection import Connection
@@ -35,25 +39,28 @@ from .interface import Position, Retention, RetentionLookup
 
 # KEYS: position, events (none: a plain PUBLISH, for a batch that mixes
 # both); ARGV: channel, payload, size, events' ttl (ms), position's ttl
-# (ms), a fresh epoch. Everything that can fail runs before the first write:
-# Redis does not undo a script's writes when it fails halfway.
+# (ms), a fresh epoch, the time (ms, 13 digits), the length that trims.
+# Everything that can fail runs before the first write: Redis does not undo
+# a script's writes when it fails halfway.
 _PUBLISH = b"""
 local payload = ARGV[2]
 if #KEYS == 0 then
   return redis.call('PUBLISH', ARGV[1], payload)
 end
 local newline = string.find(payload, '\\n', 1, true)
-if not newline or string.sub(payload, newline + 1, newline + 1) ~= '{' then
+if not newline or string.byte(payload, newline + 1) ~= 123 then
   return redis.error_reply('ERR a kept payload is <header>\\\\n{...}')
 end
-if not redis.call('HGET', KEYS[1], 'epoch') then
-  redis.call('DEL', KEYS[2])
-  redis.call('HSET', KEYS[1], 'epoch', ARGV[6])
-end
 local offset = redis.call('HINCRBY', KEYS[1], 'offset', 1)
+if offset == 1 then  -- a new stream, or one whose position was lost
+  redis.call('DEL', KEYS[2])
+  redis.call('HSETNX', KEYS[1], 'epoch', ARGV[6])
+end
 local event = string.format('{"offset":%d,', offset)
   .. string.sub(payload, newline + 2)
-redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[3], '*', 'e', event)
+if redis.call('RPUSH', KEYS[2], ARGV[7] .. event) > tonumber(ARGV[8]) then
+  redis.call('LTRIM', KEYS[2], -tonumber(ARGV[3]), -1)
+end
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
 redis.call('PEXPIRE', KEYS[1], ARGV[5])
 return redis.call('PUBLISH', ARGV[1], string.sub(payload, 1, newline) .. event)
@@ -61,7 +68,8 @@ return redis.call('PUBLISH', ARGV[1], string.sub(payload, 1, newline) .. event)
 
 # KEYS: position, events; ARGV: a fresh epoch, after (-1: none), how many
 # (the limit, at most size), size, events' ttl (ms), position's ttl (ms),
-# whether to create a missing position (1) or only report one (0).
+# whether to create a missing position (1) or only report one (0), the
+# time (ms). Timestamps ascend: the newest events younger than ttl are kept.
 # Answers {offset, epoch, 1, events oldest first...} or {offset, epoch, 0}.
 _READ = b"""
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
@@ -87,25 +95,51 @@ end
 if count <= 0 then
   return {offset, epoch, 1}
 end
-local now = redis.call('TIME')
-local oldest = math.max(0, now[1] * 1000 + math.floor(now[2] / 1000) - ARGV[5])
-local found = redis.call('XREVRANGE', KEYS[2], '+', string.format('%d', oldest),
-  'COUNT', count)
-if after >= 0 and #found < count then
+local oldest = tonumber(ARGV[8]) - tonumber(ARGV[5])
+local found = redis.call('LRANGE', KEYS[2], -count, -1)
+local first = #found + 1
+while first > 1 and tonumber(string.sub(found[first - 1], 1, 13)) >= oldest do
+  first = first - 1
+end
+if after >= 0 and #found - first + 1 < count then
   return {offset, epoch, 0}
 end
 local answer = {offset, epoch, 1}
-for n = #found, 1, -1 do
-  answer[#answer + 1] = found[n][2][2]
+for n = first, #found do
+  answer[#answer + 1] = string.sub(found[n], 14)
 end
 return answer
 """
+
+# A list is trimmed once it holds size + size/_SLACK + 1 events: one LTRIM
+# per size/_SLACK appends, not one each. Reads never look past ``size``.
+_SLACK = 8
 
 _SHAS = {script: hashlib.sha1(script).hexdigest() for script in (_PUBLISH, _READ)}
 
 
 def _ms(seconds: float) -> bytes:
     return b"%d" % max(1, round(seconds * 1000))
+
+
+@functools.lru_cache(maxsize=64)
+def _arguments(rule: Retention) -> tuple[bytes, bytes, bytes, bytes]:
+    """A rule's part of the publishing script's arguments, encoded once."""
+    trim_at = rule.size + rule.size // _SLACK + 1
+    ttl, position_ttl = _ms(rule.ttl), _ms(rule.ttl + POSITION_TTL)
+    return b"%d" % rule.size, ttl, position_ttl, b"%d" % trim_at
+
+
+@functools.lru_cache(maxsize=4096)
+def _names(prefix: str, topic: str) -> tuple[str, str, str]:
+    """A kept topic's position and events keys, and its channel."""
+    base = f"{prefix}{{{topic}}}:"
+    return base + "position", base + "events", prefix + topic
+
+
+def _now() -> bytes:
+    """This node's clock, in ms, 13 digits (until the year 2286)."""
+    return b"%013d" % (time.time() * 1000)
 
 
 class RedisHistory:
@@ -124,9 +158,8 @@ class RedisHistory:
         self._lock = threading.Lock()
 
     def keys(self, topic: str) -> tuple[str, str]:
-        """The position hash's and the events stream's names."""
-        base = f"{self._prefix}{{{topic}}}:"
-        return base + "position", base + "events"
+        """The position hash's and the events list's names."""
+        return _names(self._prefix, topic)[:2]
 
     @staticmethod
     def load(connection: Connection) -> None:
@@ -145,18 +178,17 @@ class RedisHistory:
         if not any(rules):
             return None
         sha = _SHAS[_PUBLISH]
-        epoch = new_epoch()
+        epoch, now = new_epoch(), _now()
         commands: list[tuple[t.Any, ...]] = []
         for (topic, data), rule in zip(messages, rules, strict=True):
-            channel = self._prefix + topic
             if rule is None:
-                commands.append(("EVALSHA", sha, b"0", channel, data))
+                commands.append(("EVALSHA", sha, b"0", self._prefix + topic, data))
                 continue
-            position, events = self.keys(topic)
+            size, ttl, position_ttl, trim_at = _arguments(rule)
+            position, events, channel = _names(self._prefix, topic)
             commands.append(
                 ("EVALSHA", sha, b"2", position, events, channel, data)
-                + (b"%d" % rule.size, _ms(rule.ttl))
-                + (_ms(rule.ttl + POSITION_TTL), epoch)
+                + (size, ttl, position_ttl, epoch, now, trim_at)
             )
         return commands
 
@@ -178,6 +210,7 @@ class RedisHistory:
             _ms(rule.ttl if rule else 0),
             _ms((rule.ttl if rule else 0) + POSITION_TTL),
             b"0" if rule is None else b"1",
+            _now(),
         )
         command = ("EVALSHA", _SHAS[_READ], 2, *self.keys(topic), *arguments)
         with self._lock:
