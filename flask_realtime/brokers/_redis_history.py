@@ -58,8 +58,9 @@ if offset == 1 then  -- a new stream, or one whose position was lost
 end
 local event = string.format('{"offset":%d,', offset)
   .. string.sub(payload, newline + 2)
-if redis.call('RPUSH', KEYS[2], ARGV[7] .. event) > tonumber(ARGV[8]) then
-  redis.call('LTRIM', KEYS[2], -tonumber(ARGV[3]), -1)
+local length = redis.call('RPUSH', KEYS[2], ARGV[7] .. event)
+if length > tonumber(ARGV[8]) then
+  redis.call('LTRIM', KEYS[2], length - tonumber(ARGV[3]), -1)
 end
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
 redis.call('PEXPIRE', KEYS[1], ARGV[5])
