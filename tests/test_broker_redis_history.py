@@ -248,6 +248,21 @@ def test_reading_while_redis_is_down_raises_broker_unavailable(
     assert broker.history("c:kept.down")[0].offset == 0
 
 
+def test_a_killed_reading_connection_is_replaced_within_the_call(
+    server: BrokerServer, make: t.Any
+) -> None:
+    broker = keep(make(REALTIME_BROKER_URL=server.url)[0])
+    topic = f"c:kept.killed.{time.monotonic_ns()}"
+    broker.publish(topic, event(1))
+    assert kept(broker, topic) == [1]
+    admin = redis_py.Redis(host="127.0.0.1", port=server.port)
+    readers = [c for c in admin.client_list() if c["name"] == "flask_realtime-history"]
+    assert readers
+    for reader in readers:
+        admin.client_kill_filter(_id=reader["id"])
+    assert kept(broker, topic) == [1]
+
+
 def test_reads_and_publishes_from_many_threads_at_once(
     server: BrokerServer, make: t.Any
 ) -> None:

@@ -223,19 +223,25 @@ class RedisHistory:
         return Position(offset, epoch), events
 
     def _call(self, command: tuple[t.Any, ...]) -> t.Any:
-        reader = self._reader
-        try:
-            if reader is None:
-                reader = self._reader = self._connect("history")
-                self.load(reader)
+        # A connection that sat idle may have been closed by Redis (timeout,
+        # CLIENT KILL): one more try on a new one. A read is safe to repeat.
+        for fresh in (self._reader is None, True):
+            reader = self._reader
             try:
-                return self._ask(reader, command)
-            except NoScriptError:  # an operator's SCRIPT FLUSH
-                self.load(reader)
-                return self._ask(reader, command)
-        except (RedisError, OSError) as exc:
-            self.close()
-            raise BrokerUnavailable(f"reading Redis history failed: {exc}") from exc
+                if reader is None:
+                    reader = self._reader = self._connect("history")
+                    self.load(reader)
+                try:
+                    return self._ask(reader, command)
+                except NoScriptError:  # an operator's SCRIPT FLUSH
+                    self.load(reader)
+                    return self._ask(reader, command)
+            except (RedisError, OSError) as exc:
+                self.close()
+                if fresh:
+                    raise BrokerUnavailable(
+                        f"reading Redis history failed: {exc}"
+                    ) from exc
 
     @staticmethod
     def _ask(connection: Connection, command: tuple[t.Any, ...]) -> t.Any:
