@@ -15,6 +15,8 @@ Starts a private redis-server (as the test suite does), then:
   on the channel (``broker.retention`` set by hand), alternated
   ``--rounds`` times; plus one greenlet alone (a round trip per message),
   and the p99 of one broadcast call.
+* ``reads``: a recovery storm's reads, R greenlets at once each reading
+  the 50 events it missed (``history(after=50)``) of a channel keeping 100.
 
 Usage::
 
@@ -145,6 +147,34 @@ def rate(url: str, count: int, greenlets: int, kept: bool) -> tuple[float, ...]:
     return count / elapsed, per_batch, calls[int(len(calls) * 0.99)] * 1000
 
 
+def reads(url: str, clients: int) -> None:
+    """A recovery storm's reads: ``clients`` greenlets at once, each asking
+    for the 50 events it missed of a channel that keeps 100."""
+    broker = create_broker(settings_for("redis", url), lambda *a: None)
+    rule = Retention(size=100, ttl=600.0)
+    broker.retention = lambda topic: rule
+    topic = f"c:storm.{time.monotonic_ns()}"
+    for n in range(100):
+        broker.publish(topic, payload(n))
+
+    def recover() -> int:
+        events = broker.history(topic, after=50)[1]
+        assert events is not None
+        return len(events)
+
+    started = time.perf_counter()
+    readers = [gevent.spawn(recover) for _ in range(clients)]
+    gevent.joinall(readers, raise_error=True)
+    elapsed = time.perf_counter() - started
+    assert all(reader.value == 50 for reader in readers)
+    print(
+        f"reads: {clients} greenlets each read 50 missed events in"
+        f" {elapsed * 1000:.0f} ms ({clients / elapsed:.0f} reads/s)",
+        flush=True,
+    )
+    broker.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--count", type=int, default=30000)
@@ -152,11 +182,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--channels", type=int, default=300)
     parser.add_argument("--size", type=int, default=100)
+    parser.add_argument("--readers", type=int, default=1000)
     args = parser.parse_args()
     server = BrokerServer("redis", Path(tempfile.mkdtemp(prefix="redis-history-")))
     server.start()
     try:
         memory(server.url, server.port, args.channels, args.size)
+        reads(server.url, args.readers)
         cases = [(args.greenlets, args.count), (1, args.count // 10)]
         for _ in range(args.rounds):
             for greenlets, count in cases:
