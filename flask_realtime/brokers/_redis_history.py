@@ -11,7 +11,7 @@ that a cluster would hash both keys of one stream to one slot:
   milliseconds); trimmed to about ``size`` (a read takes at most ``size``)
   and expiring ``ttl`` after the last one. A read leaves out events older
   than ``ttl`` by that prefix, on the server. (A stream, with Redis's clock
-  in its ids, took 1.7 times the memory and more CPU: docs/architecture.md.)
+  in its ids, took 1.4 times the memory and more CPU: docs/architecture.md.)
 
 One Lua script (``_PUBLISH``) takes the next offset, stamps, appends and
 PUBLISHes the stamped payload on the topic's channel: Redis runs a script
