@@ -97,6 +97,21 @@ def test_keys_share_the_topic_as_hash_tag_and_expire(
     assert admin.keys("*c:plain.keys*") == []
 
 
+def test_a_size_of_zero_keeps_the_position_and_no_event(
+    server: BrokerServer, make: t.Any
+) -> None:
+    broker = keep(make(REALTIME_BROKER_URL=server.url)[0], Retention(0, 30.0))
+    topic = f"c:kept.zero.{time.monotonic_ns()}"
+    for n in range(5):
+        broker.publish(topic, event(n))
+    admin = redis_py.Redis(host="127.0.0.1", port=server.port)
+    # Trimmed past size + size/8 + 1: one event at most, never read.
+    assert admin.llen(f"flask_realtime:0:{{{topic}}}:events") <= 1
+    assert broker.history(topic)[1] == []
+    assert broker.history(topic, after=4)[1] is None
+    assert broker.history(topic, after=5)[1] == []
+
+
 def test_two_nodes_publishing_at_once_get_one_sequence_in_order(
     server: BrokerServer, make: t.Any
 ) -> None:
