@@ -37,8 +37,17 @@ def available(kind: str) -> bool:
 class BrokerServer:
     """One broker server process; ``url`` is what ``REALTIME_BROKER_URL`` takes."""
 
-    def __init__(self, kind: str, directory: Path, port: int | None = None) -> None:
+    def __init__(
+        self,
+        kind: str,
+        directory: Path,
+        port: int | None = None,
+        persistent: bool = False,
+    ) -> None:
         self.kind = kind
+        # Redis only: an append-only file synced at every write, so that even
+        # a SIGKILL keeps everything (the default keeps nothing).
+        self.persistent = persistent
         self.directory = directory
         self.port = port or free_port()
         self.process: subprocess.Popen[bytes] | None = None
@@ -71,7 +80,9 @@ class BrokerServer:
                 "--save",
                 "",
                 "--appendonly",
-                "no",
+                "yes" if self.persistent else "no",
+                "--appendfsync",
+                "always",
                 "--dir",
                 str(self.directory),
             ], env

@@ -10,7 +10,8 @@ commit), written with ``pack_commands`` and answered through
 Channel names are ``flask_realtime:<db>:<topic>``. Redis pub/sub ignores the
 database number, so the prefix is what keeps two deployments on one server
 with different ``db`` apart; SUBSCRIBE (never PSUBSCRIBE) matches a name
-exactly, so no topic can match another.
+exactly, so no topic can match another. Kept topics (history) go through a
+Lua script instead of PUBLISH: ``_redis_history.py``.
 """
 
 from __future__ import annotations
@@ -22,14 +23,16 @@ from collections import deque
 
 from redis.backoff import NoBackoff
 from redis.connection import Connection, parse_url
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeout
 from redis.retry import Retry
 
 from .._runtime import real_lock
 from ..config import ConfigError, Settings
+from ._redis_history import RedisHistory
 from ._support import redact
 from .base import BrokerBase, LinkLost, MessageCallback
+from .interface import Position
 
 try:  # hiredis packs a command some ten times faster than redis-py's Python
     from hiredis import pack_command as _hiredis_pack
@@ -99,6 +102,7 @@ class RedisBroker(BrokerBase):
         self._options = options
         self._prefix = f"flask_realtime:{options.get('db', 0)}:"
         self._prefix_bytes = self._prefix.encode()
+        self._history = RedisHistory(self._prefix, self._connection)
         self._sub: Connection | None = None
         self._pub: Connection | None = None
         self._confirm_lock = real_lock()
@@ -221,8 +225,10 @@ class RedisBroker(BrokerBase):
         try:
             if pub is None:
                 pub = self._pub = self._connection("pub")
-            prefix = self._prefix
-            commands = [("PUBLISH", prefix + topic, data) for topic, data in messages]
+                self._history.load(pub)
+            commands = self._history.commands(messages, self.retention) or [
+                ("PUBLISH", self._prefix + topic, data) for topic, data in messages
+            ]
             if _hiredis_pack is not None:
                 packed = [b"".join([_hiredis_pack(command) for command in commands])]
             else:
@@ -231,6 +237,8 @@ class RedisBroker(BrokerBase):
             for _ in messages:
                 try:
                     counts.append(pub.read_response())
+                except NoScriptError:  # flushed: so is the rest; resent in order
+                    raise
                 except ResponseError as exc:
                     counts.append(exc)
             if self._pub is not pub:
@@ -242,6 +250,11 @@ class RedisBroker(BrokerBase):
             raise LinkLost(str(exc) or type(exc).__name__, len(counts)) from exc
         return counts
 
+    def _read_history(
+        self, topic: str, after: int | None, limit: int | None
+    ) -> tuple[Position, list[bytes] | None]:
+        return self._history.read(topic, self.retention(topic), after, limit)
+
     # -- closing, forks ----------------------------------------------------------
 
     def _disconnect(self) -> None:
@@ -249,6 +262,7 @@ class RedisBroker(BrokerBase):
         self._sub = self._pub = None
         self._close(sub)
         self._close(pub)
+        self._history.close()
         with self._confirm_lock:
             waiting = [w for queue in self._confirming.values() for w in queue]
             self._confirming.clear()
@@ -260,6 +274,7 @@ class RedisBroker(BrokerBase):
         # this closes the child's copies without cutting off the parent.
         self._confirm_lock = real_lock()
         self._disconnect()
+        self._history.reset()
 
     @staticmethod
     def _close(connection: Connection | None) -> None:
