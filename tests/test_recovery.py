@@ -221,3 +221,20 @@ def test_resubscribing_during_a_flood_gets_every_event_once_in_order(
     assert [e["offset"] for e in seen] == list(range(1, count + 1))
     assert [e["data"]["seq"] for e in seen] == list(range(count))
     assert reconnects >= 10
+
+
+def test_an_sse_stream_subscribed_by_its_query_gets_the_reply_first(
+    server: Server,
+) -> None:
+    channel = unique("hist")
+    broadcast(server, channel, 1)
+    client = SSEClient(server, channels=[channel])
+    try:
+        reply = client.next_message()
+        assert reply["type"] == "subscribed", reply
+        assert reply["data"]["position"]["offset"] == 1
+        broadcast(server, channel, 2)
+        event = client.wait_for(lambda m: m.get("channel") == channel)
+        assert (event["offset"], event["data"]) == (2, 2)
+    finally:
+        client.close()
