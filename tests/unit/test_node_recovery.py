@@ -9,6 +9,7 @@ import typing as t
 import pytest
 
 from flask_realtime import ConfigError, Realtime, protocol
+from flask_realtime.brokers import BrokerUnavailable
 from flask_realtime.connection import Outbound
 from flask_realtime.node.recovery import Recovering
 from flask_realtime.testing import TestClient
@@ -294,3 +295,19 @@ def test_channel_history_without_history_is_a_value_error(rt: Realtime) -> None:
 def test_channel_history_refuses_a_bad_limit(rt: Realtime, limit: t.Any) -> None:
     with pytest.raises(ValueError, match="limit"):
         rt.channel("chat.1").history(limit=limit)
+
+
+def test_a_history_read_that_fails_leaves_the_channel_unsubscribed(
+    rt: Realtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def unreachable(topic: str, **kwargs: t.Any) -> t.Any:
+        raise BrokerUnavailable("down")
+
+    monkeypatch.setattr(rt.node.broker, "history", unreachable)
+    with rt.test_client() as client:
+        reply = client.request({"type": "subscribe", "channel": "chat.1", "id": 1})
+        assert reply is not None and reply["data"]["code"] == 503, reply
+        assert "chat.1" not in client.connection.channels
+        assert rt.channel("chat.1").subscriber_count == 0
+        rt.broadcast("chat.1", "m", 1)
+        assert client.get_received("chat.1") == []
