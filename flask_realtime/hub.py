@@ -84,10 +84,16 @@ class Hub:
             first = subs is None
             if first:
                 subs = self._by_channel[channel] = {}
-            subs[conn] = conn if target is None else target
+            if conn not in subs:  # (a subscribe racing another keeps the first)
+                subs[conn] = conn if target is None else target
             conn.channels.add(channel)
             self._snapshots.pop(channel, None)
             return first
+
+    def target(self, conn: Connection, channel: str) -> Target | None:
+        """What ``conn``'s messages of ``channel`` go to (None: not subscribed)."""
+        subs = self._by_channel.get(channel)
+        return None if subs is None else subs.get(conn)
 
     def settle(self, conn: Connection, channel: str) -> None:
         """The channel's messages go to ``conn`` itself from now on."""

@@ -4,6 +4,7 @@ history to live delivery, and Channel.history / position."""
 
 from __future__ import annotations
 
+import contextlib
 import typing as t
 
 import pytest
@@ -311,3 +312,33 @@ def test_a_history_read_that_fails_leaves_the_channel_unsubscribed(
         assert rt.channel("chat.1").subscriber_count == 0
         rt.broadcast("chat.1", "m", 1)
         assert client.get_received("chat.1") == []
+
+
+def test_two_racing_subscribes_of_one_connection_replay_once(
+    rt: Realtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two subscribes to one channel from one connection at once (two
+    ``POST /send``): the second passes the "already subscribed" check while
+    the first waits for the broker; only one of them replays."""
+    with rt.test_client() as first:
+        start = first.subscribe("chat.1")
+    rt.broadcast("chat.1", "m", 0)
+    interest = rt.node.interest
+    real_hold = interest.hold
+    replies = []
+
+    @contextlib.contextmanager
+    def hold(topic: str, prepare: t.Any = None) -> t.Iterator[None]:
+        if not replies:  # the first subscribe, while it waits: the second
+            replies.append(None)
+            replies.append(client.subscribe("chat.1", since=since(start, 0)))
+        with real_hold(topic, prepare):
+            yield
+
+    monkeypatch.setattr(interest, "hold", hold)
+    with rt.test_client() as client:
+        replies.append(client.subscribe("chat.1", since=since(start, 0)))
+        assert replies[1]["data"]["recovered"] is True
+        assert "data" not in replies[2]
+        rt.broadcast("chat.1", "m", 1)
+        assert offsets(client, "chat.1") == [1, 2]
