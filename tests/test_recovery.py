@@ -35,7 +35,9 @@ ENV = app_env(
     },
 )
 server = module_server(
-    ("geventwebsocket", "flask-run"), app="tests.apps.history_latency:app", env=ENV
+    ("geventwebsocket", "gevent", "flask-run"),
+    app="tests.apps.history_latency:app",
+    env=ENV,
 )
 
 TRANSPORTS = ("websocket", "sse", "longpoll")
