@@ -9,23 +9,28 @@ A subscribe to a channel with history (``REALTIME_HISTORY``) goes:
    connection's queue: past it, 4100);
 3. read the stream from the broker: its position P, and the events after
    ``since`` when the client gave one in P's epoch;
-4. without yielding (and under the stand-in's lock, for threads): the
-   ``subscribed`` reply when it goes on the connection's own stream
-   (WebSocket), the replayed events, then the buffered live events with an
-   offset above P (those at or below it were replayed, or come before what
-   the client asked for), and from then on the connection takes its
-   deliveries itself.
+4. without yielding: the ``subscribed`` reply when it goes on the
+   connection's own stream (WebSocket), the replayed events, then the held
+   live events with an offset above P (those at or below it were replayed,
+   or come before what the client asked for);
+5. the stand-in stays in the hub as a filter: an event at or below P can
+   still arrive (stored before the read, delivered after it, when the
+   broker's reader lags) and is dropped; the first event above P goes
+   through, and since delivery follows offsets nothing older can come
+   after it, so the connection then takes its deliveries itself.
 
 Why no event is lost or doubled: the broker stores an event before it
 delivers it, so every event delivered after step 2 and not in the history
 read at step 3 has an offset above P, and reaches the buffer or, after
-step 4, the connection; every event up to P is in the read. A subscribe
+step 4, the connection; every event up to P is in the read, and none of
+them reaches the connection after it. A subscribe
 without ``since`` goes the same way with nothing to replay, so that no
 event at or below the position in its reply follows the reply.
 """
 
 from __future__ import annotations
 
+import time
 import typing as t
 
 from .. import protocol
@@ -40,12 +45,21 @@ from . import topics
 if t.TYPE_CHECKING:
     from . import Node
 
+# After the hand-over, how long an event at or below the position may still
+# arrive from the broker (stored before the history read, delivered after
+# it): past that, a lower offset is a stream that started again (a new
+# epoch) and goes through.
+LATE_DELIVERY = 10.0
+
 
 class Recovering:
     """Stands in the hub for a recovering connection: holds the channel's
-    live events until :meth:`settle` has pushed the replay before them."""
+    live events until :meth:`settle` has pushed the replay before them,
+    then drops the late ones a broker delivers after its history read gave
+    them (offset at or below the position) until a newer event shows that
+    none can follow, and only then hands the channel to the connection."""
 
-    __slots__ = ("conn", "id", "buffer", "size", "lock")
+    __slots__ = ("conn", "id", "buffer", "size", "lock", "last", "until", "done")
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
@@ -53,6 +67,9 @@ class Recovering:
         self.buffer: list[Outbound] | None = []
         self.size = 0
         self.lock = real_lock()
+        self.last: int | None = None  # after settle: the position, until passed
+        self.until = 0.0
+        self.done: t.Callable[[], None] = _nothing
 
     def push(self, message: Outbound) -> None:
         with self.lock:
@@ -65,41 +82,67 @@ class Recovering:
                     return
                 self.buffer = None  # over the queue's bound: 4100 below
         if buffer is None:
-            # Settled: a delivery that took the hub's snapshot before the
-            # connection replaced its stand-in, and is newer than the replay.
+            last = self.last
+            if last is not None:
+                offset = offset_of(message.json)
+                if offset is not None:
+                    if offset <= last and time.monotonic() < self.until:
+                        return  # delivered late: replayed, or before the position
+                    # Delivery is in offset order: nothing older can follow.
+                    self.last = None
+                    self.done()
             self.conn.push(message)
             return
         self.conn.close(protocol.CLOSE_TOO_SLOW, "too slow")
 
-    def settle(self, reply: bytes | None, replay: list[bytes], last: int) -> bool:
+    def settle(
+        self,
+        reply: bytes | None,
+        replay: list[bytes],
+        last: int,
+        done: t.Callable[[], None],
+    ) -> bool:
         """Push ``reply`` (when given), ``replay``, then what was held with
-        an offset above ``last`` (or none: presence events); False when the
-        connection overflowed or closed meanwhile.
+        an offset above ``last`` (or none: presence events); ``done`` once
+        an event above ``last`` went through. False when the connection
+        overflowed or closed meanwhile.
 
         Nothing is pushed under the lock (a push that overflows closes the
         connection, and the node may then publish a presence leave and
         wait); what arrives meanwhile is held and pushed in the next round,
-        and only an empty round hands delivery to the connection.
+        and only an empty round ends the holding.
         """
         conn = self.conn
         if reply is not None:
             conn.push_json(reply)
         for envelope in replay:
             conn.push_json(envelope)
+        passed = False  # an event above ``last`` went through
         while True:
             with self.lock:
                 held = self.buffer
                 if held is None:
                     return False  # overflowed: closed with 4100
                 if not held or conn.closing:
+                    if not passed:  # late ones may follow: filter until then
+                        self.last, self.done = last, done
+                        self.until = time.monotonic() + LATE_DELIVERY
                     self.buffer = None
-                    return not conn.closing
+                    break
                 self.buffer = []
                 self.size = 0
             for message in held:
                 offset = offset_of(message.json)
                 if offset is None or offset > last:
+                    passed = passed or offset is not None
                     conn.push(message)
+        if passed:
+            done()
+        return not conn.closing
+
+
+def _nothing() -> None:
+    pass
 
 
 def configure(
@@ -156,9 +199,14 @@ def recover(
         if recovered:
             replay = t.cast("list[bytes]", events)
     reply = protocol.subscribed(name, request_id, data)
-    if not stand_in.settle(reply if push_reply else None, replay, position.offset):
+
+    def done() -> None:
+        node.hub.settle(conn, name)
+
+    if not stand_in.settle(
+        reply if push_reply else None, replay, position.offset, done
+    ):
         return None
-    node.hub.settle(conn, name)
     return None if push_reply else reply
 
 

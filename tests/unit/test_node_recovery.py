@@ -230,7 +230,7 @@ def test_the_stand_in_is_bounded_like_the_queue(rt: Realtime) -> None:
         assert client.close_code is None
         stand_in.push(Outbound(b'{"offset":3}'))
         assert client.close_code == protocol.CLOSE_TOO_SLOW
-        assert stand_in.settle(None, [], 0) is False
+        assert stand_in.settle(None, [], 0, lambda: None) is False
 
 
 def test_a_client_event_relayed_on_a_kept_channel_carries_an_offset(
@@ -342,3 +342,26 @@ def test_two_racing_subscribes_of_one_connection_replay_once(
         assert "data" not in replies[2]
         rt.broadcast("chat.1", "m", 1)
         assert offsets(client, "chat.1") == [1, 2]
+
+
+def test_a_late_delivery_at_or_below_the_position_is_dropped(rt: Realtime) -> None:
+    """A networked broker may deliver an event stored before the history
+    read after the hand-over (its reader lags): the connection, which got it
+    in the replay (or asked for nothing before the position), must not get
+    it again; the first newer event ends the filtering."""
+    with rt.test_client() as first:
+        start = first.subscribe("chat.1")
+    rt.broadcast("chat.1", "m", 0)
+    rt.broadcast("chat.1", "m", 1)
+    late = Outbound(b'{"offset":2,"type":"event","channel":"chat.1","event":"m"}')
+    with rt.test_client() as recovering, rt.test_client() as plain:
+        recovering.subscribe("chat.1", since=since(start, 0))
+        assert offsets(recovering, "chat.1") == [1, 2]
+        plain.subscribe("chat.1")
+        rt.node.hub.deliver_channel("chat.1", late)  # as a lagging reader would
+        assert offsets(recovering, "chat.1") == [] == offsets(plain, "chat.1")
+        rt.broadcast("chat.1", "m", 2)
+        assert offsets(recovering, "chat.1") == [3] == offsets(plain, "chat.1")
+        # Handed over: the connections are the hub's targets again.
+        targets = rt.node.hub.subscribers("chat.1")
+        assert set(targets) == {recovering.connection, plain.connection}
