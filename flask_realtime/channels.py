@@ -5,6 +5,9 @@ from __future__ import annotations
 import re
 import typing as t
 
+if t.TYPE_CHECKING:  # not at run time: the client imports this module
+    from .brokers.interface import Retention
+
 PUBLIC = "public"
 PRIVATE = "private"
 PRESENCE = "presence"
@@ -37,6 +40,36 @@ class ChannelRules:
     def __init__(self) -> None:
         self._authorizers: list[Authorizer] = []
         self._cache: dict[str, Authorizer | None] = {}
+        self._history: list[tuple[t.Pattern[str], Retention]] = []
+        self._retention: dict[str, Retention | None] = {}
+
+    def set_history(self, rules: t.Iterable[tuple[str, int, float]]) -> None:
+        """``REALTIME_HISTORY``'s rules, (pattern, size, ttl) in order."""
+        from .brokers.interface import Retention
+
+        self._history = [
+            (compile_pattern(pattern), Retention(size, ttl))
+            for pattern, size, ttl in rules
+        ]
+        self._retention.clear()
+
+    @property
+    def keeps_history(self) -> bool:
+        """Whether any channel keeps a history."""
+        return bool(self._history)
+
+    def retention(self, name: str) -> Retention | None:
+        """How much of channel ``name``'s stream is kept: the first matching
+        rule of ``REALTIME_HISTORY``; None: no history."""
+        try:
+            return self._retention[name]
+        except KeyError:
+            pass
+        found = next((r for regex, r in self._history if regex.fullmatch(name)), None)
+        if len(self._retention) > 10_000:
+            self._retention.clear()
+        self._retention[name] = found
+        return found
 
     def add_authorizer(self, pattern: str, func: t.Callable[..., t.Any]) -> None:
         if not isinstance(pattern, str) or not pattern:

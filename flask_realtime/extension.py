@@ -16,6 +16,7 @@ from . import channels as _channels
 from . import config as _config
 from . import deployment as _deployment
 from . import routes as _routes
+from .channel_api import Channel as Channel
 from .node import Node
 from .recorder import Recorder
 from .testing import TestClient
@@ -28,40 +29,6 @@ F = t.TypeVar("F", bound=t.Callable[..., t.Any])
 # Apps initialised in this process, so that ``broadcast()`` outside an app
 # context (a script, a Celery task) finds the one app there is.
 _initialised: weakref.WeakSet[Flask] = weakref.WeakSet()
-
-
-class Channel:
-    """A channel seen from the server: who is in it, how many listen."""
-
-    def __init__(self, node: Node, name: str) -> None:
-        if not _channels.is_valid_name(name):
-            raise ValueError(f"invalid channel name: {name!r}")
-        self._node = node
-        self.name = name
-
-    @property
-    def kind(self) -> str:
-        """``public``, ``private`` or ``presence``."""
-        return self._node.rules.kind(self.name)
-
-    def get_presence_data(self) -> list[dict[str, t.Any]]:
-        """Presence members: ``user_id``, ``user_info``, ``connected_at`` each."""
-        return self._node.presence_members(self.name)
-
-    @property
-    def subscriber_count(self) -> int:
-        """Connections subscribed to the channel in this process.
-
-        Each node counts its own: with several workers, ask each (or use the
-        presence list, which is cluster-wide).
-        """
-        return self._node.subscriber_count(self.name)
-
-    def broadcast(self, event: str, data: t.Any = None) -> None:
-        self._node.broadcast(self.name, event, data)
-
-    def __repr__(self) -> str:
-        return f"<Channel {self.name!r} ({self.kind})>"
 
 
 class Realtime:

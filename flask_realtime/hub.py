@@ -2,13 +2,27 @@
 
 Only the hub mutates these maps, under one lock it never yields inside.
 Delivery iterates over immutable snapshots, so a connection closing in the
-middle of a broadcast (queue overflow) cannot upset the loop.
+middle of a broadcast (queue overflow) cannot upset the loop. A channel's
+subscriber is delivered to through its *target*: the connection itself, or
+while its subscribe recovers history, a stand-in that holds the channel's
+live events until the replay is out (``node/recovery.py``); delivery pays
+nothing for it.
 """
 
 from __future__ import annotations
 
+import typing as t
+
 from ._runtime import real_lock
 from .connection import Connection, Outbound
+
+
+class Target(t.Protocol):
+    """What a channel's delivery pushes to: a connection, or its stand-in."""
+
+    id: str
+
+    def push(self, message: Outbound) -> None: ...
 
 
 class Hub:
@@ -16,8 +30,8 @@ class Hub:
         self._lock = real_lock()
         self.connections: dict[str, Connection] = {}
         self._by_user: dict[str, set[Connection]] = {}
-        self._by_channel: dict[str, dict[Connection, None]] = {}
-        self._snapshots: dict[str, tuple[Connection, ...]] = {}
+        self._by_channel: dict[str, dict[Connection, Target]] = {}
+        self._snapshots: dict[str, tuple[Target, ...]] = {}
 
     def __len__(self) -> int:
         return len(self.connections)
@@ -51,8 +65,13 @@ class Hub:
                         last_of_user = True
             return left, last_of_user
 
-    def subscribe(self, conn: Connection, channel: str) -> bool:
+    def subscribe(
+        self, conn: Connection, channel: str, target: Target | None = None
+    ) -> bool:
         """True if this is the channel's first local subscriber.
+
+        ``target``: what the channel's messages go to instead of ``conn``,
+        until :meth:`settle`.
 
         A closed connection (closed while its subscribe waited for the
         broker) is not subscribed: it may be removed already, and nothing
@@ -65,10 +84,24 @@ class Hub:
             first = subs is None
             if first:
                 subs = self._by_channel[channel] = {}
-            subs[conn] = None
+            if conn not in subs:  # (a subscribe racing another keeps the first)
+                subs[conn] = conn if target is None else target
             conn.channels.add(channel)
             self._snapshots.pop(channel, None)
             return first
+
+    def target(self, conn: Connection, channel: str) -> Target | None:
+        """What ``conn``'s messages of ``channel`` go to (None: not subscribed)."""
+        subs = self._by_channel.get(channel)
+        return None if subs is None else subs.get(conn)
+
+    def settle(self, conn: Connection, channel: str) -> None:
+        """The channel's messages go to ``conn`` itself from now on."""
+        with self._lock:
+            subs = self._by_channel.get(channel)
+            if subs is not None and conn in subs:
+                subs[conn] = conn
+                self._snapshots.pop(channel, None)
 
     def unsubscribe(self, conn: Connection, channel: str) -> bool:
         """True if the channel has no local subscriber left."""
@@ -87,7 +120,7 @@ class Hub:
         del self._by_channel[channel]
         return True
 
-    def subscribers(self, channel: str) -> tuple[Connection, ...]:
+    def subscribers(self, channel: str) -> tuple[Target, ...]:
         snapshot = self._snapshots.get(channel)
         if snapshot is None:
             with self._lock:
@@ -96,7 +129,7 @@ class Hub:
                     # Not cached: a channel nobody here is in keeps no entry
                     # (a presence leave is delivered after the last one left).
                     return ()
-                snapshot = self._snapshots[channel] = tuple(subs)
+                snapshot = self._snapshots[channel] = tuple(subs.values())
         return snapshot
 
     def subscriber_count(self, channel: str) -> int:

@@ -100,6 +100,8 @@ class ProtocolError(Exception):
 
 
 class ClientMessage(t.NamedTuple):
+    """``data``: an event's data; a subscribe's ``since`` (offset, epoch)."""
+
     type: str
     id: t.Any
     channel: str | None
@@ -157,6 +159,11 @@ def parse(text: str | bytes) -> ClientMessage:
             request_id=request_id,
             channel=channel[:200],
         )
+    if kind == "subscribe":
+        since = obj.get("since")
+        if since is not None:
+            since = _since(since, request_id, channel)
+        return ClientMessage(kind, request_id, channel, None, since)
     if kind != "event":
         return ClientMessage(kind, request_id, channel, None, None)
 
@@ -177,6 +184,21 @@ def parse(text: str | bytes) -> ClientMessage:
             channel=channel,
         )
     return ClientMessage(kind, request_id, channel, event, obj.get("data"))
+
+
+def _since(since: t.Any, request_id: t.Any, channel: str) -> tuple[int, str]:
+    """A subscribe's ``since`` as ``(offset, epoch)`` (PROTOCOL.md, "History
+    and recovery"); its other members are ignored, like a message's."""
+    if isinstance(since, dict):
+        offset, epoch = since.get("offset"), since.get("epoch")
+        if type(offset) is int and offset >= 0 and type(epoch) is str:
+            return offset, epoch
+    raise ProtocolError(
+        BAD_REQUEST,
+        "'since' must be {'offset': an integer >= 0, 'epoch': a string}",
+        request_id=request_id,
+        channel=channel,
+    )
 
 
 def request_id(text: str | bytes) -> t.Any:

@@ -84,10 +84,19 @@ class TestClient:
         self._next_id += 1
         return self._next_id
 
-    def subscribe(self, channel: str) -> dict[str, t.Any]:
-        reply = self.request(
-            {"type": "subscribe", "channel": channel, "id": self._id()}
-        )
+    def subscribe(
+        self, channel: str, since: dict[str, t.Any] | None = None
+    ) -> dict[str, t.Any]:
+        """Subscribe; ``since``: ``{"offset", "epoch"}`` of the last event
+        seen (a previous reply's ``data["position"]``), to recover what came
+        after it: the reply says ``data["recovered"]``, the missed events
+        arrive in :attr:`received` (a memory client gets its replies
+        returned, like SSE and long-poll clients in the POST's answer)."""
+        message: dict[str, t.Any] = {"type": "subscribe", "channel": channel}
+        if since is not None:
+            message["since"] = since
+        message["id"] = self._id()
+        reply = self.request(message)
         assert reply is not None
         return reply
 

@@ -47,6 +47,8 @@ class Settings:
     max_connections_per_ip: int | None
     allowed_origins: tuple[str, ...]
     shutdown_timeout: float
+    # REALTIME_HISTORY: (channel pattern, size, ttl), first match wins.
+    history: tuple[tuple[str, int, float], ...] = ()
 
 
 # Key -> default. The environment fallbacks (environment.py) are applied first.
@@ -90,4 +92,6 @@ DEFAULTS: dict[str, t.Any] = {
     # Seconds a stopping process waits for queued messages to go out before
     # the 4200 close (flask realtime serve, flask run; gunicorn: see lifecycle).
     "REALTIME_SHUTDOWN_TIMEOUT": 10,
+    # Channel pattern -> {"size": events, "ttl": seconds} (config/history.py).
+    "REALTIME_HISTORY": {},
 }

@@ -10,6 +10,7 @@ import os
 import typing as t
 
 from . import broker_options
+from .history import history_rules
 from .settings import DEFAULTS, TRANSPORTS, ConfigError, Settings
 
 
@@ -180,4 +181,5 @@ def load(config: t.Mapping[str, t.Any]) -> Settings:
         shutdown_timeout=_number(
             config, "REALTIME_SHUTDOWN_TIMEOUT", minimum=0, integer=False
         ),
+        history=history_rules(config),
     )

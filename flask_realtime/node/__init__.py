@@ -32,7 +32,7 @@ from ..hub import Hub
 from ..limits import Admission
 from ..presence import ClusterPresence, Member
 from ..pressure import PressureGauge
-from . import lifecycle, topics
+from . import lifecycle, recovery, topics
 from .control import Control
 from .forwarding import Forwarding, RequestHandler
 from .inbound import Inbound
@@ -74,6 +74,7 @@ class Node:
             self.inbound.request,
         )
         self.broker = self.control.broker
+        recovery.configure(self.broker, rules, settings.history)
         self.interest = Interest(
             self.broker, self.inbound.wanted, on_dropped=self.inbound.dropped
         )
@@ -212,9 +213,11 @@ class Node:
         """The 429 error to send when the rate limit refuses the message."""
         return self.messages.admit(conn, payload)
 
-    def receive(self, conn: Connection, payload: bytes | str) -> bytes | None:
+    def receive(
+        self, conn: Connection, payload: bytes | str, push_reply: bool = False
+    ) -> bytes | None:
         """Handle one client message (after :meth:`admit`); the reply, if any."""
-        return self.messages.receive(conn, payload)
+        return self.messages.receive(conn, payload, push_reply)
 
     # -- publishing ----------------------------------------------------------
 

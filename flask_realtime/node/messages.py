@@ -2,7 +2,9 @@
 
 Every transport hands each client message to :meth:`ClientMessages.admit`
 and then :meth:`ClientMessages.receive`, and sends back the reply they
-return. Authorizers and event handlers run here, in the app context.
+return (or lets ``receive`` push it on the connection's stream, in order
+with what follows it). Authorizers and event handlers run here, in the app
+context.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from .. import channels as _channels
 from .. import protocol
 from ..brokers import BrokerUnavailable
 from ..connection import Connection
-from . import topics
+from . import recovery, topics
 
 if t.TYPE_CHECKING:
     from . import Node
@@ -56,26 +58,35 @@ class ClientMessages:
             retry_after=round(wait, 3),
         )
 
-    def receive(self, conn: Connection, payload: bytes | str) -> bytes | None:
-        """Handle one client message; returns the reply envelope, if any."""
+    def receive(
+        self, conn: Connection, payload: bytes | str, push_reply: bool = False
+    ) -> bytes | None:
+        """Handle one client message; returns the reply envelope, if any
+        (``push_reply``: pushes it on the connection instead, before the
+        events a subscribe recovers)."""
         try:
             message = protocol.parse(payload)
             kind = message.type
             if kind == "ping":
-                return protocol.pong(message.id)
-            if kind == "subscribe":
-                return self._subscribe(conn, message)
-            if kind == "unsubscribe":
-                return self._unsubscribe(conn, message)
-            return self._client_event(conn, message)
+                reply = protocol.pong(message.id)
+            elif kind == "subscribe":
+                reply = self._subscribe(conn, message, push_reply)
+            elif kind == "unsubscribe":
+                reply = self._unsubscribe(conn, message)
+            else:
+                reply = self._client_event(conn, message)
         except protocol.ProtocolError as exc:
-            return exc.envelope()
+            reply = exc.envelope()
         except BrokerUnavailable:
-            return protocol.error(
+            reply = protocol.error(
                 protocol.UNAVAILABLE,
                 "the server cannot reach its broker; try again",
                 request_id=protocol.request_id(payload),
             )
+        if push_reply and reply is not None:
+            conn.push_json(reply)
+            return None
+        return reply
 
     def app_context(self) -> t.ContextManager[t.Any]:
         """The node's app context, unless it is the current one already."""
@@ -87,13 +98,14 @@ class ClientMessages:
     # -- subscriptions -----------------------------------------------------------
 
     def _subscribe(
-        self, conn: Connection, message: protocol.ClientMessage
+        self, conn: Connection, message: protocol.ClientMessage, push_reply: bool
     ) -> bytes | None:
         node = self._node
         name = t.cast(str, message.channel)
         kind = node.rules.kind(name)
         if name in conn.channels:
-            return self._subscribed_reply(name, kind, message.id)
+            # Already receiving it here: nothing to recover, no position.
+            return protocol.subscribed(name, message.id, self._data(name, kind) or None)
         if len(conn.channels) >= node.settings.max_subscriptions:
             raise protocol.ProtocolError(
                 protocol.FORBIDDEN,
@@ -130,20 +142,31 @@ class ClientMessages:
             )
         else:
             replica = contextlib.nullcontext()
+        kept = node.rules.retention(name) is not None
+        stand_in = recovery.Recovering(conn) if kept else None
         with replica, node.interest.hold(topics.channel(name)):
             # The reply goes out only once the broker delivers this channel here.
-            node.hub.subscribe(conn, name)
+            node.hub.subscribe(conn, name, stand_in)
             if conn.closed or name not in conn.channels:
                 return None  # closed while the broker subscribed: forgotten
             if kind == _channels.PRESENCE:
                 node.presence_sync.joined(conn, name, user_info)
-        return self._subscribed_reply(name, kind, message.id)
+        data = self._data(name, kind)
+        if stand_in is not None and node.hub.target(conn, name) is not stand_in:
+            return protocol.subscribed(name, message.id, data or None)  # raced
+        if stand_in is not None:
+            return recovery.recover(
+                node, conn, name, stand_in, message.data, data, message.id, push_reply
+            )
+        if message.data is not None:
+            data["recovered"] = False  # no history: nothing to resume from
+        return protocol.subscribed(name, message.id, data or None)
 
-    def _subscribed_reply(self, name: str, kind: str, request_id: t.Any) -> bytes:
+    def _data(self, name: str, kind: str) -> dict[str, t.Any]:
+        """The ``subscribed`` reply's data before history: presence members."""
         if kind == _channels.PRESENCE:
-            members = self._node.presence.members(name)
-            return protocol.subscribed(name, request_id, {"members": members})
-        return protocol.subscribed(name, request_id)
+            return {"members": self._node.presence.members(name)}
+        return {}
 
     def _authorize(self, conn: Connection, name: str) -> t.Any:
         authorizer = self._node.rules.authorizer_for(name)

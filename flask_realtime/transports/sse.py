@@ -119,9 +119,10 @@ def _subscribe_initial(node: Node, conn: Connection, names: list[str]) -> None:
     for name in names:
         message = protocol.encode({"type": "subscribe", "channel": name})
         refusal = node.admit(conn, message)
-        reply = refusal or node.receive(conn, message)
-        if reply is not None:
-            conn.push_json(reply)
+        if refusal is not None:
+            conn.push_json(refusal)
+        else:  # the reply first, then the events of a channel with history
+            node.receive(conn, message, push_reply=True)
 
 
 def sse_view(node: Node, authenticate: t.Callable[..., t.Any] | None) -> Response:

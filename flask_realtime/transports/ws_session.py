@@ -144,9 +144,8 @@ class WebSocketProtocol:
         self.conn.close(code, reason)
 
     def handle_text(self, payload: bytes) -> None:
-        reply = self.node.receive(self.conn, payload)
-        if reply is not None:
-            self.conn.push_bytes(build_frame(OP_TEXT, reply))
+        # The reply on the stream, before the events a subscribe recovers.
+        self.node.receive(self.conn, payload, push_reply=True)
 
 
 class GeventWebSocket(WebSocketProtocol, SocketSession):
