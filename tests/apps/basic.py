@@ -13,6 +13,7 @@ Routes that act from "the server side", as a view or a task would:
 - ``GET /send_to_user?user=..&event=..&data=<json>``
 - ``GET /send?connection_id=..&event=..&data=<json>``
 - ``GET /presence?channel=..`` -> ``{"members": [...], "subscriber_count": N}``
+- ``GET /position?channels=a,b`` -> each kept channel's ``{"offset", "epoch"}``
 - ``GET /debug/state`` -> entries in the node's registries (``Node.state_sizes``)
 """
 
@@ -107,6 +108,13 @@ def presence() -> t.Any:
         members=channel.get_presence_data(),
         subscriber_count=channel.subscriber_count,
     )
+
+
+@app.get("/position")
+def position() -> t.Any:
+    """``{channel: {"offset", "epoch"}}`` for ``?channels=a,b`` (kept channels)."""
+    names = _arg("channels").split(",")
+    return jsonify({name: realtime.channel(name).position for name in names})
 
 
 @app.get("/debug/state")

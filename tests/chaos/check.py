@@ -122,7 +122,7 @@ def _walk(
             if since is None:
                 if expected is not None:
                     verdict.fail("since", f"{where}: resubscribed without since")
-            elif since != (expected or 1) - 1:
+            elif since["offset"] != (expected or 1) - 1:
                 verdict.fail("since", f"{where}: since {since}, expected {expected}")
             if recovered is False:
                 unavoidable = (epoch_may_change and new_epoch != epoch) or (
