@@ -40,6 +40,7 @@ class BrokerBase(Backend):
     link_errors: tuple[type[BaseException], ...] = (OSError,)
     #: Why the link is down, for the health check (None while it is up).
     problem: str | None = None
+    links = 0
     #: Which topics the broker keeps (see ``interface.Broker``); the node's.
     retention = staticmethod(no_retention)
 
@@ -209,6 +210,7 @@ class BrokerBase(Backend):
             if not self._reading():
                 raise LinkLost("closed while connecting")
             self._up = True
+            self.links += 1
 
     def _go_down(self) -> None:
         with self._sub_lock:

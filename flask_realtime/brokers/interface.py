@@ -71,6 +71,11 @@ class Broker(t.Protocol):
     def connected(self) -> bool:
         """The link is up and every subscription in place."""
 
+    #: How many times the link came up: when it changes, messages published
+    #: while it was down may not have been delivered (kept ones can be read
+    #: back from the history).
+    links: int
+
     # -- history (PROTOCOL.md, "History and recovery") ------------------------
     #
     # The node sets ``retention`` once, before the broker's first use. A

@@ -36,6 +36,7 @@ class NullBroker:
     kind = "null"
     url = "null:"
     connected = True
+    links = 1
 
     def __init__(self, on_message: MessageCallback) -> None:
         self._on_message = on_message

@@ -33,6 +33,7 @@ from ..limits import Admission
 from ..presence import ClusterPresence, Member
 from ..pressure import PressureGauge
 from . import lifecycle, recovery, topics
+from .continuity import Continuity
 from .control import Control
 from .forwarding import Forwarding, RequestHandler
 from .inbound import Inbound
@@ -75,6 +76,7 @@ class Node:
         )
         self.broker = self.control.broker
         recovery.configure(self.broker, rules, settings.history)
+        self.continuity = Continuity(self)
         self.interest = Interest(
             self.broker, self.inbound.wanted, on_dropped=self.inbound.dropped
         )

@@ -40,7 +40,8 @@ class Inbound:
         message = Outbound(envelope)
         if kind == topics.CHANNEL:
             received["channel"] += 1
-            node.hub.deliver_channel(name, message, header.decode() or None)
+            # A kept channel's events are followed by offset (.continuity).
+            node.continuity.deliver(name, message, header.decode() or None)
         elif kind == topics.USER:
             received["user"] += 1
             node.hub.deliver_user(name, message)
@@ -69,7 +70,10 @@ class Inbound:
         return True  # the node topic: for the process's life
 
     def dropped(self, topic: str) -> None:
-        """``topic``'s broker subscription is gone: a presence replica stops."""
+        """``topic``'s broker subscription is gone: a presence replica stops,
+        a kept channel is no longer followed."""
         kind, name = topics.split(topic)
         if kind == topics.PRESENCE:
             self._node.presence_sync.dropped(name)
+        elif kind == topics.CHANNEL:
+            self._node.continuity.forget(name)

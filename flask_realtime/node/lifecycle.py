@@ -242,6 +242,7 @@ def tick(node: Node, now: float) -> None:
         conn.tick(now, heartbeat)
     if node.clustered:
         node.presence_sync.refresh(now)
+        node.continuity.check_links()
 
 
 def shutdown_bound(previous: t.Any, settings: Settings) -> float:

@@ -191,6 +191,7 @@ def recover(
         node.hub.unsubscribe(conn, name)
         node.left_channel(conn, name)
         raise  # BrokerUnavailable: the client is told 503 and may retry
+    node.continuity.seed(name, position)
     data["position"] = position_data(position)
     replay: list[bytes] = []
     if since is not None:
