@@ -107,14 +107,14 @@ class Continuity:
                     stream.last = offset
                     overflow = False
                 elif offset <= stream.last and time.monotonic() < stream.late_until:
-                    overflow = False  # late after a subscribe's read
-                else:
+                    return  # late: a read gave it already (a subscribe's, a fill's)
+                else:  # a hole, or an old offset long after any read: check
                     stream.held = [(offset, message, exclude)]
                     spawn(self._fill, name, stream)
                     return
             else:
                 overflow = False
-        if overflow:
+        if overflow:  # the hole stays: nothing after it goes out
             self._restart(name, "too many events held while filling a gap")
             return
         self._node.hub.deliver_channel(name, message, exclude)
@@ -161,23 +161,21 @@ class Continuity:
                     if not held:
                         stream.last = last
                         stream.held = None
+                        # What the read gave may still come live: dropped.
+                        stream.late_until = time.monotonic() + _LATE
                         return
                     stream.held = []
                 for i, (offset, message, exclude) in enumerate(held):
                     if offset == last + 1:
                         last = offset
                         hub.deliver_channel(name, message, exclude)
-                    elif offset > last or (
-                        offset <= read_from and time.monotonic() >= stream.late_until
-                    ):
-                        # Another hole, or a stream that started again:
-                        # read again from here, holding the rest.
+                    elif offset > last:  # another hole: read again from here
                         with self._lock:
                             stream.last = last
                             stream.held = held[i:] + (stream.held or [])
                         hole = True
                         break
-                    # else: in the read too (or late after a subscribe's read)
+                    # else: delivered already (the read had it, same epoch)
 
     def _read(self, name: str, stream: _Stream) -> list[bytes] | None:
         """The events after ``stream.last``, retried while the broker is
@@ -197,6 +195,8 @@ class Continuity:
                 sleep(pause)
                 pause = min(pause * 2, 1.0)
                 continue
+            if self._streams.get(name) is not stream:
+                return None  # forgotten while reading
             if events is not None and position.epoch == stream.epoch:
                 return events
             break

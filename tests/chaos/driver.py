@@ -118,7 +118,8 @@ def run(
     results = []
     for process, out_path in swarms:
         process.wait(timeout=plan.duration + 180)
-        assert process.returncode == 0, (log_dir / out_path.name).read_text()[-3000:]
+        log = log_dir / out_path.name.replace(".out.json", ".log")
+        assert process.returncode == 0, log.read_text(errors="replace")[-3000:]
         results.append(json.loads(out_path.read_text()))
     merged = dict(results[0])
     merged["followers"] = [f for r in results for f in r["followers"]]

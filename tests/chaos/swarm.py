@@ -16,6 +16,7 @@ from gevent import monkey
 
 monkey.patch_all()
 
+import contextlib  # noqa: E402
 import json  # noqa: E402
 import random  # noqa: E402
 import socket  # noqa: E402
@@ -32,6 +33,15 @@ SEND = "/realtime/send"
 
 class Cut(Exception):
     """This client's connection was cut on purpose."""
+
+
+@contextlib.contextmanager
+def _abandoning(greenlet: t.Any) -> t.Iterator[None]:
+    """Kill ``greenlet`` (subscribes in flight) when the session ends."""
+    try:
+        yield
+    finally:
+        greenlet.kill()
 
 
 class Follower:
@@ -199,6 +209,9 @@ class Follower:
                 if self._caught_up():
                     return
         finally:
+            # A cut client's subscribes in flight are abandoned with it.
+            if subscriber is not None:
+                subscriber.kill()
             response.close()
 
     def _poll(self, node: str) -> None:
@@ -206,7 +219,7 @@ class Follower:
         welcome = opened["messages"][0]["data"]
         cursor = opened["cursor"]
         subscriber = gevent.spawn(self._post_subscribes, node, welcome)
-        with requests.Session() as session:
+        with requests.Session() as session, _abandoning(subscriber):
             while True:
                 answer = session.get(
                     node + "/realtime/poll",
