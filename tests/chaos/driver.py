@@ -74,6 +74,7 @@ def run(
             "cut_every": plan.cut_every,
             "settle": 60,
             "seed": plan.seed + part,
+            "done_path": str(log_dir / f"swarm-{tag}.published"),
         }
         spec_path = log_dir / f"swarm-{tag}-{part}.json"
         spec_path.write_text(json.dumps(spec))

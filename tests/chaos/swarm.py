@@ -23,6 +23,7 @@ import socket  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 import typing as t  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 import gevent  # noqa: E402
 import requests  # noqa: E402
@@ -303,6 +304,13 @@ def main(plan_path: str, out_path: str) -> None:
         for n, node in enumerate(plan["publish_to"])
     ]
     gevent.joinall(publishers)
+    # One process publishes; the others wait for it to be done (its mark).
+    done = Path(plan["done_path"])
+    if publishers:
+        done.touch()
+    deadline = time.monotonic() + plan["duration"] + 120
+    while not done.exists() and time.monotonic() < deadline:
+        gevent.sleep(0.2)
     for follower in followers:
         follower.cutting = False
     # The final offsets, read once every publisher is done and the broker
