@@ -37,34 +37,54 @@ from ._history import POSITION_TTL, new_epoch
 from ._support import BrokerUnavailable
 from .interface import Position, Retention, RetentionLookup
 
-# KEYS: position, events (none: a plain PUBLISH, for a batch that mixes
-# both); ARGV: channel, payload, size, events' ttl (ms), position's ttl
-# (ms), a fresh epoch, the time (ms, 13 digits), the length that trims.
+# KEYS: position, events; ARGV: channel, size, events' ttl (ms), position's
+# ttl (ms), a fresh epoch, the time (ms, 13 digits), the length that trims,
+# then the payloads of a run of consecutive messages to the topic (one call
+# for a group commit's run: the counter, the trim and the expiries once).
+# Answers each payload's receiver count. Without KEYS: ARGV channel,
+# payload, a plain PUBLISH (for a batch that mixes both).
 # Everything that can fail runs before the first write: Redis does not undo
 # a script's writes when it fails halfway.
 _PUBLISH = b"""
-local payload = ARGV[2]
 if #KEYS == 0 then
-  return redis.call('PUBLISH', ARGV[1], payload)
+  return redis.call('PUBLISH', ARGV[1], ARGV[2])
 end
-local newline = string.find(payload, '\\n', 1, true)
-if not newline or string.byte(payload, newline + 1) ~= 123 then
-  return redis.error_reply('ERR a kept payload is <header>\\\\n{...}')
+local count = #ARGV - 7
+local heads, bodies = {}, {}
+for n = 1, count do
+  local payload = ARGV[7 + n]
+  local newline = string.find(payload, '\\n', 1, true)
+  if not newline or string.byte(payload, newline + 1) ~= 123 then
+    return redis.error_reply('ERR a kept payload is <header>\\\\n{...}')
+  end
+  heads[n] = string.sub(payload, 1, newline)
+  bodies[n] = string.sub(payload, newline + 2)
 end
-local offset = redis.call('HINCRBY', KEYS[1], 'offset', 1)
-if offset == 1 then  -- a new stream, or one whose position was lost
+local last = redis.call('HINCRBY', KEYS[1], 'offset', count)
+local first = last - count + 1
+if first == 1 then  -- a new stream, or one whose position was lost
   redis.call('DEL', KEYS[2])
-  redis.call('HSETNX', KEYS[1], 'epoch', ARGV[6])
+  redis.call('HSETNX', KEYS[1], 'epoch', ARGV[5])
 end
-local event = string.format('{"offset":%d,', offset)
-  .. string.sub(payload, newline + 2)
-local length = redis.call('RPUSH', KEYS[2], ARGV[7] .. event)
-if length > tonumber(ARGV[8]) then
-  redis.call('LTRIM', KEYS[2], length - tonumber(ARGV[3]), -1)
+local stored, length = {}, 0
+for n = 1, count do
+  bodies[n] = string.format('{"offset":%d,', first + n - 1) .. bodies[n]
+  stored[#stored + 1] = ARGV[6] .. bodies[n]
+  if #stored == 500 or n == count then
+    length = redis.call('RPUSH', KEYS[2], unpack(stored))
+    stored = {}
+  end
 end
-redis.call('PEXPIRE', KEYS[2], ARGV[4])
-redis.call('PEXPIRE', KEYS[1], ARGV[5])
-return redis.call('PUBLISH', ARGV[1], string.sub(payload, 1, newline) .. event)
+if length > tonumber(ARGV[7]) then
+  redis.call('LTRIM', KEYS[2], length - tonumber(ARGV[2]), -1)
+end
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+local receivers = {}
+for n = 1, count do
+  receivers[n] = redis.call('PUBLISH', ARGV[1], heads[n] .. bodies[n])
+end
+return receivers
 """
 
 # KEYS: position, events; ARGV: a fresh epoch, after (-1: none), how many
@@ -172,25 +192,36 @@ class RedisHistory:
 
     def commands(
         self, messages: list[tuple[str, bytes]], retention: RetentionLookup
-    ) -> list[tuple[t.Any, ...]] | None:
-        """The batch's commands, all through the script so that a NOSCRIPT
-        fails the batch from one message on (None: nothing kept, PUBLISH)."""
+    ) -> list[tuple[tuple[t.Any, ...], int]] | None:
+        """The batch's commands, each with how many messages it carries (its
+        answer is their receiver counts), all through the script so that a
+        NOSCRIPT fails the batch from one message on (None: nothing kept,
+        PUBLISH). Consecutive messages to one kept topic share one call."""
         rules = [retention(topic) for topic, _ in messages]
         if not any(rules):
             return None
         sha = _SHAS[_PUBLISH]
         epoch, now = new_epoch(), _now()
-        commands: list[tuple[t.Any, ...]] = []
+        commands: list[tuple[tuple[t.Any, ...], int]] = []
+        run: list[t.Any] = []  # the current run's command, payloads appended
+        run_topic = None
         for (topic, data), rule in zip(messages, rules, strict=True):
+            if topic == run_topic:
+                run.append(data)
+                continue
+            if run_topic is not None:  # the run ends
+                commands.append((tuple(run), len(run) - 12))
+                run_topic = None
             if rule is None:
-                commands.append(("EVALSHA", sha, b"0", self._prefix + topic, data))
+                commands.append((("EVALSHA", sha, b"0", self._prefix + topic, data), 1))
                 continue
             size, ttl, position_ttl, trim_at = _arguments(rule)
             position, events, channel = _names(self._prefix, topic)
-            commands.append(
-                ("EVALSHA", sha, b"2", position, events, channel, data)
-                + (size, ttl, position_ttl, epoch, now, trim_at)
-            )
+            run = ["EVALSHA", sha, b"2", position, events, channel]
+            run += [size, ttl, position_ttl, epoch, now, trim_at, data]
+            run_topic = topic
+        if run_topic is not None:
+            commands.append((tuple(run), len(run) - 12))
         return commands
 
     def read(

@@ -227,20 +227,22 @@ class RedisBroker(BrokerBase):
                 pub = self._pub = self._connection("pub")
                 self._history.load(pub)
             commands = self._history.commands(messages, self.retention) or [
-                ("PUBLISH", self._prefix + topic, data) for topic, data in messages
+                (("PUBLISH", self._prefix + topic, data), 1) for topic, data in messages
             ]
             if _hiredis_pack is not None:
-                packed = [b"".join([_hiredis_pack(command) for command in commands])]
+                packed = [b"".join([_hiredis_pack(c) for c, _ in commands])]
             else:
-                packed = pub.pack_commands(commands)
+                packed = pub.pack_commands([c for c, _ in commands])
             pub.send_packed_command(packed, check_health=False)
-            for _ in messages:
+            for _, carried in commands:
                 try:
-                    counts.append(pub.read_response())
+                    answer = pub.read_response()
                 except NoScriptError:  # flushed: so is the rest; resent in order
                     raise
                 except ResponseError as exc:
-                    counts.append(exc)
+                    answer = [exc] * carried
+                # A kept run's script answers a count per message it carried.
+                counts.extend(answer if isinstance(answer, list) else [answer])
             if self._pub is not pub:
                 self._close(pub)  # closed meanwhile; redis-py had reopened it
         except (RedisError, OSError) as exc:
