@@ -234,4 +234,4 @@ class UnreachableBroker:
 def test_a_request_while_the_broker_is_unreachable_fails_at_once() -> None:
     control = Control(lambda on_message: UnreachableBroker(), print, print)  # type: ignore[arg-type,return-value]
     with pytest.raises(BrokerUnavailable, match="unreachable"):
-        control.request("n:elsewhere", b"{}", 30.0)
+        control.request("n:elsewhere", b"{}", 0.5)

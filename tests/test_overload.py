@@ -20,7 +20,7 @@ from tests.conftest import LiveServerFactory
 from tests.servers import ROOT, Server
 
 CLIENTS = 500
-SECONDS = float(os.environ.get("REALTIME_TEST_OVERLOAD_SECONDS", "60"))
+SECONDS = float(os.environ.get("REALTIME_TEST_OVERLOAD_SECONDS", "30"))
 SLOW_CLIENTS = 100
 # Each slow client reads at most 1 KiB per round, a round every 10 ms or more:
 # some 60 KB/s, a fraction of what one worker publishes to it.

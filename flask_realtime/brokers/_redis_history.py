@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import threading
 import time
 import typing as t
@@ -39,9 +40,13 @@ from .interface import Position, Retention, RetentionLookup
 
 # KEYS: position, events; ARGV: channel, size, events' ttl (ms), position's
 # ttl (ms), a fresh epoch, the time (ms, 13 digits), the length that trims,
-# then the payloads of a run of consecutive messages to the topic (one call
-# for a group commit's run: the counter, the trim and the expiries once).
-# Answers each payload's receiver count. Without KEYS: ARGV channel,
+# the publishing process's id, then a serial and a payload for each of a run
+# of consecutive messages to the topic (one call for a group commit's run:
+# the counter, the trim and the expiries once). A payload whose serial is
+# not above the last one stored from this process was stored already (sent
+# again after a link dropped before Redis's answer came): skipped, so a
+# resend never stores an event twice. Answers each payload's receiver
+# count (0 for a skipped one). Without KEYS: ARGV channel,
 # payload, a plain PUBLISH (for a batch that mixes both).
 # Everything that can fail runs before the first write: Redis does not undo
 # a script's writes when it fails halfway.
@@ -49,16 +54,32 @@ _PUBLISH = b"""
 if #KEYS == 0 then
   return redis.call('PUBLISH', ARGV[1], ARGV[2])
 end
-local count = #ARGV - 7
-local heads, bodies = {}, {}
-for n = 1, count do
-  local payload = ARGV[7 + n]
+local sent = (#ARGV - 8) / 2
+local field = 'p:' .. ARGV[8]
+local seen = tonumber(redis.call('HGET', KEYS[1], field) or '0')
+local heads, bodies, receivers = {}, {}, {}
+local count, top = 0, seen
+for n = 1, sent do
+  receivers[n] = 0
+  local serial = tonumber(ARGV[7 + 2 * n])  -- 0: not numbered, always new
+  local payload = ARGV[8 + 2 * n]
   local newline = string.find(payload, '\\n', 1, true)
   if not newline or string.byte(payload, newline + 1) ~= 123 then
     return redis.error_reply('ERR a kept payload is <header>\\\\n{...}')
   end
-  heads[n] = string.sub(payload, 1, newline)
-  bodies[n] = string.sub(payload, newline + 2)
+  if serial == 0 or serial > seen then
+    top = math.max(top, serial)
+    count = count + 1
+    heads[count] = n
+    bodies[count] = string.sub(payload, newline + 2)
+    receivers[n] = string.sub(payload, 1, newline)
+  end
+end
+if count == 0 then
+  return receivers
+end
+if top > seen then
+  redis.call('HSET', KEYS[1], field, top)
 end
 local last = redis.call('HINCRBY', KEYS[1], 'offset', count)
 local first = last - count + 1
@@ -80,9 +101,9 @@ if length > tonumber(ARGV[7]) then
 end
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
-local receivers = {}
 for n = 1, count do
-  receivers[n] = redis.call('PUBLISH', ARGV[1], heads[n] .. bodies[n])
+  local index = heads[n]
+  receivers[index] = redis.call('PUBLISH', ARGV[1], receivers[index] .. bodies[n])
 end
 return receivers
 """
@@ -163,6 +184,12 @@ def _now() -> bytes:
     return b"%013d" % (time.time() * 1000)
 
 
+class Numbered(bytes):
+    """A kept payload and its serial: what tells a resend from a new event."""
+
+    serial = 0  # not sent yet
+
+
 class RedisHistory:
     """The Redis broker's kept topics: the commands that publish them, and
     reads on a connection of their own (a read never waits behind a batch)."""
@@ -175,12 +202,25 @@ class RedisHistory:
     def reset(self) -> None:
         """Fresh per-process state: at start, and in a forked child."""
         self._reader: Connection | None = None
+        # Who publishes, and each kept message's serial (see _PUBLISH).
+        self._publisher = new_epoch()
+        self._serials = itertools.count(1)
         # Held across a round trip: a gevent lock once gevent patched threading.
         self._lock = threading.Lock()
 
     def keys(self, topic: str) -> tuple[str, str]:
         """The position hash's and the events list's names."""
         return _names(self._prefix, topic)[:2]
+
+    def _serial(self, data: bytes) -> int:
+        """A kept message's serial, given when it is first sent: sends go
+        one batch at a time, in the order of publishing, so serials ascend
+        in that order, and a resend carries the one it had."""
+        if not isinstance(data, Numbered):
+            return 0  # not numbered: always stored
+        if not data.serial:
+            data.serial = next(self._serials)
+        return data.serial
 
     @staticmethod
     def load(connection: Connection) -> None:
@@ -207,10 +247,10 @@ class RedisHistory:
         run_topic = None
         for (topic, data), rule in zip(messages, rules, strict=True):
             if topic == run_topic:
-                run.append(data)
+                run += [self._serial(data), data]
                 continue
             if run_topic is not None:  # the run ends
-                commands.append((tuple(run), len(run) - 12))
+                commands.append((tuple(run), (len(run) - 13) // 2))
                 run_topic = None
             if rule is None:
                 commands.append((("EVALSHA", sha, b"0", self._prefix + topic, data), 1))
@@ -218,10 +258,11 @@ class RedisHistory:
             size, ttl, position_ttl, trim_at = _arguments(rule)
             position, events, channel = _names(self._prefix, topic)
             run = ["EVALSHA", sha, b"2", position, events, channel]
-            run += [size, ttl, position_ttl, epoch, now, trim_at, data]
+            run += [size, ttl, position_ttl, epoch, now, trim_at, self._publisher]
+            run += [self._serial(data), data]
             run_topic = topic
         if run_topic is not None:
-            commands.append((tuple(run), len(run) - 12))
+            commands.append((tuple(run), (len(run) - 13) // 2))
         return commands
 
     def read(

@@ -29,7 +29,7 @@ from redis.retry import Retry
 
 from .._runtime import real_lock
 from ..config import ConfigError, Settings
-from ._redis_history import RedisHistory
+from ._redis_history import Numbered, RedisHistory
 from ._support import redact
 from .base import BrokerBase, LinkLost, MessageCallback
 from .interface import Position
@@ -216,6 +216,11 @@ class RedisBroker(BrokerBase):
         # "unsubscribe" and PING's "pong" need nothing.
 
     # -- the publishing connection ---------------------------------------------
+
+    def publish(self, topic: str, data: bytes) -> int | None:
+        if self.retention(topic) is not None:
+            data = Numbered(data)  # a resend is then told apart
+        return super().publish(topic, data)
 
     def _send_batch(
         self, messages: list[tuple[str, bytes]]
