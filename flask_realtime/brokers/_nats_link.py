@@ -21,6 +21,7 @@ from collections import deque
 from nats import errors as nats_errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.js import JetStreamContext
 
 from ._nats_loop import Signal
 from ._support import LinkLost
@@ -31,6 +32,7 @@ Messages = list[tuple[str, bytes]]
 _TOPICS = "flask_realtime.t."
 _CONTROL = "flask_realtime.r."
 _UNSAFE = re.compile(r"[^A-Za-z0-9_\-:=@#]+")
+_JS_TIMEOUT = 2.0  # a JetStream API request (history) waits this long
 LOST = object()  # in the inbox: the connection is gone; in a slot: unsubscribed
 
 
@@ -104,6 +106,13 @@ class Link:
         self.error: BaseException | None = None
         self.dead = False
         self.warned = False  # a batch went unconfirmed on this connection
+        self._js: JetStreamContext | None = None
+
+    def jetstream(self) -> JetStreamContext:
+        """This connection's JetStream context (history), made on first use."""
+        if self._js is None:
+            self._js = self.nc.jetstream(timeout=_JS_TIMEOUT)
+        return self._js
 
     def _stamp(self, **fields: t.Any) -> Msg:
         """nats-py's ``msg_class``: called in the server's order."""
@@ -118,7 +127,9 @@ class Link:
     async def _on_topic(self, msg: Msg) -> None:
         slots = self.waiting.get(msg.subject)
         if slots:
-            slots.popleft().data = msg.data
+            # An empty payload is a kept topic's epoch mark, republished by
+            # its stream (see _nats_history.py): nobody receives it.
+            slots.popleft().data = msg.data or LOST
             self._release()
 
     def _release(self) -> None:
