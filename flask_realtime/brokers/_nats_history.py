@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import secrets
 import time
 import typing as t
@@ -96,6 +97,24 @@ def stream_config(rule: Retention) -> api.StreamConfig:
     )
 
 
+def _acknowledged(msg: t.Any) -> int | BaseException:
+    """A publish's stream sequence from JetStream's answer, or its error."""
+    if (msg.headers or {}).get("Status") == "503":
+        return js_errors.NoStreamResponseError()
+    try:
+        answer = json.loads(msg.data)
+        if "error" in answer:
+            error = answer["error"]
+            return js_errors.APIError(
+                code=error.get("code"),
+                err_code=error.get("err_code"),
+                description=error.get("description"),
+            )
+        return int(answer["seq"])
+    except (ValueError, KeyError, TypeError) as exc:
+        return js_errors.APIError(description=f"not an acknowledgement: {exc}")
+
+
 class _Last(t.NamedTuple):
     """A topic's last stored message: its stream sequence (0: none), offset, epoch."""
 
@@ -151,11 +170,10 @@ class NatsHistory:
                 await link.send([], remaining, replies=False)  # plain ones routed
             outcome = await self._settle(sent, deadline - time.monotonic())
             todo = []
-            for i, (topic, offset, epoch, future) in sent.items():
-                error = outcome.get(i)
-                if error is None:
-                    ack = future.result()
-                    self._remember(topic, _Last(ack.seq, offset, epoch))
+            for i, (topic, offset, epoch, _) in sent.items():
+                error = outcome[i]
+                if not isinstance(error, BaseException):
+                    self._remember(topic, _Last(error, offset, epoch))
                     settled[i] = True
                 elif isinstance(error, js_errors.APIError) and error.err_code in (
                     _WRONG_SEQUENCE,
@@ -186,7 +204,6 @@ class NatsHistory:
         plain: bool,
     ) -> dict[int, tuple[str, int, str, asyncio.Future[t.Any]]]:
         """Publish ``todo`` in order (plain ones only when ``plain``)."""
-        js = link.jetstream()
         running: dict[str, _Last] = {}  # each topic's state as this round goes
         chain: dict[str, str] = {}  # stream -> the round's previous message id
         sent: dict[int, tuple[str, int, str, asyncio.Future[t.Any]]] = {}
@@ -212,8 +229,8 @@ class NatsHistory:
             headers[EPOCH] = last.epoch
             offset = last.offset + 1
             running[topic] = _Last(0, offset, last.epoch)
-            future = await js.publish_async(
-                history_subject(topic, rule), stamp(data, offset), headers=headers
+            future = await link.ask(
+                history_subject(topic, rule), stamp(data, offset), headers
             )
             sent[i] = (topic, offset, last.epoch, future)
         return sent
@@ -222,19 +239,22 @@ class NatsHistory:
     async def _settle(
         sent: dict[int, tuple[str, int, str, asyncio.Future[t.Any]]],
         timeout: float,
-    ) -> dict[int, BaseException]:
-        """Wait for every acknowledgement; the failures (a timeout included)."""
+    ) -> dict[int, int | BaseException]:
+        """Wait for every acknowledgement: each one's stream sequence, or why
+        it failed (a timeout included)."""
         futures = [entry[3] for entry in sent.values()]
         if futures:
             await asyncio.wait(futures, timeout=max(0.0, timeout))
-        failed: dict[int, BaseException] = {}
+        outcome: dict[int, int | BaseException] = {}
         for i, (_, _, _, future) in sent.items():
             if not future.done():
                 future.cancel()
-                failed[i] = asyncio.TimeoutError()
+                outcome[i] = asyncio.TimeoutError()
             elif future.exception() is not None:
-                failed[i] = t.cast(BaseException, future.exception())
-        return failed
+                raise t.cast(BaseException, future.exception())  # the link is lost
+            else:
+                outcome[i] = _acknowledged(future.result())
+        return outcome
 
     async def _prepare(self, link: Link, kept: dict[str, Retention]) -> None:
         """Make sure the streams exist and each topic's last message is known."""

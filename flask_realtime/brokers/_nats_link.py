@@ -107,6 +107,11 @@ class Link:
         self.dead = False
         self.warned = False  # a batch went unconfirmed on this connection
         self._js: JetStreamContext | None = None
+        # Answers to publishes that want one (JetStream's acknowledgements),
+        # by the last token of their reply subject.
+        self.answers: dict[str, asyncio.Future[Msg]] = {}
+        self.answer_prefix = self.control + "_a."
+        self._asked = 0
 
     def jetstream(self) -> JetStreamContext:
         """This connection's JetStream context (history), made on first use."""
@@ -157,6 +162,27 @@ class Link:
             done = self.rounds.get(int(batch))
             if done is not None and done.counts[int(index)] is None:
                 done.counts[int(index)] = 0
+
+    async def ask(
+        self, name: str, data: bytes, headers: dict[str, str]
+    ) -> asyncio.Future[Msg]:
+        """Publish with a reply subject of this link's; the answer's future.
+
+        nats-py's ``publish_async`` would do, but its futures never learn of
+        an error answer (it raises in its callback instead)."""
+        self._asked += 1
+        token = str(self._asked)
+        future = self.answers[token] = asyncio.get_running_loop().create_future()
+        future.add_done_callback(lambda _: self.answers.pop(token, None))
+        await self.nc.publish(
+            name, data, reply=self.answer_prefix + token, headers=headers
+        )
+        return future
+
+    async def on_answer(self, msg: Msg) -> None:
+        future = self.answers.get(msg.subject[len(self.answer_prefix) :])
+        if future is not None and not future.done():
+            future.set_result(msg)
 
     async def subscribe(self, topics: list[str]) -> None:
         async with self.changing:
@@ -222,6 +248,9 @@ class Link:
         for done in self.rounds.values():
             if not done.future.done():
                 done.future.set_exception(LinkLost("the connection was lost"))
+        for answer in list(self.answers.values()):
+            if not answer.done():
+                answer.set_exception(LinkLost("the connection was lost"))
         self.inbox.append(LOST)
         self.wake.set_threadsafe()
 

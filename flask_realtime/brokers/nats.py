@@ -152,6 +152,7 @@ class NatsBroker(BrokerBase):
             raise (link.error or exc) from None
         self._history.reset()  # the server may have restarted, or lost its data
         await link.listen(f"{link.control}.*", link.on_control)
+        await link.listen(link.answer_prefix + "*", link.on_answer)
         await link.subscribe(topics)
         # Lost with the last connection, maybe: sent again, before the buffer.
         resent = dict(self._unconfirmed.batches)
