@@ -87,7 +87,11 @@ class BrokerServer:
                 str(self.directory),
             ], env
         if self.kind == "nats":
-            return ["nats-server", "-a", "127.0.0.1", "-p", str(self.port)], env
+            # JetStream for history; its data survives a restart (not a kill
+            # of the directory).
+            store = str(self.directory / "jetstream")
+            command = ["nats-server", "-a", "127.0.0.1", "-p", str(self.port)]
+            return [*command, "-js", "-sd", store], env
         # Run as root, the server drops to the rabbitmq user, which must own
         # its data and reach it: pytest's own temporary directories are
         # private to root, so the data lives in a directory of its own.

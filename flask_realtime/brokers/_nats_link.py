@@ -21,6 +21,7 @@ from collections import deque
 from nats import errors as nats_errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.js import JetStreamContext
 
 from ._nats_loop import Signal
 from ._support import LinkLost
@@ -31,6 +32,7 @@ Messages = list[tuple[str, bytes]]
 _TOPICS = "flask_realtime.t."
 _CONTROL = "flask_realtime.r."
 _UNSAFE = re.compile(r"[^A-Za-z0-9_\-:=@#]+")
+_JS_TIMEOUT = 2.0  # a JetStream API request (history) waits this long
 LOST = object()  # in the inbox: the connection is gone; in a slot: unsubscribed
 
 
@@ -104,6 +106,18 @@ class Link:
         self.error: BaseException | None = None
         self.dead = False
         self.warned = False  # a batch went unconfirmed on this connection
+        self._js: JetStreamContext | None = None
+        # Answers to publishes that want one (JetStream's acknowledgements),
+        # by the last token of their reply subject.
+        self.answers: dict[str, asyncio.Future[Msg]] = {}
+        self.answer_prefix = self.control + "_a."
+        self._asked = 0
+
+    def jetstream(self) -> JetStreamContext:
+        """This connection's JetStream context (history), made on first use."""
+        if self._js is None:
+            self._js = self.nc.jetstream(timeout=_JS_TIMEOUT)
+        return self._js
 
     def _stamp(self, **fields: t.Any) -> Msg:
         """nats-py's ``msg_class``: called in the server's order."""
@@ -118,7 +132,9 @@ class Link:
     async def _on_topic(self, msg: Msg) -> None:
         slots = self.waiting.get(msg.subject)
         if slots:
-            slots.popleft().data = msg.data
+            # An empty payload is a kept topic's epoch mark, republished by
+            # its stream (see _nats_history.py): nobody receives it.
+            slots.popleft().data = msg.data or LOST
             self._release()
 
     def _release(self) -> None:
@@ -146,6 +162,27 @@ class Link:
             done = self.rounds.get(int(batch))
             if done is not None and done.counts[int(index)] is None:
                 done.counts[int(index)] = 0
+
+    async def ask(
+        self, name: str, data: bytes, headers: dict[str, str]
+    ) -> asyncio.Future[Msg]:
+        """Publish with a reply subject of this link's; the answer's future.
+
+        nats-py's ``publish_async`` would do, but its futures never learn of
+        an error answer (it raises in its callback instead)."""
+        self._asked += 1
+        token = str(self._asked)
+        future = self.answers[token] = asyncio.get_running_loop().create_future()
+        future.add_done_callback(lambda _: self.answers.pop(token, None))
+        await self.nc.publish(
+            name, data, reply=self.answer_prefix + token, headers=headers
+        )
+        return future
+
+    async def on_answer(self, msg: Msg) -> None:
+        future = self.answers.get(msg.subject[len(self.answer_prefix) :])
+        if future is not None and not future.done():
+            future.set_result(msg)
 
     async def subscribe(self, topics: list[str]) -> None:
         async with self.changing:
@@ -211,6 +248,9 @@ class Link:
         for done in self.rounds.values():
             if not done.future.done():
                 done.future.set_exception(LinkLost("the connection was lost"))
+        for answer in list(self.answers.values()):
+            if not answer.done():
+                answer.set_exception(LinkLost("the connection was lost"))
         self.inbox.append(LOST)
         self.wake.set_threadsafe()
 

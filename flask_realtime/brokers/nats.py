@@ -16,6 +16,11 @@ empty "503" message there, ahead of the marker, and publish returns 0 for
 it. Without its marker within a second a batch returns unconfirmed (a
 frozen server that thaws delivers it once); lost with its connection, it is
 sent again on reconnect: at least once, never silently dropped.
+
+Kept topics (history) go through JetStream instead: ``_nats_history.py``.
+A batch that holds one waits for JetStream's acknowledgements as well as
+its marker; what JetStream did not acknowledge in time is sent again by the
+base (at least once, too).
 """
 
 from __future__ import annotations
@@ -30,10 +35,12 @@ from urllib.parse import urlsplit, urlunsplit
 from nats import errors as nats_errors
 
 from ..config import ConfigError, Settings
+from ._nats_history import NatsHistory
 from ._nats_link import LOST, Link, Messages, Unconfirmed
 from ._nats_loop import LoopThread, Signal
 from ._support import redact
-from .base import BrokerBase, LinkLost, MessageCallback
+from .base import BrokerBase, BrokerUnavailable, LinkLost, MessageCallback
+from .interface import Position
 
 log = logging.getLogger("flask_realtime")
 
@@ -41,6 +48,8 @@ _SCHEMES = ("nats", "tls", "ws", "wss")
 _CONNECT_TIMEOUT = 2.0  # TCP connect and the server's INFO, per attempt
 _CONFIRM_WAIT = 1.0  # a batch returns unconfirmed after this
 _CHECK_WAIT = 2.0  # connecting or subscribing waits this long for its marker
+_STORE_WAIT = 3.0  # a batch with kept topics: JetStream stores it within this
+_READ_WAIT = 5.0  # a history read answers within this
 _LOOP_WAIT = 5.0  # beyond those: the loop never answered (a bug, not an outage)
 _PING_INTERVAL = 10  # a silent dead link is noticed after 2 unanswered pings
 _TICK = 1.0  # the reader looks up at least this often
@@ -97,6 +106,7 @@ class NatsBroker(BrokerBase):
         self._loop: LoopThread | None = None
         self._link: Link | None = None
         self._unconfirmed = Unconfirmed()  # the loop thread's
+        self._history = NatsHistory()  # the loop thread's
         url = ", ".join(_hide(server) for server in self._servers)
         super().__init__(url, settings.broker_buffer, on_message)
         self.url = url  # redact() alone would show a token
@@ -140,7 +150,9 @@ class NatsBroker(BrokerBase):
         except Exception as exc:
             # Not "no servers" but why: "Authorization Violation", say.
             raise (link.error or exc) from None
+        self._history.reset()  # the server may have restarted, or lost its data
         await link.listen(f"{link.control}.*", link.on_control)
+        await link.listen(link.answer_prefix + "*", link.on_answer)
         await link.subscribe(topics)
         # Lost with the last connection, maybe: sent again, before the buffer.
         resent = dict(self._unconfirmed.batches)
@@ -177,7 +189,33 @@ class NatsBroker(BrokerBase):
         link, loop = self._link, self._loop
         if link is None or loop is None:
             raise LinkLost("not connected")
+        if any(self.retention(topic) for topic, _ in messages):
+            return loop.run(self._store(link, messages), _STORE_WAIT + _LOOP_WAIT)
         return loop.run(self._publish(link, messages), _CONFIRM_WAIT + _LOOP_WAIT)
+
+    async def _store(
+        self, link: Link, messages: Messages
+    ) -> list[int | None | Exception]:
+        try:
+            return await self._history.send(link, messages, self.retention, _STORE_WAIT)
+        except (nats_errors.Error, OSError, asyncio.TimeoutError) as exc:
+            raise LinkLost(str(exc) or type(exc).__name__) from exc
+
+    def _read_history(
+        self, topic: str, after: int | None, limit: int | None
+    ) -> tuple[Position, list[bytes] | None]:
+        link, loop = self._link, self._loop
+        if link is None or loop is None:
+            raise BrokerUnavailable(f"the nats broker at {self.url} is unreachable")
+        rule = self.retention(topic)
+        try:
+            return loop.run(
+                self._history.read(link, topic, rule, after, limit), _READ_WAIT
+            )
+        except (nats_errors.Error, OSError, asyncio.TimeoutError) as exc:
+            raise BrokerUnavailable(
+                f"reading history from the nats broker at {self.url} failed: {exc}"
+            ) from exc
 
     async def _publish(
         self, link: Link, messages: Messages
@@ -249,3 +287,4 @@ class NatsBroker(BrokerBase):
         _inherited.append((self._loop, self._link))
         self._loop = self._link = None
         self._unconfirmed = Unconfirmed()  # the parent's batches
+        self._history = NatsHistory()

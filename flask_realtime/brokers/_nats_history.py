@@ -1,0 +1,394 @@
+"""History on NATS: a JetStream stream per retention rule, in the loop thread.
+
+Each distinct rule (size, ttl) gets a stream, ``flask_realtime_h_<size>_<ttl
+ms>``, on the subjects ``flask_realtime.h.<size>_<ttl ms>.<topic token>``,
+apart from the plain ``flask_realtime.t.<topic token>``; it keeps
+``size`` messages per subject (``max_msgs_per_subject``) for ``ttl`` +
+``POSITION_TTL`` (``max_age``), and republishes each message, once stored,
+on the topic's plain subject: subscribers keep their core subscription, get
+nothing that was not stored, and get a topic's messages in the stream's
+order, which is the offsets' order. A read leaves out the events older than
+``ttl`` by the server's timestamps; the last message outlives them, and with
+it the position.
+
+A message carries its offset in its payload (``_history.stamp``) and its
+stream's epoch in a header. Offsets are the channel's own counter: a
+publisher caches each topic's last (stream sequence, offset, epoch) and
+publishes offset + 1 with ``Nats-Expected-Last-Subject-Sequence``; JetStream
+refuses it ("wrong last sequence") when another node published meanwhile,
+and the publisher looks the topic's last message up and tries again. In a
+batch only a topic's first message can carry that sequence (the next ones'
+are not known yet), so every message of a stream after the batch's first
+carries ``Nats-Expected-Last-Msg-Id``: the id of the batch's previous
+message. Nothing else then lands between the two, and once one fails every
+later one of that stream fails too and is sent again in order: a batch is
+pipelined, with one round trip, and offsets stay contiguous and in publish
+order.
+
+A topic without a message gets one of offset 0 and a fresh epoch, with an
+empty payload that nobody receives: on the first read of its position
+(whose epoch the first event must carry) or, failing that, with its first
+event. A stream that is gone (a nats-server that lost its data) is created
+again, and its topics start anew with new epochs; one that a restart kept
+keeps its epochs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import secrets
+import time
+import typing as t
+
+from nats.js import api
+from nats.js import errors as js_errors
+
+from ._history import POSITION_TTL, new_epoch, offset_of, stamp
+from ._nats_link import Link, Messages, subject
+from ._support import LinkLost
+from .interface import Position, Retention, RetentionLookup
+
+EPOCH = "Flask-Realtime-Epoch"
+_MSG_ID = "Nats-Msg-Id"
+_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
+_LAST_MSG_ID = "Nats-Expected-Last-Msg-Id"
+_WRONG_SEQUENCE = 10071  # another node published to the topic meanwhile
+_WRONG_MSG_ID = 10070  # the batch's previous message did not land just before
+_NAME_IN_USE = 10058  # a stream of that name with another configuration
+_API_TIMEOUT = 2.0
+_READ_WAIT = 2.0  # a read's consumer delivers within this, or the rest is gone
+_CACHED = 65536  # topics whose last message a node remembers
+_PREFIX = "flask_realtime.h."
+_PLAIN = len("flask_realtime.t.")
+
+
+@functools.lru_cache(maxsize=64)
+def _rule_id(rule: Retention) -> str:
+    return f"{rule.size}_{max(1, round(rule.ttl * 1000))}"
+
+
+def stream_name(rule: Retention) -> str:
+    return "flask_realtime_h_" + _rule_id(rule)
+
+
+@functools.lru_cache(maxsize=65536)
+def history_subject(topic: str, rule: Retention) -> str:
+    """Where ``topic``'s kept events go: its plain subject's token, under the rule's."""
+    return f"{_PREFIX}{_rule_id(rule)}.{subject(topic)[_PLAIN:]}"
+
+
+def stream_config(rule: Retention) -> api.StreamConfig:
+    rule_id = _rule_id(rule)
+    source = f"{_PREFIX}{rule_id}.*"
+    return api.StreamConfig(
+        name=stream_name(rule),
+        description=f"flask_realtime history: {rule.size} events, {rule.ttl} s",
+        subjects=[source],
+        retention=api.RetentionPolicy.LIMITS,
+        discard=api.DiscardPolicy.OLD,
+        max_msgs_per_subject=max(1, rule.size),  # 0 would be no limit
+        max_age=rule.ttl + POSITION_TTL,
+        storage=api.StorageType.FILE,
+        duplicate_window=0.1,  # ids serve the chain, not deduplication
+        allow_direct=True,
+        republish=api.RePublish(src=source, dest="flask_realtime.t.{{wildcard(1)}}"),
+    )
+
+
+def _acknowledged(msg: t.Any) -> int | BaseException:
+    """A publish's stream sequence from JetStream's answer, or its error."""
+    if (msg.headers or {}).get("Status") == "503":
+        return js_errors.NoStreamResponseError()
+    try:
+        answer = json.loads(msg.data)
+        if "error" in answer:
+            error = answer["error"]
+            return js_errors.APIError(
+                code=error.get("code"),
+                err_code=error.get("err_code"),
+                description=error.get("description"),
+            )
+        return int(answer["seq"])
+    except (ValueError, KeyError, TypeError) as exc:
+        return js_errors.APIError(description=f"not an acknowledgement: {exc}")
+
+
+class _Last(t.NamedTuple):
+    """A topic's last stored message: its stream sequence (0: none), offset, epoch."""
+
+    seq: int
+    offset: int
+    epoch: str
+
+
+class NatsHistory:
+    """The NATS broker's kept topics, on the loop thread; see the module docstring."""
+
+    def __init__(self) -> None:
+        self._node = secrets.token_hex(4)
+        self._ids = 0
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget what a new connection may find changed (a restarted server)."""
+        self._last: dict[str, _Last] = {}
+        self._streams: set[str] = set()
+
+    def _next_id(self) -> str:
+        self._ids += 1
+        return f"{self._node}.{self._ids:x}"
+
+    # -- publishing ----------------------------------------------------------------
+
+    async def send(
+        self,
+        link: Link,
+        messages: Messages,
+        retention: RetentionLookup,
+        timeout: float,
+    ) -> list[int | None | Exception]:
+        """Publish a batch that holds kept topics, in order; returns once
+        JetStream stored every kept message and the server routed the rest."""
+        deadline = time.monotonic() + timeout
+        rules = [retention(topic) for topic, _ in messages]
+        counts: list[int | None | Exception] = [None] * len(messages)
+        settled = [False] * len(messages)
+        todo = list(range(len(messages)))
+        plain = True  # the first round sends the plain messages, once
+        while todo:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or link.dead:
+                accepted = settled.index(False)
+                raise LinkLost("JetStream did not store the batch", accepted)
+            kept = {messages[i][0]: rules[i] for i in todo if rules[i] is not None}
+            await asyncio.wait_for(self._prepare(link, kept), remaining)
+            sent = await self._round(link, messages, rules, todo, plain)
+            if plain:
+                plain = False
+                await link.send([], remaining, replies=False)  # plain ones routed
+            outcome = await self._settle(sent, deadline - time.monotonic())
+            todo = []
+            for i, (topic, offset, epoch, _) in sent.items():
+                error = outcome[i]
+                if not isinstance(error, BaseException):
+                    self._remember(topic, _Last(error, offset, epoch))
+                    settled[i] = True
+                elif isinstance(error, js_errors.APIError) and error.err_code in (
+                    _WRONG_SEQUENCE,
+                    _WRONG_MSG_ID,
+                ):
+                    if error.err_code == _WRONG_SEQUENCE:
+                        self._last.pop(topic, None)  # looked up again
+                    todo.append(i)
+                elif isinstance(error, js_errors.NoStreamResponseError):
+                    self._forget_stream(t.cast(Retention, rules[i]))
+                    todo.append(i)
+                elif isinstance(error, asyncio.TimeoutError):
+                    self._last.pop(topic, None)  # stored or not: unknown
+                    todo.append(i)
+                else:
+                    counts[i], settled[i] = error, True  # refused (too big, say)
+            for i in range(len(messages)):
+                if rules[i] is None:
+                    settled[i] = True
+        return counts
+
+    async def _round(
+        self,
+        link: Link,
+        messages: Messages,
+        rules: list[Retention | None],
+        todo: list[int],
+        plain: bool,
+    ) -> dict[int, tuple[str, int, str, asyncio.Future[t.Any]]]:
+        """Publish ``todo`` in order (plain ones only when ``plain``)."""
+        running: dict[str, _Last] = {}  # each topic's state as this round goes
+        chain: dict[str, str] = {}  # stream -> the round's previous message id
+        sent: dict[int, tuple[str, int, str, asyncio.Future[t.Any]]] = {}
+        for i in todo:
+            topic, data = messages[i]
+            rule = rules[i]
+            if rule is None:
+                if plain:
+                    await link.nc.publish(subject(topic), data)
+                continue
+            last = running.get(topic)
+            message_id = self._next_id()
+            if last is None:
+                last = self._last[topic]
+                headers = {_LAST_SUBJECT_SEQ: str(last.seq)}
+            else:
+                headers = {}
+            name = stream_name(rule)
+            if name in chain:
+                headers[_LAST_MSG_ID] = chain[name]
+            chain[name] = message_id
+            headers[_MSG_ID] = message_id
+            headers[EPOCH] = last.epoch
+            offset = last.offset + 1
+            running[topic] = _Last(0, offset, last.epoch)
+            future = await link.ask(
+                history_subject(topic, rule), stamp(data, offset), headers
+            )
+            sent[i] = (topic, offset, last.epoch, future)
+        return sent
+
+    @staticmethod
+    async def _settle(
+        sent: dict[int, tuple[str, int, str, asyncio.Future[t.Any]]],
+        timeout: float,
+    ) -> dict[int, int | BaseException]:
+        """Wait for every acknowledgement: each one's stream sequence, or why
+        it failed (a timeout included)."""
+        futures = [entry[3] for entry in sent.values()]
+        if futures:
+            await asyncio.wait(futures, timeout=max(0.0, timeout))
+        outcome: dict[int, int | BaseException] = {}
+        for i, (_, _, _, future) in sent.items():
+            if not future.done():
+                future.cancel()
+                outcome[i] = asyncio.TimeoutError()
+            elif future.exception() is not None:
+                raise t.cast(BaseException, future.exception())  # the link is lost
+            else:
+                outcome[i] = _acknowledged(future.result())
+        return outcome
+
+    async def _prepare(self, link: Link, kept: dict[str, Retention]) -> None:
+        """Make sure the streams exist and each topic's last message is known."""
+        for rule in set(kept.values()):
+            await self.ensure_stream(link, rule)
+        missing = [topic for topic in kept if topic not in self._last]
+        found = await asyncio.gather(
+            *(self._lookup(link, topic, kept[topic]) for topic in missing)
+        )
+        for topic, last in zip(missing, found, strict=True):
+            self._remember(topic, last or _Last(0, 0, new_epoch()))
+
+    def _remember(self, topic: str, last: _Last) -> None:
+        if len(self._last) >= _CACHED and topic not in self._last:
+            self._last.clear()
+        self._last[topic] = last
+
+    def _forget_stream(self, rule: Retention) -> None:
+        """The stream is gone, and its topics with it (a server that lost its
+        data): every topic is looked up again, the others' cost is a lookup."""
+        self._streams.discard(stream_name(rule))
+        self._last.clear()
+
+    async def ensure_stream(self, link: Link, rule: Retention) -> None:
+        name = stream_name(rule)
+        if name in self._streams:
+            return
+        js = link.jetstream()
+        config = stream_config(rule)
+        try:
+            await js.add_stream(config)  # the same configuration: a no-op
+        except js_errors.APIError as exc:
+            if exc.err_code != _NAME_IN_USE:
+                raise
+            await js.update_stream(config)
+        self._streams.add(name)
+
+    async def _lookup(self, link: Link, topic: str, rule: Retention) -> _Last | None:
+        """The topic's last stored message (None: there is none)."""
+        try:
+            msg = await link.jetstream().get_last_msg(
+                stream_name(rule), history_subject(topic, rule), direct=True
+            )
+        except js_errors.NotFoundError:
+            return None
+        headers = msg.headers or {}
+        data = msg.data or b""
+        offset = offset_of(data[data.index(b"\n") + 1 :]) if data else 0
+        return _Last(t.cast(int, msg.seq), offset or 0, headers.get(EPOCH, ""))
+
+    # -- reading -------------------------------------------------------------------
+
+    async def read(
+        self,
+        link: Link,
+        topic: str,
+        rule: Retention | None,
+        after: int | None,
+        limit: int | None,
+    ) -> tuple[Position, list[bytes] | None]:
+        """``Broker.history`` (see ``interface.py``)."""
+        if rule is None:  # nothing is kept: no event to give back
+            return Position(0, new_epoch()), [] if after in (None, 0) else None
+        await self.ensure_stream(link, rule)
+        last = await self._lookup(link, topic, rule)
+        for _ in range(3):
+            if last is not None:
+                break
+            last = await self._mark(link, topic, rule)
+        if last is None:
+            raise LinkLost(f"no position for {topic!r}: trimmed as soon as written")
+        self._remember(topic, last)
+        position = Position(last.offset, last.epoch)
+        if after is not None:
+            if after > last.offset or last.offset - after > rule.size:
+                return position, None
+            count = last.offset - after
+        else:
+            count = rule.size if limit is None else min(limit, rule.size)
+        if count <= 0:
+            return position, []
+        events = await self._fetch(link, topic, rule, last.offset, count)
+        if after is not None and len(events) < count:
+            return position, None  # some are trimmed or too old
+        return position, events
+
+    async def _mark(self, link: Link, topic: str, rule: Retention) -> _Last | None:
+        """Give an empty topic its epoch (None: another node did first)."""
+        epoch = new_epoch()
+        headers = {_LAST_SUBJECT_SEQ: "0", _MSG_ID: self._next_id(), EPOCH: epoch}
+        try:
+            ack = await link.jetstream().publish(
+                history_subject(topic, rule), b"", headers=headers
+            )
+        except js_errors.APIError as exc:
+            if exc.err_code != _WRONG_SEQUENCE:
+                raise
+            return await self._lookup(link, topic, rule)
+        return _Last(ack.seq, 0, epoch)
+
+    async def _fetch(
+        self, link: Link, topic: str, rule: Retention, last: int, count: int
+    ) -> list[bytes]:
+        """The envelopes of offsets ``last - count + 1`` to ``last`` still
+        kept and younger than the rule's ttl, oldest first."""
+        js = link.jetstream()
+        sub = await js.subscribe(
+            history_subject(topic, rule),
+            stream=stream_name(rule),
+            deliver_policy=api.DeliverPolicy.ALL,
+            config=api.ConsumerConfig(
+                ack_policy=api.AckPolicy.NONE,
+                inactive_threshold=5.0,
+                mem_storage=True,
+            ),
+        )
+        oldest = time.time() - rule.ttl  # the server's clock stamped each one
+        events: list[bytes] = []
+        try:
+            while True:
+                try:
+                    msg = await sub.next_msg(_READ_WAIT)
+                except asyncio.TimeoutError:
+                    break  # expired meanwhile: nothing more is coming
+                data = msg.data
+                offset = 0
+                if data:
+                    envelope = data[data.index(b"\n") + 1 :]
+                    offset = offset_of(envelope) or 0
+                    stored = msg.metadata.timestamp.timestamp()
+                    if offset > last - count and stored >= oldest:
+                        events.append(envelope)
+                if offset >= last or msg.metadata.num_pending == 0:
+                    break
+        finally:
+            await sub.unsubscribe()
+        return [e for e in events if t.cast(int, offset_of(e)) <= last]

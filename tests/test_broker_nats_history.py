@@ -1,0 +1,249 @@
+"""What only the NATS broker's history does: its JetStream streams, several
+nodes on one server, restarts with and without the data, the outage buffer.
+
+The contract every broker keeps is in tests/test_history_store.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import time
+import typing as t
+from pathlib import Path
+
+import nats as nats_py
+import pytest
+
+from flask_realtime.brokers import BrokerUnavailable, _history
+from flask_realtime.brokers._nats_history import history_subject, stream_name
+from flask_realtime.brokers.interface import Retention
+from tests import brokerservers
+from tests.brokerclients import Inbox, broker_fixtures, in_threads, wait_until
+from tests.brokerservers import BrokerServer
+
+KEPT = Retention(size=100, ttl=60.0)
+
+make, server = broker_fixtures("nats")
+
+
+def keep(broker: t.Any, rule: Retention = KEPT) -> t.Any:
+    broker.retention = lambda topic: rule if topic.startswith("c:kept") else None
+    return broker
+
+
+def event(n: int) -> bytes:
+    return b"m\n" + json.dumps({"type": "event", "data": n}).encode()
+
+
+def delivered(inbox: Inbox, topic: str) -> list[tuple[int, t.Any]]:
+    """(offset, data) of what ``inbox`` received on ``topic``, in order."""
+    found = []
+    for payload in inbox.payloads(topic):
+        envelope = _history.envelope(payload)
+        found.append((_history.offset_of(envelope), json.loads(envelope)["data"]))
+    return found
+
+
+def kept(broker: t.Any, topic: str, after: int | None = None) -> list[t.Any]:
+    events = broker.history(topic, after=after)[1]
+    assert events is not None
+    return [json.loads(e)["data"] for e in events]
+
+
+def jetstream(url: str, call: t.Callable[[t.Any], t.Awaitable[t.Any]]) -> t.Any:
+    """``call(js)`` on a connection of its own: what the server holds."""
+
+    async def run() -> t.Any:
+        nc = await nats_py.connect(url)
+        try:
+            return await call(nc.jetstream())
+        finally:
+            await nc.close()
+
+    return asyncio.run(run())
+
+
+@pytest.fixture
+def own_server(tmp_path: Path) -> t.Iterator[t.Callable[[], BrokerServer]]:
+    """``own_server()``: a nats-server for this test alone."""
+    started: list[BrokerServer] = []
+
+    def start() -> BrokerServer:
+        brokerservers.require("nats")
+        directory = tmp_path / f"nats-{len(started)}"
+        started.append(BrokerServer("nats", directory))
+        return started[-1].start()
+
+    yield start
+    for each in started:
+        each.stop()
+
+
+def test_a_rule_is_a_stream_with_per_subject_limits_republished_once_stored(
+    server: BrokerServer, make: t.Any
+) -> None:
+    rule = Retention(size=3, ttl=30.0)
+    broker, inbox = make(REALTIME_BROKER_URL=server.url)
+    keep(broker, rule)
+    topic = f"c:kept.layout {time.monotonic_ns()}"  # a space: escaped
+    broker.subscribe(topic)
+    assert broker.history(topic)[0].offset == 0  # the epoch mark: not delivered
+    for n in range(5):
+        broker.publish(topic, event(n))
+    inbox.wait_for(lambda: len(inbox.payloads(topic)) == 5)
+    assert [o for o, _ in delivered(inbox, topic)] == [1, 2, 3, 4, 5]
+    name, subject = stream_name(rule), history_subject(topic, rule)
+
+    async def look(js: t.Any) -> t.Any:
+        info = await js.stream_info(name, subjects_filter=subject)
+        return info, await js.get_last_msg(name, subject)
+
+    info, last = jetstream(server.url, look)
+    assert info.config.max_msgs_per_subject == 3
+    assert info.config.max_age == 30.0 + _history.POSITION_TTL
+    assert info.state.subjects == {subject: 3}  # trimmed to size
+    assert last.data == _history.stamp(event(4), 5)
+    assert last.headers["Flask-Realtime-Epoch"] == broker.history(topic)[0].epoch
+    # A plain topic is not stored, and reading its history neither.
+    broker.publish("c:plain.layout", event(0))
+    assert broker.history("c:plain.layout")[1] == []
+
+
+def test_two_nodes_publishing_at_once_get_one_sequence_in_order(
+    server: BrokerServer, make: t.Any
+) -> None:
+    nodes = [keep(make(REALTIME_BROKER_URL=server.url)[0]) for _ in range(2)]
+    inboxes = [t.cast(Inbox, node._on_message) for node in nodes]
+    topics = [f"c:kept.two-nodes.{n}.{time.monotonic_ns()}" for n in range(2)]
+    for node in nodes:
+        node.subscribe(*topics)
+    per_thread, threads = 100, 8
+
+    def publish(n: int) -> None:
+        # Both nodes, both topics: batches conflict on one topic and break
+        # each other's chains on the stream.
+        for i in range(per_thread):
+            nodes[n % 2].publish(topics[(n // 2) % 2], event(n * 1000 + i))
+
+    in_threads(publish, threads)
+    total = per_thread * threads // 2
+    for inbox in inboxes:
+        for topic in topics:
+            inbox.wait_for(
+                lambda inbox=inbox, topic=topic: len(inbox.payloads(topic)) == total
+            )
+    for topic in topics:
+        seen = [delivered(inbox, topic) for inbox in inboxes]
+        assert [offset for offset, _ in seen[0]] == list(range(1, total + 1))
+        assert seen[0] == seen[1]  # the same numbering, the same order, on both
+        for n in range(threads):  # each thread's events keep their order
+            mine = [d for _, d in seen[0] if d // 1000 == n]
+            assert mine == sorted(mine)
+        assert nodes[0].history(topic) == nodes[1].history(topic)
+        assert nodes[0].history(topic)[0].offset == total
+
+
+def test_a_restart_that_kept_the_data_keeps_the_epoch_and_recovers(
+    own_server: t.Any, make: t.Any
+) -> None:
+    nats = own_server()
+    broker, inbox = make(REALTIME_BROKER_URL=nats.url)
+    keep(broker)
+    topic = "c:kept.persistent"
+    broker.subscribe(topic)
+    for n in range(1, 4):
+        broker.publish(topic, event(n))
+    inbox.wait_for(lambda: len(inbox.payloads(topic)) == 3)
+    before = broker.history(topic)[0]
+    nats.restart()  # SIGKILL: JetStream's files stay
+    wait_until(lambda: broker.connected)
+    assert broker.history(topic)[0] == before
+    assert kept(broker, topic, after=1) == [2, 3]  # a client at 1 recovers
+    broker.publish(topic, event(4))
+    inbox.wait_for(lambda: len(inbox.payloads(topic)) == 4)
+    assert delivered(inbox, topic) == [(n, n) for n in range(1, 5)]
+    assert broker.history(topic)[0] == (4, before.epoch)
+
+
+def test_lost_data_gives_a_new_epoch_and_a_new_stream(
+    own_server: t.Any, make: t.Any
+) -> None:
+    nats = own_server()
+    broker, inbox = make(REALTIME_BROKER_URL=nats.url)
+    keep(broker)
+    topic = "c:kept.lost"
+    broker.subscribe(topic)
+    for n in range(1, 4):
+        broker.publish(topic, event(n))
+    inbox.wait_for(lambda: len(inbox.payloads(topic)) == 3)
+    before = broker.history(topic)[0]
+    nats.kill()
+    shutil.rmtree(nats.directory / "jetstream")
+    nats.start()
+    wait_until(lambda: broker.connected)
+    broker.publish(topic, event(4))  # the stream is made again
+    inbox.wait_for(lambda: len(inbox.payloads(topic)) == 4)
+    assert delivered(inbox, topic)[-1] == (1, 4)
+    after = broker.history(topic)[0]
+    assert after.offset == 1 and after.epoch != before.epoch
+    assert broker.history(topic, after=3)[1] is None  # a client at 3: not recovered
+    # A node that read before the loss and never published learns it too.
+    other = keep(make(REALTIME_BROKER_URL=nats.url)[0])
+    assert other.history(topic)[0] == after
+
+
+def test_the_outage_buffer_takes_offsets_in_publish_order(
+    own_server: t.Any, make: t.Any
+) -> None:
+    nats = own_server()
+    broker, inbox = make(REALTIME_BROKER_URL=nats.url)
+    keep(broker)
+    topic = "c:kept.outage"
+    broker.subscribe(topic, "c:plain.outage")
+    broker.publish(topic, event(0))
+    inbox.wait_for(lambda: len(inbox.payloads()) == 1)
+    nats.kill()
+    wait_until(lambda: not broker.connected)
+    for n in range(1, 21):  # kept and plain, interleaved, all buffered
+        assert broker.publish(topic if n % 3 else "c:plain.outage", event(n)) is None
+    nats.start()
+    wait_until(lambda: len(inbox.payloads()) == 21)
+    published = [n for n in range(21) if n % 3 or n == 0]
+    assert delivered(inbox, topic) == list(enumerate(published, 1))
+    plain = [json.loads(p[2:])["data"] for p in inbox.payloads("c:plain.outage")]
+    assert plain == [3, 6, 9, 12, 15, 18]
+    assert kept(broker, topic, after=0) == published
+
+
+def test_reading_while_nats_is_down_raises_broker_unavailable(
+    own_server: t.Any, make: t.Any
+) -> None:
+    nats = own_server()
+    broker = keep(make(REALTIME_BROKER_URL=nats.url)[0])
+    broker.history("c:kept.down")
+    nats.kill()
+    wait_until(lambda: not broker.connected)
+    with pytest.raises(BrokerUnavailable):
+        broker.history("c:kept.down")
+    nats.start()
+    wait_until(lambda: broker.connected)
+    assert broker.history("c:kept.down")[0].offset == 0
+
+
+def test_events_past_the_ttl_are_left_out_by_the_servers_clock(
+    server: BrokerServer, make: t.Any
+) -> None:
+    broker = keep(make(REALTIME_BROKER_URL=server.url)[0], Retention(10, 1.0))
+    topic = f"c:kept.age.{time.monotonic_ns()}"
+    for n in range(3):
+        broker.publish(topic, event(n))
+    assert kept(broker, topic) == [0, 1, 2]
+    wait_until(lambda: broker.history(topic)[1] == [], timeout=10.0)
+    broker.publish(topic, event(3))
+    assert broker.history(topic)[0].offset == 4
+    assert kept(broker, topic) == [3]
+    assert kept(broker, topic, after=3) == [3]
+    assert kept(broker, topic, after=4) == []
+    assert broker.history(topic, after=2)[1] is None  # offset 3 is too old
