@@ -185,7 +185,7 @@ class RabbitMQBroker(BrokerBase):
             link.receive(max(0.0, ticked + _TICK - now))
             unacked = last = 0
             while link.deliveries and self._consumer is link:
-                last, key, body = link.deliveries.popleft()
+                last, key, body, _tag, _headers = link.deliveries.popleft()
                 topic = self._topic_of.get(key)
                 if topic is not None:  # else unsubscribed since it was routed
                     self._deliver(topic, body)
@@ -210,9 +210,13 @@ class RabbitMQBroker(BrokerBase):
                     link = self._link("publisher")
                     link.enable_confirms()
                     self._publisher = link
-                keyed = [(routing_key(topic), data) for topic, data in messages]
                 o = self._options
-                counts = link.publish(o.exchange, keyed, o.properties)
+                counts = link.publish(
+                    [
+                        (o.exchange, routing_key(topic), data, o.properties)
+                        for topic, data in messages
+                    ]
+                )
             except BaseException as exc:
                 if link is not None:
                     link.close()
