@@ -537,9 +537,9 @@ def test_concurrent_publishers_share_confirmed_batches_in_order(
     waits: list[int] = []  # messages per wait for confirms
     wait_for_confirms = _amqp.Link._publish_chunk
 
-    def counting(link: t.Any, exchange: str, chunk: list, properties: t.Any) -> t.Any:
+    def counting(link: t.Any, chunk: list) -> t.Any:
         waits.append(len(chunk))
-        return wait_for_confirms(link, exchange, chunk, properties)
+        return wait_for_confirms(link, chunk)
 
     monkeypatch.setattr(_amqp.Link, "_publish_chunk", counting)
     threads, per_thread = 8, 200

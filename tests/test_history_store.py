@@ -18,7 +18,7 @@ from flask_realtime.brokers import _history
 from flask_realtime.brokers.interface import Retention
 from tests.brokerclients import Brokers, Inbox, in_threads, wait_until
 
-HISTORY_KINDS = ["null", "redis", "nats"]
+HISTORY_KINDS = ["null", "redis", "nats", "rabbitmq"]
 
 KEPT = Retention(size=5, ttl=60.0)
 

@@ -29,6 +29,11 @@ _CHUNK_MESSAGES, _CHUNK_BYTES = 500, 1 << 20  # one wait each, well within the d
 _WAITING, _RETURNED = object(), object()  # a message's confirm is still due
 _DUE = (_WAITING, _RETURNED)
 
+# (delivery tag, routing key, body, consumer tag, headers): one received.
+Delivery = tuple[int, str, bytes, str, "dict[str, t.Any] | None"]
+# (exchange, routing key, body, properties): one message to publish.
+Outgoing = tuple[str, str, bytes, t.Any]
+
 
 class Link:
     """One AMQP connection and its channel, made synchronous with deadlines."""
@@ -36,12 +41,12 @@ class Link:
     def __init__(self, params: pika.connection.Parameters, password: str) -> None:
         self.error: str | None = None
         self.interrupted = False
-        self.deliveries: deque[tuple[int, str, bytes]] = deque()
+        self.deliveries: deque[Delivery] = deque()
         self.channel: t.Any = None
         self._password = password
         self._done: t.Callable[[], bool] | None = None
         self._tag = 0  # the channel's last delivery tag
-        self._batch: list[tuple[str, bytes]] = []
+        self._batch: list[tuple[str, str, bytes, t.Any]] = []
         self._results: list[t.Any] = []
         self._first = self._low = self._unconfirmed = 0
         self._ioloop = IOLoop()
@@ -95,43 +100,55 @@ class Link:
         """Run the loop until messages arrive (in ``deliveries``) or ``timeout``."""
         self.wait(lambda: bool(self.deliveries), timeout, expire=False)
 
-    def consume(self, queue: str) -> None:
-        self.call(
-            self.channel.basic_consume, queue=queue, on_message_callback=self._delivered
+    def consume(self, queue: str, arguments: dict[str, t.Any] | None = None) -> str:
+        """Consume ``queue`` into ``deliveries``; the consumer tag."""
+        tags: list[str] = []
+        self.consume_soon(queue, arguments, lambda tag: self.wake(tags.append(tag)))
+        self.wait(lambda: bool(tags), CALL_TIMEOUT)
+        return tags[0]
+
+    def consume_soon(
+        self,
+        queue: str,
+        arguments: dict[str, t.Any] | None,
+        done: t.Callable[[str], None],
+    ) -> str:
+        """Ask to consume ``queue``; ``done(tag)`` once RabbitMQ confirmed."""
+        tag: str = self.channel.basic_consume(
+            queue,
+            self._delivered,
+            arguments=arguments,
+            callback=lambda frame: done(frame.method.consumer_tag),
         )
+        return tag
 
     def enable_confirms(self) -> None:
         self.call(self.channel.confirm_delivery, ack_nack_callback=self._confirmed)
         self.channel.add_on_return_callback(self._returned)
 
-    def publish(
-        self, exchange: str, messages: list[tuple[str, bytes]], properties: t.Any
-    ) -> list[int | None | Exception]:
-        """Publish ``(key, data)`` pairs, mandatory, and wait for their confirms:
-        once per chunk, not per message. A message RabbitMQ returned as
-        unroutable counts 0 receivers; one it refused (nack) is an Exception."""
+    def publish(self, messages: list[Outgoing]) -> list[int | None | Exception]:
+        """Publish ``(exchange, key, data, properties)``, mandatory, and wait
+        for their confirms: once per chunk, not per message. A message
+        RabbitMQ returned as unroutable counts 0 receivers; one it refused
+        (nack) is an Exception."""
         done: list[int | None | Exception] = []
         while len(done) < len(messages):
             end, size, limit = len(done), 0, len(done) + _CHUNK_MESSAGES
             while end < min(limit, len(messages)) and size <= _CHUNK_BYTES:
-                size += len(messages[end][1])
+                size += len(messages[end][2])
                 end += 1
             try:
-                done += self._publish_chunk(
-                    exchange, messages[len(done) : end], properties
-                )
+                done += self._publish_chunk(messages[len(done) : end])
             except LinkLost as exc:
                 exc.accepted += len(done)
                 raise
         return done
 
-    def _publish_chunk(
-        self, exchange: str, chunk: list[tuple[str, bytes]], properties: t.Any
-    ) -> list[t.Any]:
+    def _publish_chunk(self, chunk: list[Outgoing]) -> list[t.Any]:
         self._batch, self._results = chunk, [_WAITING] * len(chunk)
         self._first, self._low, self._unconfirmed = self._tag + 1, 0, len(chunk)
         try:
-            for key, data in chunk:  # written as one, see _amqp_stream.py
+            for exchange, key, data, properties in chunk:  # one write: _amqp_stream
                 self.channel.basic_publish(exchange, key, data, properties, True)
                 self._tag += 1
             self.wait(lambda: not self._unconfirmed, CONFIRM_TIMEOUT)
@@ -160,13 +177,21 @@ class Link:
         # RabbitMQ returns an unroutable mandatory message before confirming
         # it, in publishing order: the first unconfirmed one that matches.
         for n in range(self._low, len(self._results)):
-            message = self._batch[n]
-            if self._results[n] is _WAITING and message == (method.routing_key, body):
+            returned = (method.exchange, method.routing_key, body)
+            if self._results[n] is _WAITING and self._batch[n][:3] == returned:
                 self._results[n] = _RETURNED
                 return
 
-    def _delivered(self, _ch: t.Any, method: t.Any, _props: t.Any, body: bytes) -> None:
-        self.deliveries.append((method.delivery_tag, method.routing_key, body))
+    def _delivered(self, _ch: t.Any, method: t.Any, props: t.Any, body: bytes) -> None:
+        self.deliveries.append(
+            (
+                method.delivery_tag,
+                method.routing_key,
+                body,
+                method.consumer_tag,
+                props.headers,
+            )
+        )
         if len(self.deliveries) == 1:
             self.wake()
 

@@ -23,17 +23,22 @@ from __future__ import annotations
 
 import threading
 import time
+import typing as t
 
 import pika.exceptions
 
 from .._runtime import event
 from ..config import Settings
-from ._amqp import CALL_TIMEOUT, Link
+from ._amqp import CALL_TIMEOUT, Link, Outgoing
+from ._amqp_history import StreamHistory, arguments, event_properties, now_ms
 from ._amqp_options import Options
 from ._amqp_options import routing_key as routing_key
+from ._history import stamp
 from .base import BrokerBase, LinkLost, MessageCallback
+from .interface import Position
 
 _TICK = 1.0  # the reader looks up at least this often
+_STREAM_PREFETCH = 500  # per stream consumer (RabbitMQ requires one)
 
 
 class _Bound:
@@ -44,6 +49,24 @@ class _Bound:
 
     def wait(self, timeout: float | None = None) -> bool:
         return bool(self.event.wait(timeout))
+
+
+class _Both:
+    """A subscribe() waiting for its bindings and its stream consumers."""
+
+    def __init__(self, *parts: _Bound) -> None:
+        self._parts = parts
+
+    def is_set(self) -> bool:
+        return all(part.event.is_set() for part in self._parts)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for part in self._parts:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not part.wait(left):
+                return False
+        return True
 
 
 class RabbitMQBroker(BrokerBase):
@@ -64,6 +87,14 @@ class RabbitMQBroker(BrokerBase):
         # Held by the publisher's driver; gevent's lock once gevent patched.
         self._pub_lock = threading.Lock()
         self._waiting: set[_Bound] = set()
+        self._history = StreamHistory(self._options)
+        # Kept topics: consumer tag -> topic and back, the offset each
+        # resumes from after a reconnect, and each one's epoch (publisher's).
+        self._following: dict[str, str] = {}
+        self._tag_of: dict[str, str] = {}
+        self._resume: dict[str, int] = {}
+        self._epochs: dict[str, str] = {}
+        self._epochs_used = False
         super().__init__(self._options.url, settings.broker_buffer, on_message)
 
     def _link(self, role: str) -> Link:
@@ -99,6 +130,8 @@ class RabbitMQBroker(BrokerBase):
                 auto_delete=o.auto_delete,
             )
             link.call(channel.basic_qos, prefetch_count=o.prefetch)
+            kept = [topic for topic in topics if self.retention(topic) is not None]
+            topics = [topic for topic in topics if self.retention(topic) is None]
             self._topic_of = {routing_key(topic): topic for topic in topics}
             for key in self._bound - self._topic_of.keys():  # given up while away
                 link.call(
@@ -112,6 +145,12 @@ class RabbitMQBroker(BrokerBase):
             self._bind(link, list(self._topic_of), done)
             link.wait(lambda: bool(done.event.is_set()), CALL_TIMEOUT)
             link.consume(self._queue)
+            # Consumers made from now on, of streams; 0 (no limit) is refused.
+            link.call(channel.basic_qos, prefetch_count=_STREAM_PREFETCH)
+            self._following, self._tag_of = {}, {}
+            done = _Bound()
+            self._follow(link, kept, done)
+            link.wait(lambda: bool(done.event.is_set()), CALL_TIMEOUT)
         except BaseException:
             link.abandon()
             raise
@@ -136,6 +175,40 @@ class RabbitMQBroker(BrokerBase):
         if self._options.keeps_queue:
             self._bound.update(keys)
 
+    def _follow(self, link: Link, topics: list[str], done: _Bound) -> None:
+        """In the reader: consume each kept topic's stream from where its
+        delivery stopped (new ones from the end); ``done`` once all are."""
+        if not topics or link.error is not None:
+            self._release(done)
+            link.wake()
+            return
+        for n, topic in enumerate(topics):
+            name = self._history.name(topic)
+            rule = self.retention(topic)
+            assert rule is not None
+            # pika sends a channel's synchronous methods one after another.
+            link.channel.queue_declare(name, durable=True, arguments=arguments(rule))
+            last = n == len(topics) - 1
+
+            def consumed(_tag: str, last: bool = last) -> None:
+                if last:
+                    self._release(done)
+                    link.wake()
+
+            start: int | str = self._resume.get(topic, "next")
+            tag = link.consume_soon(name, {"x-stream-offset": start}, consumed)
+            self._following[tag] = topic
+            self._tag_of[topic] = tag
+
+    def _unfollow(self, link: Link, topics: list[str]) -> None:
+        for topic in topics:
+            tag = self._tag_of.pop(topic, None)
+            self._resume.pop(topic, None)
+            if tag is not None:
+                self._following.pop(tag, None)
+                if link.error is None:
+                    link.channel.basic_cancel(tag)
+
     def _release(self, done: _Bound) -> None:
         self._waiting.discard(done)
         done.event.set()
@@ -150,28 +223,46 @@ class RabbitMQBroker(BrokerBase):
         link = self._consumer
         if link is None:
             raise LinkLost("not connected")
-        keys = [routing_key(topic) for topic in topics]
-        self._topic_of.update(zip(keys, topics, strict=True))
-        done = _Bound()
+        kept = [topic for topic in topics if self.retention(topic) is not None]
+        keys = [routing_key(topic) for topic in topics if topic not in kept]
+        self._topic_of.update(
+            (routing_key(topic), topic) for topic in topics if topic not in kept
+        )
+        bound, followed = _Bound(), _Bound()
+        done = _Both(bound, followed)
+
+        def start() -> None:
+            self._bind(link, keys, bound)
+            self._follow(link, kept, followed)
+
         if self._in_reader():
             # on_message, or catching up after connecting: the reader drives
             # the link, so it can wait here (deliveries meanwhile queue up in
             # order), and what on_message publishes next finds the binding.
-            self._bind(link, keys, done)
-            link.wait(done.event.is_set, CALL_TIMEOUT)
+            start()
+            link.wait(done.is_set, CALL_TIMEOUT)
             return None
-        self._waiting.add(done)
-        link.soon(lambda: self._bind(link, keys, done))
+        self._waiting.update((bound, followed))
+        link.soon(start)
         if self._consumer is not link:  # gone meanwhile: nobody would set it
-            done.event.set()
+            bound.event.set()
+            followed.event.set()
         return done
 
     def _unsubscribe(self, topics: list[str]) -> None:
         link = self._consumer
         if link is None:
             raise LinkLost("not connected")
-        keys = [routing_key(topic) for topic in topics]
-        link.soon(lambda: self._unbind(link, keys))
+        kept = [topic for topic in topics if self.retention(topic) is not None]
+        keys = [routing_key(topic) for topic in topics if topic not in kept]
+        for topic in kept:  # nothing of theirs is delivered from now on
+            self._following.pop(self._tag_of.get(topic, ""), None)
+
+        def stop() -> None:
+            self._unbind(link, keys)
+            self._unfollow(link, kept)
+
+        link.soon(stop)
 
     def _read(self) -> None:
         link = self._consumer
@@ -185,10 +276,17 @@ class RabbitMQBroker(BrokerBase):
             link.receive(max(0.0, ticked + _TICK - now))
             unacked = last = 0
             while link.deliveries and self._consumer is link:
-                last, key, body = link.deliveries.popleft()
-                topic = self._topic_of.get(key)
-                if topic is not None:  # else unsubscribed since it was routed
-                    self._deliver(topic, body)
+                last, key, body, tag, headers = link.deliveries.popleft()
+                if headers and tag in self._following:  # a kept topic's stream
+                    topic = self._following[tag]
+                    offset = headers["x-stream-offset"]
+                    self._resume[topic] = offset + 1
+                    if "m" not in headers:  # the epoch marker is no event
+                        self._deliver(topic, stamp(body, offset))
+                else:
+                    topic = self._topic_of.get(key)
+                    if topic is not None:  # else unsubscribed since it was routed
+                        self._deliver(topic, body)
                 unacked += 1
                 if unacked >= self._ack_every:
                     link.channel.basic_ack(last, multiple=True)
@@ -210,9 +308,10 @@ class RabbitMQBroker(BrokerBase):
                     link = self._link("publisher")
                     link.enable_confirms()
                     self._publisher = link
-                keyed = [(routing_key(topic), data) for topic, data in messages]
-                o = self._options
-                counts = link.publish(o.exchange, keyed, o.properties)
+                    self._epochs = {}  # a stream may have gone meanwhile
+                counts = link.publish(self._outgoing(messages))
+                if self._epochs_used:
+                    self._republish(link, messages, counts)
             except BaseException as exc:
                 if link is not None:
                     link.close()
@@ -224,6 +323,54 @@ class RabbitMQBroker(BrokerBase):
             if self._publisher is not link or self._closed:
                 link.close()  # disconnected meanwhile
             return counts
+
+    def _outgoing(self, messages: list[tuple[str, bytes]]) -> list[Outgoing]:
+        """The batch as published: kept topics to their streams, stamped with
+        the epoch and this node's clock; the rest to the exchange."""
+        o = self._options
+        outgoing: list[Outgoing] = []
+        self._epochs_used = False
+        properties: dict[str, t.Any] = {}
+        now = now_ms()
+        for topic, data in messages:
+            rule = self.retention(topic)
+            if rule is None:
+                outgoing.append((o.exchange, routing_key(topic), data, o.properties))
+                continue
+            self._epochs_used = True
+            epoch = self._epochs.get(topic)
+            if epoch is None:
+                epoch = self._epochs[topic] = self._history.epoch(topic, rule)
+            if epoch not in properties:
+                properties[epoch] = event_properties(epoch, now)
+            outgoing.append(("", self._history.name(topic), data, properties[epoch]))
+        return outgoing
+
+    def _republish(
+        self,
+        link: Link,
+        messages: list[tuple[str, bytes]],
+        counts: list[int | None | Exception],
+    ) -> None:
+        """Kept messages returned unroutable: their stream was deleted, so
+        they go again (in order) to a new one, with a new epoch."""
+        again = [
+            n
+            for n, (topic, _) in enumerate(messages)
+            if counts[n] == 0 and self.retention(topic) is not None
+        ]
+        if not again:
+            return
+        for n in again:
+            self._epochs.pop(messages[n][0], None)
+        retried = link.publish(self._outgoing([messages[n] for n in again]))
+        for n, count in zip(again, retried, strict=True):
+            counts[n] = count
+
+    def _read_history(
+        self, topic: str, after: int | None, limit: int | None
+    ) -> tuple[Position, list[bytes] | None]:
+        return self._history.read(topic, self.retention(topic), after, limit)
 
     # -- closing, forks ---------------------------------------------------------------
 
@@ -244,6 +391,7 @@ class RabbitMQBroker(BrokerBase):
                     self._pub_lock.release()
             else:
                 publisher.interrupt()  # its driver closes it
+        self._history.close()
         waiting, self._waiting = self._waiting, set()
         for done in waiting:
             done.event.set()  # recorded: bound again on reconnect
@@ -264,3 +412,5 @@ class RabbitMQBroker(BrokerBase):
         self._pub_lock = threading.Lock()
         self._waiting = set()
         self._queue, self._bound = "", set()
+        self._history.drop()
+        self._following, self._tag_of, self._resume, self._epochs = {}, {}, {}, {}
