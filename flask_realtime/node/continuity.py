@@ -65,6 +65,9 @@ class Continuity:
     def __init__(self, node: Node) -> None:
         self._node = node
         self._streams: dict[str, _Stream] = {}
+        # Channels received but not followed yet (a subscribe's read is on
+        # its way): the highest offset delivered, where following starts.
+        self._loose: dict[str, int] = {}
         self._lock = real_lock()
         self._links = node.broker.links
 
@@ -74,7 +77,8 @@ class Continuity:
         with self._lock:
             stream = self._streams.get(name)
             if stream is None:
-                self._streams[name] = _Stream(position)
+                stream = self._streams[name] = _Stream(position)
+                stream.last = max(stream.last, self._loose.pop(name, 0))
                 return
             if stream.epoch == position.epoch or stream.held is not None:
                 return
@@ -85,6 +89,7 @@ class Continuity:
         """The node no longer receives the channel."""
         with self._lock:
             self._streams.pop(name, None)
+            self._loose.pop(name, None)
 
     def deliver(self, name: str, message: Outbound, exclude: str | None) -> None:
         """A live event of kept channel ``name``, from the broker's reader."""
@@ -114,6 +119,8 @@ class Continuity:
                     return
             else:
                 overflow = False
+                if offset > self._loose.get(name, 0):
+                    self._loose[name] = offset
         if overflow:  # the hole stays: nothing after it goes out
             self._restart(name, "too many events held while filling a gap")
             return

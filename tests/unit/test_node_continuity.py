@@ -179,3 +179,18 @@ def test_a_channel_not_followed_is_delivered_as_it_comes(setup: t.Any) -> None:
     follower.deliver("other", Outbound(event(7)), None)
     follower.deliver("c", Outbound(b'{"type":"presence"}'), None)
     assert hub.delivered == [7, None]
+
+
+def test_following_starts_after_what_was_delivered_before_the_seed(
+    spawned: list[t.Any],
+) -> None:
+    """An event delivered while the subscribe's read was on its way, then
+    again by a broker that delivers twice (NATS in the chaos test), once."""
+    broker, hub = FakeBroker(), FakeHub()
+    follower = Continuity(t.cast(t.Any, types.SimpleNamespace(broker=broker, hub=hub)))
+    [one, two] = broker.store(1, 2)
+    follower.deliver("c", two, None)  # not followed yet: as it comes
+    follower.seed("c", Position(1, "E"))  # the read was made before 2 came
+    follower.deliver("c", two, None)
+    assert hub.delivered == [2]
+    assert spawned == []
