@@ -305,6 +305,22 @@ def test_a_silent_subscribed_connection_is_pinged_then_replaced(
     round_trip(broker, inbox, "c:quiet", b"on a new connection")
 
 
+def test_an_idle_connection_with_no_subscription_stays_up(
+    own_broker_server: t.Any, make: t.Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A publish-only process: the PING of its idle reading connection is
+    answered with a plain PONG (no subscription), which is not a failure."""
+    server = own_broker_server("redis")
+    monkeypatch.setattr(redis_broker, "_TICK", 0.05)
+    monkeypatch.setattr(redis_broker, "_PING_AFTER", 0.2)
+    broker, inbox = make(REALTIME_BROKER_URL=server.url)
+    broker.publish("c:nobody", b"x")
+    links = broker.links
+    time.sleep(1.0)  # several PING intervals, each answered
+    assert broker.connected
+    assert broker.links == links
+
+
 # -- forks -------------------------------------------------------------------------
 
 

@@ -197,6 +197,8 @@ class RedisBroker(BrokerBase):
             self._dispatch(reply)
 
     def _dispatch(self, reply: t.Any) -> None:
+        if reply == b"PONG":  # PING's answer while nothing is subscribed
+            return
         if type(reply) is not list or not reply:
             raise LinkLost(f"unexpected answer {reply!r:.80}")
         kind = reply[0]
