@@ -38,6 +38,12 @@ app = Flask(__name__)
 app.config["SECRET_KEY"] = os.environ.get("SECRET_KEY", "dev-only-chat-example-key")
 # A demo listens on this machine only, unless told otherwise.
 app.config["REALTIME_HOST"] = os.environ.get("REALTIME_HOST", "127.0.0.1")
+# Each room keeps its last messages in its channel's history: in the process
+# on the default (null) broker, in Redis with REALTIME_BROKER=redis, where
+# they outlive a restart of the server, and a page that was offline gets
+# what it missed when it reconnects (docs/history.md).
+app.config["REALTIME_HISTORY"] = {"chat.room.*": {"size": 50, "ttl": 86_400}}
+
 realtime = Realtime(app)
 
 ROOMS: dict[int, str] = {1: "general", 2: "random", 3: "show-and-tell"}
@@ -46,13 +52,10 @@ TOPICS: dict[int, str] = {
     2: "Anything goes",
     3: "Share what you built this week",
 }
-HISTORY = 50  # messages kept per room and per conversation
+HISTORY = 50  # messages kept per room (REALTIME_HISTORY) and per conversation
 MAX_TEXT = 500
 MAX_NAME = 24
 
-_room_history: dict[int, deque[dict[str, t.Any]]] = {
-    number: deque(maxlen=HISTORY) for number in ROOMS
-}
 _dm_history: dict[str, deque[dict[str, t.Any]]] = {}
 _directory: dict[str, str] = {}  # user id -> display name, everyone seen since start
 _id_lock = threading.Lock()
@@ -182,7 +185,6 @@ def new_message(user_id: str, name: str, text: str, **extra: t.Any) -> dict[str,
 def post_to_room(room: int, user_id: str, name: str, text: str) -> dict[str, t.Any]:
     """Store, broadcast, and notify whoever is mentioned with ``@user_id``."""
     message = new_message(user_id, name, text, room=room)
-    _room_history[room].append(message)
     broadcast(f"chat.room.{room}", "message.sent", message)
     mentioned = {m.lower() for m in re.findall(r"@([A-Za-z0-9_]+)", text)}
     for other in sorted(mentioned & _directory.keys() - {user_id}):
@@ -288,7 +290,9 @@ def index() -> t.Any:
 def room_messages(room: int) -> t.Any:
     if room not in ROOMS:
         abort(404)
-    return jsonify(room=room, name=ROOMS[room], messages=list(_room_history[room]))
+    kept = realtime.channel(f"chat.room.{room}").history(limit=HISTORY)
+    messages = [event["data"] for event in kept if event["event"] == "message.sent"]
+    return jsonify(room=room, name=ROOMS[room], messages=messages)
 
 
 @app.post("/rooms/<int:room>/messages")

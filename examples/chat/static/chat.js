@@ -318,9 +318,12 @@
         renderRooms();
       }
     });
-    // After every (re)subscription: catch up on what was said meanwhile.
-    channel.on("subscribed", () => {
-      if (room.number === current) loadHistory(room.number);
+    // After a reconnect the client resubscribes with the last offset it saw,
+    // and the server replays what was said meanwhile as ordinary events. Only
+    // when it could not (recovered false: the history was lost or is too
+    // short) does the page reload the room's messages.
+    channel.on("subscribed", (info) => {
+      if (!(info && info.recovered) && room.number === current) loadHistory(room.number);
     });
     channel.on("error", showError);
   }
