@@ -121,6 +121,33 @@ export interface Member {
   connected_at?: number;
 }
 
+/** Where a channel's stream stands: the offset of an event and the stream's epoch. */
+export interface StreamPosition {
+  /** 1 for the stream's first event, +1 per event; 0 before any. */
+  offset: number;
+  /** Changes whenever the stream's history may have been lost. */
+  epoch: string;
+}
+
+/** What `subscribed` listeners receive: the reply's `data`, plus the client's two flags. */
+export interface SubscribedData {
+  /**
+   * True when this subscription was a resubscription with `since` and the server
+   * replayed every event missed meanwhile (they follow, each once, in order).
+   * False otherwise: the first subscription, a channel without history, or a gap
+   * the history could not fill (another epoch, events trimmed by `size` or `ttl`):
+   * load the state again from the server.
+   */
+  recovered: boolean;
+  /** False for the channel's first subscription, true after each reconnect. */
+  resubscribed: boolean;
+  /** Channels with history: the newest offset when the server answered. */
+  position?: StreamPosition;
+  /** Presence channels: the members. */
+  members?: Member[];
+  [key: string]: unknown;
+}
+
 /** A server → client message, as the protocol defines it. */
 export interface Envelope {
   type: "connected" | "event" | "subscribed" | "unsubscribed" | "pong" | "error";
@@ -128,6 +155,8 @@ export interface Envelope {
   event?: string;
   data?: any;
   id?: number | string;
+  /** An event on a channel with history: its place in the channel's stream. */
+  offset?: number;
   /** A relayed client event: the sender's user id as the server knows it (null: anonymous). */
   user_id?: string | number | null;
 }
@@ -143,9 +172,23 @@ export declare class Channel {
    * before their listeners run. Other channels: null.
    */
   readonly members: Member[] | null;
+  /**
+   * Channels with history: the offset of the last event delivered (or the
+   * server's position when none has been yet) and the stream's epoch; null on
+   * other channels and before the first reply. The client resubscribes from
+   * it with `since` after a reconnect, and drops any event at or below it (a
+   * duplicate).
+   */
+  readonly position: StreamPosition | null;
 
-  /** Each (re)subscription: the reply's `data` (`{members}` on presence channels). */
-  on(event: "subscribed", fn: (data: any) => void): this;
+  /**
+   * Each (re)subscription: the reply's `data` (`{members}` on presence
+   * channels, `{position}` on channels with history) with `recovered` and
+   * `resubscribed`. `recovered` false means events may have been missed:
+   * reload the state, e.g. `room.on("subscribed", ({recovered}) => { if
+   * (!recovered) reload(); })` (which also does the first load).
+   */
+  on(event: "subscribed", fn: (data: SubscribedData) => void): this;
   /** The server refused the subscription or a client event on this channel. */
   on(event: "error", fn: (error: RealtimeError) => void): this;
   /** Another user joined or left (presence channels); `members` is already updated. */

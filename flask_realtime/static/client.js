@@ -12,7 +12,10 @@
  *
  * It connects with the first transport that works (WebSocket, then
  * Server-Sent Events, then long-polling), reconnects with backoff, and
- * resubscribes every channel after a reconnect.
+ * resubscribes every channel after a reconnect. On channels that keep a
+ * history it remembers the last offset and epoch, resubscribes with `since`
+ * so that the server replays what was missed, and drops any event it has
+ * already delivered.
  */
 (function (root, factory) {
   "use strict";
@@ -117,6 +120,20 @@
       this.state = "pending";
       /** Presence channels only: the members, kept current from the server's messages. */
       this.members = /^presence[-.]/.test(name) ? [] : null;
+      /**
+       * Channels with history: `{offset, epoch}` of the last event delivered
+       * (or the position the server gave when there was none yet); null until
+       * the server has said. Sent as `since` when resubscribing.
+       */
+      this.position = null;
+      /** Subscribe replies so far: the next one is a resubscription once this is > 0. */
+      this._replies = 0;
+      /**
+       * Events that came before the reply to a subscribe (SSE and long-poll
+       * answer the subscribe in the POST while the stream goes on): held
+       * until the reply says which position they follow.
+       */
+      this._held = null;
     }
 
     /** Send a client event; queued while the client is connecting. */
@@ -134,15 +151,54 @@
       this.client._unsubscribe(this);
     }
 
-    _subscribed(data) {
+    /** What a subscribe carries: `since` when there is a position to recover from. */
+    _since() {
+      const p = this.position;
+      return p && typeof p.epoch === "string" ? { offset: p.offset, epoch: p.epoch } : undefined;
+    }
+
+    _subscribed(data, sentSince) {
+      const reply = isObject(data) ? data : {};
+      const recovered = Boolean(sentSince) && reply.recovered === true;
+      const server = reply.position;
+      if (isObject(server) && Number.isInteger(server.offset)) {
+        const mine = this.position;
+        // Recovered: the missed events follow, so keep our own offset (the
+        // server's is the newest, past them). Otherwise the server's position
+        // is where this stream starts for us; events held meanwhile that are
+        // newer still count.
+        if (recovered && mine) this.position = { offset: mine.offset, epoch: server.epoch };
+        else this.position = { offset: server.offset, epoch: server.epoch };
+      } else if (sentSince) {
+        this.position = null; // the channel keeps no history (any more)
+      }
       this.state = "subscribed";
       if (this.members) {
-        this.members = isObject(data) && Array.isArray(data.members) ? data.members.slice() : [];
+        this.members = Array.isArray(reply.members) ? reply.members.slice() : [];
       }
-      this._emit("subscribed", data);
+      const resubscribed = this._replies++ > 0;
+      const held = this._held || [];
+      this._held = null;
+      this._emit("subscribed", Object.assign({}, reply, { recovered, resubscribed }));
+      for (const message of held) this._event(message);
+    }
+
+    /** A reconnect or a refusal: events held for a subscribe that got no reply are void. */
+    _reset() {
+      this._held = null;
     }
 
     _event(message) {
+      if (this.state === "subscribing" && Number.isInteger(message.offset)) {
+        (this._held = this._held || []).push(message);
+        return;
+      }
+      const offset = message.offset;
+      if (Number.isInteger(offset)) {
+        const p = this.position;
+        if (p && offset <= p.offset) return; // delivered already: a replay's overlap
+        this.position = { offset, epoch: p ? p.epoch : undefined };
+      }
       const data = message.data;
       if (this.members && isObject(data) && "user_id" in data) {
         // One entry per user: a join replaces, a leave removes.
@@ -588,7 +644,10 @@
       this._pending.clear();
       this.connectionId = null;
       this.transport = null;
-      for (const channel of this._channels.values()) channel.state = "pending";
+      for (const channel of this._channels.values()) {
+        channel.state = "pending";
+        channel._reset();
+      }
     }
 
     _stop(code, reason, alreadyReported) {
@@ -645,7 +704,7 @@
           const request = this._takeRequest(message.id);
           const channel = request ? request.channel : this._channels.get(message.channel);
           if (channel && this._channels.get(channel.name) === channel)
-            channel._subscribed(message.data);
+            channel._subscribed(message.data, request && request.since);
           break;
         }
         case "unsubscribed":
@@ -697,7 +756,10 @@
 
     _subscribeOnWire(channel) {
       channel.state = "subscribing";
-      this._request({ type: "subscribe", channel: channel.name }, { type: "subscribe", channel });
+      const message = { type: "subscribe", channel: channel.name };
+      const since = channel._since();
+      if (since) message.since = since;
+      this._request(message, { type: "subscribe", channel, since });
     }
 
     _unsubscribe(channel) {
@@ -758,6 +820,7 @@
         if (error.code === 429 && error.retry_after !== undefined) {
           // Rate limited: try again when the server says we may.
           channel.state = "pending";
+          channel._reset();
           this._timers[`retry ${channel.name}`] = setTimeout(
             () => {
               if (this.state === "connected" && this._channels.get(channel.name) === channel) {
