@@ -4,7 +4,7 @@ Each kept topic has a stream queue, ``<queue_prefix>.history.<exchange>.
 <routing key>`` (a hash past 255 bytes), declared lazily by whoever needs it
 first (a publisher, a subscriber, a reader) with the same arguments:
 ``x-max-age`` the ttl, ``x-max-length-bytes`` 4 KiB per event of ``size``
-(1 MiB at least) in segments of a quarter of that. RabbitMQ trims a stream
+(1 MiB at least) in segments of half that. RabbitMQ trims a stream
 by whole segments only, so a read also leaves out events past ``size`` and
 older than the ttl (by the publishing node's clock, a header ``t`` in ms).
 
@@ -15,10 +15,11 @@ every subscriber delivers from a stream consumer, stamping as it delivers,
 in that order. Offset 0 is the epoch marker (headers ``m`` and ``e``),
 written by whoever finds the stream empty; every event carries the epoch
 its publisher read (header ``e``), so the epoch outlives the marker's
-segment. Two nodes finding an empty stream at once both write a marker:
-the one at offset 0 wins, the other is skipped like every marker. Offsets
-are contiguous but for those skips and one other: when RabbitMQ starts a
-new segment it writes a chunk of its own that takes an offset and that no
+segment. Marking an empty stream takes a lock, an exclusive queue
+(``<stream>.lock``): two nodes finding it empty at once would otherwise
+both write a marker, and the second would take offset 1 from the events.
+Offsets are contiguous but for one thing: when RabbitMQ starts a new
+segment it writes a chunk of its own that takes an offset and that no
 consumer sees (docs/architecture.md).
 
 A read consumes the stream from an offset with a prefetch of
@@ -40,6 +41,7 @@ import typing as t
 import pika
 import pika.exceptions
 
+from .._runtime import sleep
 from ._amqp import Link
 from ._amqp_options import Options, routing_key
 from ._history import envelope, new_epoch, stamp
@@ -49,6 +51,11 @@ from .interface import Position, Retention
 _READ_CREDIT = 1000  # a read's prefetch: messages per round trip
 _BYTES_PER_EVENT, _MIN_BYTES = 4096, 1 << 20
 _LINK_ERRORS = (OSError, pika.exceptions.AMQPError, LinkLost)
+_LOCK_WAIT = 5.0  # marking a stream waits this long for another node's lock
+
+
+class _Locked(Exception):
+    """Another node holds the stream's lock (its marker is on the way)."""
 
 
 class Message(t.NamedTuple):
@@ -66,7 +73,7 @@ def arguments(rule: Retention) -> dict[str, t.Any]:
         "x-queue-type": "stream",
         "x-max-age": f"{max(1, math.ceil(rule.ttl))}s",
         "x-max-length-bytes": most,
-        "x-stream-max-segment-size-bytes": most // 4,
+        "x-stream-max-segment-size-bytes": most // 2,
     }
 
 
@@ -78,6 +85,12 @@ def stream_name(prefix: str, exchange: str, topic: str) -> str:
         digest = hashlib.sha256(topic.encode("utf-8", "surrogatepass")).hexdigest()
         name = f"{prefix[:80]}.history.{exchange[:80]}.%H{digest}"
     return name
+
+
+def _lock_name(name: str) -> str:
+    if len(name) <= 200:
+        return name + ".lock"
+    return f"{name[:150]}.{hashlib.sha256(name.encode()).hexdigest()[:16]}.lock"
 
 
 def now_ms() -> int:
@@ -145,12 +158,29 @@ class StreamHistory:
     # -- reading ------------------------------------------------------------------
 
     def _run(self, work: t.Callable[[Link], t.Any]) -> t.Any:
+        deadline = time.monotonic() + _LOCK_WAIT
+        while True:
+            try:
+                return self._run_once(work)
+            except _Locked:  # RabbitMQ closed the channel: a new link, again
+                if time.monotonic() > deadline:
+                    raise BrokerUnavailable(
+                        "another node held a stream's lock too long"
+                    ) from None
+                sleep(0.02)
+
+    def _run_once(self, work: t.Callable[[Link], t.Any]) -> t.Any:
         with self._lock:
             link = self._link
             try:
                 if link is None:
                     link = self._open()
                 return work(link)
+            except _Locked:
+                if link is not None:
+                    link.close()
+                self._link = None
+                raise
             except _LINK_ERRORS as exc:
                 if link is not None:
                     link.close()
@@ -233,11 +263,27 @@ class StreamHistory:
                 else:
                     epoch = first.headers["e"]
                 return whole[-1].offset, epoch, whole
-            # Empty: mark it. Another node may at the same time; whichever
-            # marker RabbitMQ put first (offset 0) holds, read it back.
-            marker = ("", name, b"", _marker_properties(new_epoch()))
-            if link.publish([marker]) == [0]:
-                raise LinkLost(f"the stream {name} vanished")
+            # Empty: mark it, under the lock (and look again once held).
+            lock = _lock_name(name)
+            try:
+                link.call(
+                    link.channel.queue_declare,
+                    queue=lock,
+                    exclusive=True,
+                    auto_delete=True,
+                )
+            except LinkLost as exc:
+                if "RESOURCE_LOCKED" in str(exc):
+                    raise _Locked() from exc
+                raise
+            try:
+                if not self._scan(link, name, "first"):
+                    marker = ("", name, b"", _marker_properties(new_epoch()))
+                    if link.publish([marker]) == [0]:
+                        raise LinkLost(f"the stream {name} vanished")
+            finally:
+                if link.error is None:
+                    link.call(link.channel.queue_delete, queue=lock)
         raise LinkLost(f"the stream {name} stays empty")
 
     def _scan(
