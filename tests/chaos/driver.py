@@ -70,6 +70,7 @@ def run(
             "transports": TRANSPORTS,
             "publish_to": nodes if part == 0 else [],
             "rate": plan.rate,
+            "lanes": max(1, round(plan.rate / 50)),
             "duration": plan.duration,
             "cut_every": plan.cut_every,
             "settle": 60,

@@ -252,11 +252,13 @@ class Follower:
         }
 
 
-def publish(plan: dict[str, t.Any], node: str, publisher: int) -> dict[str, t.Any]:
-    """Numbered events to the plan's channels at its rate, through ``node``."""
+def publish(
+    plan: dict[str, t.Any], node: str, publisher: int, rate: float
+) -> dict[str, t.Any]:
+    """Numbered events to the plan's channels at ``rate``, through ``node``."""
     sent: dict[str, list[int]] = {c: [] for c in plan["channels"]}
     failed = 0
-    interval = 1.0 / plan["rate"]
+    interval = 1.0 / rate
     session = requests.Session()
     started = time.monotonic()
     n = 0
@@ -299,9 +301,16 @@ def main(plan_path: str, out_path: str) -> None:
         None not in f.last.values() for f in followers
     ):
         gevent.sleep(0.1)
+    lanes = plan.get("lanes", 1)
     publishers = [
-        gevent.spawn(publish, plan, node, n)
-        for n, node in enumerate(plan["publish_to"])
+        gevent.spawn(publish, plan, node, n, plan["rate"] / lanes)
+        for n, node in enumerate(
+            # A node's rate, shared by a few publishers: each waits for its
+            # answer before the next, which alone would not keep up.
+            node
+            for node in plan["publish_to"]
+            for _ in range(lanes)
+        )
     ]
     gevent.joinall(publishers)
     # One process publishes; the others wait for it to be done (its mark).
