@@ -27,7 +27,7 @@ WORST_DELAY = 1.0
 # What the attack may make the server hold: a queue bound (1 MiB) per
 # attacking connection, their kernel buffers, and the allocator's slack.
 MEMORY_GROWTH = 64 * 1024 * 1024
-ATTACK_SECONDS = 15.0
+ATTACK_SECONDS = 8.0
 FLOODERS = 4
 SMALL_BUFFER = [(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)]
 
