@@ -6,6 +6,7 @@ import typing as t
 
 from .errors import RealtimeError, SubscriptionError
 from .events import Emitter
+from .recovery import Recovery
 
 if t.TYPE_CHECKING:
     from .realtime_client import RealtimeClient
@@ -18,6 +19,10 @@ class Channel(Emitter):
     ``presence.leave`` on presence channels, and ``subscribed`` (each
     resubscription after a reconnect, with the reply's data) and ``error``
     (a refused resubscription or client event) from the client.
+
+    On channels with history the client resubscribes with ``since`` and
+    drops duplicates by offset: after a reconnect, :attr:`recovered` says
+    whether every missed event was replayed (else reload the state).
     """
 
     def __init__(self, client: RealtimeClient, name: str, buffer_size: int) -> None:
@@ -31,6 +36,10 @@ class Channel(Emitter):
         self.error: SubscriptionError | None = None
         self._awaited = False  # a blocking subscribe() takes the first reply
         self._members: dict[str, dict[str, t.Any]] = {}
+        self._recovery = Recovery()
+        #: Whether the last (re)subscription recovered every missed event
+        #: (False also for the first one and on channels without history).
+        self.recovered = False
 
     def __repr__(self) -> str:
         return f"<Channel {self.name!r} {self.state}>"
@@ -45,6 +54,14 @@ class Channel(Emitter):
         ...), kept current from the subscribe reply and join/leave events."""
         with self._cond:
             return [dict(member) for member in self._members.values()]
+
+    @property
+    def position(self) -> dict[str, t.Any] | None:
+        """Channels with history: ``{"offset", "epoch"}`` of the last event
+        delivered (or of the subscribe reply); None on other channels."""
+        with self._cond:
+            p = self._recovery.position
+            return p.as_dict() if p is not None else None
 
     def send(self, event: str, data: t.Any = None) -> None:
         """Send a client event on this channel (no reply when accepted; a
@@ -73,6 +90,9 @@ class Channel(Emitter):
     def _on_subscribed(self, message: dict[str, t.Any]) -> None:
         data = message.get("data")
         with self._cond:
+            self.recovered = self._recovery.on_reply(data)
+            if isinstance(data, dict):
+                data = {**data, "recovered": self.recovered}
             self.state = "subscribed"
             self.subscribed_data = data
             self.error = None
@@ -97,7 +117,15 @@ class Channel(Emitter):
             self._emit("error", error.data, message=message)
         return awaited
 
+    def _since(self) -> dict[str, t.Any] | None:
+        """The ``since`` of a subscribe about to be sent."""
+        with self._cond:
+            return self._recovery.since()
+
     def _on_event(self, event: str, message: dict[str, t.Any]) -> None:
+        with self._cond:
+            if not self._recovery.accept(message):
+                return  # delivered already: a replay's overlap
         data = message.get("data")
         if self.is_presence and isinstance(data, dict) and "user_id" in data:
             key = str(data["user_id"])

@@ -94,6 +94,9 @@ class Messages(Emitter):
         with self._cond:
             self._subscribe_ids[request_id] = channel.name
         message = {"type": "subscribe", "channel": channel.name, "id": request_id}
+        since = channel._since()
+        if since is not None:
+            message["since"] = since
         try:
             self._ws.send(json.dumps(message))
         except Exception as exc:  # the reader notices and resubscribes later
