@@ -7,7 +7,12 @@ Run it with the embedded defaults (one process, null broker)::
 then open http://127.0.0.1:6001/ in two browsers (or a normal and a private
 window) and sign in with two names. See docs/chat-example.md.
 
-Everything is kept in memory: restart the server and the history is gone.
+A room's messages are its channel's history (``REALTIME_HISTORY``): kept
+in the process on the null broker (a restart loses them), in Redis with
+``REALTIME_BROKER=redis`` (they outlive a restart of the app). A page that
+reconnects gets what it missed replayed, and reloads the room when the
+history could not fill the gap. Conversations and the user directory are
+kept in memory.
 """
 
 from __future__ import annotations
@@ -38,6 +43,10 @@ app = Flask(__name__)
 app.config["SECRET_KEY"] = os.environ.get("SECRET_KEY", "dev-only-chat-example-key")
 # A demo listens on this machine only, unless told otherwise.
 app.config["REALTIME_HOST"] = os.environ.get("REALTIME_HOST", "127.0.0.1")
+HISTORY = 50  # messages kept per room and per conversation
+# The rooms keep their last messages for a day: what a page shows when it
+# opens a room, and what a reconnecting page is replayed (docs/history.md).
+app.config["REALTIME_HISTORY"] = {"chat.room.*": {"size": HISTORY, "ttl": 86400}}
 realtime = Realtime(app)
 
 ROOMS: dict[int, str] = {1: "general", 2: "random", 3: "show-and-tell"}
@@ -46,13 +55,9 @@ TOPICS: dict[int, str] = {
     2: "Anything goes",
     3: "Share what you built this week",
 }
-HISTORY = 50  # messages kept per room and per conversation
 MAX_TEXT = 500
 MAX_NAME = 24
 
-_room_history: dict[int, deque[dict[str, t.Any]]] = {
-    number: deque(maxlen=HISTORY) for number in ROOMS
-}
 _dm_history: dict[str, deque[dict[str, t.Any]]] = {}
 _directory: dict[str, str] = {}  # user id -> display name, everyone seen since start
 _id_lock = threading.Lock()
@@ -182,7 +187,6 @@ def new_message(user_id: str, name: str, text: str, **extra: t.Any) -> dict[str,
 def post_to_room(room: int, user_id: str, name: str, text: str) -> dict[str, t.Any]:
     """Store, broadcast, and notify whoever is mentioned with ``@user_id``."""
     message = new_message(user_id, name, text, room=room)
-    _room_history[room].append(message)
     broadcast(f"chat.room.{room}", "message.sent", message)
     mentioned = {m.lower() for m in re.findall(r"@([A-Za-z0-9_]+)", text)}
     for other in sorted(mentioned & _directory.keys() - {user_id}):
@@ -288,7 +292,9 @@ def index() -> t.Any:
 def room_messages(room: int) -> t.Any:
     if room not in ROOMS:
         abort(404)
-    return jsonify(room=room, name=ROOMS[room], messages=list(_room_history[room]))
+    kept = realtime.channel(f"chat.room.{room}").history(limit=HISTORY)
+    messages = [entry["data"] for entry in kept if entry["event"] == "message.sent"]
+    return jsonify(room=room, name=ROOMS[room], messages=messages)
 
 
 @app.post("/rooms/<int:room>/messages")
