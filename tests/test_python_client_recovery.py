@@ -19,6 +19,7 @@ import pytest
 
 from flask_realtime.client import RealtimeClient
 from flask_realtime.client.recovery import Recovery
+from tests import servers
 from tests.conftest import LiveServerFactory, module_server
 from tests.cutproxy import CutProxy
 from tests.http_helpers import app_env, broadcast, unique
@@ -136,8 +137,6 @@ def test_a_gap_past_the_history_is_not_recovered(
 def test_a_new_epoch_is_not_recovered(
     live_server: LiveServerFactory, tmp_path: t.Any
 ) -> None:
-    from tests.browser.conftest import start_on_port
-
     first = live_server("geventwebsocket", env=ENV)
     channel = unique("hist")
     with CutProxy(first.port) as proxy:
@@ -148,7 +147,9 @@ def test_a_new_epoch_is_not_recovered(
             room.received(3)
             old = room.channel.position
             first.stop()
-            second = start_on_port(first.port, tmp_path, app=first.argv[-1], env=ENV)
+            second = servers.start(
+                "geventwebsocket", tmp_path, env=ENV, name="second", port=first.port
+            )
             room.wait(lambda: len(room.replies) == 2)
             assert room.replies[1]["recovered"] is False
             assert room.replies[1]["position"]["epoch"] != old["epoch"]

@@ -7,7 +7,12 @@ Run it with the embedded defaults (one process, null broker)::
 then open http://127.0.0.1:6001/ in two browsers (or a normal and a private
 window) and sign in with two names. See docs/chat-example.md.
 
-Everything is kept in memory: restart the server and the history is gone.
+A room's messages are its channel's history (``REALTIME_HISTORY``): kept
+in the process on the null broker (a restart loses them), in Redis with
+``REALTIME_BROKER=redis`` (they outlive a restart of the app). A page that
+reconnects gets what it missed replayed, and reloads the room when the
+history could not fill the gap. Conversations and the user directory are
+kept in memory.
 """
 
 from __future__ import annotations
@@ -38,12 +43,10 @@ app = Flask(__name__)
 app.config["SECRET_KEY"] = os.environ.get("SECRET_KEY", "dev-only-chat-example-key")
 # A demo listens on this machine only, unless told otherwise.
 app.config["REALTIME_HOST"] = os.environ.get("REALTIME_HOST", "127.0.0.1")
-# Each room keeps its last messages in its channel's history: in the process
-# on the default (null) broker, in Redis with REALTIME_BROKER=redis, where
-# they outlive a restart of the server, and a page that was offline gets
-# what it missed when it reconnects (docs/history.md).
-app.config["REALTIME_HISTORY"] = {"chat.room.*": {"size": 50, "ttl": 86_400}}
-
+HISTORY = 50  # messages kept per room and per conversation
+# The rooms keep their last messages for a day: what a page shows when it
+# opens a room, and what a reconnecting page is replayed (docs/history.md).
+app.config["REALTIME_HISTORY"] = {"chat.room.*": {"size": HISTORY, "ttl": 86400}}
 realtime = Realtime(app)
 
 ROOMS: dict[int, str] = {1: "general", 2: "random", 3: "show-and-tell"}
@@ -52,7 +55,6 @@ TOPICS: dict[int, str] = {
     2: "Anything goes",
     3: "Share what you built this week",
 }
-HISTORY = 50  # messages kept per room (REALTIME_HISTORY) and per conversation
 MAX_TEXT = 500
 MAX_NAME = 24
 
@@ -291,7 +293,7 @@ def room_messages(room: int) -> t.Any:
     if room not in ROOMS:
         abort(404)
     kept = realtime.channel(f"chat.room.{room}").history(limit=HISTORY)
-    messages = [event["data"] for event in kept if event["event"] == "message.sent"]
+    messages = [entry["data"] for entry in kept if entry["event"] == "message.sent"]
     return jsonify(room=room, name=ROOMS[room], messages=messages)
 
 

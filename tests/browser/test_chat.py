@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import expect
 
-from tests import servers
+from tests import brokerservers, servers
 from tests.browser.chat_support import (
     CHAT_APP,
     KIND,
@@ -123,8 +123,9 @@ def chat(browser: Browser) -> t.Iterator[ChatPages]:
 class Restartable:
     """The chat app on a port of its own, to stop and start again there."""
 
-    def __init__(self, log_dir: Path) -> None:
+    def __init__(self, log_dir: Path, **env: str) -> None:
         self.log_dir = log_dir
+        self.env = env  # on top of child_env()
         self.port = servers.free_port()
         self.starts = 0
         self.server = self._start()
@@ -132,7 +133,10 @@ class Restartable:
     def _start(self) -> Server:
         self.starts += 1
         return start_on_port(
-            self.port, self.log_dir, env=child_env(), name=f"chat-{self.starts}"
+            self.port,
+            self.log_dir,
+            env=child_env(**self.env),
+            name=f"chat-{self.starts}",
         )
 
     def stop(self) -> None:
@@ -326,6 +330,57 @@ def test_pages_reconnect_and_resubscribe_after_a_server_restart(
 
     # And the pages' own client events work again, both ways.
     exchange_messages(ann, ann_name, bob, bob_name)
+
+
+@pytest.mark.parametrize("transport", ["websocket", "longpolling"])
+def test_pages_recover_missed_messages_after_a_restart_on_redis(
+    tmp_path: Path, chat: ChatPages, transport: str
+) -> None:
+    """Redis with persistence keeps the rooms' history and its epoch: pages
+    that come back to a restarted app resubscribe with ``since``, are told
+    ``recovered: true`` and get what was said meanwhile (through another
+    instance of the app on the same Redis) replayed, once each, without
+    reloading the room."""
+    redis = brokerservers.BrokerServer(
+        "redis", tmp_path / "redis", persistent=True
+    ).start()
+    broker = {"REALTIME_BROKER": "redis", "REALTIME_BROKER_URL": redis.url}
+    app = Restartable(tmp_path / "app", **broker)
+    other = Restartable(tmp_path / "other", **broker)
+    try:
+        base = app.server.url
+        ann_name, bob_name = unique("Ann"), unique("Bob")
+        ann = chat.open(base, ann_name, transport)
+        bob = chat.open(base, bob_name, transport)
+        exchange_messages(ann, ann_name, bob, bob_name)
+
+        app.stop()
+        expect(ann.locator("#status")).to_have_attribute("data-state", "reconnecting")
+        # Said while the pages are away, through the other instance (the
+        # session cookie holds there too: same host, same secret key).
+        missed = [
+            f"Said while you were away {n}: {unique('message ')}." for n in (1, 2)
+        ]
+        for text in missed:
+            url = f"{other.server.url}/rooms/1/messages"
+            assert ann.context.request.post(url, data={"text": text}).status == 201
+        app.start()
+        for page in (ann, bob):
+            wait_ready(page, timeout=RECONNECT_DEADLINE)
+            expect_live(page, transport)
+        for text in missed:
+            expect_message(bob, text, ann_name, mine=False)
+            expect_message(ann, text, ann_name, mine=True)
+        replies = bob.evaluate("chatRecoveries.filter((r) => r.room === 1)")
+        assert [(r["recovered"], r["resubscribed"]) for r in replies] == [
+            (False, False),
+            (True, True),
+        ]
+        exchange_messages(ann, ann_name, bob, bob_name)
+    finally:
+        app.stop()
+        other.stop()
+        redis.stop()
 
 
 # -- falling back when the server disables transports ---------------------------

@@ -287,6 +287,8 @@
   // -- rooms -------------------------------------------------------------------
 
   const roomChannels = new Map(); // number -> public channel, all subscribed
+  const recoveries = []; // each room's subscribe replies, for the tests and the console
+  window.chatRecoveries = recoveries;
   const threads = new Map(); // number -> Thread (one list element shown at a time)
   const unread = new Map();
   const names = new Map(); // user id -> name, of every member seen
@@ -318,12 +320,14 @@
         renderRooms();
       }
     });
-    // After a reconnect the client resubscribes with the last offset it saw,
-    // and the server replays what was said meanwhile as ordinary events. Only
-    // when it could not (recovered false: the history was lost or is too
-    // short) does the page reload the room's messages.
-    channel.on("subscribed", (info) => {
-      if (!(info && info.recovered) && room.number === current) loadHistory(room.number);
+    // After a reconnect the client resubscribes from the last message it
+    // had, and the server replays what was said meanwhile (the room's
+    // history): those arrive as message.sent above. When the history cannot
+    // fill the gap (recovered false: a restart on the null broker, a long
+    // absence), load the room again (a room not on screen loads when it is opened).
+    channel.on("subscribed", ({ recovered, resubscribed }) => {
+      recoveries.push({ room: room.number, recovered, resubscribed });
+      if (!recovered && room.number === current) loadHistory(room.number);
     });
     channel.on("error", showError);
   }
