@@ -332,7 +332,8 @@ def test_pages_reconnect_and_resubscribe_after_a_server_restart(
     exchange_messages(ann, ann_name, bob, bob_name)
 
 
-@pytest.mark.parametrize("transport", ["websocket", "longpolling"])
+# WebSocket: tests/browser/test_chat_history.py, with a Redis restart too.
+@pytest.mark.parametrize("transport", ["longpolling"])
 def test_pages_recover_missed_messages_after_a_restart_on_redis(
     tmp_path: Path, chat: ChatPages, transport: str
 ) -> None:
