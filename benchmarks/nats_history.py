@@ -1,0 +1,188 @@
+"""What history costs on the NATS broker (issue 10): rate and storage.
+
+Starts a private nats-server with JetStream (as the test suite does), then:
+
+* ``rate``: a Flask app's ``Realtime.broadcast`` under gevent, G greenlets
+  broadcasting N events (~100 bytes) to 1 or 8 channels at once (so group
+  commit engages), another broker subscribed; the rate is N over the time
+  from the first broadcast to the last delivery, with and without history
+  on the channels (``broker.retention`` set by hand), alternated
+  ``--rounds`` times; plus one greenlet alone (a round trip per batch), and
+  the p99 of one broadcast call.
+* ``storage``: C channels, each given 3 x ``size`` events of 100 bytes
+  (the stamped envelope): the stream's bytes (JetStream's own count, headers
+  included) per channel, and the nats-server's resident memory growth per
+  channel.
+
+Usage::
+
+    .venv/bin/python benchmarks/nats_history.py [--count 20000]
+        [--greenlets 50] [--rounds 3] [--channels 300] [--size 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import faulthandler
+import sys
+import tempfile
+import time
+import typing as t
+from pathlib import Path
+
+from gevent import monkey
+
+monkey.patch_all()
+
+import gevent  # noqa: E402
+import gevent.event  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(REPO)]
+
+from flask_realtime.brokers import create_broker  # noqa: E402
+from flask_realtime.brokers._nats_history import stream_name  # noqa: E402
+from flask_realtime.brokers.interface import Retention  # noqa: E402
+from tests.brokerclients import count_batches, settings_for  # noqa: E402
+from tests.brokerservers import BrokerServer  # noqa: E402
+
+_HEAD = b'm\n{"type":"event","channel":"chat.room.1","event":"sent","data":"'
+# Padded so that the stamped envelope of offset 50 is 100 bytes.
+_PAD = 100 - len(b'{"offset":50,' + _HEAD[3:] + b'"}')
+RULE = Retention(size=100, ttl=600.0)
+
+
+def payload(n: int) -> bytes:
+    return _HEAD + b"%05d" % n + b"x" * (_PAD - 5) + b'"}'
+
+
+def rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def stream_bytes(broker: t.Any, rule: Retention) -> tuple[int, int]:
+    """(bytes, messages) of the rule's stream, JetStream's own count, asked
+    on the broker's connection (its loop thread)."""
+    js = broker._link.jetstream()
+    info = broker._loop.run(js.stream_info(stream_name(rule)), 10)
+    return info.state.bytes, info.state.messages
+
+
+def storage(server: BrokerServer, channels: int, size: int) -> None:
+    rule = Retention(size=size, ttl=600.0)
+    broker = create_broker(settings_for("nats", server.url), lambda *a: None)
+    broker.retention = lambda topic: rule
+    broker.publish("c:warm", payload(0))
+    assert server.process is not None
+    before = rss_kb(server.process.pid)
+    base_bytes, _ = stream_bytes(broker, rule)
+
+    def fill(c: int) -> None:
+        for n in range(3 * size):  # trimmed, as a busy channel is
+            broker.publish(f"c:chat.room.{c}", payload(n))
+
+    gevent.joinall([gevent.spawn(fill, c) for c in range(channels)])
+    grown = rss_kb(server.process.pid) - before
+    kept, messages = stream_bytes(broker, rule)
+    print(
+        f"storage: {(kept - base_bytes) / channels:.0f} B per channel in the stream"
+        f" ({messages} messages kept, size {size}, {3 * size} events of 100 B"
+        f" each per channel, {channels} channels); nats-server RSS grew"
+        f" {grown * 1024 / channels:.0f} B per channel",
+        flush=True,
+    )
+    broker.close()
+
+
+def rate(
+    url: str, count: int, greenlets: int, channels: int, kept: bool
+) -> tuple[float, float, float]:
+    """(broadcasts/s, messages per batch, p99 of a broadcast in ms)."""
+    from flask import Flask
+
+    from flask_realtime import Realtime
+
+    got = [0]
+    done = gevent.event.Event()
+
+    def on_message(topic: str, data: bytes) -> None:
+        got[0] += 1
+        if got[0] == count:
+            done.set()
+
+    app = Flask(__name__)
+    app.config.update(REALTIME_BROKER="nats", REALTIME_BROKER_URL=url)
+    realtime = Realtime(app)
+    broker = realtime.node.broker
+    broker.retention = (lambda topic: RULE) if kept else (lambda topic: None)
+    stamp = time.monotonic_ns()
+    names = [f"bench.{stamp}.{c}" for c in range(channels)]
+    subscriber = create_broker(settings_for("nats", url), on_message)
+    subscriber.subscribe(*(f"c:{name}" for name in names))
+    realtime.broadcast("warm", "up", None)
+    batches = count_batches(broker)
+    calls: list[float] = []
+    data = {"text": "x" * 40, "user": 12345}
+
+    def publisher(g: int, n: int) -> None:
+        name = names[g % channels]
+        for _ in range(n):
+            started = time.perf_counter()
+            realtime.broadcast(name, "message.sent", data)
+            calls.append(time.perf_counter() - started)
+
+    started = time.perf_counter()
+    share = count // greenlets
+    gevent.joinall([gevent.spawn(publisher, g, share) for g in range(greenlets)])
+    assert done.wait(60), f"{got[0]} of {count} delivered"
+    elapsed = time.perf_counter() - started
+    if kept:
+        offsets = sum(broker.history(f"c:{n}", limit=0)[0].offset for n in names)
+        assert offsets == count, offsets
+    subscriber.close()
+    broker.close()
+    calls.sort()
+    per_batch = sum(batches) / max(1, len(batches))
+    return count / elapsed, per_batch, calls[int(len(calls) * 0.99)] * 1000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--count", type=int, default=20000)
+    parser.add_argument("--greenlets", type=int, default=50)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--channels", type=int, default=300)
+    parser.add_argument("--size", type=int, default=100)
+    args = parser.parse_args()
+    faulthandler.dump_traceback_later(120, exit=True)
+    server = BrokerServer("nats", Path(tempfile.mkdtemp(prefix="nats-history-")))
+    server.start()
+    try:
+        storage(server, args.channels, args.size)
+        cases = [
+            (args.greenlets, 1, args.count),
+            (args.greenlets, 8, args.count),
+            (1, 1, args.count // 10),
+        ]
+        for _ in range(args.rounds):
+            for greenlets, channels, count in cases:
+                for kept in (False, True):
+                    per_s, per_batch, p99 = rate(
+                        server.url, count, greenlets, channels, kept
+                    )
+                    print(
+                        f"rate {'history' if kept else 'plain':7} {greenlets:3}"
+                        f" greenlets, {channels} channel(s): {per_s:8.0f}"
+                        f" broadcasts/s, {per_batch:6.1f} per batch,"
+                        f" broadcast p99 {p99:.2f} ms",
+                        flush=True,
+                    )
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()
