@@ -195,6 +195,12 @@ class Follower:
             welcome: dict[str, t.Any] | None = None
             subscriber: t.Any = None
             for line in lines:
+                # Keepalive comments too: a connection whose subscribe failed
+                # (503 while the broker restarts) gets nothing else, and a
+                # real client would subscribe again.
+                if subscriber is not None and subscriber.dead:
+                    if subscriber.exception is not None:
+                        raise subscriber.exception
                 if not line or not line.startswith("data:"):
                     continue
                 message = json.loads(line[5:])
