@@ -17,6 +17,7 @@ from gevent import monkey
 monkey.patch_all()
 
 import contextlib  # noqa: E402
+import functools  # noqa: E402
 import json  # noqa: E402
 import random  # noqa: E402
 import socket  # noqa: E402
@@ -43,6 +44,11 @@ def _abandoning(greenlet: t.Any) -> t.Iterator[None]:
         yield
     finally:
         greenlet.kill()
+
+
+def _fail(session: t.Any, failed: t.Any) -> None:
+    """Raise ``failed``'s exception in the greenlet ``session``."""
+    session.kill(failed.exception, block=False)
 
 
 class Follower:
@@ -203,6 +209,13 @@ class Follower:
                     # Subscribing in parallel: events may arrive before the
                     # POST's answer, as they may in a browser.
                     subscriber = gevent.spawn(self._post_subscribes, node, welcome)
+                    # A failed subscribe (503 while the broker restarts) ends
+                    # the session at once, as a real client subscribes again:
+                    # the stream of a connection without its channels brings
+                    # no data line to notice it by, only keepalive comments.
+                    subscriber.link_exception(
+                        functools.partial(_fail, gevent.getcurrent())
+                    )
                     continue
                 self._event(message)
                 if subscriber.dead and subscriber.exception is not None:
