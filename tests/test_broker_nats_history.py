@@ -7,6 +7,7 @@ The contract every broker keeps is in tests/test_history_store.py.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import shutil
 import time
@@ -62,7 +63,10 @@ def jetstream(url: str, call: t.Callable[[t.Any], t.Awaitable[t.Any]]) -> t.Any:
         finally:
             await nc.close()
 
-    return asyncio.run(run())
+    # In a thread of its own: the browser tests' Playwright (sync API) leaves
+    # an event loop running in the main thread, where asyncio.run refuses.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, run()).result(timeout=60)
 
 
 @pytest.fixture
