@@ -14,10 +14,10 @@ if TYPE_CHECKING:
     from .brokers import BrokerUnavailable as BrokerUnavailable
     from .config import ConfigError as ConfigError
     from .connection import Connection as Connection
+    from .errors import Rejected as Rejected
     from .extension import Channel as Channel
     from .extension import Realtime as Realtime
     from .extension import broadcast as broadcast
-    from .node import Rejected as Rejected
 
     realtime: Realtime
 
@@ -27,7 +27,7 @@ _PUBLIC = {
     "ConfigError": ".config",
     "Connection": ".connection",
     "Realtime": ".extension",
-    "Rejected": ".node",
+    "Rejected": ".errors",
     "broadcast": ".extension",
 }
 

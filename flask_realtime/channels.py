@@ -111,6 +111,8 @@ class HandlerTable:
         self._handlers.setdefault(event, []).append((compile_pattern(pattern), func))
 
     def find(self, event: str, channel: str) -> t.Callable[..., t.Any] | None:
+        """The first handler registered for ``event`` whose pattern matches
+        ``channel``: one handler, so one return value answers the event."""
         for regex, func in self._handlers.get(event, ()):
             if regex.fullmatch(channel):
                 return func

@@ -185,8 +185,12 @@ class Realtime:
         """Handle client events named ``event`` on channels matching ``channel``.
 
         The handler gets ``(connection, channel, data)`` and runs in the app
-        context. Raise :class:`~flask_realtime.Rejected` or return False to
-        refuse the event (error 403).
+        context. An event that carries an ``id`` is answered with an ``ack``
+        whose ``data`` is the handler's return value (none for None): the
+        clients' ``send`` resolves with it. Raise
+        :class:`~flask_realtime.Rejected` (error 403, or the code it names)
+        or return False (error 403) to refuse the event. One handler runs per
+        event: the first registered whose ``channel`` pattern matches.
         """
 
         def decorator(func: F) -> F:

@@ -269,6 +269,17 @@ def unsubscribed(channel: str, request_id: t.Any) -> bytes:
     return encode(_with_id({"type": "unsubscribed", "channel": channel}, request_id))
 
 
+def ack(channel: str, request_id: t.Any, data: t.Any = None) -> bytes:
+    """The answer to a client event with an ``id`` (PROTOCOL.md,
+    "Acknowledged client events"): ``data`` is the handler's value, left out
+    when it is None. Raises ``TypeError``/``ValueError`` for a value that is
+    not strict JSON."""
+    message: dict[str, t.Any] = {"type": "ack", "id": request_id, "channel": channel}
+    if data is not None:
+        message["data"] = data
+    return encode(message)
+
+
 def pong(request_id: t.Any) -> bytes:
     return encode(_with_id({"type": "pong"}, request_id))
 

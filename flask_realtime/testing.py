@@ -110,8 +110,11 @@ class TestClient:
     def emit(
         self, channel: str, event: str, data: t.Any = None
     ) -> dict[str, t.Any] | None:
-        """A client event; returns None when accepted, else the error envelope."""
-        return self.request(
+        """A client event, with an ``id``; returns None when it was accepted
+        with nothing to say (its ``ack`` has no ``data``: the handler returned
+        None, or the event was relayed), else the reply: the ``ack`` whose
+        ``data`` is the handler's value, or the ``error``."""
+        reply = self.request(
             {
                 "type": "event",
                 "channel": channel,
@@ -120,6 +123,9 @@ class TestClient:
                 "id": self._id(),
             }
         )
+        if reply is not None and reply.get("type") == "ack" and "data" not in reply:
+            return None
+        return reply
 
     def ping(self) -> dict[str, t.Any]:
         reply = self.request({"type": "ping", "id": self._id()})

@@ -19,16 +19,13 @@ from .. import channels as _channels
 from .. import protocol
 from ..brokers import BrokerUnavailable
 from ..connection import Connection
+from ..errors import Rejected as Rejected
 from . import recovery, topics
 
 if t.TYPE_CHECKING:
     from . import Node
 
 logger = logging.getLogger("flask_realtime")
-
-
-class Rejected(Exception):
-    """Raise in an event handler to refuse a client event with a 403 error."""
 
 
 class ClientMessages:
@@ -201,12 +198,12 @@ class ClientMessages:
         event = t.cast(str, message.event)
         handler = node.handlers.find(event, name)
         if handler is not None:
-            self._run_handler(handler, conn, name, message)
-            return None
+            result = self._run_handler(handler, conn, name, message)
+            return self._ack(name, message, result)
         if node.rules.kind(name) != _channels.PUBLIC and event.startswith("client-"):
             envelope = protocol.client_event(name, event, message.data, conn.user_id)
             node.publish_channel(name, envelope, exclude=conn.id)
-            return None
+            return self._ack(name, message, None)
         raise protocol.ProtocolError(
             protocol.FORBIDDEN,
             "no handler for this event; only 'client-' events on private or "
@@ -221,13 +218,14 @@ class ClientMessages:
         conn: Connection,
         name: str,
         message: protocol.ClientMessage,
-    ) -> None:
+    ) -> t.Any:
+        """The handler's return value; a refusal or a failure as a ProtocolError."""
         try:
             with self.app_context():
                 result = handler(conn, name, message.data)
         except Rejected as exc:
             raise protocol.ProtocolError(
-                protocol.FORBIDDEN,
+                getattr(exc, "code", protocol.FORBIDDEN),
                 str(exc) or "event refused",
                 request_id=message.id,
                 channel=name,
@@ -249,6 +247,38 @@ class ClientMessages:
                 request_id=message.id,
                 channel=name,
             )
+        return result
+
+    def _ack(
+        self, name: str, message: protocol.ClientMessage, result: t.Any
+    ) -> bytes | None:
+        """The ``ack`` of an accepted event that has an ``id`` (with the
+        handler's value, unless None); nothing for an event without one.
+
+        Every such event is answered, also when the value is None (an
+        extension of PROTOCOL.md, which names only the acks with a value), so
+        that a client waiting on the ``id`` learns that the server has the
+        event instead of waiting out its timeout.
+        """
+        if message.id is None:
+            return None
+        try:
+            return protocol.ack(name, message.id, result)
+        except (TypeError, ValueError, RecursionError) as exc:
+            logger.error(
+                "flask_realtime: handler for %r on %r returned a value that is "
+                "not JSON (%s: %s); the sender gets error 500",
+                message.event,
+                name,
+                type(exc).__name__,
+                exc,
+            )
+            raise protocol.ProtocolError(
+                protocol.INTERNAL_ERROR,
+                "the event handler's answer could not be sent as JSON",
+                request_id=message.id,
+                channel=name,
+            ) from None
 
 
 def _require_subscribed(
