@@ -63,13 +63,33 @@ class Channel(Emitter):
             p = self._recovery.position
             return p.as_dict() if p is not None else None
 
-    def send(self, event: str, data: t.Any = None) -> None:
-        """Send a client event on this channel (no reply when accepted; a
-        refusal arrives as an ``error`` event). Raises :class:`NotConnected`
-        while the client is reconnecting."""
-        self.client._send(
-            {"type": "event", "channel": self.name, "event": event, "data": data}
-        )
+    def send(
+        self,
+        event: str,
+        data: t.Any = None,
+        *,
+        wait: bool = False,
+        timeout: float | None = None,
+    ) -> t.Any:
+        """Send a client event on this channel.
+
+        With ``wait``, the event carries an ``id`` and the call returns once
+        the server has handled it: the value the app's handler returned (the
+        ``ack``'s data; None when it returned None or the event was relayed).
+        A refusal raises :class:`ServerError` (``.code``, ``.message``), no
+        answer within ``timeout`` (the client's ``timeout`` by default)
+        :class:`RealtimeTimeout`, and a connection lost meanwhile
+        :class:`ConnectionClosed` (the server may or may not have handled
+        the event). Without ``wait``, it returns None at once and a refusal
+        arrives as an ``error`` event. Raises :class:`NotConnected` while
+        the client is reconnecting.
+        """
+        message = {"type": "event", "channel": self.name, "event": event, "data": data}
+        if not wait:
+            self.client._send(message)
+            return None
+        self._forbid_in_reader("send(wait=True)")
+        return self.client._request(message, timeout).get("data")
 
     def unsubscribe(self, *, wait: bool = True, timeout: float | None = None) -> None:
         """Leave the channel; it will not be resubscribed after reconnects."""

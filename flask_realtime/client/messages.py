@@ -1,8 +1,9 @@
 """What the client sends, and how each server message finds its waiter.
 
-Requests (subscribe, unsubscribe, ping) carry a fresh ``id``; the reader
-thread hands each reply to the call waiting for that ``id``, each channel
-message to its :class:`Channel` and each direct message to the client.
+Requests (subscribe, unsubscribe, ping, ``send(wait=True)``) carry a fresh
+``id``; the reader thread hands each reply to the call waiting for that
+``id``, each channel message to its :class:`Channel` and each direct message
+to the client.
 """
 
 from __future__ import annotations
@@ -218,7 +219,7 @@ class Messages(Emitter):
                 self._subscribe_ids.pop(message.get("id"), None)
             if channel is not None:
                 channel._on_subscribed(message)
-        elif kind in ("unsubscribed", "pong"):
+        elif kind in ("unsubscribed", "pong", "ack"):
             self._resolve(message)
         elif kind == "error":
             self._on_error(message, channel)
