@@ -92,6 +92,17 @@ export interface RealtimeOptions {
    * Default 1000.
    */
   queueLimit?: number;
+  /**
+   * How long a `channel.send()` promise waits for the server's answer, in ms, counted from the
+   * call (time spent queued while connecting included); 0 or Infinity: no limit. Default 10000.
+   */
+  ackTimeout?: number;
+}
+
+/** Options of one `channel.send()`. */
+export interface SendOptions {
+  /** This send's `ackTimeout`, in ms. */
+  timeout?: number;
 }
 
 /**
@@ -110,6 +121,28 @@ export interface RealtimeError {
   id?: number | string;
   /** Seconds to wait, with code 429. */
   retry_after?: number;
+  [key: string]: unknown;
+}
+
+/**
+ * What a `channel.send()` promise is rejected with. From the server: its
+ * error's `code` (403 or a handler's `Rejected` code, 404 not subscribed,
+ * 429 rate limited, 500 the handler failed, …) and `message`. From the
+ * client: `code` 0 and a `reason`.
+ */
+export declare class SendError extends Error implements RealtimeError {
+  constructor(data: RealtimeError);
+  readonly name: "SendError";
+  code: number;
+  channel?: string;
+  id?: number | string;
+  /**
+   * The client's own reasons (`code` 0): `"timeout"` (no answer within the timeout: if the event
+   * had gone out, the server may still have handled it; if it was still queued, it is dropped and
+   * never sent), `"disconnected"` (the connection was lost after the event went out: it may have
+   * been handled), `"unsubscribed"` and `"queue full"` (never sent).
+   */
+  reason?: "timeout" | "disconnected" | "unsubscribed" | "queue full";
   [key: string]: unknown;
 }
 
@@ -150,7 +183,7 @@ export interface SubscribedData {
 
 /** A server → client message, as the protocol defines it. */
 export interface Envelope {
-  type: "connected" | "event" | "subscribed" | "unsubscribed" | "pong" | "error";
+  type: "connected" | "event" | "subscribed" | "unsubscribed" | "pong" | "error" | "ack";
   channel?: string;
   event?: string;
   data?: any;
@@ -201,11 +234,20 @@ export declare class Channel {
   /** Remove `fn`, every listener of `event`, or (no argument) every listener. */
   off(event?: string, fn?: (...args: any[]) => void): this;
   /**
-   * Send a client event, queued while connecting. The server relays
-   * `client-`-prefixed events on private and presence channels, or passes
-   * them to the application's handler; a refusal comes as an `error` event.
+   * Send a client event, queued while connecting. The server passes it to the
+   * application's handler, or relays `client-`-prefixed events on private and
+   * presence channels. The promise resolves with the server's `ack`: the
+   * value the handler returned (`undefined` when it returned None, and for a
+   * relayed event). It rejects with a {@link SendError}: the server refused
+   * (also told to `error` listeners, as before), or the client gave up
+   * (timeout, connection lost, unsubscribed). Nothing needs to await it: an
+   * ignored rejection is not reported as unhandled. Throws at once on an
+   * unsubscribed or failed channel.
+   *
+   * Changed in the release that added acknowledgements: `send()` returned the
+   * channel (`this`) before; calls can no longer be chained.
    */
-  send(event: string, data?: unknown): this;
+  send<T = any>(event: string, data?: unknown, options?: SendOptions): Promise<T>;
   /** Leave the channel; its listeners get nothing more. */
   unsubscribe(): void;
 }
@@ -239,6 +281,7 @@ export declare class RealtimeClient {
   /** The WebSocket subprotocol the client offers and the server selects. */
   static readonly SUBPROTOCOL: "realtime.v1";
   static readonly Channel: typeof Channel;
+  static readonly SendError: typeof SendError;
 
   readonly options: Required<RealtimeOptions>;
   readonly state: ConnectionState;

@@ -9,6 +9,7 @@
  *     const room = client.subscribe("presence-room.1");
  *     room.on("message.sent", (data) => console.log(data));
  *     room.send("client-typing", { typing: true });
+ *     const answer = await room.send("message.send", { text: "hi" }); // the handler's value
  *
  * It connects with the first transport that works (WebSocket, then
  * Server-Sent Events, then long-polling), reconnects with backoff, and
@@ -45,6 +46,7 @@
     connectTimeout: 10000,
     pongTimeout: 10000,
     queueLimit: 1000,
+    ackTimeout: 10000,
   };
 
   /** A connection that lasts this long (ms) resets the backoff. */
@@ -80,6 +82,21 @@
       setTimeout(() => {
         throw err;
       });
+    }
+  }
+
+  /**
+   * Why a `send()` promise was rejected: the server's error (`code` 400-599
+   * and its `message`, e.g. a handler's rejection), or the client's own with
+   * `code` 0 and a `reason`: "timeout", "disconnected" (the connection was
+   * lost after the event went out: the server may have handled it),
+   * "unsubscribed" or "queue full" (the event never went out).
+   */
+  class SendError extends Error {
+    constructor(data) {
+      super(data.message || `error ${data.code}`);
+      this.name = "SendError";
+      Object.assign(this, data);
     }
   }
 
@@ -136,15 +153,21 @@
       this._held = null;
     }
 
-    /** Send a client event; queued while the client is connecting. */
-    send(event, data) {
+    /**
+     * Send a client event; queued while the client is connecting. Returns a
+     * promise of the server's answer: the value the application's handler
+     * returned (undefined for none, and for a relayed `client-` event), or a
+     * rejection with a `SendError` (refused, failed, or no answer within
+     * `options.timeout` ms, the client's `ackTimeout` by default). A promise
+     * nobody awaits is harmless: a refusal is also an `error` event.
+     */
+    send(event, data, options) {
       if (this.state === "unsubscribed" || this.state === "failed") {
         throw new Error(`channel ${this.name} is ${this.state}`);
       }
       const message = { type: "event", channel: this.name, event };
       if (data !== undefined) message.data = data;
-      this.client._send(message);
-      return this;
+      return this.client._sendEvent(message, options && options.timeout);
     }
 
     unsubscribe() {
@@ -494,6 +517,8 @@
       this._conn = null;
       this._channels = new Map();
       this._pending = new Map();
+      /** Events sent with an id, by id: `{resolve, reject, timer, sent}` until answered. */
+      this._acks = new Map();
       this._queue = [];
       this._nextId = 1;
       this._attempts = 0;
@@ -642,6 +667,15 @@
       this._timers = {};
       this._conn = null;
       this._pending.clear();
+      for (const [id, ack] of this._acks) {
+        if (ack.sent) {
+          this._settle(id, {
+            code: 0,
+            reason: "disconnected",
+            message: "the connection was lost before the server answered",
+          });
+        }
+      }
       this.connectionId = null;
       this.transport = null;
       for (const channel of this._channels.values()) {
@@ -710,6 +744,9 @@
         case "unsubscribed":
           this._takeRequest(message.id);
           break;
+        case "ack":
+          this._settle(message.id, null, message.data);
+          break;
         case "pong":
           if (this._takeRequest(message.id)) this._alive();
           break;
@@ -735,7 +772,7 @@
       for (const channel of this._channels.values()) this._subscribeOnWire(channel);
       const queued = this._queue;
       this._queue = [];
-      for (const message of queued) conn.send(message);
+      for (const message of queued) this._toWire(conn, message);
       const every = (Number(data.heartbeat) > 0 ? Number(data.heartbeat) : 25) * 1000;
       this._timers.heartbeat = setInterval(() => this._ping(), every);
       this._setState("connected");
@@ -766,7 +803,12 @@
       if (this._channels.get(channel.name) !== channel) return;
       this._channels.delete(channel.name);
       channel.state = "unsubscribed";
+      const dropped = this._queue.filter((message) => message.channel === channel.name);
       this._queue = this._queue.filter((message) => message.channel !== channel.name);
+      for (const message of dropped) {
+        const error = { code: 0, reason: "unsubscribed", message: "not sent: unsubscribed" };
+        this._settle(message.id, error);
+      }
       if (this.state === "connected") {
         this._request(
           { type: "unsubscribe", channel: channel.name },
@@ -777,16 +819,61 @@
 
     _send(message) {
       if (this.state === "connected") {
-        this._conn.send(message);
+        this._toWire(this._conn, message);
       } else if (this._queue.length < this.options.queueLimit) {
         this._queue.push(message);
       } else {
-        this._emit("error", {
+        const error = {
           code: 0,
           message: "send queue full: message dropped",
           channel: message.channel,
-        });
+        };
+        this._settle(message.id, Object.assign({ reason: "queue full" }, error));
+        this._emit("error", error);
       }
+    }
+
+    _toWire(conn, message) {
+      const ack = message.id !== undefined && this._acks.get(message.id);
+      if (ack) ack.sent = true;
+      conn.send(message);
+    }
+
+    /** A client event with an id, whose answer (`ack` or `error`) settles the promise. */
+    _sendEvent(message, timeout) {
+      const limit = timeout === undefined ? this.options.ackTimeout : timeout;
+      message.id = this._nextId++;
+      const id = message.id;
+      const answer = new Promise((resolve, reject) => {
+        const ack = { resolve, reject, sent: false, timer: null };
+        this._acks.set(id, ack);
+        if (limit > 0 && Number.isFinite(limit)) {
+          ack.timer = setTimeout(() => {
+            // Still queued: it never goes out, so the rejection means "not sent".
+            const queued = !ack.sent;
+            if (queued) this._queue = this._queue.filter((m) => m !== message);
+            const text = queued
+              ? `not sent: no connection within ${limit} ms`
+              : `no answer within ${limit} ms`;
+            const channel = message.channel;
+            this._settle(id, { code: 0, reason: "timeout", message: text, channel });
+          }, limit);
+        }
+      });
+      answer.catch(() => {}); // not awaited: no "unhandled rejection"
+      this._send(message);
+      return answer;
+    }
+
+    /** Settle the promise of the event `id`: with `error`'s data, or resolved with `data`. */
+    _settle(id, error, data) {
+      const ack = this._acks.get(id);
+      if (!ack) return false; // an answer after the timeout, or not ours
+      this._acks.delete(id);
+      clearTimeout(ack.timer);
+      if (error) ack.reject(new SendError(Object.assign({ id }, error)));
+      else ack.resolve(data);
+      return true;
     }
 
     /** No pong within `pongTimeout`: the connection is dead even if the socket says otherwise. */
@@ -813,6 +900,9 @@
       );
       if (message.channel !== undefined) error.channel = message.channel;
       if (message.id !== undefined) error.id = message.id;
+      // A refused event rejects its promise, and is still told to the error
+      // listeners as before promises.
+      if (message.id !== undefined) this._settle(message.id, Object.assign({}, error));
       if (request && request.type === "ping") this._alive(); // refused (429) but answered
       const channel =
         request && request.channel ? request.channel : this._channels.get(message.channel);
@@ -847,6 +937,7 @@
   }
 
   RealtimeClient.Channel = Channel;
+  RealtimeClient.SendError = SendError;
   RealtimeClient.PROTOCOL = 1;
   RealtimeClient.SUBPROTOCOL = SUBPROTOCOL;
   return RealtimeClient;

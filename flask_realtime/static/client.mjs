@@ -10,6 +10,7 @@
 import "./client.js";
 
 const RealtimeClient = globalThis.RealtimeClient;
+const SendError = RealtimeClient.SendError;
 
-export { RealtimeClient };
+export { RealtimeClient, SendError };
 export default RealtimeClient;
