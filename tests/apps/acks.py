@@ -10,6 +10,8 @@ On ``ack.*`` channels:
 - ``not-json`` returns a set, which JSON cannot carry;
 - ``boom`` raises;
 - ``slow`` sleeps ``data`` seconds, then answers ``"late"``.
+
+It also has the browser tests' pages (``tests.apps.browser``), for Chromium.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import time
 import typing as t
 
 from flask_realtime import Rejected
+from tests.apps import browser as browser  # its pages, on the same app
 from tests.apps.basic import app as app
 from tests.apps.basic import broadcast, realtime
 
