@@ -158,7 +158,7 @@ def join_conversation(connection: Connection, channel: str) -> bool:
 def clean_text(data: t.Any) -> str:
     text = data.get("text") if isinstance(data, dict) else None
     if not isinstance(text, str) or not text.strip():
-        raise Rejected("a message needs some text")
+        raise Rejected("a message needs some text", code=400)
     return text.strip()[:MAX_TEXT]
 
 
@@ -228,21 +228,25 @@ def post_to_conversation(
 
 
 @realtime.on("message.send", channel="chat.room.*")
-def send_to_room(connection: Connection, channel: str, data: t.Any) -> None:
-    """The page's way of posting: a client event on the room's channel."""
+def send_to_room(connection: Connection, channel: str, data: t.Any) -> dict[str, t.Any]:
+    """The page's way of posting: a client event on the room's channel.
+
+    The stored message is the answer (the ack the page's ``send()`` resolves
+    with): the page then shows it as sent.
+    """
     room = room_number(channel)
     if connection.user_id is None or room is None:
         raise Rejected("sign in, in a room that exists")
-    post_to_room(
+    return post_to_room(
         room, connection.user_id, connection.user_info["name"], clean_text(data)
     )
 
 
 @realtime.on("message.send", channel="private-chat.*")
-def send_direct(connection: Connection, channel: str, data: t.Any) -> None:
+def send_direct(connection: Connection, channel: str, data: t.Any) -> dict[str, t.Any]:
     # Only the two users could subscribe (join_conversation), and only
     # subscribers may send client events on a channel.
-    post_to_conversation(
+    return post_to_conversation(
         channel, connection.user_id, connection.user_info["name"], clean_text(data)
     )
 

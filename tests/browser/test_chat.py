@@ -15,6 +15,7 @@ Chromium is the browser tests' shared one (``tests/browser/conftest.py``).
 from __future__ import annotations
 
 import os
+import time
 import typing as t
 from pathlib import Path
 
@@ -37,7 +38,7 @@ from tests.browser.chat_support import (
 from tests.servers import Server
 
 if t.TYPE_CHECKING:
-    from playwright.sync_api import Browser, Page
+    from playwright.sync_api import Browser, Page, Route
 
     from tests.conftest import LiveServerFactory
 
@@ -172,6 +173,8 @@ def expect_message(page: Page, text: str, author: str, *, mine: bool) -> None:
     expect(message.locator(".name")).to_have_text("You" if mine else author)
     if mine:
         expect(message).to_contain_class("mine")
+        # The server acknowledged the send (the promise of channel.send()).
+        expect(message).to_have_attribute("data-status", "sent")
     else:
         expect(message).not_to_contain_class("mine")
 
@@ -215,6 +218,46 @@ def test_two_pages_chat_both_ways(
         texts = page.locator("#messages .msg .bubble").all_inner_texts()
         assert texts[-2].startswith(f"Hi {bob_name},")
         assert texts[-1].startswith(f"Hello {ann_name}!")
+
+
+def test_a_message_shows_sending_until_acknowledged_or_not_sent(
+    chat_server: Server, chat: ChatPages
+) -> None:
+    """Over long-polling, where the test can hold the page's ``POST /send``."""
+    name = unique("Ann")
+    ann = chat.open(chat_server.url, name, "longpolling")
+    held: list[Route] = []
+    refuse = False
+
+    def hold(route: Route) -> None:
+        if "message.send" not in (route.request.post_data or ""):
+            route.continue_()  # typing indicators go through
+        elif refuse:
+            route.fulfill(status=503, json={"error": {"code": 503, "message": "busy"}})
+        else:
+            held.append(route)
+
+    ann.route("**/realtime/send", hold)
+    text = f"Held back: {unique('message ')}."
+    say(ann, text)
+    draft = ann.locator("#messages .msg", has_text=text)
+    expect(draft).to_have_attribute("data-status", "sending")
+    expect(draft.locator(".delivery")).to_have_text("Sending…")
+    deadline = time.monotonic() + 5
+    while not held:  # the page's POST reaches the route handler
+        assert time.monotonic() < deadline, "the message's POST /send never came"
+        ann.evaluate("0")  # lets Playwright dispatch the route event
+    held.pop().continue_()
+    expect_message(ann, text, name, mine=True)
+    expect(draft.locator(".delivery")).to_have_text("Sent")
+
+    refuse = True
+    failing = f"Refused: {unique('message ')}."
+    say(ann, failing)
+    refused = ann.locator("#messages .msg", has_text=failing)
+    expect(refused).to_have_attribute("data-status", "failed")
+    expect(refused.locator(".delivery")).to_have_text("Not sent")
+    expect(ann.locator(".toast.error").last).to_contain_text("busy")
 
 
 # -- presence -----------------------------------------------------------------

@@ -120,8 +120,28 @@
     bubble.append(messageText(message.text));
     bubble.title = clock.format(when);
     body.append(meta, bubble);
+    if (mine) {
+      // A message from the server is sent; one being sent says so (Thread.sending).
+      item.dataset.status = "sent";
+      body.append(el("div", "delivery", "Sent"));
+    }
     item.append(avatar(message.user_id, message.name), body);
     return item;
+  }
+
+  /**
+   * Post `text` on `channel` (a client event, handled by send_to_room() or
+   * send_direct() in app.py) and show it in `thread` at once, "Sending…",
+   * until the server answers: its answer (the handler's return value, the
+   * stored message) replaces it as "Sent"; a refusal marks it "Not sent"
+   * (and the channel's error listener shows why).
+   */
+  function postMessage(channel, thread, text) {
+    const item = thread.sending(text);
+    channel.send("message.send", { text }).then(
+      (message) => thread.sent(item, message),
+      () => thread.failed(item),
+    );
   }
 
   /**
@@ -171,6 +191,28 @@
       this.list.replaceChildren(...items);
       this.last = previous;
       this.list.scrollTop = this.list.scrollHeight;
+    }
+
+    /** A message of ours on its way: drawn now, "Sending…", not yet one of `messages`. */
+    sending(text) {
+      const draft = { id: "", user_id: me.user_id, name: me.name, text, time: Date.now() / 1000 };
+      const item = messageItem(draft, this.last, false);
+      item.dataset.status = "sending";
+      item.querySelector(".delivery").textContent = "Sending…";
+      this.list.append(item);
+      this.list.scrollTop = this.list.scrollHeight;
+      return item;
+    }
+
+    /** The server has it: the draft gives way to the message (unless its broadcast came first). */
+    sent(item, message) {
+      item.remove();
+      if (message && message.id !== undefined) this.add(message);
+    }
+
+    failed(item) {
+      item.dataset.status = "failed";
+      item.querySelector(".delivery").textContent = "Not sent";
     }
 
     system(text) {
@@ -575,7 +617,7 @@
     const input = $("message-input");
     const text = input.value.trim();
     if (!text || current === null) return;
-    roomChannels.get(current).send("message.send", { text }); // handled by send_to_room()
+    postMessage(roomChannels.get(current), threads.get(current), text);
     input.value = "";
     roomTyper.reset();
   });
@@ -587,7 +629,7 @@
     const input = $("dm-input");
     const text = input.value.trim();
     if (!text || !dm) return;
-    dm.channel.send("message.send", { text }); // handled by send_direct()
+    postMessage(dm.channel, dm.thread, text);
     input.value = "";
     dmTyper.reset();
   });
