@@ -299,6 +299,8 @@ class Webhooks:
         return min(self._peers.items(), key=lambda item: item[1].rank)[0]
 
     def _emit(self, event: Event) -> None:
+        if self._stopped:
+            return  # after its bye, another node sends
         if self._warm and self.leader() == self._node.id:
             self.sender.send(event)
         else:
