@@ -21,7 +21,8 @@ class Receiver:
         self.secret = secret
         self.batches: list[dict[str, t.Any]] = []  # payload plus "_id"
         self.bad_signatures = 0
-        self.requests = 0
+        self.requests = 0  # answered
+        self.arrived = 0  # read, answered or not (a hung one is not answered)
         self._failures_left = 0
         self._released = threading.Event()
         self._released.set()
@@ -31,6 +32,8 @@ class Receiver:
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                with receiver._lock:
+                    receiver.arrived += 1
                 receiver._released.wait(30)
                 status = receiver._take(body, self.headers)
                 self.send_response(status)
@@ -43,7 +46,9 @@ class Receiver:
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_port}/hooks"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        threading.Thread(
+            target=self.server.serve_forever, args=(0.05,), daemon=True
+        ).start()
 
     def _take(self, body: bytes, headers: t.Any) -> int:
         with self._lock:
