@@ -126,7 +126,9 @@ class Webhooks:
             return
         self._stopped = True
         if self._node.clustered:
-            self._publish({"op": "bye"})
+            # Not from the SIGTERM handler itself, which may have interrupted
+            # a publish: the process runs on while its connections close.
+            _runtime.spawn(self._publish, {"op": "bye"})
 
     # -- local facts (the node calls these) -----------------------------------
 

@@ -128,6 +128,14 @@ def test_each_event_once_in_order_across_nodes_and_transports(
     other.close()
     ann_poll.session.close()
 
+    # The leader (A, the older node) stops: B sends from then on.
+    a.stop()
+    after = connect(b.ws_url)
+    after.subscribe("after.1")
+    got = receiver.wait_for(lambda e: len(of("after.1")(e)) >= 1)
+    assert of("after.1")(got) == [("channel.occupied", None)]
+    after.close()
+
 
 def test_a_hung_receiver_does_not_delay_deliveries(
     live_server: t.Callable[..., Server], receiver: Receiver

@@ -276,7 +276,12 @@ class _nothing:
 @pytest.fixture
 def nodes(monkeypatch: pytest.MonkeyPatch) -> t.Callable[[int], list[t.Any]]:
     """``nodes(n)``: n coordinators, started in order, warm, no heartbeats."""
-    monkeypatch.setattr(cluster._runtime, "spawn", lambda *a: None)
+    # No heartbeat loop (the tests beat by hand); the bye is sent at once.
+    monkeypatch.setattr(
+        cluster._runtime,
+        "spawn",
+        lambda func, *args: func(*args) if func.__name__ == "_publish" else None,
+    )
     broker = FakeBroker()
     clock = iter(range(1000, 2000))
     monkeypatch.setattr(cluster.time, "time", lambda: float(next(clock)))
