@@ -23,6 +23,7 @@ class Receiver:
         self.bad_signatures = 0
         self.requests = 0  # answered
         self.arrived = 0  # read, answered or not (a hung one is not answered)
+        self.authorization: list[str | None] = []  # each request's header
         self._failures_left = 0
         self._released = threading.Event()
         self._released.set()
@@ -34,6 +35,7 @@ class Receiver:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 with receiver._lock:
                     receiver.arrived += 1
+                    receiver.authorization.append(self.headers.get("Authorization"))
                 receiver._released.wait(30)
                 status = receiver._take(body, self.headers)
                 self.send_response(status)

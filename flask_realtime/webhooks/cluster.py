@@ -347,6 +347,11 @@ class Webhooks:
             self._publish({"op": "hb"})
         now = time.monotonic()
         with self._lock:
+            if not self._node.broker.connected:
+                # Deaf, not alone: silence while the link is down is ours,
+                # and must not make every node drop (and "vacate") the others.
+                for peer in self._peers.values():
+                    peer.seen = now
             if not self._warm and now - self._started_at >= WARMUP:
                 self._warm = True
                 if self.leader() == self._node.id:

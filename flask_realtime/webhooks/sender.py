@@ -12,6 +12,7 @@ counted, and the count logged.
 
 from __future__ import annotations
 
+import base64
 import collections
 import http.client
 import logging
@@ -41,7 +42,18 @@ class Target:
     """One URL: its queue, its worker, its counters."""
 
     def __init__(self, url: str, settings: WebhookSettings, wire: Format) -> None:
-        self.url = url
+        self._url = url
+        parts = urllib.parse.urlsplit(url)
+        self._auth = None
+        if parts.username is not None:
+            pair = f"{_unquote(parts.username)}:{_unquote(parts.password or '')}"
+            self._auth = "Basic " + base64.b64encode(pair.encode()).decode()
+            netloc = parts.hostname or ""
+            if parts.port is not None:
+                netloc += f":{parts.port}"
+            parts = parts._replace(netloc=netloc)
+        #: The URL as logged: without a user or password in it.
+        self.url = urllib.parse.urlunsplit(parts)
         self._settings = settings
         self._wire = wire
         self._queue: collections.deque[Event] = collections.deque()
@@ -132,7 +144,9 @@ class Target:
         self, body: bytes, headers: dict[str, str]
     ) -> tuple[int | None, str] | None:
         """None when the receiver answered 2xx, else (status, why)."""
-        parts = urllib.parse.urlsplit(self.url)
+        parts = urllib.parse.urlsplit(self._url)
+        if self._auth is not None:
+            headers = {**headers, "Authorization": self._auth}
         kind = (
             http.client.HTTPSConnection
             if parts.scheme == "https"
@@ -166,6 +180,10 @@ class Target:
             )
             self._dropped_unlogged = 0
             self._drop_logged_at = now
+
+
+def _unquote(text: str) -> str:
+    return urllib.parse.unquote(text)
 
 
 class Sender:

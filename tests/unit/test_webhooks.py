@@ -232,6 +232,7 @@ class FakeBroker:
     """Delivers each publish to every coordinator, in one order for all."""
 
     kind = "fake"
+    connected = True
 
     def __init__(self) -> None:
         self.coordinators: list[cluster.Webhooks] = []
@@ -369,3 +370,37 @@ def test_a_dead_leader_is_replaced_and_its_recent_events_resent(
     b.webhooks._heartbeat(1)
     assert b.webhooks.leader() == "node1"
     assert b.sent.sent == [("channel.occupied", "z", None)]
+
+
+def test_a_node_cut_off_from_the_broker_drops_nobody(
+    nodes: t.Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, b = nodes(2)
+    join(a, "kept")
+    now = [time.monotonic() + cluster.EXPIRY + 1]
+    monkeypatch.setattr(cluster.time, "monotonic", lambda: now[0])
+    b.broker.connected = False  # b hears nothing: its silence, not a's
+    b.webhooks._heartbeat(1)
+    b.broker.connected = True
+    now[0] += 1.0
+    b.webhooks._heartbeat(2)
+    assert b.webhooks.leader() == "node0"
+    assert b.sent.sent == []
+
+
+def test_credentials_in_the_url_become_basic_auth_and_stay_out_of_logs(
+    make: t.Callable[..., Realtime],
+    receiver: Receiver,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setattr(sender, "FIRST_RETRY_DELAY", 0.01)
+    url = receiver.url.replace("http://", "http://hook:p%40ss@")
+    receiver.fail_next(1)  # one warning, which names the URL
+    realtime = app_with_hooks(make, {**hooks(receiver), "urls": [url]})
+    with caplog.at_level(logging.WARNING, logger="flask_realtime"):
+        realtime.test_client(user_id=1).subscribe("news")
+        receiver.wait_for(lambda e: len(e) >= 1)
+    assert receiver.authorization[-1] == "Basic aG9vazpwQHNz"  # hook:p@ss
+    assert receiver.url in caplog.text
+    assert "p%40ss" not in caplog.text and "p@ss" not in caplog.text
