@@ -162,7 +162,8 @@ def test_a_hung_receiver_does_not_delay_deliveries(
         assert response.status_code == 200
         assert client.wait_event("tick", "news.hung")["data"] == n
         latencies.append(time.monotonic() - started)
-    assert max(latencies) < 0.5, latencies
+    # About 10 ms here; a POST in the way would cost its 30 s timeout.
+    assert max(latencies) < 1.0, latencies
     receiver.release()
     got = receiver.wait_for(lambda e: len(e) >= 21)
     assert [e["channel"] for e in got] == [
