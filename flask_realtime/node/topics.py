@@ -14,6 +14,7 @@ USER = "u:"  # send_to_user: every connection of a user
 NODE = "n:"  # send(connection_id), and requests forwarded to the owning node
 PRESENCE = "p:"  # presence announcements and queries of a presence channel
 INBOX = "i:"  # replies to this process's requests
+WEBHOOKS = "w:"  # every node's local facts for the webhooks (webhooks/cluster.py)
 
 _PREFIX_LENGTH = 2
 
