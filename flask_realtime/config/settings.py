@@ -6,6 +6,7 @@ import dataclasses
 import typing as t
 
 if t.TYPE_CHECKING:
+    from .pusher import PusherSettings
     from .webhooks import WebhookSettings
 
 TRANSPORTS = ("websocket", "sse", "longpolling", "memory")
@@ -54,6 +55,8 @@ class Settings:
     history: tuple[tuple[str, int, float], ...] = ()
     # REALTIME_WEBHOOKS (config/webhooks.py); None: off.
     webhooks: WebhookSettings | None = None
+    # REALTIME_PUSHER and REALTIME_PUSHER_PATHS (config/pusher.py); None: off.
+    pusher: PusherSettings | None = None
 
 
 # Key -> default. The environment fallbacks (environment.py) are applied first.
@@ -101,4 +104,8 @@ DEFAULTS: dict[str, t.Any] = {
     "REALTIME_HISTORY": {},
     # {"urls": [...], "secret": "...", "events": [...]} (config/webhooks.py).
     "REALTIME_WEBHOOKS": None,
+    # {"app_id": "1", "key": "...", "secret": "..."} or a list (config/pusher.py).
+    "REALTIME_PUSHER": None,
+    # Route name -> path, for the Pusher routes moved from their defaults.
+    "REALTIME_PUSHER_PATHS": None,
 }
