@@ -14,10 +14,13 @@ if TYPE_CHECKING:
     from .brokers import BrokerUnavailable as BrokerUnavailable
     from .config import ConfigError as ConfigError
     from .connection import Connection as Connection
+    from .errors import ConnectionRefused as ConnectionRefused
     from .extension import Channel as Channel
     from .extension import Realtime as Realtime
     from .extension import broadcast as broadcast
+    from .extension import socket_id as socket_id
     from .node import Rejected as Rejected
+    from .node.hooks import DisconnectReason as DisconnectReason
 
     realtime: Realtime
 
@@ -26,9 +29,12 @@ _PUBLIC = {
     "Channel": ".extension",
     "ConfigError": ".config",
     "Connection": ".connection",
+    "ConnectionRefused": ".errors",
+    "DisconnectReason": ".node.hooks",
     "Realtime": ".extension",
     "Rejected": ".node",
     "broadcast": ".extension",
+    "socket_id": ".extension",
 }
 
 __all__ = [*sorted(_PUBLIC), "realtime"]
