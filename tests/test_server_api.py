@@ -218,3 +218,29 @@ def test_on_connect_refuses_http_transports_with_403(server: Server, path: str) 
     assert response.json()["error"] == {"code": 403, "message": "not welcome here"}
     health = requests.get(server.url + "/realtime/health", timeout=5).json()
     assert health["status"] == "ok"
+
+
+def test_the_python_client_follows_server_side_subscriptions(server: Server) -> None:
+    from flask_realtime.client import RealtimeClient
+
+    user = new_user()
+    channel = f"news.{user}"
+    with RealtimeClient(server.url, params={"user": user}) as client:
+        assert client.socket_id_headers() == {"X-Socket-ID": client.connection_id}
+        get(server, "/api/subscribe", channel=channel, user=user)
+        made = client.wait_for("subscribed", timeout=5)
+        assert made is client.channel(channel)
+        made.wait_for("subscribed", timeout=5)
+        response = requests.post(
+            f"{server.url}/api/post",
+            params={"channel": channel, "event": "said"},
+            json=1,
+            headers=client.socket_id_headers(),
+            timeout=5,
+        )
+        assert response.status_code == 200, response.text
+        get(server, "/broadcast", channel=channel, event="said", data="2")
+        assert made.wait_for("said", timeout=5) == 2  # 1 excluded this client
+        get(server, "/api/unsubscribe", channel=channel, user=user)
+        assert client.wait_for("unsubscribed", timeout=5) is made
+        assert made.state == "unsubscribed" and client.channel(channel) is None
