@@ -11,7 +11,8 @@ the client gets ``subscribed`` / ``unsubscribed`` without an ``id``, and
 presence joins and leaves follow.
 
 A process that serves no connection (a Celery worker) only publishes, like
-any broadcast. Commands arriving on one node run one at a time, in the
+any broadcast. With the null broker (one process) a command runs in the
+call, done when it returns. Commands arriving on one node run one at a time, in the
 order they came: a subscribe waits for the broker, and an unsubscribe
 right after it must not overtake it.
 """
@@ -88,8 +89,13 @@ class Commands:
             topic = topics.node(connection_id.partition(".")[0])
         else:
             topic = topics.user(t.cast(str, user_key(user_id)))
-        payload = control.message(HEADER, protocol.encode(command))
-        self._node.broker.publish(topic, payload)
+        body = protocol.encode(command)
+        if not self._node.clustered:
+            # One process (the null broker): the connection is here or
+            # nowhere, and it is done when the call returns.
+            self._run(*topics.split(topic), body)
+            return
+        self._node.broker.publish(topic, control.message(HEADER, body))
 
     # -- receiving ----------------------------------------------------------------
 
