@@ -14,10 +14,13 @@ if TYPE_CHECKING:
     from .brokers import BrokerUnavailable as BrokerUnavailable
     from .config import ConfigError as ConfigError
     from .connection import Connection as Connection
+    from .errors import ConnectionRefused as ConnectionRefused
     from .errors import Rejected as Rejected
     from .extension import Channel as Channel
     from .extension import Realtime as Realtime
     from .extension import broadcast as broadcast
+    from .extension import socket_id as socket_id
+    from .node.hooks import DisconnectReason as DisconnectReason
     from .webhooks import WebhookSignatureError as WebhookSignatureError
     from .webhooks import verify_webhook as verify_webhook
 
@@ -28,9 +31,12 @@ _PUBLIC = {
     "Channel": ".extension",
     "ConfigError": ".config",
     "Connection": ".connection",
+    "ConnectionRefused": ".errors",
+    "DisconnectReason": ".node.hooks",
     "Realtime": ".extension",
     "Rejected": ".errors",
     "broadcast": ".extension",
+    "socket_id": ".extension",
     "verify_webhook": ".webhooks",
     "WebhookSignatureError": ".webhooks",
 }

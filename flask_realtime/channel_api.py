@@ -39,8 +39,31 @@ class Channel:
         """
         return self._node.subscriber_count(self.name)
 
-    def broadcast(self, event: str, data: t.Any = None) -> None:
-        self._node.broadcast(self.name, event, data)
+    def broadcast(
+        self, event: str, data: t.Any = None, *, exclude: str | None = None
+    ) -> None:
+        """To every subscriber but ``exclude`` (a connection id), if given."""
+        self._node.broadcast(self.name, event, data, exclude or None)
+
+    def subscribe(
+        self, *, connection_id: str | None = None, user_id: t.Any = None
+    ) -> None:
+        """``realtime.subscribe(self.name, ...)``: see :meth:`Realtime.subscribe`."""
+        self._node.commands.publish(
+            "subscribe", connection_id=connection_id, user_id=user_id, channel=self.name
+        )
+
+    def unsubscribe(
+        self, *, connection_id: str | None = None, user_id: t.Any = None
+    ) -> None:
+        """``realtime.unsubscribe(self.name, ...)``: see
+        :meth:`Realtime.unsubscribe`."""
+        self._node.commands.publish(
+            "unsubscribe",
+            connection_id=connection_id,
+            user_id=user_id,
+            channel=self.name,
+        )
 
     # -- history (REALTIME_HISTORY) ---------------------------------------------
 

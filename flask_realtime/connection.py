@@ -125,6 +125,9 @@ class Connection:
         "sink",
         "rate",
         "closed",
+        "close_code",
+        "close_reason",
+        "refused",
         # the outbound queue
         "queue",
         "queued_bytes",
@@ -157,6 +160,11 @@ class Connection:
         self.token: str | None = None
         self.rate: t.Any = None
         self.closed = False  # the node has forgotten it
+        #: The code and reason of the close the server made or echoed (None:
+        #: the peer went away without one); ``on_disconnect`` reports them.
+        self.close_code: int | None = None
+        self.close_reason = ""
+        self.refused = False  # by on_connect: it never connected for the app
         #: Whole frames not yet handed to the wire, oldest first.
         self.queue: deque[bytes] = deque()
         self.queued_bytes = 0
@@ -214,6 +222,8 @@ class Connection:
             if self.closing:
                 return
             self.closing = True
+            self.close_code = code
+            self.close_reason = reason
         self.sink.close(code, reason)
 
     def tick(self, now: float, heartbeat: float) -> None:

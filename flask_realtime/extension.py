@@ -10,6 +10,8 @@ from flask import (
     Flask,
     current_app,
     has_app_context,
+    has_request_context,
+    request,
 )
 
 from . import channels as _channels
@@ -18,6 +20,8 @@ from . import deployment as _deployment
 from . import routes as _routes
 from .channel_api import Channel as Channel
 from .node import Node
+from .node.hooks import Hooks
+from .node.publishing import is_connection_id
 from .recorder import Recorder
 from .testing import TestClient
 from .transports import longpoll as _longpoll
@@ -43,6 +47,8 @@ class Realtime:
         self._authenticate: t.Callable[..., t.Any] | None = None
         self._authorizers: list[tuple[str, t.Callable[..., t.Any]]] = []
         self._handlers = _channels.HandlerTable()
+        self._on_connect: list[t.Callable[..., t.Any]] = []
+        self._on_disconnect: list[t.Callable[..., t.Any]] = []
         self._nodes: weakref.WeakKeyDictionary[Flask, Node] = (
             weakref.WeakKeyDictionary()
         )
@@ -104,6 +110,7 @@ class Realtime:
         for pattern, func in self._authorizers:
             rules.add_authorizer(pattern, func)
         node = Node(app, settings, rules, self._handlers, lambda: self._authenticate)
+        node.hooks = Hooks(node, lambda: self._on_connect, lambda: self._on_disconnect)
         if "memory" in settings.transports:
             recorder = self._recorders[node] = Recorder()
             node.observe(recorder.record)
@@ -199,11 +206,99 @@ class Realtime:
 
         return decorator
 
+    def on_connect(self, func: F) -> F:
+        """Call ``func(connection)`` for each new connection, on every
+        transport, once authenticated and registered, in the app context.
+
+        It may subscribe the connection (``realtime.subscribe(channel,
+        connection_id=connection.id)``) or send to it. To refuse it, raise
+        :class:`~flask_realtime.ConnectionRefused` (``code``: the WebSocket
+        close code, 4003 by default) or :class:`~flask_realtime.Rejected`,
+        or return False: a WebSocket is closed with the code, an SSE stream
+        or long-poll open is answered 403, and ``on_disconnect`` is not
+        called for it. Any other exception refuses it too (1011), logged.
+        """
+        self._on_connect.append(func)
+        return func
+
+    def on_disconnect(self, func: F) -> F:
+        """Call ``func(connection, reason)`` once each connection is gone,
+        in the app context, on every transport: whoever closed it, also
+        when the node shuts down (4200). ``reason`` is a
+        :class:`~flask_realtime.DisconnectReason`: ``code`` (the close
+        code, 1006 when the peer vanished) and ``reason`` (in words).
+        The connection is out of its channels already; presence leaves
+        went out.
+        """
+        self._on_disconnect.append(func)
+        return func
+
     # -- server-side API ------------------------------------------------------
 
-    def broadcast(self, channel: str, event: str, data: t.Any = None) -> None:
-        """Send ``event`` to every subscriber of ``channel`` on every node."""
-        self.node.broadcast(channel, event, data)
+    def broadcast(
+        self,
+        channel: str,
+        event: str,
+        data: t.Any = None,
+        *,
+        exclude: str | None = None,
+    ) -> None:
+        """Send ``event`` to every subscriber of ``channel`` on every node.
+
+        ``exclude``: a connection id that does not get it, usually the
+        sender's (see :meth:`socket_id`); None or ``""`` excludes nobody.
+        """
+        self.node.broadcast(channel, event, data, exclude or None)
+
+    def subscribe(
+        self,
+        channel: str,
+        *,
+        connection_id: str | None = None,
+        user_id: t.Any = None,
+    ) -> None:
+        """Subscribe one connection, or every connection of a user on every
+        node, to ``channel``, as if each client had asked: it gets
+        ``subscribed`` (with no ``id``) and presence joins follow. No
+        authorizer is asked: the server decides. Returns at once; the
+        subscription takes effect on the node that holds each connection.
+        Works from views, tasks and scripts (over the broker)."""
+        self.node.commands.publish(
+            "subscribe", connection_id=connection_id, user_id=user_id, channel=channel
+        )
+
+    def unsubscribe(
+        self,
+        channel: str,
+        *,
+        connection_id: str | None = None,
+        user_id: t.Any = None,
+    ) -> None:
+        """The reverse of :meth:`subscribe`: the client gets ``unsubscribed``
+        (no ``id``), presence leaves follow. Whoever subscribed it."""
+        self.node.commands.publish(
+            "unsubscribe", connection_id=connection_id, user_id=user_id, channel=channel
+        )
+
+    def disconnect(
+        self,
+        *,
+        connection_id: str | None = None,
+        user_id: t.Any = None,
+        code: int = 4000,
+    ) -> None:
+        """Close one connection, or every connection of a user (every tab,
+        every node), with ``code``: 4000 by default, which clients take as
+        "do not reconnect" (4000-4099); 4200-4299 ask them to reconnect."""
+        self.node.commands.publish(
+            "disconnect", connection_id=connection_id, user_id=user_id, code=code
+        )
+
+    def socket_id(self) -> str | None:
+        """The connection id the current request's ``X-Socket-ID`` header
+        names (as Laravel Echo sends it), for ``broadcast(..., exclude=)``;
+        None without a (well-formed) header or outside a request."""
+        return socket_id()
 
     def send_to_user(self, user_id: t.Any, event: str, data: t.Any = None) -> None:
         """Send to every connection of ``user_id`` (``5`` and ``"5"`` are one user)."""
@@ -257,6 +352,24 @@ def current_realtime() -> Realtime:
     )
 
 
-def broadcast(channel: str, event: str, data: t.Any = None) -> None:
+def broadcast(
+    channel: str, event: str, data: t.Any = None, *, exclude: str | None = None
+) -> None:
     """Broadcast through the current app's Realtime (see :meth:`Realtime.broadcast`)."""
-    current_realtime().broadcast(channel, event, data)
+    current_realtime().broadcast(channel, event, data, exclude=exclude)
+
+
+#: The header a page sends its connection id in (Laravel Echo's name).
+SOCKET_ID_HEADER = "X-Socket-ID"
+
+
+def socket_id() -> str | None:
+    """The current request's ``X-Socket-ID``, if it is a connection id.
+
+    ``broadcast(channel, event, data, exclude=socket_id())`` sends to
+    everyone but the page that made the request (``toOthers()``).
+    """
+    if not has_request_context():
+        return None
+    value = request.headers.get(SOCKET_ID_HEADER, "").strip()
+    return value if is_connection_id(value) else None

@@ -159,4 +159,7 @@ class TestClient:
     def disconnect(self) -> None:
         if self.close_code is None:
             self.close_code = 1000
+            # What on_disconnect reports: the client's own close.
+            self.connection.close_code = 1000
+            self.connection.close_reason = "closed by the client"
             self.node.disconnect(self.connection)

@@ -37,7 +37,7 @@ from flask import (
     url_for,
 )
 
-from flask_realtime import Connection, Realtime, Rejected, broadcast
+from flask_realtime import Connection, Realtime, Rejected, broadcast, socket_id
 
 app = Flask(__name__)
 app.config["SECRET_KEY"] = os.environ.get("SECRET_KEY", "dev-only-chat-example-key")
@@ -184,10 +184,13 @@ def new_message(user_id: str, name: str, text: str, **extra: t.Any) -> dict[str,
     }
 
 
-def post_to_room(room: int, user_id: str, name: str, text: str) -> dict[str, t.Any]:
-    """Store, broadcast, and notify whoever is mentioned with ``@user_id``."""
+def post_to_room(
+    room: int, user_id: str, name: str, text: str, exclude: str | None = None
+) -> dict[str, t.Any]:
+    """Store, broadcast (to all but the ``exclude`` connection), and notify
+    whoever is mentioned with ``@user_id``."""
     message = new_message(user_id, name, text, room=room)
-    broadcast(f"chat.room.{room}", "message.sent", message)
+    broadcast(f"chat.room.{room}", "message.sent", message, exclude=exclude)
     mentioned = {m.lower() for m in re.findall(r"@([A-Za-z0-9_]+)", text)}
     for other in sorted(mentioned & _directory.keys() - {user_id}):
         realtime.send_to_user(
@@ -306,7 +309,9 @@ def room_messages(room: int) -> t.Any:
 def create_room_message(room: int) -> t.Any:
     """Post without a realtime connection: a script, a bot, ``curl``.
 
-    JSON only (``{"text": "..."}``): a cross-site form cannot send it.
+    JSON only (``{"text": "..."}``): a cross-site form cannot send it. A page
+    that posts here with its ``X-Socket-ID`` header (``client.socketIdHeaders()``)
+    has the message in the response, and not again from the broadcast.
     """
     if room not in ROOMS:
         abort(404)
@@ -316,7 +321,8 @@ def create_room_message(room: int) -> t.Any:
     except Rejected as exc:
         return jsonify(error=str(exc)), 400
     user_id, name = t.cast("tuple[str, str]", current_user())
-    return jsonify(message=post_to_room(room, user_id, name, text)), 201
+    message = post_to_room(room, user_id, name, text, exclude=socket_id())
+    return jsonify(message=message), 201
 
 
 @app.get("/dm/<other>/messages")

@@ -217,12 +217,37 @@ class Messages(Emitter):
         elif kind == "subscribed":
             with self._cond:
                 self._subscribe_ids.pop(message.get("id"), None)
+            if channel is None and "id" not in message and isinstance(name, str):
+                channel = self._subscribed_by_server(name)
             if channel is not None:
                 channel._on_subscribed(message)
+        elif kind == "unsubscribed" and "id" not in message and channel is not None:
+            self._unsubscribed_by_server(channel)
         elif kind in ("unsubscribed", "pong", "ack"):
             self._resolve(message)
         elif kind == "error":
             self._on_error(message, channel)
+
+    def _subscribed_by_server(self, name: str) -> Channel:
+        """``realtime.subscribe()`` on the server: a channel as if subscribed
+        here (resubscribed by the client after reconnects, like its own).
+        The client's ``subscribed`` handlers get it before its events."""
+        with self._cond:
+            channel = self._channels.get(name)
+            if channel is None:
+                channel = self._channels[name] = Channel(self, name, self.buffer_size)
+        self._emit("subscribed", channel)
+        return channel
+
+    def _unsubscribed_by_server(self, channel: Channel) -> None:
+        """``realtime.unsubscribe()`` on the server: as if unsubscribed here."""
+        with self._cond:
+            if self._channels.get(channel.name) is channel:
+                del self._channels[channel.name]
+            channel.state = "unsubscribed"
+            self._cond.notify_all()
+        channel._emit("unsubscribed", None)
+        self._emit("unsubscribed", channel)
 
     def _resolve(self, message: dict[str, t.Any]) -> bool:
         """Hand a reply to the request waiting for its ``id``, if one is."""

@@ -32,8 +32,10 @@ class RealtimeClient(Messages, Reader, Reconnection, Emitter):
     called again for every reconnection (fresh tokens). Client events:
     ``connected`` (the ``connected`` data), ``disconnected`` (``code``,
     ``reason``, ``reconnect``), ``reconnecting`` (``attempt``, ``delay``),
-    ``error`` (an unsolicited server error's data) and every direct message's
-    event name.
+    ``error`` (an unsolicited server error's data), ``subscribed`` and
+    ``unsubscribed`` (a :class:`Channel` the server subscribed this
+    connection to, or out of: ``realtime.subscribe()``) and every direct
+    message's event name.
     """
 
     def __init__(
@@ -135,6 +137,13 @@ class RealtimeClient(Messages, Reader, Reconnection, Emitter):
         """The channel ``name`` if subscribed, without subscribing."""
         with self._cond:
             return self._channels.get(name)
+
+    def socket_id_headers(self) -> dict[str, str]:
+        """``{"X-Socket-ID": connection_id}`` while connected, else ``{}``:
+        send it with a request whose view broadcasts with
+        ``exclude=socket_id()``, and this connection is left out."""
+        connection_id = self.connection_id
+        return {"X-Socket-ID": connection_id} if connection_id else {}
 
     # -- connecting --------------------------------------------------------------
 

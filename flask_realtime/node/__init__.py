@@ -24,7 +24,7 @@ from flask import Flask
 
 from .. import channels as _channels
 from .. import protocol
-from .._runtime import in_event_loop, spawn
+from .._runtime import in_event_loop, real_lock, spawn
 from ..brokers import create_broker
 from ..config import Settings
 from ..connection import Connection, Sink
@@ -33,9 +33,11 @@ from ..limits import Admission
 from ..presence import ClusterPresence, Member
 from ..pressure import PressureGauge
 from . import lifecycle, recovery, topics
+from .commands import Commands
 from .continuity import Continuity
 from .control import Control
 from .forwarding import Forwarding, RequestHandler
+from .hooks import Hooks
 from .inbound import Inbound
 from .interest import Interest
 from .lifecycle import KEEPALIVE, Lifecycle
@@ -84,6 +86,11 @@ class Node:
         self.presence_sync = PresenceSync(self, self.presence)
         self.forwarding = Forwarding(self)
         self.lifecycle = Lifecycle(self)
+        # on_connect / on_disconnect: the extension sets its own (see .hooks).
+        self.hooks = Hooks(self, tuple, tuple)
+        # realtime.subscribe() / unsubscribe() / disconnect() (see .commands).
+        self.commands = Commands(self)
+        self._closing_lock = real_lock()
         self.publisher = Publisher(self)
         # Sessions report full sockets here; publishers ask it before publishing.
         self.pressure = PressureGauge(settings.backpressure_bytes)
@@ -177,6 +184,9 @@ class Node:
         self.admission.opened(conn)  # counted once registered (see ..limits)
         if welcome:
             conn.push_json(self.welcome(conn))
+        # After the welcome is queued: on_connect may subscribe the
+        # connection. Raises ConnectionRefused, the connection forgotten.
+        self.hooks.connected(conn)
         return conn
 
     def welcome(self, conn: Connection) -> bytes:
@@ -184,8 +194,12 @@ class Node:
         return protocol.connected(conn.id, self.settings.heartbeat, conn.token)
 
     def disconnect(self, conn: Connection) -> None:
-        """Forget a connection that went away: subscriptions, presence, user."""
-        conn.closed = True
+        """Forget a connection that went away: subscriptions, presence,
+        user; then ``on_disconnect``. Once per connection."""
+        with self._closing_lock:  # (threads: two closes may race)
+            if conn.closed:
+                return
+            conn.closed = True
         self.admission.closed(conn)
         if in_event_loop() or self.control.delivering():
             # Announcing a presence leave may wait: not in the event loop (a
@@ -201,6 +215,7 @@ class Node:
             self.left_channel(conn, name)
         if last_of_user:
             self.interest.release(topics.user(t.cast(str, conn.user_key)))
+        self.hooks.disconnected(conn)
 
     def left_channel(self, conn: Connection, name: str) -> None:
         """``conn`` is out of channel ``name`` in the hub: tell the rest."""
@@ -240,8 +255,10 @@ class Node:
         """Publish an encoded event to a channel (``exclude``: a connection id)."""
         self.publisher.publish_channel(channel, envelope, exclude)
 
-    def broadcast(self, channel: str, event: str, data: t.Any) -> None:
-        self.publisher.broadcast(channel, event, data)
+    def broadcast(
+        self, channel: str, event: str, data: t.Any, exclude: str | None = None
+    ) -> None:
+        self.publisher.broadcast(channel, event, data, exclude)
 
     def send_to_user(self, user_id: t.Any, event: str, data: t.Any) -> None:
         self.publisher.send_to_user(user_id, event, data)

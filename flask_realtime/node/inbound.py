@@ -12,7 +12,7 @@ from __future__ import annotations
 import typing as t
 
 from ..connection import Outbound
-from . import control, topics
+from . import commands, control, topics
 
 if t.TYPE_CHECKING:
     from . import Node
@@ -41,6 +41,10 @@ class Inbound:
                 node.webhooks.on_message(control.split_message(data)[1])
             return
         header, envelope = control.split_message(data)
+        if header[:1] == commands.HEADER and kind in (topics.USER, topics.NODE):
+            received["node" if kind == topics.NODE else "user"] += 1
+            node.commands.received(kind, name, envelope)  # realtime.subscribe() &c.
+            return
         message = Outbound(envelope)
         if kind == topics.CHANNEL:
             received["channel"] += 1

@@ -94,8 +94,44 @@ class ClientMessages:
 
     # -- subscriptions -----------------------------------------------------------
 
+    # -- server-side subscriptions (realtime.subscribe, see .commands) ---------
+
+    def server_subscribe(self, conn: Connection, name: str) -> None:
+        """Subscribe ``conn`` as if it had asked, without an ``id``: its
+        client gets ``subscribed``. The server decided, so no authorizer is
+        asked whether; a presence channel's authorizer still gives the
+        member's ``user_info`` when it returns a dict."""
+        if conn.closing or name in conn.channels:
+            return
+        message = protocol.ClientMessage("subscribe", None, name, None, None)
+        try:
+            reply = self._subscribe(conn, message, True, trusted=True)
+        except protocol.ProtocolError as exc:
+            reply = exc.envelope()
+        except BrokerUnavailable:
+            reply = protocol.error(
+                protocol.UNAVAILABLE,
+                "the server cannot reach its broker",
+                channel=name,
+            )
+        if reply is not None:
+            conn.push_json(reply)
+
+    def server_unsubscribe(self, conn: Connection, name: str) -> None:
+        """Unsubscribe ``conn`` as if it had asked: its client gets
+        ``unsubscribed`` without an ``id``; presence leaves follow."""
+        if name not in conn.channels:
+            return
+        self._node.hub.unsubscribe(conn, name)
+        self._node.left_channel(conn, name)
+        conn.push_json(protocol.unsubscribed(name, None))
+
     def _subscribe(
-        self, conn: Connection, message: protocol.ClientMessage, push_reply: bool
+        self,
+        conn: Connection,
+        message: protocol.ClientMessage,
+        push_reply: bool,
+        trusted: bool = False,
     ) -> bytes | None:
         node = self._node
         name = t.cast(str, message.channel)
@@ -119,7 +155,13 @@ class ClientMessages:
                     request_id=message.id,
                     channel=name,
                 )
-            allowed = self._authorize(conn, name)
+            if trusted:  # realtime.subscribe(): whether is the server's call
+                allowed = True
+                if kind == _channels.PRESENCE:
+                    info = self._authorize(conn, name)
+                    allowed = info if isinstance(info, dict) else True
+            else:
+                allowed = self._authorize(conn, name)
             if not allowed and not (kind == _channels.PRESENCE and allowed == {}):
                 raise protocol.ProtocolError(
                     protocol.FORBIDDEN,

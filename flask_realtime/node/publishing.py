@@ -8,6 +8,7 @@ is slowed first when the node is overloaded (see :mod:`flask_realtime.pressure`)
 
 from __future__ import annotations
 
+import re
 import typing as t
 
 from .. import channels as _channels
@@ -21,6 +22,15 @@ if t.TYPE_CHECKING:
 # observer(kind, target, event, data): kind is "broadcast", "user" or
 # "connection"; the memory transport's recorder is one.
 Observer = t.Callable[[str, t.Any, str, t.Any], None]
+
+
+#: What ``Node.open`` makes: the node's id, a dot, a URL-safe token.
+_CONNECTION_ID = re.compile(r"[0-9a-f]{1,32}\.[A-Za-z0-9_-]{1,64}")
+
+
+def is_connection_id(value: t.Any) -> bool:
+    """Whether ``value`` looks like a connection id (an ``X-Socket-ID``)."""
+    return isinstance(value, str) and _CONNECTION_ID.fullmatch(value) is not None
 
 
 def _check_event(event: t.Any) -> None:
@@ -51,14 +61,19 @@ class Publisher:
         data = control.message(header, envelope)
         self._node.broker.publish(topics.channel(channel), data)
 
-    def broadcast(self, channel: str, event: str, data: t.Any) -> None:
+    def broadcast(
+        self, channel: str, event: str, data: t.Any, exclude: str | None = None
+    ) -> None:
+        """``exclude``: a connection id that does not get it (the sender's)."""
         if not isinstance(channel, str) or not _channels.is_valid_name(channel):
             raise ValueError(f"invalid channel name: {channel!r}")
         _check_event(event)
+        if exclude is not None and not is_connection_id(exclude):
+            raise ValueError(f"exclude must be a connection id, got {exclude!r}")
         envelope = protocol.event(channel, event, data)
         self._notify("broadcast", channel, event, data)
         self.wait_for_capacity()
-        self.publish_channel(channel, envelope)
+        self.publish_channel(channel, envelope, exclude or None)
 
     def send_to_user(self, user_id: t.Any, event: str, data: t.Any) -> None:
         key = user_key(user_id)

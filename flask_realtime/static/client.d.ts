@@ -29,7 +29,10 @@ export type ChannelState =
   /** Subscribe sent, reply awaited. */
   | "subscribing"
   | "subscribed"
-  /** `unsubscribe()` was called: the object is dead, `subscribe()` again for a new one. */
+  /**
+   * `unsubscribe()` was called, or the server unsubscribed it: the object is
+   * dead, `subscribe()` again for a new one.
+   */
   | "unsubscribed"
   /** The server refused the subscription (the `error` event said why); the channel was dropped. */
   | "failed";
@@ -298,6 +301,12 @@ export declare class RealtimeClient {
   subscribe(name: string): Channel;
   /** The subscribed channel `name`, if any. */
   channel(name: string): Channel | undefined;
+  /**
+   * `{"X-Socket-ID": connectionId}` while connected, else `{}`: for a request
+   * whose view broadcasts with `exclude=socket_id()` ("to others"), e.g.
+   * `fetch(url, {method: "POST", headers: {...client.socketIdHeaders()}})`.
+   */
+  socketIdHeaders(): { "X-Socket-ID"?: string };
 
   /** A connection is ready (also after each reconnect); channels are being resubscribed. */
   on(event: "connected", fn: (connectionId: string) => void): this;
@@ -309,6 +318,13 @@ export declare class RealtimeClient {
   on(event: "disconnected", fn: (code: number, reason: string) => void): this;
   /** Server errors (also those of channels) and transport failures. */
   on(event: "error", fn: (error: RealtimeError) => void): this;
+  /**
+   * The server subscribed this connection (`realtime.subscribe()`): the new
+   * channel, before its own `subscribed` event and its events, so that
+   * listeners added here miss nothing. Also on reconnects the client then
+   * subscribes to it itself, as to its own channels.
+   */
+  on(event: "subscribed" | "unsubscribed", fn: (channel: Channel) => void): this;
   on(event: "state", fn: (state: ConnectionState, previous: ConnectionState) => void): this;
   /**
    * A direct message (`send(connection_id, …)`, `send_to_user(…)`: an event

@@ -584,6 +584,15 @@
       return this._channels.get(name);
     }
 
+    /**
+     * `{"X-Socket-ID": connectionId}` while connected, else `{}`: send it
+     * with a request whose view broadcasts with `exclude=socket_id()`, and
+     * this connection does not get its own broadcast back.
+     */
+    socketIdHeaders() {
+      return this.connectionId ? { "X-Socket-ID": this.connectionId } : {};
+    }
+
     // -- internals ----------------------------------------------------------
 
     _setState(state) {
@@ -736,14 +745,33 @@
           break;
         case "subscribed": {
           const request = this._takeRequest(message.id);
-          const channel = request ? request.channel : this._channels.get(message.channel);
+          let channel = request ? request.channel : this._channels.get(message.channel);
+          if (!channel && message.id === undefined && typeof message.channel === "string") {
+            // realtime.subscribe() on the server: as if subscribed here. The
+            // client's "subscribed" listeners get the channel first, so that
+            // they can listen to it before its own "subscribed" and events.
+            channel = new Channel(this, message.channel);
+            channel.state = "subscribing";
+            this._channels.set(channel.name, channel);
+            this._emit("subscribed", channel);
+          }
           if (channel && this._channels.get(channel.name) === channel)
             channel._subscribed(message.data, request && request.since);
           break;
         }
-        case "unsubscribed":
-          this._takeRequest(message.id);
+        case "unsubscribed": {
+          if (this._takeRequest(message.id) || message.id !== undefined) break;
+          // realtime.unsubscribe() on the server: as if unsubscribed here.
+          const channel = this._channels.get(message.channel);
+          if (channel) {
+            this._channels.delete(channel.name);
+            channel.state = "unsubscribed";
+            channel._reset();
+            channel._emit("unsubscribed");
+            this._emit("unsubscribed", channel);
+          }
           break;
+        }
         case "ack":
           this._settle(message.id, null, message.data);
           break;

@@ -23,6 +23,7 @@ import typing as t
 from flask import Response, request
 
 from .._runtime import gevent_active
+from ..errors import ConnectionRefused
 from .handoff import can_answer_later, socket_for_later
 from .http import (
     Answer,
@@ -102,7 +103,10 @@ def _open(node: Node, authenticate: t.Callable[..., t.Any] | None) -> Response:
     except Refused:
         return json_error(401, "authentication failed")
     box = PollBox(node)
-    node.open("longpolling", box, user_id, user_info, with_token=True)
+    try:
+        node.open("longpolling", box, user_id, user_info, with_token=True)
+    except ConnectionRefused as exc:  # by on_connect
+        return json_error(403, exc.reason)
     items = box.take()
     return answer_response(answer(items, items[-1][0] if items else 0))
 

@@ -9,6 +9,7 @@ from flask import Response, request, stream_with_context
 from .. import protocol
 from .._runtime import gevent_active
 from ..connection import Connection, Outbound
+from ..errors import ConnectionRefused
 from .handoff import socket_taker, take_over
 from .http import (
     Finished,
@@ -141,9 +142,12 @@ def sse_view(node: Node, authenticate: t.Callable[..., t.Any] | None) -> Respons
         take, mode = taker
         chunked = wants_chunked(request.environ)
         session = SSESession(node, chunked)
-        welcome = session.encode(
-            Outbound(session.open(user_id, user_info, with_token=True))
-        )
+        try:
+            opened = session.open(user_id, user_info, with_token=True)
+        except ConnectionRefused as exc:  # by on_connect
+            session.abandon()
+            return cors(json_error(403, exc.reason), settings.allowed_origins)
+        welcome = session.encode(Outbound(opened))
         _subscribe_initial(node, session.conn, names)
         try:
             sock = take(
@@ -156,7 +160,11 @@ def sse_view(node: Node, authenticate: t.Callable[..., t.Any] | None) -> Respons
             return Finished(mode)
         session.attach(take_over(sock))
         return Finished(mode)
-    return cors(_stream(node, user_id, user_info, names), settings.allowed_origins)
+    try:
+        response = _stream(node, user_id, user_info, names)
+    except ConnectionRefused as exc:  # by on_connect
+        response = json_error(403, exc.reason)
+    return cors(response, settings.allowed_origins)
 
 
 def _stream(node: Node, user_id: t.Any, user_info: t.Any, names: list[str]) -> Response:

@@ -16,6 +16,7 @@ import typing as t
 
 from .._runtime import gevent_active
 from .._ws_frames import OP_TEXT, build_frame, close_frame
+from ..errors import ConnectionRefused
 from ..limits import refuse as refuse_connection
 from .handoff import TAKE_KEY, is_tls, plain_taker, take_over
 from .http import WSGIEnviron, environ_origin_allowed
@@ -120,7 +121,12 @@ def accept(
     session = welcome = None
     if refusal is None and detach:
         session = GeventWebSocket(node)
-        welcome = build_frame(OP_TEXT, session.open(user_id, user_info))
+        try:
+            welcome = build_frame(OP_TEXT, session.open(user_id, user_info))
+        except ConnectionRefused as exc:  # by on_connect: closed after the 101
+            session.abandon()
+            session = None
+            refusal = (exc.code, exc.reason)
     welcomed = False
     try:
         if take is not None:
@@ -141,13 +147,7 @@ def accept(
         return mode
 
     if refusal is not None:
-        try:
-            sock.sendall(close_frame(*refusal))
-        except OSError:
-            pass
-        if mode == "werkzeug":
-            sock.close()
-        return mode
+        return _refuse(sock, mode, refusal)
     if session is not None and detach:
         if not welcomed:
             session.conn.push_bytes(t.cast(bytes, welcome))
@@ -159,6 +159,20 @@ def accept(
     # must stay in its SSL object: this request's thread (or greenlet) reads,
     # another writes.
     threaded = ThreadedWebSocket(node, sock)
-    threaded.start(user_id, user_info)
+    try:
+        threaded.start(user_id, user_info)
+    except ConnectionRefused as exc:
+        return _refuse(sock, mode, (exc.code, exc.reason))
     threaded.run()
+    return mode
+
+
+def _refuse(sock: t.Any, mode: str, refusal: tuple[int, str]) -> str:
+    """Send the refusal's close frame after the 101, and end."""
+    try:
+        sock.sendall(close_frame(*refusal))
+    except OSError:
+        pass
+    if mode == "werkzeug":
+        sock.close()
     return mode
