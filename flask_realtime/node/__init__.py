@@ -158,7 +158,7 @@ class Node:
         if not self.interest.is_subscribed(node_topic):
             with self.interest.hold(node_topic):
                 pass
-            self.admin.join()
+        self.admin.join()  # (once per process: a comparison after that)
         conn = Connection(
             f"{self.id}.{secrets.token_urlsafe(12)}",
             transport,

@@ -3,8 +3,10 @@
 ``flask realtime stats`` and its siblings run in a process that serves no
 connections, so they ask the nodes over the broker: one request (see
 :mod:`.control`) to the topic all nodes share, ``a:nodes``, which a node
-subscribes to with its first connection; each node answers with a report
-of its own connections and channels.
+subscribes to at its first connection or readiness probe
+(``/realtime/health``), whichever comes first; each node answers with a
+report of its own connections and channels. A process that only publishes
+(a Celery worker, a script, the command itself) is no node and stays silent.
 
 Nodes do not know each other, so the asker must decide when everybody has
 answered. Redis counts the receivers of a publish: the gather ends as soon
@@ -72,7 +74,8 @@ class Admin:
         self._joined_pid: int | None = None
 
     def join(self) -> None:
-        """Answer admin requests from now on (a node's first connection).
+        """Answer admin requests from now on: called at each connection and
+        readiness probe, it subscribes once per process.
 
         Subscribed at the broker directly, not through the node's interest:
         like the node topic it is kept for the process's life, and the

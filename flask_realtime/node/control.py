@@ -224,7 +224,7 @@ class Control:
         inbox = self._subscribed_inbox()
         if not self._connected(time.monotonic() + GATHER_CONNECT):
             raise BrokerUnavailable(
-                f"the {self.broker.kind} broker is unreachable; no request sent"
+                f"the {self.broker.kind} broker at {self.broker.url} is unreachable"
             )
         reply_to = f"{inbox}#{next(self._serial)}"
         gatherer = _Gatherer()

@@ -5,8 +5,8 @@ a channel's topic while it has local subscribers, a user's while that user
 has a local connection, its own node topic once it hosts a connection, a
 presence channel's while it keeps a replica of its members, and its inbox
 while it waits for replies (see :mod:`.control`). From its first connection
-on, a node also subscribes to the one topic all nodes share, where the admin
-commands ask every node at once (see :mod:`.admin`).
+or readiness probe on, a node also subscribes to the one topic all nodes
+share, where the admin commands ask every node at once (see :mod:`.admin`).
 """
 
 from __future__ import annotations
