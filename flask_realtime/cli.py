@@ -126,6 +126,11 @@ def _table(headers: list[str], rows: list[list[t.Any]]) -> None:
         click.echo(line(row))
 
 
+def _n(count: int, noun: str) -> str:
+    """``1 node``, ``2 nodes``."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 def _gather(node: Node, wait: float, pattern: str | None = None) -> Gathered:
     try:
         gathered = node.admin.gather(pattern=pattern, window=wait)
@@ -133,8 +138,8 @@ def _gather(node: Node, wait: float, pattern: str | None = None) -> Gathered:
         raise click.ClickException(str(exc)) from None
     if gathered.missing:
         click.echo(
-            f"warning: {gathered.missing} node(s) counted by the broker did not"
-            f" answer within {wait} s (frozen, or cut off)",
+            f"warning: {_n(gathered.missing, 'node')} counted by the broker did"
+            f" not answer within {wait} s (frozen, or cut off)",
             err=True,
         )
     return gathered
@@ -214,10 +219,10 @@ def stats(as_json: bool, wait: float, top: int) -> None:
     where = "Cluster" if gathered.scope == "cluster" else "This process"
     counted = "" if gathered.counted is None else f" of {gathered.counted} counted"
     click.echo(
-        f"{where} ({summary['broker']} broker): {len(nodes)} node(s) answered"
-        f"{counted}, {summary['connections']} connection(s),"
-        f" {summary['channels']} channel(s),"
-        f" {summary['subscriptions']} subscription(s)"
+        f"{where} ({summary['broker']} broker): {_n(len(nodes), 'node')} answered"
+        f"{counted}; {_n(summary['connections'], 'connection')},"
+        f" {_n(summary['channels'], 'channel')},"
+        f" {_n(summary['subscriptions'], 'subscription')}"
     )
     if nodes:
         click.echo()
@@ -264,7 +269,7 @@ def channels_command(pattern: str | None, as_json: bool, wait: float) -> None:
                 "scope": gathered.scope,
                 "broker": node.broker.kind,
                 "pattern": pattern,
-                "nodes": len(gathered.reports),
+                "answered": len(gathered.reports),
                 "missing": gathered.missing,
                 "channels": found,
             }
@@ -274,7 +279,7 @@ def channels_command(pattern: str | None, as_json: bool, wait: float) -> None:
         matching = "" if pattern is None else f" matching {pattern!r}"
         click.echo(
             f"No channel{matching} has subscribers"
-            f" ({len(gathered.reports)} node(s) answered)."
+            f" ({_n(len(gathered.reports), 'node')} answered)."
         )
         return
     _table(
@@ -302,7 +307,8 @@ def presence(channel: str, as_json: bool) -> None:
         raise click.ClickException(str(exc)) from None
     members.sort(key=lambda m: (m.get("connected_at", 0), str(m["user_id"])))
     if as_json:
-        _emit_json({"channel": channel, "members": members})
+        scope = "cluster" if node.clustered else "process"
+        _emit_json({"scope": scope, "channel": channel, "members": members})
         return
     if not members:
         click.echo(f"Nobody is present in {channel!r}.")

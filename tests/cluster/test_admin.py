@@ -102,7 +102,10 @@ def test_the_commands_see_and_reach_every_node_on_every_transport(
         ]
 
         readable = flask_realtime(cluster, "stats").stdout
-        assert "2 node(s) answered of 2 counted, 4 connection(s)" in readable
+        assert (
+            "2 nodes answered of 2 counted; 4 connections, 3 channels, 7 subscriptions"
+            in readable
+        )
         assert any(line.split() == [news, "4", "2"] for line in readable.splitlines())
 
         listed = as_json(cluster, "channels", "chat.*")
@@ -135,7 +138,7 @@ def test_the_commands_see_and_reach_every_node_on_every_transport(
         partial = json.loads(frozen.stdout)
         assert [n["id"] for n in partial["nodes"]] == [node_a]
         assert (partial["counted"], partial["missing"]) == (2, 1)
-        assert "1 node(s) counted by the broker did not answer" in frozen.stderr
+        assert "1 node counted by the broker did not answer" in frozen.stderr
     ann.close()
     anonymous.close()
 
