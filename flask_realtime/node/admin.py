@@ -95,7 +95,9 @@ class Admin:
 
     def report(self, request: dict[str, t.Any]) -> Report:
         """This node's numbers; ``request`` may narrow its channels with
-        ``pattern`` (``*`` is a wildcard) and ``limit``."""
+        ``pattern`` (``*`` is a wildcard) and ``limit``, and ask how many
+        connections a ``user`` (its key) or a ``connection`` (an id) has
+        here (``matched``)."""
         node = self._node
         hub = node.hub
         conns = hub.all()
@@ -114,7 +116,7 @@ class Admin:
         if truncated:
             busiest = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
             counts = dict(busiest[:limit])
-        return {
+        report: Report = {
             "id": node.id,
             "host": socket.gethostname(),
             "pid": os.getpid(),
@@ -130,6 +132,12 @@ class Admin:
             "channel_subscribers": counts,
             "channels_truncated": truncated,
         }
+        user, connection = request.get("user"), request.get("connection")
+        if isinstance(user, str):
+            report["matched"] = len(hub.user_connections(user))
+        elif isinstance(connection, str):
+            report["matched"] = int(connection in hub.connections)
+        return report
 
     def answer(self, body: bytes, reply_to: str) -> None:
         """An admin request from the broker: reply with this node's report."""
@@ -154,13 +162,21 @@ class Admin:
         pattern: str | None = None,
         limit: int = CHANNEL_LIMIT,
         window: float = WINDOW,
+        user: str | None = None,
+        connection: str | None = None,
     ) -> Gathered:
         """Every node's report (see the module's docstring for when it ends).
 
         Raises :class:`~flask_realtime.BrokerUnavailable` when the broker
         cannot be reached.
         """
-        request = {"op": "report", "pattern": pattern, "limit": limit}
+        request = {
+            "op": "report",
+            "pattern": pattern,
+            "limit": limit,
+            "user": user,
+            "connection": connection,
+        }
         node = self._node
         if not node.clustered:
             return Gathered([self.report(request)], None, "process")
