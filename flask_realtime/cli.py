@@ -361,6 +361,7 @@ def broadcast_command(channel: str, event: str, data: str, as_json: bool) -> Non
     node = _node()
     _note_scope(node)
     try:
+        node.control.check_connected()  # else it would wait in a buffer, and die
         node.broadcast(channel, event, value)
     except BrokerUnavailable as exc:
         raise click.ClickException(str(exc)) from None

@@ -120,12 +120,13 @@ def test_an_unreachable_broker_fails_with_its_address(
         REALTIME_BROKER="redis", REALTIME_BROKER_URL=f"redis://127.0.0.1:{port}/0"
     )
     try:
-        result = run(app, "stats")
-        assert result.exit_code == 1, result.output
-        assert (
-            f"Error: the redis broker at redis://127.0.0.1:{port}/0 is unreachable"
-            in result.stderr
-        )
+        for args in (["stats"], ["broadcast", "news", "note", "1"]):
+            result = run(app, *args)
+            assert result.exit_code == 1, result.output
+            assert (
+                f"Error: the redis broker at redis://127.0.0.1:{port}/0 is unreachable"
+                in result.stderr
+            )
     finally:
         with app.app_context():
             realtime.node.broker.close()

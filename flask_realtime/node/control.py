@@ -222,10 +222,7 @@ class Control:
         if self.delivering():
             raise RuntimeError("gather() cannot wait inside on_message")
         inbox = self._subscribed_inbox()
-        if not self._connected(time.monotonic() + GATHER_CONNECT):
-            raise BrokerUnavailable(
-                f"the {self.broker.kind} broker at {self.broker.url} is unreachable"
-            )
+        self.check_connected()
         reply_to = f"{inbox}#{next(self._serial)}"
         gatherer = _Gatherer()
         with self._lock:
@@ -242,6 +239,16 @@ class Control:
                 self._waiting.pop(reply_to, None)
                 replies = list(gatherer.replies)
         return replies, counted
+
+    def check_connected(self) -> None:
+        """Raise :class:`~flask_realtime.BrokerUnavailable` unless the broker
+        is up, after waiting up to ``GATHER_CONNECT`` seconds for a first
+        connection: a script that publishes and exits must not leave its
+        message in the outage buffer."""
+        if not self._connected(time.monotonic() + GATHER_CONNECT):
+            raise BrokerUnavailable(
+                f"the {self.broker.kind} broker at {self.broker.url} is unreachable"
+            )
 
     def _connected(self, deadline: float) -> bool:
         """Whether the broker is up; a process's first request waits for the
