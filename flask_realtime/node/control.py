@@ -221,8 +221,8 @@ class Control:
         """
         if self.delivering():
             raise RuntimeError("gather() cannot wait inside on_message")
-        inbox = self._subscribed_inbox()
         self.check_connected()
+        inbox = self._subscribed_inbox()
         reply_to = f"{inbox}#{next(self._serial)}"
         gatherer = _Gatherer()
         with self._lock:
@@ -245,6 +245,7 @@ class Control:
         is up, after waiting up to ``GATHER_CONNECT`` seconds for a first
         connection: a script that publishes and exits must not leave its
         message in the outage buffer."""
+        self._subscribed_inbox()  # starts the connection, as a first request does
         if not self._connected(time.monotonic() + GATHER_CONNECT):
             raise BrokerUnavailable(
                 f"the {self.broker.kind} broker at {self.broker.url} is unreachable"
