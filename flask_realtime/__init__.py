@@ -18,6 +18,8 @@ if TYPE_CHECKING:
     from .extension import Realtime as Realtime
     from .extension import broadcast as broadcast
     from .node import Rejected as Rejected
+    from .webhooks import WebhookSignatureError as WebhookSignatureError
+    from .webhooks import verify_webhook as verify_webhook
 
     realtime: Realtime
 
@@ -29,6 +31,8 @@ _PUBLIC = {
     "Realtime": ".extension",
     "Rejected": ".node",
     "broadcast": ".extension",
+    "verify_webhook": ".webhooks",
+    "WebhookSignatureError": ".webhooks",
 }
 
 __all__ = [*sorted(_PUBLIC), "realtime"]

@@ -5,6 +5,9 @@ from __future__ import annotations
 import dataclasses
 import typing as t
 
+if t.TYPE_CHECKING:
+    from .webhooks import WebhookSettings
+
 TRANSPORTS = ("websocket", "sse", "longpolling", "memory")
 BROKERS = ("null", "redis", "rabbitmq", "nats")
 
@@ -49,6 +52,8 @@ class Settings:
     shutdown_timeout: float
     # REALTIME_HISTORY: (channel pattern, size, ttl), first match wins.
     history: tuple[tuple[str, int, float], ...] = ()
+    # REALTIME_WEBHOOKS (config/webhooks.py); None: off.
+    webhooks: WebhookSettings | None = None
 
 
 # Key -> default. The environment fallbacks (environment.py) are applied first.
@@ -94,4 +99,6 @@ DEFAULTS: dict[str, t.Any] = {
     "REALTIME_SHUTDOWN_TIMEOUT": 10,
     # Channel pattern -> {"size": events, "ttl": seconds} (config/history.py).
     "REALTIME_HISTORY": {},
+    # {"urls": [...], "secret": "...", "events": [...]} (config/webhooks.py).
+    "REALTIME_WEBHOOKS": None,
 }

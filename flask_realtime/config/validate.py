@@ -12,6 +12,7 @@ import typing as t
 from . import broker_options
 from .history import history_rules
 from .settings import DEFAULTS, TRANSPORTS, ConfigError, Settings
+from .webhooks import webhook_settings
 
 
 def _number(
@@ -182,4 +183,5 @@ def load(config: t.Mapping[str, t.Any]) -> Settings:
             config, "REALTIME_SHUTDOWN_TIMEOUT", minimum=0, integer=False
         ),
         history=history_rules(config),
+        webhooks=webhook_settings(config),
     )

@@ -93,6 +93,7 @@ class Node:
         self.shutting_down = False
         # Connection limits and rate limiters (see ..limits).
         self.admission = Admission(settings)
+        self.webhooks = _webhooks(self)
         self.lifecycle.chain_sigterm()
 
     @property
@@ -120,6 +121,8 @@ class Node:
     def shutdown(self, code: int = protocol.CLOSE_SHUTDOWN) -> None:
         """Close all connections (4200 by default: clients reconnect at once)."""
         lifecycle.shutdown(self, code)
+        if self.webhooks is not None:
+            self.webhooks.stop()
 
     def written(self, conn: Connection) -> None:
         """``conn``'s wire is done (``Sink.reports_written``): shutdown waits."""
@@ -159,6 +162,8 @@ class Node:
             with self.interest.hold(node_topic):
                 pass
         self.admin.join()  # (once per process: a comparison after that)
+        if self.webhooks is not None:
+            self.webhooks.ensure_started()
         conn = Connection(
             f"{self.id}.{secrets.token_urlsafe(12)}",
             transport,
@@ -208,6 +213,8 @@ class Node:
             self.interest.release(topics.channel(name))
         if self.rules.kind(name) == _channels.PRESENCE:
             self.presence_sync.left(conn, name, last_here)
+        if self.webhooks is not None:
+            self.webhooks.channel_changed(name)
 
     def connection(self, connection_id: str) -> Connection | None:
         """The local connection with this id, if it lives on this node."""
@@ -287,6 +294,16 @@ class Node:
         sizes.update({f"interest.{k}": v for k, v in self.interest.sizes().items()})
         sizes["pressure.pressured"] = self.pressure.pressured_count
         return sizes
+
+
+def _webhooks(node: Node) -> t.Any:
+    """The node's webhooks when ``REALTIME_WEBHOOKS`` is set, else None."""
+    if node.settings.webhooks is None:
+        return None
+    from ..webhooks.cluster import Webhooks
+    from ..webhooks.sender import Sender
+
+    return Webhooks(node, Sender(node.settings.webhooks))
 
 
 __all__ = ["KEEPALIVE", "Node", "Observer", "Rejected", "RequestHandler"]

@@ -36,6 +36,10 @@ class Inbound:
             received["presence"] += 1
             node.presence_sync.on_message(name, control.split_message(data)[1])
             return
+        if kind == topics.WEBHOOKS:
+            if node.webhooks is not None:
+                node.webhooks.on_message(control.split_message(data)[1])
+            return
         header, envelope = control.split_message(data)
         message = Outbound(envelope)
         if kind == topics.CHANNEL:

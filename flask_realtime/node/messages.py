@@ -149,6 +149,8 @@ class ClientMessages:
             node.hub.subscribe(conn, name, stand_in)
             if conn.closed or name not in conn.channels:
                 return None  # closed while the broker subscribed: forgotten
+            if node.webhooks is not None:
+                node.webhooks.channel_changed(name)
             if kind == _channels.PRESENCE:
                 node.presence_sync.joined(conn, name, user_info)
         data = self._data(name, kind)
@@ -206,6 +208,8 @@ class ClientMessages:
         if node.rules.kind(name) != _channels.PUBLIC and event.startswith("client-"):
             envelope = protocol.client_event(name, event, message.data, conn.user_id)
             node.publish_channel(name, envelope, exclude=conn.id)
+            if node.webhooks is not None:
+                node.webhooks.client_event(conn, name, event, message.data)
             return None
         raise protocol.ProtocolError(
             protocol.FORBIDDEN,

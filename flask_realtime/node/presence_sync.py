@@ -87,6 +87,9 @@ class PresenceSync:
         new_here, new_in_cluster = self.presence.join(channel, conn.id, member)
         if new_here:
             self._tell_nodes(channel, {"op": "join", "member": member})
+            if self._node.webhooks is not None:
+                key = t.cast(str, conn.user_key)
+                self._node.webhooks.member_changed(channel, key, conn.user_id, True)
         if new_in_cluster:
             self._deliver_join(channel, member, exclude=conn.id)
 
@@ -96,6 +99,10 @@ class PresenceSync:
             member, gone = self.presence.leave(channel, conn.id, conn.user_key)
             if member is not None:
                 self._tell_nodes(channel, {"op": "leave", "user": conn.user_key})
+                if self._node.webhooks is not None:
+                    self._node.webhooks.member_changed(
+                        channel, conn.user_key, member["user_id"], False
+                    )
             if gone:
                 self._deliver_leave(channel, t.cast(dict, member))
         if last_here and self._node.clustered:

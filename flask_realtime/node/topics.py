@@ -17,6 +17,7 @@ NODE = "n:"  # send(connection_id), and requests forwarded to the owning node
 PRESENCE = "p:"  # presence announcements and queries of a presence channel
 INBOX = "i:"  # replies to this process's requests
 ADMIN = "a:"  # admin requests every node answers (flask realtime stats, ...)
+WEBHOOKS = "w:"  # every node's local facts for the webhooks (webhooks/cluster.py)
 
 _PREFIX_LENGTH = 2
 
