@@ -131,9 +131,11 @@ def _n(count: int, noun: str) -> str:
     return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
-def _gather(node: Node, wait: float, pattern: str | None = None) -> Gathered:
+def _gather(node: Node, wait: float, **request: t.Any) -> Gathered:
+    """Every node's report (``request``: see ``Admin.gather``), or a click
+    error; a warning for each node the broker counted that stayed silent."""
     try:
-        gathered = node.admin.gather(pattern=pattern, window=wait)
+        gathered = node.admin.gather(window=wait, **request)
     except BrokerUnavailable as exc:
         raise click.ClickException(str(exc)) from None
     if gathered.missing:
@@ -258,7 +260,7 @@ def channels_command(pattern: str | None, as_json: bool, wait: float) -> None:
     """Channels with subscribers, across the cluster (PATTERN: * is a wildcard)."""
     node = _node()
     _note_scope(node)
-    gathered = _gather(node, wait, pattern)
+    gathered = _gather(node, wait, pattern=pattern)
     found = [
         {"name": c["name"], "kind": node.rules.kind(c["name"]), **c}
         for c in admin.channel_totals(gathered.reports)
