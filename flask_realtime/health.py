@@ -36,6 +36,7 @@ def readiness(node: Node, environ: t.Mapping[str, t.Any]) -> Response:
     # client would (the node topic is held for the process's life).
     with node.interest.hold(topics.node(node.id)):
         pass
+    node.admin.join()  # and it answers the admin commands from now on
     broker = node.broker
     if not broker.connected:
         return _answer(

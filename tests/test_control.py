@@ -235,3 +235,48 @@ def test_a_request_while_the_broker_is_unreachable_fails_at_once() -> None:
     control = Control(lambda on_message: UnreachableBroker(), print, print)  # type: ignore[arg-type,return-value]
     with pytest.raises(BrokerUnavailable, match="unreachable"):
         control.request("n:elsewhere", b"{}", 0.5)
+
+
+def test_gather_collects_every_reply_and_ends_when_the_count_is_in(
+    kind: str, endpoints: t.Any
+) -> None:
+    requester, first = endpoints()
+    _, second = endpoints()
+    silent = endpoints()[1] if kind != "null" else None
+    for n, responder in enumerate((first, second)):
+        responder.answer = lambda c, topic, body, to, n=n: c.reply(to, b"%d" % n)
+        responder.control.broker.subscribe("a:all")
+    if silent is not None:
+        silent.control.broker.subscribe("a:all")  # counted, never answers
+    started = time.monotonic()
+    replies, counted = requester.control.gather("a:all", b"report", 0.5)
+    took = time.monotonic() - started
+    # (The null broker's endpoints are one, and each endpoints() a world.)
+    expected = [b"0"] if kind == "null" else [b"0", b"1"]
+    assert sorted(replies) == expected
+    if kind == "redis":
+        assert counted == 3  # the silent one too, so the window ran out
+    else:
+        assert counted == (1 if kind == "null" else None)
+    if silent is not None:
+        assert took >= 0.5  # Redis waited for the silent one; others, the window
+        silent.answer = lambda c, topic, body, to: c.reply(to, b"2")
+        expected.append(b"2")
+    # Every counted receiver answers now: Redis ends at once, long before
+    # its window; the others collect for theirs.
+    started = time.monotonic()
+    replies, _ = requester.control.gather(
+        "a:all", b"report", 10.0 if kind in ("redis", "null") else 0.3
+    )
+    assert sorted(replies) == expected
+    assert time.monotonic() - started < 5.0
+    assert requester.control._waiting == {}
+
+
+def test_gather_while_the_broker_is_unreachable_fails(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(control_module, "GATHER_CONNECT", 0.1)
+    control = Control(lambda on_message: UnreachableBroker(), print, print)  # type: ignore[arg-type,return-value]
+    with pytest.raises(BrokerUnavailable, match="stub:// is unreachable"):
+        control.gather("a:all", b"{}", 0.5)

@@ -11,7 +11,8 @@ local subscribers), :mod:`.inbound` (what the broker brings),
 :mod:`.messages` (what clients send), :mod:`.presence_sync` (presence
 between nodes), :mod:`.control` (request/reply on publish/subscribe),
 :mod:`.forwarding` (requests run on the owning node), :mod:`.publishing`
-(server-side sends) and :mod:`.topics` (every topic name).
+(server-side sends), :mod:`.admin` (every node's report, for the admin
+commands) and :mod:`.topics` (every topic name).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from ..limits import Admission
 from ..presence import ClusterPresence, Member
 from ..pressure import PressureGauge
 from . import lifecycle, recovery, topics
+from .admin import Admin
 from .commands import Commands
 from .continuity import Continuity
 from .control import Control
@@ -92,6 +94,7 @@ class Node:
         self.commands = Commands(self)
         self._closing_lock = real_lock()
         self.publisher = Publisher(self)
+        self.admin = Admin(self)  # answers flask realtime stats (see .admin)
         # Sessions report full sockets here; publishers ask it before publishing.
         self.pressure = PressureGauge(settings.backpressure_bytes)
         self.shutting_down = False
@@ -165,6 +168,7 @@ class Node:
         if not self.interest.is_subscribed(node_topic):
             with self.interest.hold(node_topic):
                 pass
+        self.admin.join()  # (once per process: a comparison after that)
         if self.webhooks is not None:
             self.webhooks.ensure_started()
         conn = Connection(

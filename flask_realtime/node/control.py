@@ -5,7 +5,8 @@ Every payload the node publishes starts with one tag byte:
 - ``m<header>\\n<body>``: a plain message (the header names who to skip or
   which connection it is for; see the node);
 - ``q<reply_to>\\n<body>``: a request; whoever answers publishes the reply
-  to the inbox topic that ``reply_to`` names;
+  to the inbox topic that ``reply_to`` names (:meth:`Control.request`
+  takes the first reply, :meth:`Control.gather` every one);
 - ``r<reply_to>\\n<body>``: a reply, published to the requester's inbox;
 - ``?``: a probe, which every node ignores: a request still waiting
   publishes one now and then to the request's topic, and a broker that
@@ -47,6 +48,8 @@ PROBE = b"?"
 _FIRST_PROBE = 0.5
 _MAX_PROBE_INTERVAL = 5.0
 _UP_POLL = 0.05  # a first request looks this often for the first connection
+# A first gather() waits this long for the broker's first connection.
+GATHER_CONNECT = 5.0
 
 OnMessage = t.Callable[[str, bytes], None]
 OnRequest = t.Callable[[str, bytes, str], None]
@@ -80,6 +83,31 @@ class _Waiter:
         self.data = b""
 
 
+class _Gatherer:
+    """One request collecting every reply (see :meth:`Control.gather`)."""
+
+    __slots__ = ("done", "replies", "expected")
+
+    def __init__(self) -> None:
+        self.done = event()
+        self.replies: list[bytes] = []
+        self.expected: int | None = None
+
+    def add(self, data: bytes) -> None:
+        """One more reply (under the control's lock)."""
+        self.replies.append(data)
+        self._check()
+
+    def expect(self, count: int | None) -> None:
+        """The broker's receiver count, once the request is published."""
+        self.expected = count
+        self._check()
+
+    def _check(self) -> None:
+        if self.expected is not None and len(self.replies) >= self.expected:
+            self.done.set()
+
+
 class Control:
     """The node's side of the broker: framing, requests and their replies.
 
@@ -100,7 +128,7 @@ class Control:
         self._inbox = ""
         self._inbox_subscribed = False
         self._serial = itertools.count(1)
-        self._waiting: dict[str, _Waiter] = {}
+        self._waiting: dict[str, _Waiter | _Gatherer] = {}
         self._lock = real_lock()  # the waiting map and the per-process reset
         self._subscribe_lock: t.Any = None
         self._delivering: int | None = None  # the thread (greenlet) in on_message
@@ -177,6 +205,52 @@ class Control:
             with self._lock:
                 self._waiting.pop(reply_to, None)
 
+    def gather(
+        self, topic: str, data: bytes, window: float
+    ) -> tuple[list[bytes], int | None]:
+        """Send ``data`` to every subscriber of ``topic``; every reply.
+
+        Returns ``(replies, counted)``. ``counted`` is the number of
+        receivers the broker reported (Redis counts them), and the call
+        returns as soon as that many replied; without a count (RabbitMQ,
+        NATS) it collects for ``window`` seconds after publishing, which is
+        also the most it waits for a counted receiver that never answers (a
+        frozen node). Raises :class:`~flask_realtime.BrokerUnavailable` when
+        the broker cannot be reached (after waiting up to
+        ``GATHER_CONNECT`` seconds for a first connection).
+        """
+        if self.delivering():
+            raise RuntimeError("gather() cannot wait inside on_message")
+        self.check_connected()
+        inbox = self._subscribed_inbox()
+        reply_to = f"{inbox}#{next(self._serial)}"
+        gatherer = _Gatherer()
+        with self._lock:
+            self._waiting[reply_to] = gatherer
+        try:
+            head = b"".join((REQUEST, reply_to.encode(), b"\n"))
+            counted = self.broker.publish(topic, head + data)
+            deadline = time.monotonic() + window
+            with self._lock:
+                gatherer.expect(counted)
+            gatherer.done.wait(max(0.0, deadline - time.monotonic()))
+        finally:
+            with self._lock:
+                self._waiting.pop(reply_to, None)
+                replies = list(gatherer.replies)
+        return replies, counted
+
+    def check_connected(self) -> None:
+        """Raise :class:`~flask_realtime.BrokerUnavailable` unless the broker
+        is up, after waiting up to ``GATHER_CONNECT`` seconds for a first
+        connection: a script that publishes and exits must not leave its
+        message in the outage buffer."""
+        self._subscribed_inbox()  # starts the connection, as a first request does
+        if not self._connected(time.monotonic() + GATHER_CONNECT):
+            raise BrokerUnavailable(
+                f"the {self.broker.kind} broker at {self.broker.url} is unreachable"
+            )
+
     def _connected(self, deadline: float) -> bool:
         """Whether the broker is up; a process's first request waits for the
         first connection (up to its deadline), which a script or a task
@@ -217,7 +291,11 @@ class Control:
 
     def _resolve(self, reply_to: str, data: bytes) -> None:
         with self._lock:
-            waiter = self._waiting.pop(reply_to, None)
+            waiter = self._waiting.get(reply_to)
+            if isinstance(waiter, _Gatherer):
+                waiter.add(data)  # it keeps collecting
+                return
+            self._waiting.pop(reply_to, None)
         if waiter is not None:  # else answered already, or given up on
             waiter.data = data
             waiter.done.set()

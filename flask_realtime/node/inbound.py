@@ -58,7 +58,8 @@ class Inbound:
             node.hub.deliver_connection(header.decode(), message)
 
     def request(self, topic: str, body: bytes, reply_to: str) -> None:
-        """A request from another node: presence replicas, forwarded requests."""
+        """A request from another node: presence replicas, forwarded
+        requests, admin reports."""
         kind, name = topics.split(topic)
         if kind == topics.PRESENCE:
             self.received["presence"] += 1
@@ -66,6 +67,8 @@ class Inbound:
         elif kind == topics.NODE:
             self.received["node"] += 1
             self._node.forwarding.on_request(body, reply_to)
+        elif kind == topics.ADMIN:
+            self._node.admin.answer(body, reply_to)
 
     def wanted(self, topic: str) -> bool:
         """Does a local subscriber still want ``topic`` (see .interest)?"""

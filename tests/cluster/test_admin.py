@@ -1,0 +1,159 @@
+"""``flask realtime stats|channels|presence|broadcast`` against a real cluster.
+
+Two gunicorn instances of one worker each (two nodes, so every number is
+known) on a real broker, with clients on WebSocket, SSE and long polling.
+The commands run as an operator runs them, ``flask --app ... realtime ...``
+in a process of their own that serves nothing and asks the nodes over the
+broker.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import typing as t
+
+import pytest
+
+from tests.brokerservers import BrokerServer
+from tests.cluster.conftest import Cluster
+from tests.cluster.test_cluster import node_of, ws
+from tests.http_helpers import unique
+from tests.servers import ROOT, child_environment
+from tests.test_longpoll import Poller
+from tests.test_sse import SSEClient
+
+
+def flask_realtime(
+    cluster: Cluster, *args: str, expect: int = 0
+) -> subprocess.CompletedProcess[str]:
+    """``flask --app tests.apps.basic:app realtime ARGS`` on the cluster's broker."""
+    result = subprocess.run(
+        [sys.executable, "-m", "flask", "--app", "tests.apps.basic:app"]
+        + ["realtime", *args],
+        cwd=ROOT,
+        env=child_environment(cluster.env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == expect, result.stderr
+    return result
+
+
+def as_json(cluster: Cluster, *args: str) -> t.Any:
+    return json.loads(flask_realtime(cluster, *args, "--json").stdout)
+
+
+def test_the_commands_see_and_reach_every_node_on_every_transport(
+    broker_servers: t.Callable[[str], BrokerServer],
+    start_cluster: t.Callable[..., Cluster],
+) -> None:
+    cluster = start_cluster(broker_servers("redis"), workers=1)
+    first, second = cluster.instances
+    news, chat, room = unique("news"), unique("chat"), unique("presence-room")
+    ann = ws(first, "ann", "Ann")
+    anonymous = ws(first)
+    for client, channels in ((ann, (news, room)), (anonymous, (news,))):
+        for channel in channels:
+            assert client.subscribe(channel)["type"] == "subscribed"
+    cy = Poller(second, user="cy")
+    with SSEClient(second, channels=[news, chat], user="bob", name="Bob") as bob:
+        assert bob.subscribe(room)["type"] == "subscribed"
+        assert cy.subscribe(news)["type"] == "subscribed"
+        node_a, node_b = node_of(ann), node_of(bob)  # type: ignore[arg-type]
+
+        stats = as_json(cluster, "stats")
+        assert (stats["scope"], stats["broker"]) == ("cluster", "redis")
+        assert stats["counted"] == len(stats["nodes"]) and stats["missing"] == 0
+        nodes = {node["id"]: node for node in stats["nodes"]}
+        assert nodes.keys() == {node_a, node_b}
+        assert nodes[node_a] | {"pid": 0, "host": ""} == {
+            "id": node_a,
+            "host": "",
+            "pid": 0,
+            "app": "tests.apps.basic",
+            "broker": "redis",
+            "broker_connected": True,
+            "connections": 2,
+            "transports": {"websocket": 2},
+            "users": 1,
+            "channels": 2,
+            "subscriptions": 3,
+            "shutting_down": False,
+        }
+        b = nodes[node_b]
+        assert (b["connections"], b["users"], b["channels"], b["subscriptions"]) == (
+            2,
+            2,
+            3,
+            4,
+        )
+        assert b["transports"] == {"sse": 1, "longpolling": 1}
+        assert (stats["connections"], stats["subscriptions"]) == (4, 7)
+        assert stats["channels"] == 3
+        assert stats["top_channels"] == [
+            {"name": news, "subscribers": 4, "nodes": 2},
+            {"name": room, "subscribers": 2, "nodes": 2},
+            {"name": chat, "subscribers": 1, "nodes": 1},
+        ]
+
+        readable = flask_realtime(cluster, "stats").stdout
+        assert (
+            "2 nodes answered of 2 counted; 4 connections, 3 channels, 7 subscriptions"
+            in readable
+        )
+        assert any(line.split() == [news, "4", "2"] for line in readable.splitlines())
+
+        listed = as_json(cluster, "channels", "chat.*")
+        assert listed["channels"] == [
+            {"name": chat, "kind": "public", "subscribers": 1, "nodes": 1}
+        ]
+        table = flask_realtime(cluster, "channels").stdout.splitlines()
+        assert table[0].split() == ["CHANNEL", "KIND", "SUBSCRIBERS", "NODES"]
+        assert [room, "presence", "2", "2"] in [line.split() for line in table]
+
+        members = as_json(cluster, "presence", room)["members"]
+        assert sorted((m["user_id"], m["user_info"]["name"]) for m in members) == [
+            ("ann", "Ann"),
+            ("bob", "Bob"),
+        ]
+
+        sent = flask_realtime(cluster, "broadcast", news, "hello", '{"x": [1, "é"]}')
+        assert sent.stdout.strip() == f"Sent 'hello' to '{news}'."
+        for client in (ann, anonymous, bob, cy):
+            event = client.wait_event("hello", news, timeout=10)
+            assert event["data"] == {"x": [1, "é"]}
+
+        # A node the broker counts but that cannot answer (frozen) is
+        # reported missing, and the others still are.
+        os.kill(nodes[node_b]["pid"], signal.SIGSTOP)
+        try:
+            frozen = flask_realtime(cluster, "stats", "--json", "--wait", "0.5")
+        finally:
+            os.kill(nodes[node_b]["pid"], signal.SIGCONT)
+        partial = json.loads(frozen.stdout)
+        assert [n["id"] for n in partial["nodes"]] == [node_a]
+        assert (partial["counted"], partial["missing"]) == (2, 1)
+        assert "1 node counted by the broker did not answer" in frozen.stderr
+    ann.close()
+    anonymous.close()
+
+
+@pytest.mark.parametrize("kind", ["nats"])
+def test_without_a_receiver_count_the_window_collects_every_node(
+    broker_servers: t.Callable[[str], BrokerServer],
+    start_cluster: t.Callable[..., Cluster],
+    kind: str,
+) -> None:
+    cluster = start_cluster(broker_servers(kind), workers=1)
+    clients = [ws(server, f"u{n}") for n, server in enumerate(cluster.instances)]
+    stats = as_json(cluster, "stats", "--wait", "0.5")
+    assert stats["counted"] is None and stats["missing"] == 0
+    assert sorted(n["id"] for n in stats["nodes"]) == sorted(map(node_of, clients))
+    assert [n["connections"] for n in stats["nodes"]] == [1, 1]
+    for client in clients:
+        client.close()
