@@ -27,6 +27,7 @@ import time
 import typing as t
 from collections import deque
 
+from . import metrics as _metrics
 from . import protocol
 from ._ws_frames import text_frame
 
@@ -214,6 +215,7 @@ class Connection:
             if self.closing:
                 return
             self.closing = True
+        _metrics.closed(code)
         self.sink.close(code, reason)
 
     def tick(self, now: float, heartbeat: float) -> None:

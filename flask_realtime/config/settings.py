@@ -49,6 +49,8 @@ class Settings:
     shutdown_timeout: float
     # REALTIME_HISTORY: (channel pattern, size, ttl), first match wins.
     history: tuple[tuple[str, int, float], ...] = ()
+    # REALTIME_METRICS: the /metrics endpoint's bearer token; None: off.
+    metrics_token: str | None = None
 
 
 # Key -> default. The environment fallbacks (environment.py) are applied first.
@@ -94,4 +96,6 @@ DEFAULTS: dict[str, t.Any] = {
     "REALTIME_SHUTDOWN_TIMEOUT": 10,
     # Channel pattern -> {"size": events, "ttl": seconds} (config/history.py).
     "REALTIME_HISTORY": {},
+    # {"enabled": True, "token": "..."}: GET <prefix>/metrics (config/metrics.py).
+    "REALTIME_METRICS": {"enabled": False},
 }

@@ -11,6 +11,7 @@ import typing as t
 
 from . import broker_options
 from .history import history_rules
+from .metrics import metrics_token
 from .settings import DEFAULTS, TRANSPORTS, ConfigError, Settings
 
 
@@ -182,4 +183,5 @@ def load(config: t.Mapping[str, t.Any]) -> Settings:
             config, "REALTIME_SHUTDOWN_TIMEOUT", minimum=0, integer=False
         ),
         history=history_rules(config),
+        metrics_token=metrics_token(config),
     )
