@@ -63,6 +63,8 @@ _TRANSPORTS = ("websocket", "sse", "longpolling", "memory")
 _RECEIVED = ("ping", "subscribe", "unsubscribe", "event")
 _SENT = ("channel", "user", "connection", "reply")
 _PUBLISHED = ("channel", "user", "connection")
+_REFUSALS = ("429", "503")
+_CLOSES = ("1000", "1001", "4100", "4101", "4129", "4200")
 
 # Whether anything is counted in this process (one app enabled metrics).
 _on = False
@@ -167,6 +169,11 @@ class _Metrics:
         self.received_of = {k: self.received.labels(k) for k in _RECEIVED}
         self.sent_of = {k: self.sent.labels(k) for k in _SENT}
         self.published_of = {k: self.published.labels(k) for k in _PUBLISHED}
+        # Series at zero from the start, for dashboards (others come as seen).
+        for status in _REFUSALS:
+            self.refused.labels(status)
+        for code in _CLOSES:
+            self.closes.labels(code)
 
     def add_transport(self, name: str) -> None:
         self.connections_of[name] = self.connections.labels(name)
@@ -180,22 +187,21 @@ def enable(node: Node) -> None:
     :raises ConfigError: ``PROMETHEUS_MULTIPROC_DIR`` names no directory.
     """
     global _on, _m
+    from .config import ConfigError
+
+    # Checked before the import, which reads the variable once for good.
+    directory = os.environ.get(MULTIPROC_ENV)
+    if directory is not None and not os.path.isdir(directory):
+        raise ConfigError(
+            f"REALTIME_METRICS: {MULTIPROC_ENV}={directory!r} is not a directory"
+        )
     try:
         import prometheus_client  # noqa: F401
     except ImportError:
-        from .config import ConfigError
-
         raise ConfigError(
             "REALTIME_METRICS needs prometheus_client:"
             " pip install 'flask_realtime[metrics]'"
         ) from None
-    directory = os.environ.get(MULTIPROC_ENV)
-    if directory is not None and not os.path.isdir(directory):
-        from .config import ConfigError
-
-        raise ConfigError(
-            f"REALTIME_METRICS: {MULTIPROC_ENV}={directory!r} is not a directory"
-        )
     if _m is None:
         from prometheus_client import values
 
@@ -316,6 +322,8 @@ def sample(*_: t.Any) -> None:
     if not _on:
         return
     m = t.cast(_Metrics, _m)
+    from .node import topics
+
     queued = members = buffered = 0
     for node in list(_nodes):
         queued += sum(conn.queued_bytes for conn in node.hub.all())
@@ -324,7 +332,10 @@ def sample(*_: t.Any) -> None:
             members += len(presence.local_members(channel))
         broker = node.broker
         buffered += getattr(broker, "buffered", 0)
-        m.broker_connected.labels(broker.kind).set(1 if broker.connected else 0)
+        # A process that never needed its broker (no client yet, no health
+        # check) has not connected, and is not down either: no value.
+        if node.interest.is_subscribed(topics.node(node.id)):
+            m.broker_connected.labels(broker.kind).set(1 if broker.connected else 0)
         links = broker.links
         before = _links.get(node, links)
         if links > before:
