@@ -136,6 +136,16 @@ def test_the_endpoint_wants_the_bearer_token(server: Server) -> None:
     scrape(server)
 
 
+def test_no_route_while_off(live_server: t.Any) -> None:
+    plain = live_server("gevent")
+    response = requests.get(
+        plain.url + "/realtime/metrics",
+        headers={"Authorization": f"Bearer {TOKEN}"},
+        timeout=5,
+    )
+    assert_json_error(response, 404)
+
+
 def test_counts_over_both_workers_and_every_transport(server: Server) -> None:
     before = scrape(server)
     channel = unique("metrics")
