@@ -12,6 +12,7 @@ import typing as t
 import prometheus_client  # noqa: F401 (imported without the variable)
 import pytest
 from flask import Flask
+from prometheus_client import REGISTRY
 
 from flask_realtime import ConfigError, Realtime, metrics
 from flask_realtime import config as rt_config
@@ -146,10 +147,10 @@ def test_close_codes_are_bounded_labels(monkeypatch: pytest.MonkeyPatch) -> None
     app = Flask(__name__)
     app.config["REALTIME_METRICS"] = {"enabled": True, "token": TOKEN}
     Realtime(app)
-    closes = t.cast(t.Any, metrics._m).closes
 
     def count(code: str) -> float:
-        return closes.labels(code)._value.get()
+        value = REGISTRY.get_sample_value("flask_realtime_closes_total", {"code": code})
+        return value or 0.0
 
     before = {code: count(code) for code in ("4100", "1000", "other")}
     metrics.closed(4100)
@@ -161,3 +162,24 @@ def test_close_codes_are_bounded_labels(monkeypatch: pytest.MonkeyPatch) -> None
         "1000": 1,
         "other": 2,
     }
+
+
+def test_a_stamped_relay_still_skips_its_sender() -> None:
+    """The publish time shares the header with the excluded connection's id."""
+    app = Flask(__name__)
+    app.config["REALTIME_METRICS"] = {"enabled": True, "token": TOKEN}
+    app.config["REALTIME_AUTHORIZERS"] = {"private-*": lambda conn, channel: True}
+    realtime = Realtime(app)
+    sender, other = realtime.test_client(user_id=1), realtime.test_client(user_id=2)
+    for client in (sender, other):
+        client.subscribe("private-room")
+
+    def count() -> float:
+        name = "flask_realtime_broadcast_latency_seconds_count"
+        return REGISTRY.get_sample_value(name) or 0.0
+
+    before = count()
+    assert sender.emit("private-room", "client-typing", {"on": True}) is None
+    assert other.events("private-room") == [("client-typing", {"on": True})]
+    assert sender.events("private-room") == []
+    assert count() == before + 1
