@@ -27,6 +27,7 @@ import time
 import typing as t
 from collections import deque
 
+from . import metrics as _metrics
 from . import protocol
 from ._ws_frames import text_frame
 
@@ -224,6 +225,7 @@ class Connection:
             self.closing = True
             self.close_code = code
             self.close_reason = reason
+        _metrics.closed(code)
         self.sink.close(code, reason)
 
     def tick(self, now: float, heartbeat: float) -> None:

@@ -88,6 +88,8 @@ class Realtime:
           ``REALTIME_MAX_CONNECTIONS_PER_IP``: ``1000`` per node
         - ``REALTIME_ALLOWED_ORIGINS``: ``[]`` (same origin only)
         - ``REALTIME_AUTHORIZERS``: ``{}`` (channel pattern -> callable)
+        - ``REALTIME_METRICS``: ``{"enabled": False}``; ``{"enabled": True,
+          "token": "..."}`` serves ``<prefix>/metrics`` (docs/metrics.md)
 
         :raises ConfigError: a value is wrong; the message names the key.
         """

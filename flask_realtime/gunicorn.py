@@ -10,6 +10,11 @@ handler with timeouts and limits) through its ``wsgi_handler`` and
 ``server_class`` extension points. ``flask realtime serve`` uses the same
 handler.
 
+With metrics (``REALTIME_METRICS``) in several workers, serve with
+``-c python:flask_realtime.gunicorn`` (or import :func:`on_starting` and
+:func:`child_exit` into your own config file): the hooks keep
+prometheus_client's multiprocess directory right (docs/metrics.md).
+
 The limits (:mod:`flask_realtime.server.limits`) come from gunicorn's
 ``--keep-alive``, ``--limit-request-line``, ``--limit-request-fields`` and
 ``--limit-request-field-size``, and from the environment
@@ -22,6 +27,7 @@ import typing as t
 
 from gunicorn.workers.ggevent import GeventPyWSGIWorker, PyWSGIServer
 
+from . import metrics as _metrics
 from .server import limits as server_limits
 from .server.handler import RealtimeHandler
 
@@ -43,3 +49,19 @@ class Worker(GeventPyWSGIWorker):
         server = PyWSGIServer(*args, **kwargs)
         server.limits = self.limits
         return server
+
+
+# -- server hooks: ``gunicorn -c python:flask_realtime.gunicorn`` ----------------
+# (or import them into your gunicorn.conf.py). gunicorn reads the hooks by
+# these names from a config module; they run in the arbiter.
+
+
+def on_starting(server: t.Any) -> None:
+    """Clear ``PROMETHEUS_MULTIPROC_DIR`` of an earlier run's metrics."""
+    _metrics.clear_directory()
+
+
+def child_exit(server: t.Any, worker: t.Any) -> None:
+    """A worker exited: drop its live gauges (connections, queues) from the
+    metrics; its counters stay in the totals."""
+    _metrics.process_dead(worker.pid)

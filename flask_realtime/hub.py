@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import typing as t
 
+from . import metrics as _metrics
 from ._runtime import real_lock
 from .connection import Connection, Outbound
 
@@ -86,6 +87,7 @@ class Hub:
                 subs = self._by_channel[channel] = {}
             if conn not in subs:  # (a subscribe racing another keeps the first)
                 subs[conn] = conn if target is None else target
+                _metrics.subscriptions(1)
             conn.channels.add(channel)
             self._snapshots.pop(channel, None)
             return first
@@ -113,7 +115,8 @@ class Hub:
         subs = self._by_channel.get(channel)
         if subs is None:
             return False
-        subs.pop(conn, None)
+        if subs.pop(conn, None) is not None:
+            _metrics.subscriptions(-1)
         self._snapshots.pop(channel, None)
         if subs:
             return False
@@ -156,12 +159,14 @@ class Hub:
             if conn.id != exclude:
                 conn.push(message)
                 count += 1
+        _metrics.sent("channel", count)  # once per broadcast, not per recipient
         return count
 
     def deliver_user(self, key: str, message: Outbound) -> int:
         conns = self.user_connections(key)
         for conn in conns:
             conn.push(message)
+        _metrics.sent("user", len(conns))
         return len(conns)
 
     def deliver_connection(self, connection_id: str, message: Outbound) -> int:
@@ -169,6 +174,7 @@ class Hub:
         if conn is None:
             return 0
         conn.push(message)
+        _metrics.sent("connection")
         return 1
 
     def all(self) -> list[Connection]:

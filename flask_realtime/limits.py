@@ -30,6 +30,7 @@ import typing as t
 from collections import deque
 
 from . import deployment
+from . import metrics as _metrics
 from .ratelimit import RateLimiter, SharedLimiter, UserBuckets
 
 if t.TYPE_CHECKING:
@@ -114,6 +115,7 @@ class Admission:
                 if not times:
                     del self._pending[address]
         self.open += 1
+        _metrics.opened(conn)
         settings = self.settings
         user = None
         if settings.rate_limit_enabled:
@@ -132,6 +134,7 @@ class Admission:
             return
         address, user = held
         self.open -= 1
+        _metrics.disconnected(conn)
         if address is not None:
             left = self.by_address.get(address, 1) - 1
             if left > 0:
@@ -144,4 +147,6 @@ class Admission:
 
 def refuse(node: Node, environ: t.Mapping[str, t.Any]) -> tuple[int, str] | None:
     """The JSON status refusing a new connection here, if any (see the module)."""
-    return node.admission.refusal(environ)
+    refusal = node.admission.refusal(environ)
+    _metrics.refused(refusal)
+    return refusal

@@ -16,6 +16,7 @@ from flask import Blueprint, request, send_from_directory
 
 from . import config as _config
 from . import health as _health
+from . import metrics as _metrics
 from .transports import longpoll as _longpoll
 from .transports import send as _send
 from .transports import sse as _sse
@@ -100,5 +101,12 @@ def blueprint(realtime: Realtime, settings: _config.Settings, node: Node) -> Blu
     @route("/health/live", ("GET",), endpoint="health_live")
     def health_live() -> t.Any:
         return _health.liveness(realtime.node)
+
+    token = settings.metrics_token
+    if token is not None:  # no route at all when off: 404
+        _metrics.enable(node)  # counting starts with the app that serves them
+        route("/metrics", ("GET",), endpoint="metrics")(
+            functools.partial(_metrics.view, token)
+        )
 
     return bp

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import typing as t
 
 from bench_common import dumps, spawn_publisher, stats
@@ -14,6 +15,10 @@ app.config["REALTIME_ALLOWED_ORIGINS"] = ["*"]
 app.config["REALTIME_MAX_QUEUE_MESSAGES"] = 10000
 # The load generator opens every connection from one address.
 app.config["REALTIME_MAX_CONNECTIONS_PER_IP"] = None
+# BENCH_METRICS=1: with REALTIME_METRICS on (docs/benchmarks.md, "Metrics");
+# set PROMETHEUS_MULTIPROC_DIR too for gunicorn's multiprocess mode.
+if os.environ.get("BENCH_METRICS") == "1":
+    app.config["REALTIME_METRICS"] = {"enabled": True, "token": "bench-" + "x" * 16}
 realtime = Realtime(app)
 
 

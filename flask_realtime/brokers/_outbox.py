@@ -149,6 +149,11 @@ class Outbox:
         self._backoff.reset()
         self.flush_soon()
 
+    @property
+    def buffered(self) -> int:
+        """Messages in the outage buffer (the metric of its depth)."""
+        return len(self._buffer)
+
     def stuck(self) -> bool:
         """Messages wait, nobody publishes to take them, and a retry is due."""
         return (

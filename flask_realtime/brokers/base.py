@@ -73,6 +73,11 @@ class BrokerBase(Backend):
     def connected(self) -> bool:
         return self._up
 
+    @property
+    def buffered(self) -> int:
+        """Messages waiting for the broker in the outage buffer."""
+        return self._outbox.buffered
+
     # -- the Broker interface -------------------------------------------------
 
     def publish(self, topic: str, data: bytes) -> int | None:

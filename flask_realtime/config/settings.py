@@ -57,6 +57,8 @@ class Settings:
     webhooks: WebhookSettings | None = None
     # REALTIME_PUSHER and REALTIME_PUSHER_PATHS (config/pusher.py); None: off.
     pusher: PusherSettings | None = None
+    # REALTIME_METRICS: the /metrics endpoint's bearer token; None: off.
+    metrics_token: str | None = None
 
 
 # Key -> default. The environment fallbacks (environment.py) are applied first.
@@ -108,4 +110,6 @@ DEFAULTS: dict[str, t.Any] = {
     "REALTIME_PUSHER": None,
     # Route name -> path, for the Pusher routes moved from their defaults.
     "REALTIME_PUSHER_PATHS": None,
+    # {"enabled": True, "token": "..."}: GET <prefix>/metrics (config/metrics.py).
+    "REALTIME_METRICS": {"enabled": False},
 }

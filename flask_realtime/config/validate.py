@@ -11,6 +11,7 @@ import typing as t
 
 from . import broker_options
 from .history import history_rules
+from .metrics import metrics_token
 from .pusher import pusher_settings
 from .settings import DEFAULTS, TRANSPORTS, ConfigError, Settings
 from .webhooks import webhook_settings
@@ -186,4 +187,5 @@ def load(config: t.Mapping[str, t.Any]) -> Settings:
         history=history_rules(config),
         webhooks=webhook_settings(config),
         pusher=pusher_settings(config),
+        metrics_token=metrics_token(config),
     )

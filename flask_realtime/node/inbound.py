@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import typing as t
 
+from .. import metrics as _metrics
 from ..connection import Outbound
 from . import commands, control, topics
 
@@ -48,8 +49,10 @@ class Inbound:
         message = Outbound(envelope)
         if kind == topics.CHANNEL:
             received["channel"] += 1
+            header, sent_at = _metrics.unstamp(header)
             # A kept channel's events are followed by offset (.continuity).
             node.continuity.deliver(name, message, header.decode() or None)
+            _metrics.broadcast_done(sent_at)
         elif kind == topics.USER:
             received["user"] += 1
             node.hub.deliver_user(name, message)

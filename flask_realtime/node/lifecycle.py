@@ -18,6 +18,7 @@ import time
 import typing as t
 import weakref
 
+from .. import metrics as _metrics
 from .. import protocol
 from .._runtime import event, gevent_active, real_lock, sleep, spawn
 from ..presence import REFRESH as PRESENCE_REFRESH
@@ -240,6 +241,7 @@ def tick(node: Node, now: float) -> None:
     heartbeat = node.settings.heartbeat
     for conn in node.hub.all():
         conn.tick(now, heartbeat)
+    _metrics.sample()
     if node.clustered:
         node.presence_sync.refresh(now)
         node.continuity.check_links()

@@ -16,6 +16,7 @@ import typing as t
 from flask import current_app, has_app_context
 
 from .. import channels as _channels
+from .. import metrics as _metrics
 from .. import protocol
 from ..brokers import BrokerUnavailable
 from ..connection import Connection
@@ -46,6 +47,7 @@ class ClientMessages:
         wait = rate.check()
         if not wait:
             return None
+        _metrics.rate_limited()
         if rate.strikes >= self._node.settings.rate_limit_close_after:
             conn.close(protocol.CLOSE_RATE_LIMIT_ABUSE, "rate limit abuse")
         return protocol.error(
@@ -64,6 +66,7 @@ class ClientMessages:
         try:
             message = protocol.parse(payload)
             kind = message.type
+            _metrics.received(kind)
             if kind == "ping":
                 reply = protocol.pong(message.id)
             elif kind == "subscribe":
@@ -80,6 +83,8 @@ class ClientMessages:
                 "the server cannot reach its broker; try again",
                 request_id=protocol.request_id(payload),
             )
+        if reply is not None:
+            _metrics.sent("reply")
         if push_reply and reply is not None:
             conn.push_json(reply)
             return None

@@ -12,6 +12,7 @@ import re
 import typing as t
 
 from .. import channels as _channels
+from .. import metrics as _metrics
 from .. import protocol
 from ..connection import user_key
 from . import control, topics
@@ -58,7 +59,7 @@ class Publisher:
         self, channel: str, envelope: bytes, exclude: str | None = None
     ) -> None:
         header = exclude.encode() if exclude else b""
-        data = control.message(header, envelope)
+        data = control.message(_metrics.stamp(header), envelope)
         self._node.broker.publish(topics.channel(channel), data)
 
     def broadcast(
@@ -73,6 +74,7 @@ class Publisher:
         envelope = protocol.event(channel, event, data)
         self._notify("broadcast", channel, event, data)
         self.wait_for_capacity()
+        _metrics.published("channel")
         self.publish_channel(channel, envelope, exclude or None)
 
     def send_to_user(self, user_id: t.Any, event: str, data: t.Any) -> None:
@@ -83,6 +85,7 @@ class Publisher:
         envelope = protocol.event(None, event, data)
         self._notify("user", user_id, event, data)
         self.wait_for_capacity()
+        _metrics.published("user")
         self._node.broker.publish(topics.user(key), control.message(b"", envelope))
 
     def send(self, connection_id: str, event: str, data: t.Any) -> None:
@@ -92,4 +95,5 @@ class Publisher:
         connection_id = str(connection_id)
         node_id = connection_id.partition(".")[0]
         payload = control.message(connection_id.encode(), envelope)
+        _metrics.published("connection")
         self._node.broker.publish(topics.node(node_id), payload)
