@@ -40,6 +40,7 @@ class Channel:
         return self._node.subscriber_count(self.name)
 
     def broadcast(self, event: str, data: t.Any = None) -> None:
+        """Send ``event`` to the channel's subscribers on every node."""
         self._node.broadcast(self.name, event, data)
 
     # -- history (REALTIME_HISTORY) ---------------------------------------------
