@@ -122,8 +122,8 @@ def test_the_configuration_tables_list_every_key_with_its_default(site: Path) ->
     assert "Options (default): host ('127.0.0.1'), port (6379)" in page
 
 
-def test_a_key_the_tables_miss_fails_the_build(tmp_path: Path) -> None:
-    """The checks of the configuration tables, in a site of one page."""
+def test_the_site_extension_in_a_site_of_its_own(tmp_path: Path) -> None:
+    """The checks of the configuration tables, and the optional toctree."""
     source = tmp_path / "source"
     source.mkdir()
     (source / "conf.py").write_text(
@@ -149,9 +149,15 @@ def test_a_key_the_tables_miss_fails_the_build(tmp_path: Path) -> None:
             | `REALTIME_NO_SUCH_KEY` | a key the code does not have |
             | `REALTIME_PORT` | `6001` | a default written by hand |
             :::
+
+            :::{optional-toctree}
+            here
+            not-yet
+            :::
             """
         )
     )
+    (source / "here.md").write_text("# Here\n")
     result = sphinx_build(source, tmp_path / "out")
     assert result.returncode != 0
     warnings = result.stderr
@@ -160,6 +166,9 @@ def test_a_key_the_tables_miss_fails_the_build(tmp_path: Path) -> None:
     assert "the default and the environment variables are generated" in warnings
     assert "configuration key REALTIME_HEARTBEAT" in warnings  # in no table
     assert "configuration key REALTIME_BROKER " not in warnings
+    # A page still to come is left out of the toctree, without a warning.
+    assert "not-yet" not in warnings
+    assert 'href="here.html"' in (tmp_path / "out" / "index.html").read_text()
 
 
 def _documented_names(page: str) -> set[str]:
