@@ -153,7 +153,7 @@ def test_the_configuration_tables_list_every_key_with_its_default(site: Path) ->
         "REALTIME_NATS_URL": "nats://x"
     }
     assert re.search(r"^REALTIME_NATS_URL\n+.*\n+.*Environment: NATS_URL\.", page, re.M)
-    assert "Options (default): host ('127.0.0.1'), port (6379)" in page
+    assert "Environment: RABBITMQ_<OPTION> (each option, in capitals)." in page
 
 
 def test_the_site_extension_in_a_site_of_its_own(tmp_path: Path) -> None:
@@ -170,35 +170,37 @@ def test_the_site_extension_in_a_site_of_its_own(tmp_path: Path) -> None:
             """
         )
     )
-    (source / "index.md").write_text(
-        textwrap.dedent(
-            """
-            # Configuration
-
-            :::{realtime-config}
-            | key | meaning |
-            |---|---|
-            | `REALTIME_BROKER` | which broker |
-            | `REALTIME_BROKER` | again |
-            | `REALTIME_NO_SUCH_KEY` | a key the code does not have |
-            | `REALTIME_PORT` | `6001` | a default written by hand |
-            :::
-
-            :::{optional-toctree}
-            here
-            not-yet
-            :::
-            """
-        )
-    )
+    rows = [
+        "| key | default | meaning |",
+        "|---|---|---|",
+        '| `REALTIME_BROKER` | `"null"` | which. Environment: `REALTIME_BROKER` |',
+        '| `REALTIME_BROKER` | `"null"` | again |',
+        "| `REALTIME_NO_SUCH_KEY` | `1` | a key the code does not have |",
+        "| `REALTIME_PORT` | `6002` | a default the code does not have |",
+        "| `REALTIME_HOST` | no default column |",
+        "| `REALTIME_REDIS` | `{}` | `host` (`localhost`), `port` (6379),"
+        " `password`. Environment: `REDIS_HOST` |",
+    ]
+    page = ["# Configuration", ":::{realtime-config}", *rows, ":::"]
+    page += [":::{optional-toctree}", "here", "not-yet", ":::"]
+    (source / "index.md").write_text("\n\n".join(page[:2]) + "\n" + "\n".join(page[2:]))
     (source / "here.md").write_text("# Here\n")
     result = sphinx_build(source, tmp_path / "out")
     assert result.returncode != 0
     warnings = result.stderr
-    assert "REALTIME_BROKER is documented twice" in warnings
-    assert "REALTIME_NO_SUCH_KEY is not a key of" in warnings
-    assert "the default and the environment variables are generated" in warnings
-    assert "configuration key REALTIME_HEARTBEAT" in warnings  # in no table
+    for expected in [
+        "REALTIME_BROKER is documented twice",
+        "REALTIME_NO_SUCH_KEY is not a key of",
+        "REALTIME_PORT: the page's default `6002` is not 6001",
+        "rows are | `REALTIME_KEY` | default | meaning |, got '| `REALTIME_HOST`",
+        "REALTIME_REDIS: option 'host' defaults to '127.0.0.1', not localhost",
+        "REALTIME_REDIS: option 'db' (default 0) is not on the page",
+        "REALTIME_REDIS: the code reads the environment variables `REDIS_HOST`"
+        " (`host`), `REDIS_PORT` (`port`)",
+        "configuration key REALTIME_HEARTBEAT",  # in no table
+    ]:
+        assert expected in warnings, f"no warning {expected!r} in:\n{warnings}"
+    assert "REALTIME_BROKER: " not in warnings  # its row is right
     assert "configuration key REALTIME_BROKER " not in warnings
     # A page still to come is left out of the toctree, without a warning.
     assert "not-yet" not in warnings

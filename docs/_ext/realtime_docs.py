@@ -1,13 +1,14 @@
 """flask_realtime's own Sphinx extension: what the site generates from the code.
 
-- ``realtime-config``: a table of ``REALTIME_*`` keys whose default, options
-  and environment variables are read from :mod:`flask_realtime.config` at
-  build time. The page gives only each key's meaning, as a two-column
-  Markdown table (``| key | meaning |``) inside the directive, so the page
-  still reads well on a repository host. A key of ``DEFAULTS`` that no table
-  lists, a listed key the code does not have, or one listed twice is a
-  warning, so the reference cannot drift from the code (the suite builds
-  with warnings as errors).
+- ``realtime-config``: a Markdown table of ``REALTIME_*`` keys
+  (``| key | default | meaning |``, so that the page reads the same on a
+  repository host) rendered with the default and the environment variables
+  that :mod:`flask_realtime.config` has at build time. A key of ``DEFAULTS``
+  that no table lists, a listed key the code does not have or one listed
+  twice, a default, environment variable or option default the code does
+  not have, and an option the row does not name are warnings, so the
+  reference cannot drift from the code (the suite builds with warnings as
+  errors).
 - ``optional-toctree``: a ``toctree`` whose entries that do not exist (yet)
   are left out, so the index can name pages that other branches add.
 - Links from a page to a file of the repository outside ``docs/`` (such as
@@ -18,6 +19,7 @@
 
 from __future__ import annotations
 
+import ast
 import collections.abc
 import re
 import typing as t
@@ -107,27 +109,64 @@ def _environment_text(variables: list[tuple[str, str | None]]) -> str:
     ):
         # RABBITMQ_HOST, RABBITMQ_PORT, ...: one per option, named alike.
         return f"`{prefixes.pop()}<OPTION>` (each option, in capitals)"
-    names = []
-    for name, option in variables:
-        names.append(f"`{name}`" + (f" (`{option}`)" if option else ""))
-    return ", ".join(names)
+    if not per_option:
+        # REALTIME_RABBITMQ_URL: RABBITMQ_URL, else AMQP_URL (the first set wins).
+        return ", else ".join(f"`{name}`" for name, _ in variables)
+    return ", ".join(f"`{name}` (`{option}`)" for name, option in per_option)
 
 
-def key_row(key: str, meaning: str) -> str:
-    """One generated Markdown table row: key, default, meaning plus the code's facts."""
+_ENVIRONMENT = re.compile(r"(?:^|\.?\s+)[Ee]nvironment: (?P<names>[^|]*?)\s*$")
+_OPTION_PAIR = re.compile(r"`(\w+)` \((`?)([^()`]*)\2\)")
+
+
+def _literal(text: str) -> t.Any:
+    """A value as the page writes it: a Python literal, or else the bare text."""
+    text = text.strip()
+    text = text[1:-1] if len(text) > 1 and text[0] == text[-1] == "`" else text
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def key_row(key: str, default_cell: str, meaning: str) -> tuple[str, list[str]]:
+    """The rendered row of ``key``, and where the page disagrees with the code.
+
+    The default shown is the code's; the page's must equal it. The
+    environment variables shown are the code's; the page must name the same.
+    Every option of a dict key must be named on the row, and an option's
+    default, when the page gives one as ``name`` (value), must be the code's.
+    """
     from flask_realtime.config import DEFAULTS
 
-    parts = [meaning.strip().rstrip(".") + "."]
-    options = option_defaults().get(key)
-    if options:
-        listed = ", ".join(
-            f"`{name}` ({_code(value)})" for name, value in options.items()
+    problems = []
+    default = DEFAULTS[key]
+    if _literal(default_cell) != default:
+        problems.append(f"the page's default {default_cell} is not {default!r}")
+    variables = environment_variables().get(key, [])
+    generated = _environment_text(variables) if variables else ""
+    written = _ENVIRONMENT.search(meaning)
+    named = set(
+        re.findall(r"`([A-Z][A-Z0-9_<>]*)`", written["names"] if written else "")
+    )
+    if named != set(re.findall(r"`([A-Z][A-Z0-9_<>]*)`", generated)):
+        problems.append(
+            f"the code reads the environment variables {generated or 'none'}"
         )
-        parts.append(f"Options (default): {listed}.")
-    variables = environment_variables().get(key)
-    if variables:
-        parts.append(f"Environment: {_environment_text(variables)}.")
-    return f"| `{key}` | {_code(DEFAULTS[key])} | {' '.join(parts)} |"
+    text = meaning[: written.start()] if written else meaning
+    for name, value in (options := option_defaults().get(key, {})).items():
+        if f"`{name}`" not in meaning and f'"{name}"' not in default_cell:
+            problems.append(f"option {name!r} (default {value!r}) is not on the page")
+    for name, _, value in _OPTION_PAIR.findall(meaning):
+        if name in options and _literal(value) != options[name]:
+            problems.append(
+                f"option {name!r} defaults to {options[name]!r}, not {value}"
+            )
+    parts = [text.strip().rstrip(".") + "." if text.strip() else ""]
+    if generated:
+        parts.append(f"Environment: {generated}.")
+    row = f"| `{key}` | {_code(default)} | {' '.join(p for p in parts if p)} |"
+    return row, problems
 
 
 # -- the directives ----------------------------------------------------------------
@@ -155,13 +194,13 @@ class RealtimeConfig(SphinxDirective):
             if not line.strip() or re.fullmatch(r"[|\s:-]+", line):
                 continue
             cells = _cells(line)
-            if cells[:2] == ["key", "meaning"]:
+            if cells[:3] == ["key", "default", "meaning"]:
                 continue
             key_match = _KEY_CELL.match(cells[0])
-            if len(cells) != 2 or key_match is None:
+            if len(cells) != 3 or key_match is None:
                 logger.warning(
-                    "realtime-config rows are | `REALTIME_KEY` | meaning |: the"
-                    " default and the environment variables are generated; got %r",
+                    "realtime-config rows are | `REALTIME_KEY` | default | meaning |,"
+                    " got %r",
                     line,
                     location=where,
                 )
@@ -183,7 +222,10 @@ class RealtimeConfig(SphinxDirective):
                 )
                 continue
             seen[key] = self.env.docname
-            rows.append(key_row(key, cells[1]))
+            row, problems = key_row(key, cells[1], cells[2])
+            for problem in problems:
+                logger.warning("%s: %s", key, problem, location=where)
+            rows.append(row)
         container = nodes.container(classes=["realtime-config"])
         self.state.nested_parse(StringList(rows), self.content_offset, container)
         return [container]
