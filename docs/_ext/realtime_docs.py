@@ -300,8 +300,8 @@ def _check_every_key(app: Sphinx, env: BuildEnvironment) -> None:
         if key not in documented:
             logger.warning(
                 "configuration key %s (flask_realtime.config.DEFAULTS) is in no"
-                " realtime-config table: add a row | `%s` | meaning | to"
-                " docs/configuration.md",
+                " realtime-config table: add a row | `%s` | default | meaning | to"
+                " a table of docs/configuration.md, inside its :::{realtime-config}",
                 key,
                 key,
                 location="configuration",
