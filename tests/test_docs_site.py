@@ -182,9 +182,14 @@ def test_the_site_extension_in_a_site_of_its_own(tmp_path: Path) -> None:
         " `password`. Environment: `REDIS_HOST` |",
     ]
     page = ["# Configuration", ":::{realtime-config}", *rows, ":::"]
-    page += [":::{optional-toctree}", "here", "not-yet", ":::"]
+    page += [":::{optional-toctree}", "here", "configuration", "not-yet", ":::"]
     (source / "index.md").write_text("\n\n".join(page[:2]) + "\n" + "\n".join(page[2:]))
     (source / "here.md").write_text("# Here\n")
+    # The configuration page's plain tables are checked without a directive.
+    (source / "configuration.md").write_text(
+        "# Settings\n\n| key | default | meaning |\n|---|---|---|\n"
+        "| `REALTIME_SSL` | `True` (on) | TLS |\n"
+    )
     result = sphinx_build(source, tmp_path / "out")
     assert result.returncode != 0
     warnings = result.stderr
@@ -198,6 +203,7 @@ def test_the_site_extension_in_a_site_of_its_own(tmp_path: Path) -> None:
         "REALTIME_REDIS: the code reads the environment variables `REDIS_HOST`"
         " (`host`), `REDIS_PORT` (`port`)",
         "configuration key REALTIME_HEARTBEAT",  # in no table
+        "REALTIME_SSL: the page's default `True` (on) is not False",
     ]:
         assert expected in warnings, f"no warning {expected!r} in:\n{warnings}"
     assert "REALTIME_BROKER: " not in warnings  # its row is right

@@ -1,8 +1,9 @@
 """flask_realtime's own Sphinx extension: what the site generates from the code.
 
 - ``realtime-config``: a Markdown table of ``REALTIME_*`` keys
-  (``| key | default | meaning |``, so that the page reads the same on a
-  repository host) rendered with the default and the environment variables
+  (``| key | default | meaning |``; every such table of the pages named in
+  ``realtime_config_pages``, docs/configuration.md, is one, so the page
+  stays plain Markdown) rendered with the default and the environment variables
   that :mod:`flask_realtime.config` has at build time. A key of ``DEFAULTS``
   that no table lists, a listed key the code does not have or one listed
   twice, a default, environment variable or option default the code does
@@ -120,9 +121,12 @@ _OPTION_PAIR = re.compile(r"`(\w+)` \((`?)([^()`]*)\2\)")
 
 
 def _literal(text: str) -> t.Any:
-    """A value as the page writes it: a Python literal, or else the bare text."""
-    text = text.strip()
-    text = text[1:-1] if len(text) > 1 and text[0] == text[-1] == "`" else text
+    """A value as the page writes it: a Python literal, or else the bare text.
+
+    The first code span of a cell is its value: ```None` (off)`` is None.
+    """
+    code = re.search(r"`([^`]*)`", text)
+    text = code[1] if code else text.strip()
     try:
         return ast.literal_eval(text)
     except (ValueError, SyntaxError):
@@ -231,6 +235,29 @@ class RealtimeConfig(SphinxDirective):
         return [container]
 
 
+_TABLE_HEAD = re.compile(r"^\| *key *\| *default *\| *meaning *\|[ \t]*$", re.M)
+
+
+def _wrap_config_tables(app: Sphinx, docname: str, source: list[str]) -> None:
+    """The configuration page's key tables become ``realtime-config`` tables.
+
+    The page stays plain Markdown (``| key | default | meaning |`` tables),
+    and a table added to it later is checked without further ado.
+    """
+    if docname not in app.config.realtime_config_pages:
+        return
+    text = source[0]
+    for head in reversed(list(_TABLE_HEAD.finditer(text))):
+        end = head.start()
+        while end < len(text) and text.startswith("|", end):
+            end = text.find("\n", end) + 1 or len(text)
+        table = text[head.start() : end]
+        text = (
+            text[: head.start()] + f":::{{realtime-config}}\n{table}:::\n" + text[end:]
+        )
+    source[0] = text
+
+
 class OptionalTocTree(TocTree):
     """A toctree that leaves out the entries with no page (yet)."""
 
@@ -309,7 +336,9 @@ def _check_every_key(app: Sphinx, env: BuildEnvironment) -> None:
 
 
 def setup(app: Sphinx) -> dict[str, t.Any]:
+    app.add_config_value("realtime_config_pages", ["configuration"], "env")
     app.add_directive("realtime-config", RealtimeConfig)
+    app.connect("source-read", _wrap_config_tables)
     app.add_directive("optional-toctree", OptionalTocTree)
     app.add_post_transform(RepositoryLinks)
     app.connect("env-before-read-docs", _init_keys)
