@@ -283,3 +283,20 @@ def test_the_quickstart_page_in_the_browser(
     finally:
         for page in pages:
             page.context.close()
+
+
+def test_the_readme_configuration_table_has_the_codes_defaults() -> None:
+    """The README's table of common keys, held to the code like the site's."""
+    sys.path.insert(0, str(DOCS / "_ext"))
+    try:
+        from realtime_docs import _literal
+    finally:
+        sys.path.remove(str(DOCS / "_ext"))
+    from flask_realtime.config import DEFAULTS
+
+    rows = re.findall(
+        r"^\| `(REALTIME_\w+)` \| ([^|]+) \|", (ROOT / "README.md").read_text(), re.M
+    )
+    assert len(rows) > 5, rows
+    wrong = [(key, cell) for key, cell in rows if _literal(cell) != DEFAULTS[key]]
+    assert not wrong, f"README.md's defaults that are not the code's: {wrong}"
