@@ -42,7 +42,8 @@ class Channel:
     def broadcast(
         self, event: str, data: t.Any = None, *, exclude: str | None = None
     ) -> None:
-        """To every subscriber but ``exclude`` (a connection id), if given."""
+        """Send ``event`` to the channel's subscribers on every node, but
+        ``exclude`` (a connection id: the sender's), if given."""
         self._node.broadcast(self.name, event, data, exclude or None)
 
     def subscribe(

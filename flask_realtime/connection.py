@@ -109,8 +109,16 @@ class Sink(abc.ABC):
 class Connection:
     """One client connection, whatever carries it.
 
-    Authorizers and event handlers receive it: ``id``, ``user_id``,
-    ``user_info`` and ``transport`` are the public part.
+    Authorizers and event handlers receive it. The public part, read-only:
+
+    - ``id``: the connection's id, unique in the cluster (what
+      :meth:`Realtime.send` takes, and the clients' ``connectionId``)
+    - ``user_id``, ``user_info``: what the authenticate function returned
+      (``None`` for an anonymous connection)
+    - ``transport``: ``"websocket"``, ``"sse"``, ``"longpolling"`` or
+      ``"memory"``
+
+    The rest is the node's and the transports' own.
     """
 
     __slots__ = (

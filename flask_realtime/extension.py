@@ -60,36 +60,13 @@ class Realtime:
             self.init_app(app)
 
     def init_app(self, app: Flask) -> None:
-        """Register the extension on ``app``.
+        """Register the extension on ``app``: its routes, its node, ``flask realtime``.
 
-        Reads, with these defaults (the seed's environment variables, e.g.
-        ``REALTIME_TRANSPORT``, ``REALTIME_BROKER``, ``REDIS_HOST``,
-        ``RABBITMQ_*`` and ``NATS_URL``, are used when a key is not set):
-
-        - ``REALTIME_TRANSPORTS``: ``["websocket", "sse", "longpolling"]``, or
-          ``"memory"``
-        - ``REALTIME_BROKER``: ``"null"``; ``REALTIME_BROKER_URL``: ``None``
-        - ``REALTIME_REDIS``, ``REALTIME_RABBITMQ``, ``REALTIME_NATS_URL``
-        - ``REALTIME_URL_PREFIX``: ``"/realtime"``; ``REALTIME_WEBSOCKET_PATH``:
-          ``"/ws"``; ``REALTIME_SSE_PATH``: ``"/sse"``; ``REALTIME_LONGPOLL_PATH``:
-          ``"/poll"``
-        - ``REALTIME_HOST``: ``"0.0.0.0"``; ``REALTIME_PORT``: ``6001``;
-          ``REALTIME_SSL``: ``False`` (for ``flask realtime serve``)
-        - ``REALTIME_HEARTBEAT``: ``25`` s; ``REALTIME_LONGPOLL_TIMEOUT``: ``30`` s
-        - ``REALTIME_MAX_MESSAGE_SIZE``: 64 KiB; ``REALTIME_MAX_SUBSCRIPTIONS``: ``100``
-        - ``REALTIME_MAX_QUEUE_MESSAGES``: ``10000``; ``REALTIME_MAX_QUEUE_BYTES``:
-          1 MiB
-        - ``REALTIME_BACKPRESSURE_BYTES``: 64 MiB
-        - ``REALTIME_SHUTDOWN_TIMEOUT``: ``10`` s for queued messages to go
-          out at a stop (gunicorn: ``--graceful-timeout`` less 1 s)
-        - ``REALTIME_RATE_LIMIT``: ``{"enabled": True, "messages_per_minute": 60}``
-          (also ``close_after``: 60, ``user_messages_per_minute``: 120)
-        - ``REALTIME_MAX_CONNECTIONS``: ``20000`` per node;
-          ``REALTIME_MAX_CONNECTIONS_PER_IP``: ``1000`` per node
-        - ``REALTIME_ALLOWED_ORIGINS``: ``[]`` (same origin only)
-        - ``REALTIME_AUTHORIZERS``: ``{}`` (channel pattern -> callable)
-        - ``REALTIME_METRICS``: ``{"enabled": False}``; ``{"enabled": True,
-          "token": "..."}`` serves ``<prefix>/metrics`` (docs/metrics.md)
+        Reads the app's ``REALTIME_*`` keys once, here; a key that is not set
+        falls back to its environment variable (``REALTIME_TRANSPORT``,
+        ``REALTIME_BROKER``, ``REDIS_HOST``, ...) and then to its default.
+        docs/configuration.md lists every key, with defaults and variables
+        generated from :mod:`flask_realtime.config`.
 
         :raises ConfigError: a value is wrong; the message names the key.
         """
@@ -311,6 +288,7 @@ class Realtime:
         self.node.send(connection_id, event, data)
 
     def channel(self, name: str) -> Channel:
+        """The channel ``name`` seen from the server: presence, history, broadcast."""
         return Channel(self.node, name)
 
     # -- testing --------------------------------------------------------------

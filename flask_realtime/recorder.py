@@ -22,6 +22,9 @@ ANY: t.Any = _Any()
 
 
 class Record(t.NamedTuple):
+    """One message the app sent: ``kind`` is ``"broadcast"``, ``"user"`` or
+    ``"connection"``, ``target`` the channel, user id or connection id."""
+
     kind: str  # "broadcast", "user" or "connection"
     target: t.Any  # channel name, user id or connection id
     event: str
@@ -41,9 +44,11 @@ class Recorder:
         self.records.append(Record(kind, target, event, data))
 
     def clear(self) -> None:
+        """Forget what was recorded (between tests)."""
         self.records.clear()
 
     def broadcasts(self, channel: str | None = None) -> list[Record]:
+        """The broadcasts, all or to ``channel``, oldest first."""
         return [
             r
             for r in self.records
@@ -68,17 +73,22 @@ class Recorder:
         )
 
     def assert_broadcast(self, channel: str, event: str, data: t.Any = ANY) -> Record:
+        """The broadcast of ``event`` to ``channel`` (with ``data``, when given);
+        AssertionError listing what was recorded when there is none."""
         return self._assert("broadcast", channel, event, data)
 
     def assert_sent_to_user(
         self, user_id: t.Any, event: str, data: t.Any = ANY
     ) -> Record:
+        """The same for :meth:`Realtime.send_to_user` (``5`` and ``"5"`` match)."""
         return self._assert("user", user_id, event, data)
 
     def assert_sent(self, connection_id: str, event: str, data: t.Any = ANY) -> Record:
+        """The same for :meth:`Realtime.send` to one connection."""
         return self._assert("connection", connection_id, event, data)
 
     def assert_nothing_broadcast(self) -> None:
+        """AssertionError if anything was broadcast."""
         found = self.broadcasts()
         if found:
             raise AssertionError(f"expected no broadcast, got {found!r}")

@@ -61,6 +61,7 @@ class TestClient:
 
     @property
     def connection_id(self) -> str:
+        """The connection's id, as :meth:`Realtime.send` takes it."""
         return self.connection.id
 
     def __enter__(self) -> TestClient:
@@ -101,6 +102,7 @@ class TestClient:
         return reply
 
     def unsubscribe(self, channel: str) -> dict[str, t.Any]:
+        """Unsubscribe; returns the reply envelope."""
         reply = self.request(
             {"type": "unsubscribe", "channel": channel, "id": self._id()}
         )
@@ -128,6 +130,7 @@ class TestClient:
         return reply
 
     def ping(self) -> dict[str, t.Any]:
+        """Ping the node; returns the ``pong`` envelope."""
         reply = self.request({"type": "ping", "id": self._id()})
         assert reply is not None
         return reply
@@ -157,6 +160,7 @@ class TestClient:
         ]
 
     def disconnect(self) -> None:
+        """Close as a client would (1000): presence leaves follow."""
         if self.close_code is None:
             self.close_code = 1000
             # What on_disconnect reports: the client's own close.

@@ -1,14 +1,7 @@
 """A Python client for flask_realtime servers: protocol v1 over WebSocket.
 
-The same shape as the JavaScript client, for services, scripts and tests::
-
-    from flask_realtime.client import RealtimeClient
-
-    with RealtimeClient("http://localhost:5000", params={"token": "..."}) as client:
-        room = client.subscribe("chat.room.1")
-        room.on("message.sent", print)
-        data = room.wait_for("message.sent", timeout=5)
-
+The same shape as the JavaScript client, for services, scripts and tests
+(docs/python-client.md shows it at work, in samples the test suite runs).
 It is synchronous: one background reader thread per client receives messages,
 answers the server's liveness checks, pings the server and reconnects. Under
 gevent's monkey patching that thread is a greenlet, so the client works with

@@ -46,6 +46,7 @@ class Channel(Emitter):
 
     @property
     def is_presence(self) -> bool:
+        """Whether the channel is a presence channel (it has ``members``)."""
         return self.name.startswith(("presence-", "presence."))
 
     @property

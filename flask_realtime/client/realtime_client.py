@@ -67,14 +67,23 @@ class RealtimeClient(Messages, Reader, Reconnection, Emitter):
         self.heartbeat_timeout = heartbeat_timeout
         #: Seconds between pings; None: the server's ``heartbeat``.
         self.ping_interval = ping_interval
+        #: Reconnect after a lost connection (never after a 4000-4099 close).
         self.reconnect = reconnect
+        #: The first backoff in seconds; doubled per attempt, with jitter.
         self.reconnect_delay = reconnect_delay
+        #: The longest backoff in seconds.
         self.max_reconnect_delay = max_reconnect_delay
+        #: Give up after this many attempts in a row; None: never.
         self.max_reconnect_attempts = max_reconnect_attempts
+        #: Seconds a handshake may take, up to the ``connected`` message.
         self.connect_timeout = connect_timeout
+        #: The default timeout of the blocking calls (subscribe, ping ...).
         self.timeout = timeout
+        #: The ``Origin`` header of the handshake (None: none sent).
         self.origin = origin
+        #: TLS options for ``wss://``, as websocket-client takes them.
         self.sslopt = dict(sslopt or {})
+        #: Events each mailbox keeps for ``wait_for`` (the oldest go first).
         self.buffer_size = buffer_size
         #: The server's id for the current connection (None while disconnected).
         self.connection_id: str | None = None

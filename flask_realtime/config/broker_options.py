@@ -26,6 +26,12 @@ RABBITMQ_DEFAULTS: dict[str, t.Any] = {
     "persistent_messages": True,
 }
 RABBITMQ_TYPES = {k: type(v) for k, v in RABBITMQ_DEFAULTS.items()}
+REDIS_DEFAULTS: dict[str, t.Any] = {
+    "host": "127.0.0.1",
+    "port": 6379,
+    "password": None,
+    "db": 0,
+}
 
 
 def broker(config: t.Mapping[str, t.Any]) -> tuple[str, str | None]:
@@ -54,7 +60,7 @@ def redis_options(config: t.Mapping[str, t.Any]) -> dict[str, t.Any]:
     redis = config["REALTIME_REDIS"]
     if not isinstance(redis, dict):
         raise ConfigError(f"REALTIME_REDIS must be a dict, got {redis!r}")
-    unknown = set(redis) - {"host", "port", "password", "db"}
+    unknown = set(redis) - set(REDIS_DEFAULTS)
     if unknown:
         raise ConfigError(f"REALTIME_REDIS: unknown option(s) {sorted(unknown)}")
     for key, kinds in (
@@ -70,7 +76,7 @@ def redis_options(config: t.Mapping[str, t.Any]) -> dict[str, t.Any]:
                 f"REALTIME_REDIS[{key!r}] must be"
                 f" {' or '.join(k.__name__ for k in kinds)}, got {redis[key]!r}"
             )
-    return {"host": "127.0.0.1", "port": 6379, "password": None, "db": 0, **redis}
+    return {**REDIS_DEFAULTS, **redis}
 
 
 def rabbitmq_options(config: t.Mapping[str, t.Any]) -> dict[str, t.Any]:

@@ -16,6 +16,14 @@ from .pusher import pusher_settings
 from .settings import DEFAULTS, TRANSPORTS, ConfigError, Settings
 from .webhooks import webhook_settings
 
+# REALTIME_RATE_LIMIT's options: what a dict without them means.
+RATE_LIMIT_DEFAULTS: dict[str, t.Any] = {
+    "enabled": True,
+    "messages_per_minute": 60,
+    "close_after": 60,
+    "user_messages_per_minute": 120,
+}
+
 
 def _number(
     config: t.Mapping[str, t.Any], key: str, *, minimum: float, integer: bool = True
@@ -74,21 +82,10 @@ def load(config: t.Mapping[str, t.Any]) -> Settings:
     rate = config["REALTIME_RATE_LIMIT"]
     if not isinstance(rate, dict):
         raise ConfigError(f"REALTIME_RATE_LIMIT must be a dict, got {rate!r}")
-    unknown = set(rate) - {
-        "enabled",
-        "messages_per_minute",
-        "close_after",
-        "user_messages_per_minute",
-    }
+    unknown = set(rate) - set(RATE_LIMIT_DEFAULTS)
     if unknown:
         raise ConfigError(f"REALTIME_RATE_LIMIT: unknown option(s) {sorted(unknown)}")
-    rate = {
-        "enabled": True,
-        "messages_per_minute": 60,
-        "close_after": 60,
-        "user_messages_per_minute": 120,
-        **rate,
-    }
+    rate = {**RATE_LIMIT_DEFAULTS, **rate}
     if not isinstance(rate["enabled"], bool):
         raise ConfigError("REALTIME_RATE_LIMIT['enabled'] must be True or False")
     for key in ("messages_per_minute", "close_after", "user_messages_per_minute"):
