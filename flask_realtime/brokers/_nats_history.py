@@ -12,7 +12,10 @@ order, which is the offsets' order. A read leaves out the events older than
 it the position.
 
 A message carries its offset in its payload (``_history.stamp``) and its
-stream's epoch in a header. Offsets are the channel's own counter: a
+topic's epoch at the head of its ``Nats-Msg-Id`` (``<epoch>.<node>.<n>``),
+which JetStream keeps anyway: one header fewer to write, store, republish
+and parse on every node (messages stored before kept the epoch in a header
+of its own, still read). Offsets are the channel's own counter: a
 publisher caches each topic's last (stream sequence, offset, epoch) and
 publishes offset + 1 with ``Nats-Expected-Last-Subject-Sequence``; JetStream
 refuses it ("wrong last sequence") when another node published meanwhile,
@@ -59,7 +62,7 @@ from ._nats_link import Link, Messages, subject
 from ._support import LinkLost
 from .interface import Position, Retention, RetentionLookup
 
-EPOCH = "Flask-Realtime-Epoch"
+EPOCH = "Flask-Realtime-Epoch"  # where messages stored before kept their epoch
 _MSG_ID = "Nats-Msg-Id"
 _LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
 _LAST_MSG_ID = "Nats-Expected-Last-Msg-Id"
@@ -158,9 +161,10 @@ class NatsHistory:
         self._last: dict[str, _Last] = {}
         self._streams: set[str] = set()
 
-    def _next_id(self) -> str:
+    def _next_id(self, epoch: str) -> str:
+        """A message id, unique across nodes, that carries the topic's epoch."""
         self._ids += 1
-        return f"{self._node}.{self._ids:x}"
+        return f"{epoch}.{self._node}.{self._ids:x}"
 
     # -- publishing ----------------------------------------------------------------
 
@@ -189,7 +193,8 @@ class NatsHistory:
                 for i in todo
                 if rules[i] is not None and i not in resend
             }
-            await asyncio.wait_for(self._prepare(link, kept), remaining)
+            if not self._ready(kept):  # asyncio's wait_for costs a task
+                await asyncio.wait_for(self._prepare(link, kept), remaining)
             sent, asked = await self._round(link, messages, rules, todo, resend)
             if len(sent) < len(todo):  # the plain ones, routed once the marker is
                 await link.send([], remaining, replies=False)
@@ -282,8 +287,7 @@ class NatsHistory:
         before = previous(name)
         if before is not None:
             headers[_LAST_MSG_ID] = before
-        headers[_MSG_ID] = self._next_id()
-        headers[EPOCH] = last.epoch
+        headers[_MSG_ID] = self._next_id(last.epoch)
         offset = last.offset + 1
         running[topic] = _Last(0, offset, last.epoch)
         return _Sent(
@@ -334,6 +338,14 @@ class NatsHistory:
                 after[stream] = None if seq is None else seq - 1
         return outcome
 
+    def _ready(self, kept: dict[str, Retention]) -> bool:
+        """Whether the streams are known and each topic's last message too."""
+        streams, last = self._streams, self._last
+        return all(
+            topic in last and stream_name(rule) in streams
+            for topic, rule in kept.items()
+        )
+
     async def _prepare(self, link: Link, kept: dict[str, Retention]) -> None:
         """Make sure the streams exist and each topic's last message is known."""
         for rule in set(kept.values()):
@@ -381,7 +393,8 @@ class NatsHistory:
         headers = msg.headers or {}
         data = msg.data or b""
         offset = offset_of(data[data.index(b"\n") + 1 :]) if data else 0
-        return _Last(t.cast(int, msg.seq), offset or 0, headers.get(EPOCH, ""))
+        epoch = headers.get(EPOCH) or headers.get(_MSG_ID, "").partition(".")[0]
+        return _Last(t.cast(int, msg.seq), offset or 0, epoch)
 
     # -- reading -------------------------------------------------------------------
 
@@ -422,7 +435,7 @@ class NatsHistory:
     async def _mark(self, link: Link, topic: str, rule: Retention) -> _Last | None:
         """Give an empty topic its epoch (None: another node did first)."""
         epoch = new_epoch()
-        headers = {_LAST_SUBJECT_SEQ: "0", _MSG_ID: self._next_id(), EPOCH: epoch}
+        headers = {_LAST_SUBJECT_SEQ: "0", _MSG_ID: self._next_id(epoch)}
         try:
             ack = await link.jetstream().publish(
                 history_subject(topic, rule), b"", headers=headers
