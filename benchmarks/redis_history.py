@@ -22,6 +22,7 @@ Usage::
 
     .venv/bin/python benchmarks/redis_history.py [--count 30000]
         [--greenlets 50] [--rounds 3] [--channels 1000] [--size 100]
+        [--lone 3000] [--parts memory,reads,rate]
 """
 
 from __future__ import annotations
@@ -183,13 +184,21 @@ def main() -> None:
     parser.add_argument("--channels", type=int, default=300)
     parser.add_argument("--size", type=int, default=100)
     parser.add_argument("--readers", type=int, default=1000)
+    parser.add_argument(
+        "--lone", type=int, default=0, help="broadcasts of the lone greenlet"
+    )
+    parser.add_argument("--parts", default="memory,reads,rate")
     args = parser.parse_args()
     server = BrokerServer("redis", Path(tempfile.mkdtemp(prefix="redis-history-")))
     server.start()
     try:
-        memory(server.url, server.port, args.channels, args.size)
-        reads(server.url, args.readers)
-        cases = [(args.greenlets, args.count), (1, args.count // 10)]
+        parts = args.parts.split(",")
+        if "memory" in parts:
+            memory(server.url, server.port, args.channels, args.size)
+        if "reads" in parts:
+            reads(server.url, args.readers)
+        lone = args.lone or args.count // 10
+        cases = [(args.greenlets, args.count), (1, lone)] if "rate" in parts else []
         for _ in range(args.rounds):
             for greenlets, count in cases:
                 for kept in (False, True):
