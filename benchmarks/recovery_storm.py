@@ -46,7 +46,7 @@ import websocket  # noqa: E402
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchmarks.loadgen import read_cpu_s  # noqa: E402
+from benchmarks.loadgen import core_times, read_cpu_s  # noqa: E402
 from tests import brokerservers, servers  # noqa: E402
 
 
@@ -132,7 +132,7 @@ def storm(
     count: int,
     processes: int,
     cpu: t.Callable[[], float],
-) -> tuple[float, float, list[str]]:
+) -> tuple[float, tuple[float, float, float], list[str]]:
     """``count`` clients over ``processes`` processes: connect, cut, publish,
     reconnect all at once."""
     arguments = [url, json.dumps(channels), str(missed), str(recover)]
@@ -181,16 +181,21 @@ def storm(
                         timeout=10,
                     ).raise_for_status()
         time.sleep(0.5)  # every client waits for "go"
+        pids = [child.pid for child in children]
+        host_before = sum(busy for busy, _ in core_times().values())
+        clients_before = sum(read_cpu_s(pid) for pid in pids)
         started, cpu_before = time.monotonic(), cpu()
         reports = [json.loads(line) for line in order("go", None)]
         cpu_used = cpu() - cpu_before
+        clients_cpu = sum(read_cpu_s(pid) for pid in pids) - clients_before
+        host_cpu = sum(busy for busy, _ in core_times().values()) - host_before
     finally:
         for child in children:
             child.kill()
             child.wait()
     problems = [p for report in reports for p in report["problems"]]
     done = max(report["done"] for report in reports)
-    return done - started, cpu_used, problems
+    return done - started, (cpu_used, clients_cpu, host_cpu), problems
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -242,7 +247,9 @@ def main(argv: list[str] | None = None) -> int:
             label = "recovering" if recover else "plain subscribe"
             results[label] = {
                 "seconds": round(seconds, 3),
-                "worker_cpu_s": round(cpu, 3),
+                "worker_cpu_s": round(cpu[0], 3),
+                "clients_cpu_s": round(cpu[1], 3),
+                "host_busy_cpu_s": round(cpu[2], 3),
                 "problems": problems[:5],
                 "problem_count": len(problems),
             }
@@ -257,10 +264,16 @@ def main(argv: list[str] | None = None) -> int:
         f"one gevent-websocket worker, {args.broker} broker,"
         f" the clients in {args.processes} processes"
     )
-    print("| reconnect | all done in (s) | worker CPU over it (s) |")
-    print("|---|---|---|")
+    print(
+        "| reconnect | all done in (s) | worker CPU (s) | clients' CPU (s)"
+        " | host busy, all cores (s) |"
+    )
+    print("|---|---|---|---|---|")
     for label, figures in results.items():
-        print(f"| {label} | {figures['seconds']} | {figures['worker_cpu_s']} |")
+        print(
+            f"| {label} | {figures['seconds']} | {figures['worker_cpu_s']}"
+            f" | {figures['clients_cpu_s']} | {figures['host_busy_cpu_s']} |"
+        )
         if figures["problem_count"]:
             print(f"PROBLEMS ({figures['problem_count']}): {figures['problems']}")
     if args.json:

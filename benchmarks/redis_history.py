@@ -15,6 +15,8 @@ Starts a private redis-server (as the test suite does), then:
   on the channel (``broker.retention`` set by hand), alternated
   ``--rounds`` times; plus one greenlet alone (a round trip per message),
   and the p99 of one broadcast call.
+* ``lone``: one greenlet alternating broadcasts without and with history,
+  every call timed (``benchmarks/_lone.py``): the noise falls on both.
 * ``reads``: a recovery storm's reads, R greenlets at once each reading
   the 50 events it missed (``history(after=50)``) of a channel keeping 100.
 
@@ -22,7 +24,7 @@ Usage::
 
     .venv/bin/python benchmarks/redis_history.py [--count 30000]
         [--greenlets 50] [--rounds 3] [--channels 1000] [--size 100]
-        [--lone 3000] [--parts memory,reads,rate]
+        [--lone 3000] [--parts memory,reads,rate,lone]
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ import redis as redis_py  # noqa: E402
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO)]
 
+from benchmarks._lone import interleaved, report  # noqa: E402
 from flask_realtime.brokers import create_broker  # noqa: E402
 from flask_realtime.brokers.interface import Retention  # noqa: E402
 from tests.brokerclients import count_batches, settings_for  # noqa: E402
@@ -187,7 +190,7 @@ def main() -> None:
     parser.add_argument(
         "--lone", type=int, default=0, help="broadcasts of the lone greenlet"
     )
-    parser.add_argument("--parts", default="memory,reads,rate")
+    parser.add_argument("--parts", default="memory,reads,rate,lone")
     args = parser.parse_args()
     server = BrokerServer("redis", Path(tempfile.mkdtemp(prefix="redis-history-")))
     server.start()
@@ -209,6 +212,9 @@ def main() -> None:
                         f" per batch, broadcast p99 {p99:.2f} ms",
                         flush=True,
                     )
+        for _ in range(args.rounds if "lone" in parts else 0):
+            figures = interleaved("redis", server.url, lone, Retention(100, 600.0))
+            print(report(figures, lone), flush=True)
     finally:
         server.stop()
 
