@@ -46,7 +46,7 @@ import websocket  # noqa: E402
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchmarks.loadgen import core_times, read_cpu_s  # noqa: E402
+from benchmarks.loadgen import core_times, read_cpu_s, self_cpu_s  # noqa: E402
 from tests import brokerservers, servers  # noqa: E402
 
 
@@ -119,9 +119,11 @@ def clients(url: str, channels: list[str], missed: int, recover: bool) -> None:
     greenlets = [gevent.spawn(back, n) for n in numbers]
     gevent.sleep(0)  # every greenlet waits on `go`
     assert sys.stdin.readline().strip() == "go"  # blocks the hub: all wait anyway
+    cpu_before = self_cpu_s()
     go.set()
     gevent.joinall(greenlets, raise_error=True)
-    print(json.dumps({"done": time.monotonic(), "problems": problems}), flush=True)
+    done, cpu = time.monotonic(), self_cpu_s() - cpu_before
+    print(json.dumps({"done": done, "cpu": cpu, "problems": problems}), flush=True)
 
 
 def storm(
@@ -181,13 +183,10 @@ def storm(
                         timeout=10,
                     ).raise_for_status()
         time.sleep(0.5)  # every client waits for "go"
-        pids = [child.pid for child in children]
         host_before = sum(busy for busy, _ in core_times().values())
-        clients_before = sum(read_cpu_s(pid) for pid in pids)
         started, cpu_before = time.monotonic(), cpu()
         reports = [json.loads(line) for line in order("go", None)]
         cpu_used = cpu() - cpu_before
-        clients_cpu = sum(read_cpu_s(pid) for pid in pids) - clients_before
         host_cpu = sum(busy for busy, _ in core_times().values()) - host_before
     finally:
         for child in children:
@@ -195,6 +194,7 @@ def storm(
             child.wait()
     problems = [p for report in reports for p in report["problems"]]
     done = max(report["done"] for report in reports)
+    clients_cpu = sum(report["cpu"] for report in reports)
     return done - started, (cpu_used, clients_cpu, host_cpu), problems
 
 

@@ -170,6 +170,33 @@ def test_an_epoch_stored_in_a_header_by_an_earlier_release_is_kept(
     assert [json.loads(e)["data"] for e in events] == [7, 8]
 
 
+def test_reads_at_one_position_share_a_fetch(server: BrokerServer, make: t.Any) -> None:
+    broker = keep(make(REALTIME_BROKER_URL=server.url)[0])
+    topic = f"c:kept.storm.{time.monotonic_ns()}"
+    for n in range(10):
+        broker.publish(topic, event(n))
+    history = broker._history
+    fetches: list[int] = []
+    fetch = history._fetch
+
+    async def counted(*args: t.Any) -> t.Any:
+        fetches.append(args[-1])  # how many it asked for
+        return await fetch(*args)
+
+    history._fetch = counted
+    answers: list[t.Any] = [None] * 20
+
+    def recover(n: int) -> None:  # a recovery storm: all missed 5, or 3
+        answers[n] = kept(broker, topic, after=5 if n % 2 else 7)
+
+    in_threads(recover, 20)
+    assert answers == [[5, 6, 7, 8, 9] if n % 2 else [7, 8, 9] for n in range(20)]
+    assert len(fetches) <= 2 and 5 in fetches  # not one per read
+    broker.publish(topic, event(10))  # a new position: a fetch of its own
+    assert kept(broker, topic, after=9) == [9, 10]
+    assert len(fetches) <= 3 and fetches[-1] == 2
+
+
 def test_a_restart_that_kept_the_data_keeps_the_epoch_and_recovers(
     own_server: t.Any, make: t.Any
 ) -> None:

@@ -73,6 +73,8 @@ _API_TIMEOUT = 2.0
 _READ_WAIT = 2.0  # a read's consumer delivers within this, or the rest is gone
 _DUPLICATES = 10.0  # JetStream remembers ids this long: past any batch's resend
 _CACHED = 65536  # topics whose last message a node remembers
+_KEEP_WINDOW = 2.0  # a fetch serves reads at its position this long after
+_WINDOWS = 4096  # fetches kept at most
 _PREFIX = "flask_realtime.h."
 _PLAIN = len("flask_realtime.t.")
 
@@ -160,6 +162,8 @@ class NatsHistory:
         """Forget what a new connection may find changed (a restarted server)."""
         self._last: dict[str, _Last] = {}
         self._streams: set[str] = set()
+        # (topic, epoch, offset) -> the first offset and the fetch, shared.
+        self._windows: dict[tuple[str, str, int], tuple[int, t.Any]] = {}
 
     def _next_id(self, epoch: str) -> str:
         """A message id, unique across nodes, that carries the topic's epoch."""
@@ -427,7 +431,7 @@ class NatsHistory:
             count = rule.size if limit is None else min(limit, rule.size)
         if count <= 0:
             return position, []
-        events = await self._fetch(link, topic, rule, last.offset, count)
+        events = await self._window(link, topic, rule, last, count)
         if after is not None and len(events) < count:
             return position, None  # some are trimmed or too old
         return position, events
@@ -446,11 +450,50 @@ class NatsHistory:
             return await self._lookup(link, topic, rule)
         return _Last(ack.seq, 0, epoch)
 
-    async def _fetch(
-        self, link: Link, topic: str, rule: Retention, last: int, count: int
+    async def _window(
+        self, link: Link, topic: str, rule: Retention, last: _Last, count: int
     ) -> list[bytes]:
         """The envelopes of offsets ``last - count + 1`` to ``last`` still
-        kept and younger than the rule's ttl, oldest first."""
+        kept and younger than the rule's ttl, oldest first.
+
+        A recovery storm asks the same for many clients at once: reads of a
+        topic at one position share a fetch (a JetStream consumer each, the
+        costly part) while it runs and for ``_KEEP_WINDOW`` after. What a
+        position covers never changes, so a shared fetch is as good as one
+        of its own; the ttl is applied to each read at its own time."""
+        first = last.offset - count + 1
+        key = (topic, last.epoch, last.offset)
+        shared = self._windows.get(key)
+        if shared is None or shared[0] > first:
+            if len(self._windows) >= _WINDOWS:
+                self._windows.clear()
+            task = asyncio.ensure_future(
+                self._fetch(link, topic, rule, last.offset, count)
+            )
+            shared = self._windows[key] = (first, task)
+            task.add_done_callback(functools.partial(self._expire, key, shared))
+        found = await asyncio.shield(shared[1])
+        oldest = time.time() - rule.ttl  # the server's clock stamped each one
+        return [e for offset, at, e in found if offset >= first and at >= oldest]
+
+    def _expire(self, key: tuple[str, str, int], shared: t.Any, _: t.Any) -> None:
+        """Forget a shared fetch some time after it ended (failed: at once)."""
+
+        def forget() -> None:
+            if self._windows.get(key) is shared:
+                del self._windows[key]
+
+        task = shared[1]
+        if task.cancelled() or task.exception() is not None:
+            forget()
+        else:
+            asyncio.get_running_loop().call_later(_KEEP_WINDOW, forget)
+
+    async def _fetch(
+        self, link: Link, topic: str, rule: Retention, last: int, count: int
+    ) -> list[tuple[int, float, bytes]]:
+        """(offset, stored at, envelope) of offsets ``last - count + 1`` to
+        ``last`` still kept, oldest first."""
         js = link.jetstream()
         sub = await js.subscribe(
             history_subject(topic, rule),
@@ -462,8 +505,7 @@ class NatsHistory:
                 mem_storage=True,
             ),
         )
-        oldest = time.time() - rule.ttl  # the server's clock stamped each one
-        events: list[bytes] = []
+        events: list[tuple[int, float, bytes]] = []
         try:
             while True:
                 try:
@@ -475,11 +517,11 @@ class NatsHistory:
                 if data:
                     envelope = data[data.index(b"\n") + 1 :]
                     offset = offset_of(envelope) or 0
-                    stored = msg.metadata.timestamp.timestamp()
-                    if offset > last - count and stored >= oldest:
-                        events.append(envelope)
+                    if last - count < offset <= last:
+                        stored = msg.metadata.timestamp.timestamp()
+                        events.append((offset, stored, envelope))
                 if offset >= last or msg.metadata.num_pending == 0:
                     break
         finally:
             await sub.unsubscribe()
-        return [e for e in events if t.cast(int, offset_of(e)) <= last]
+        return events
