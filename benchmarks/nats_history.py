@@ -9,6 +9,8 @@ Starts a private nats-server with JetStream (as the test suite does), then:
   on the channels (``broker.retention`` set by hand), alternated
   ``--rounds`` times; plus one greenlet alone (a round trip per batch), and
   the p99 of one broadcast call.
+* ``lone``: one greenlet alternating broadcasts without and with history,
+  every call timed (``benchmarks/_lone.py``): the noise falls on both.
 * ``storage``: C channels, each given 3 x ``size`` events of 100 bytes
   (the stamped envelope): the stream's bytes (JetStream's own count, headers
   included) per channel, and the nats-server's resident memory growth per
@@ -18,6 +20,7 @@ Usage::
 
     .venv/bin/python benchmarks/nats_history.py [--count 20000]
         [--greenlets 50] [--rounds 3] [--channels 300] [--size 100]
+        [--lone 2000] [--parts storage,rate,lone]
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ import gevent.event  # noqa: E402
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO)]
 
+from benchmarks._lone import interleaved, report  # noqa: E402
 from flask_realtime.brokers import create_broker  # noqa: E402
 from flask_realtime.brokers._nats_history import stream_name  # noqa: E402
 from flask_realtime.brokers.interface import Retention  # noqa: E402
@@ -156,17 +160,26 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--channels", type=int, default=300)
     parser.add_argument("--size", type=int, default=100)
+    parser.add_argument(
+        "--lone", type=int, default=0, help="broadcasts of the lone greenlet"
+    )
+    parser.add_argument("--parts", default="storage,rate,lone")
     args = parser.parse_args()
+    parts = args.parts.split(",")
+    lone = args.lone or args.count // 10
     faulthandler.dump_traceback_later(120, exit=True)
     server = BrokerServer("nats", Path(tempfile.mkdtemp(prefix="nats-history-")))
     server.start()
     try:
-        storage(server, args.channels, args.size)
+        if "storage" in parts:
+            storage(server, args.channels, args.size)
         cases = [
             (args.greenlets, 1, args.count),
             (args.greenlets, 8, args.count),
-            (1, 1, args.count // 10),
+            (1, 1, lone),
         ]
+        if "rate" not in parts:
+            cases = []
         for _ in range(args.rounds):
             for greenlets, channels, count in cases:
                 for kept in (False, True):
@@ -180,6 +193,9 @@ def main() -> None:
                         f" broadcast p99 {p99:.2f} ms",
                         flush=True,
                     )
+        for _ in range(args.rounds if "lone" in parts else 0):
+            figures = interleaved("nats", server.url, lone, RULE)
+            print(report(figures, lone), flush=True)
     finally:
         server.stop()
 

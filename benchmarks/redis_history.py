@@ -15,6 +15,8 @@ Starts a private redis-server (as the test suite does), then:
   on the channel (``broker.retention`` set by hand), alternated
   ``--rounds`` times; plus one greenlet alone (a round trip per message),
   and the p99 of one broadcast call.
+* ``lone``: one greenlet alternating broadcasts without and with history,
+  every call timed (``benchmarks/_lone.py``): the noise falls on both.
 * ``reads``: a recovery storm's reads, R greenlets at once each reading
   the 50 events it missed (``history(after=50)``) of a channel keeping 100.
 
@@ -22,6 +24,7 @@ Usage::
 
     .venv/bin/python benchmarks/redis_history.py [--count 30000]
         [--greenlets 50] [--rounds 3] [--channels 1000] [--size 100]
+        [--lone 3000] [--parts memory,reads,rate,lone]
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ import redis as redis_py  # noqa: E402
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO)]
 
+from benchmarks._lone import interleaved, report  # noqa: E402
 from flask_realtime.brokers import create_broker  # noqa: E402
 from flask_realtime.brokers.interface import Retention  # noqa: E402
 from tests.brokerclients import count_batches, settings_for  # noqa: E402
@@ -183,13 +187,21 @@ def main() -> None:
     parser.add_argument("--channels", type=int, default=300)
     parser.add_argument("--size", type=int, default=100)
     parser.add_argument("--readers", type=int, default=1000)
+    parser.add_argument(
+        "--lone", type=int, default=0, help="broadcasts of the lone greenlet"
+    )
+    parser.add_argument("--parts", default="memory,reads,rate,lone")
     args = parser.parse_args()
     server = BrokerServer("redis", Path(tempfile.mkdtemp(prefix="redis-history-")))
     server.start()
     try:
-        memory(server.url, server.port, args.channels, args.size)
-        reads(server.url, args.readers)
-        cases = [(args.greenlets, args.count), (1, args.count // 10)]
+        parts = args.parts.split(",")
+        if "memory" in parts:
+            memory(server.url, server.port, args.channels, args.size)
+        if "reads" in parts:
+            reads(server.url, args.readers)
+        lone = args.lone or args.count // 10
+        cases = [(args.greenlets, args.count), (1, lone)] if "rate" in parts else []
         for _ in range(args.rounds):
             for greenlets, count in cases:
                 for kept in (False, True):
@@ -200,6 +212,9 @@ def main() -> None:
                         f" per batch, broadcast p99 {p99:.2f} ms",
                         flush=True,
                     )
+        for _ in range(args.rounds if "lone" in parts else 0):
+            figures = interleaved("redis", server.url, lone, Retention(100, 600.0))
+            print(report(figures, lone), flush=True)
     finally:
         server.stop()
 

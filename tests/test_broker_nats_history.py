@@ -109,7 +109,8 @@ def test_a_rule_is_a_stream_with_per_subject_limits_republished_once_stored(
     assert info.config.max_age == 30.0 + _history.POSITION_TTL
     assert info.state.subjects == {subject: 3}  # trimmed to size
     assert last.data == _history.stamp(event(4), 5)
-    assert last.headers["Flask-Realtime-Epoch"] == broker.history(topic)[0].epoch
+    epoch = broker.history(topic)[0].epoch  # at the head of the message id
+    assert last.headers["Nats-Msg-Id"].startswith(epoch + ".")
     # A plain topic is not stored, and reading its history neither.
     broker.publish("c:plain.layout", event(0))
     assert broker.history("c:plain.layout")[1] == []
@@ -147,6 +148,53 @@ def test_two_nodes_publishing_at_once_get_one_sequence_in_order(
             assert mine == sorted(mine)
         assert nodes[0].history(topic) == nodes[1].history(topic)
         assert nodes[0].history(topic)[0].offset == total
+
+
+def test_an_epoch_stored_in_a_header_by_an_earlier_release_is_kept(
+    server: BrokerServer, make: t.Any
+) -> None:
+    topic = f"c:kept.earlier.{time.monotonic_ns()}"
+    keep(make(REALTIME_BROKER_URL=server.url)[0]).history(topic)  # the stream
+    headers = {"Flask-Realtime-Epoch": "earlier", "Nats-Msg-Id": "old-1"}
+
+    async def store(js: t.Any) -> t.Any:
+        subject = history_subject(topic, KEPT)
+        return await js.publish(subject, _history.stamp(event(7), 7), headers=headers)
+
+    jetstream(server.url, store)
+    broker = keep(make(REALTIME_BROKER_URL=server.url)[0])
+    assert broker.history(topic)[0] == (7, "earlier")
+    broker.publish(topic, event(8))
+    position, events = broker.history(topic, after=6)
+    assert position == (8, "earlier")
+    assert [json.loads(e)["data"] for e in events] == [7, 8]
+
+
+def test_reads_at_one_position_share_a_fetch(server: BrokerServer, make: t.Any) -> None:
+    broker = keep(make(REALTIME_BROKER_URL=server.url)[0])
+    topic = f"c:kept.storm.{time.monotonic_ns()}"
+    for n in range(10):
+        broker.publish(topic, event(n))
+    history = broker._history
+    fetches: list[int] = []
+    fetch = history._fetch
+
+    async def counted(*args: t.Any) -> t.Any:
+        fetches.append(args[-1])  # how many it asked for
+        return await fetch(*args)
+
+    history._fetch = counted
+    answers: list[t.Any] = [None] * 20
+
+    def recover(n: int) -> None:  # a recovery storm: all missed 5, or 3
+        answers[n] = kept(broker, topic, after=5 if n % 2 else 7)
+
+    in_threads(recover, 20)
+    assert answers == [[5, 6, 7, 8, 9] if n % 2 else [7, 8, 9] for n in range(20)]
+    assert len(fetches) <= 2 and 5 in fetches  # not one per read
+    broker.publish(topic, event(10))  # a new position: a fetch of its own
+    assert kept(broker, topic, after=9) == [9, 10]
+    assert len(fetches) <= 3 and fetches[-1] == 2
 
 
 def test_a_restart_that_kept_the_data_keeps_the_epoch_and_recovers(

@@ -12,7 +12,10 @@ order, which is the offsets' order. A read leaves out the events older than
 it the position.
 
 A message carries its offset in its payload (``_history.stamp``) and its
-stream's epoch in a header. Offsets are the channel's own counter: a
+topic's epoch at the head of its ``Nats-Msg-Id`` (``<epoch>.<node>.<n>``),
+which JetStream keeps anyway: one header fewer to write, store, republish
+and parse on every node (messages stored before kept the epoch in a header
+of its own, still read). Offsets are the channel's own counter: a
 publisher caches each topic's last (stream sequence, offset, epoch) and
 publishes offset + 1 with ``Nats-Expected-Last-Subject-Sequence``; JetStream
 refuses it ("wrong last sequence") when another node published meanwhile,
@@ -24,6 +27,15 @@ message. Nothing else then lands between the two, and once one fails every
 later one of that stream fails too and is sent again in order: a batch is
 pipelined, with one round trip, and offsets stay contiguous and in publish
 order.
+
+The chain also makes one acknowledgement per stream enough: only a round's
+last message of each stream asks for one, and its being stored means every
+earlier one of that stream was, just before it (their stream sequences
+follow from its). When it is refused or does not come, the stream's
+messages of the round are sent again exactly as they were, each asking for
+an acknowledgement: JetStream's duplicate window (longer than a batch may
+take) answers "duplicate" with its sequence for each one already stored, and
+the first one not stored is refused or stored as before.
 
 A topic without a message gets one of offset 0 and a fresh epoch, with an
 empty payload that nobody receives: on the first read of its position
@@ -50,7 +62,7 @@ from ._nats_link import Link, Messages, subject
 from ._support import LinkLost
 from .interface import Position, Retention, RetentionLookup
 
-EPOCH = "Flask-Realtime-Epoch"
+EPOCH = "Flask-Realtime-Epoch"  # where messages stored before kept their epoch
 _MSG_ID = "Nats-Msg-Id"
 _LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
 _LAST_MSG_ID = "Nats-Expected-Last-Msg-Id"
@@ -59,7 +71,10 @@ _WRONG_MSG_ID = 10070  # the batch's previous message did not land just before
 _NAME_IN_USE = 10058  # a stream of that name with another configuration
 _API_TIMEOUT = 2.0
 _READ_WAIT = 2.0  # a read's consumer delivers within this, or the rest is gone
+_DUPLICATES = 10.0  # JetStream remembers ids this long: past any batch's resend
 _CACHED = 65536  # topics whose last message a node remembers
+_KEEP_WINDOW = 2.0  # a fetch serves reads at its position this long after
+_WINDOWS = 4096  # fetches kept at most
 _PREFIX = "flask_realtime.h."
 _PLAIN = len("flask_realtime.t.")
 
@@ -91,7 +106,7 @@ def stream_config(rule: Retention) -> api.StreamConfig:
         max_msgs_per_subject=max(1, rule.size),  # 0 would be no limit
         max_age=rule.ttl + POSITION_TTL,
         storage=api.StorageType.FILE,
-        duplicate_window=0.1,  # ids serve the chain, not deduplication
+        duplicate_window=_DUPLICATES,  # a resent message is not stored twice
         allow_direct=True,
         republish=api.RePublish(src=source, dest="flask_realtime.t.{{wildcard(1)}}"),
     )
@@ -115,6 +130,18 @@ def _acknowledged(msg: t.Any) -> int | BaseException:
         return js_errors.APIError(description=f"not an acknowledgement: {exc}")
 
 
+class _Sent(t.NamedTuple):
+    """A kept message as a round sent it; resent as is to learn its fate."""
+
+    topic: str
+    offset: int
+    epoch: str
+    stream: str
+    subject: str
+    payload: bytes
+    headers: dict[str, str]
+
+
 class _Last(t.NamedTuple):
     """A topic's last stored message: its stream sequence (0: none), offset, epoch."""
 
@@ -135,10 +162,13 @@ class NatsHistory:
         """Forget what a new connection may find changed (a restarted server)."""
         self._last: dict[str, _Last] = {}
         self._streams: set[str] = set()
+        # (topic, epoch, offset) -> the first offset and the fetch, shared.
+        self._windows: dict[tuple[str, str, int], tuple[int, t.Any]] = {}
 
-    def _next_id(self) -> str:
+    def _next_id(self, epoch: str) -> str:
+        """A message id, unique across nodes, that carries the topic's epoch."""
         self._ids += 1
-        return f"{self._node}.{self._ids:x}"
+        return f"{epoch}.{self._node}.{self._ids:x}"
 
     # -- publishing ----------------------------------------------------------------
 
@@ -154,45 +184,49 @@ class NatsHistory:
         deadline = time.monotonic() + timeout
         rules = [retention(topic) for topic, _ in messages]
         counts: list[int | None | Exception] = [None] * len(messages)
-        settled = [False] * len(messages)
-        todo = list(range(len(messages)))
-        plain = True  # the first round sends the plain messages, once
+        settled = [rule is None for rule in rules]
+        todo = list(range(len(messages)))  # the first round sends the plain ones
+        resend: dict[int, _Sent] = {}  # their fate is unknown: sent as they were
         while todo:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or link.dead:
                 accepted = settled.index(False)
                 raise LinkLost("JetStream did not store the batch", accepted)
-            kept = {messages[i][0]: rules[i] for i in todo if rules[i] is not None}
-            await asyncio.wait_for(self._prepare(link, kept), remaining)
-            sent = await self._round(link, messages, rules, todo, plain)
-            if plain:
-                plain = False
-                await link.send([], remaining, replies=False)  # plain ones routed
-            outcome = await self._settle(sent, deadline - time.monotonic())
-            todo = []
-            for i, (topic, offset, epoch, _) in sent.items():
-                error = outcome[i]
-                if not isinstance(error, BaseException):
-                    self._remember(topic, _Last(error, offset, epoch))
+            kept = {
+                messages[i][0]: rules[i]
+                for i in todo
+                if rules[i] is not None and i not in resend
+            }
+            if not self._ready(kept):  # asyncio's wait_for costs a task
+                await asyncio.wait_for(self._prepare(link, kept), remaining)
+            sent, asked = await self._round(link, messages, rules, todo, resend)
+            if len(sent) < len(todo):  # the plain ones, routed once the marker is
+                await link.send([], remaining, replies=False)
+            wait = deadline - time.monotonic()
+            outcome = await self._settle(sent, asked, resend, wait)
+            resent, todo, resend = resend, [], {}
+            for i, entry in sent.items():
+                result = outcome[i]
+                if isinstance(result, int):
+                    self._remember(
+                        entry.topic, _Last(result, entry.offset, entry.epoch)
+                    )
                     settled[i] = True
-                elif isinstance(error, js_errors.APIError) and error.err_code in (
+                elif i not in resent or isinstance(result, asyncio.TimeoutError):
+                    resend[i] = entry  # stored or not: unknown, JetStream tells
+                    todo.append(i)
+                elif isinstance(result, js_errors.APIError) and result.err_code in (
                     _WRONG_SEQUENCE,
                     _WRONG_MSG_ID,
                 ):
-                    if error.err_code == _WRONG_SEQUENCE:
-                        self._last.pop(topic, None)  # looked up again
+                    if result.err_code == _WRONG_SEQUENCE:
+                        self._last.pop(entry.topic, None)  # looked up again
                     todo.append(i)
-                elif isinstance(error, js_errors.NoStreamResponseError):
+                elif isinstance(result, js_errors.NoStreamResponseError):
                     self._forget_stream(t.cast(Retention, rules[i]))
                     todo.append(i)
-                elif isinstance(error, asyncio.TimeoutError):
-                    self._last.pop(topic, None)  # stored or not: unknown
-                    todo.append(i)
                 else:
-                    counts[i], settled[i] = error, True  # refused (too big, say)
-            for i in range(len(messages)):
-                if rules[i] is None:
-                    settled[i] = True
+                    counts[i], settled[i] = result, True  # refused (too big, say)
         return counts
 
     async def _round(
@@ -201,60 +235,120 @@ class NatsHistory:
         messages: Messages,
         rules: list[Retention | None],
         todo: list[int],
-        plain: bool,
-    ) -> dict[int, tuple[str, int, str, asyncio.Future[t.Any]]]:
-        """Publish ``todo`` in order (plain ones only when ``plain``)."""
+        resend: dict[int, _Sent],
+    ) -> tuple[dict[int, _Sent], dict[int, asyncio.Future[t.Any]]]:
+        """Publish ``todo`` in order: the plain ones, the kept ones with the
+        next offsets, and those of ``resend`` as they were. Returns the kept
+        ones and the acknowledgements asked for: each resent message's, and
+        each stream's last new one's."""
         running: dict[str, _Last] = {}  # each topic's state as this round goes
         chain: dict[str, str] = {}  # stream -> the round's previous message id
-        sent: dict[int, tuple[str, int, str, asyncio.Future[t.Any]]] = {}
+        sent: dict[int, _Sent] = {}
+        ask = set(resend)
+        last_new: dict[str, int] = {}  # stream -> its last new message
         for i in todo:
-            topic, data = messages[i]
             rule = rules[i]
             if rule is None:
-                if plain:
-                    await link.nc.publish(subject(topic), data)
                 continue
-            last = running.get(topic)
-            message_id = self._next_id()
-            if last is None:
-                last = self._last[topic]
-                headers = {_LAST_SUBJECT_SEQ: str(last.seq)}
+            entry = resend.get(i)
+            if entry is None:
+                entry = self._next(messages[i], rule, running, chain.get)
+                last_new[entry.stream] = i
+            chain[entry.stream] = entry.headers[_MSG_ID]
+            sent[i] = entry
+        ask.update(last_new.values())
+        asked: dict[int, asyncio.Future[t.Any]] = {}
+        for i in todo:
+            entry = sent.get(i)
+            if entry is None:
+                topic, data = messages[i]
+                await link.nc.publish(subject(topic), data)
+            elif i in ask:
+                asked[i] = await link.ask(entry.subject, entry.payload, entry.headers)
             else:
-                headers = {}
-            name = stream_name(rule)
-            if name in chain:
-                headers[_LAST_MSG_ID] = chain[name]
-            chain[name] = message_id
-            headers[_MSG_ID] = message_id
-            headers[EPOCH] = last.epoch
-            offset = last.offset + 1
-            running[topic] = _Last(0, offset, last.epoch)
-            future = await link.ask(
-                history_subject(topic, rule), stamp(data, offset), headers
-            )
-            sent[i] = (topic, offset, last.epoch, future)
-        return sent
+                await link.nc.publish(
+                    entry.subject, entry.payload, headers=entry.headers
+                )
+        return sent, asked
+
+    def _next(
+        self,
+        message: tuple[str, bytes],
+        rule: Retention,
+        running: dict[str, _Last],
+        previous: t.Callable[[str], str | None],
+    ) -> _Sent:
+        """The topic's next message in a round: the next offset, chained to
+        the round's ``previous`` message of the stream."""
+        topic, data = message
+        last = running.get(topic)
+        if last is None:
+            last = self._last[topic]
+            headers = {_LAST_SUBJECT_SEQ: str(last.seq)}
+        else:
+            headers = {}
+        name = stream_name(rule)
+        before = previous(name)
+        if before is not None:
+            headers[_LAST_MSG_ID] = before
+        headers[_MSG_ID] = self._next_id(last.epoch)
+        offset = last.offset + 1
+        running[topic] = _Last(0, offset, last.epoch)
+        return _Sent(
+            topic,
+            offset,
+            last.epoch,
+            name,
+            history_subject(topic, rule),
+            stamp(data, offset),
+            headers,
+        )
 
     @staticmethod
     async def _settle(
-        sent: dict[int, tuple[str, int, str, asyncio.Future[t.Any]]],
+        sent: dict[int, _Sent],
+        asked: dict[int, asyncio.Future[t.Any]],
+        resent: t.Container[int],
         timeout: float,
-    ) -> dict[int, int | BaseException]:
-        """Wait for every acknowledgement: each one's stream sequence, or why
-        it failed (a timeout included)."""
-        futures = [entry[3] for entry in sent.values()]
-        if futures:
-            await asyncio.wait(futures, timeout=max(0.0, timeout))
-        outcome: dict[int, int | BaseException] = {}
-        for i, (_, _, _, future) in sent.items():
+    ) -> dict[int, int | BaseException | None]:
+        """Wait for the acknowledgements: each message's stream sequence, why
+        it failed (a timeout included), or None when no later new message of
+        its stream in the round was stored (its fate is then unknown)."""
+        if asked:
+            await asyncio.wait(asked.values(), timeout=max(0.0, timeout))
+        answered: dict[int, int | BaseException] = {}
+        for i, future in asked.items():
             if not future.done():
                 future.cancel()
-                outcome[i] = asyncio.TimeoutError()
+                answered[i] = asyncio.TimeoutError()
             elif future.exception() is not None:
                 raise t.cast(BaseException, future.exception())  # the link is lost
             else:
-                outcome[i] = _acknowledged(future.result())
+                answered[i] = _acknowledged(future.result())
+        # A stream's new messages in a round: stored one after the other, or
+        # the first one refused and every later one with it (the chain).
+        outcome: dict[int, int | BaseException | None] = {}
+        after: dict[str, int | None] = {}  # stream -> the next one's sequence
+        for i in reversed(sent):
+            stream = sent[i].stream
+            if i in answered:
+                result = answered[i]
+                outcome[i] = result
+                chained = isinstance(result, int) and i not in resent
+                after[stream] = t.cast(int, result) - 1 if chained else None
+            else:
+                seq = after.get(stream)
+                outcome[i] = seq
+                after[stream] = None if seq is None else seq - 1
         return outcome
+
+    def _ready(self, kept: dict[str, Retention]) -> bool:
+        """Whether the streams are known and each topic's last message too."""
+        streams, last = self._streams, self._last
+        return all(
+            topic in last and stream_name(rule) in streams
+            for topic, rule in kept.items()
+        )
 
     async def _prepare(self, link: Link, kept: dict[str, Retention]) -> None:
         """Make sure the streams exist and each topic's last message is known."""
@@ -303,7 +397,8 @@ class NatsHistory:
         headers = msg.headers or {}
         data = msg.data or b""
         offset = offset_of(data[data.index(b"\n") + 1 :]) if data else 0
-        return _Last(t.cast(int, msg.seq), offset or 0, headers.get(EPOCH, ""))
+        epoch = headers.get(EPOCH) or headers.get(_MSG_ID, "").partition(".")[0]
+        return _Last(t.cast(int, msg.seq), offset or 0, epoch)
 
     # -- reading -------------------------------------------------------------------
 
@@ -336,7 +431,7 @@ class NatsHistory:
             count = rule.size if limit is None else min(limit, rule.size)
         if count <= 0:
             return position, []
-        events = await self._fetch(link, topic, rule, last.offset, count)
+        events = await self._window(link, topic, rule, last, count)
         if after is not None and len(events) < count:
             return position, None  # some are trimmed or too old
         return position, events
@@ -344,7 +439,7 @@ class NatsHistory:
     async def _mark(self, link: Link, topic: str, rule: Retention) -> _Last | None:
         """Give an empty topic its epoch (None: another node did first)."""
         epoch = new_epoch()
-        headers = {_LAST_SUBJECT_SEQ: "0", _MSG_ID: self._next_id(), EPOCH: epoch}
+        headers = {_LAST_SUBJECT_SEQ: "0", _MSG_ID: self._next_id(epoch)}
         try:
             ack = await link.jetstream().publish(
                 history_subject(topic, rule), b"", headers=headers
@@ -355,11 +450,50 @@ class NatsHistory:
             return await self._lookup(link, topic, rule)
         return _Last(ack.seq, 0, epoch)
 
-    async def _fetch(
-        self, link: Link, topic: str, rule: Retention, last: int, count: int
+    async def _window(
+        self, link: Link, topic: str, rule: Retention, last: _Last, count: int
     ) -> list[bytes]:
         """The envelopes of offsets ``last - count + 1`` to ``last`` still
-        kept and younger than the rule's ttl, oldest first."""
+        kept and younger than the rule's ttl, oldest first.
+
+        A recovery storm asks the same for many clients at once: reads of a
+        topic at one position share a fetch (a JetStream consumer each, the
+        costly part) while it runs and for ``_KEEP_WINDOW`` after. What a
+        position covers never changes, so a shared fetch is as good as one
+        of its own; the ttl is applied to each read at its own time."""
+        first = last.offset - count + 1
+        key = (topic, last.epoch, last.offset)
+        shared = self._windows.get(key)
+        if shared is None or shared[0] > first:
+            if len(self._windows) >= _WINDOWS:
+                self._windows.clear()
+            task = asyncio.ensure_future(
+                self._fetch(link, topic, rule, last.offset, count)
+            )
+            shared = self._windows[key] = (first, task)
+            task.add_done_callback(functools.partial(self._expire, key, shared))
+        found = await asyncio.shield(shared[1])
+        oldest = time.time() - rule.ttl  # the server's clock stamped each one
+        return [e for offset, at, e in found if offset >= first and at >= oldest]
+
+    def _expire(self, key: tuple[str, str, int], shared: t.Any, _: t.Any) -> None:
+        """Forget a shared fetch some time after it ended (failed: at once)."""
+
+        def forget() -> None:
+            if self._windows.get(key) is shared:
+                del self._windows[key]
+
+        task = shared[1]
+        if task.cancelled() or task.exception() is not None:
+            forget()
+        else:
+            asyncio.get_running_loop().call_later(_KEEP_WINDOW, forget)
+
+    async def _fetch(
+        self, link: Link, topic: str, rule: Retention, last: int, count: int
+    ) -> list[tuple[int, float, bytes]]:
+        """(offset, stored at, envelope) of offsets ``last - count + 1`` to
+        ``last`` still kept, oldest first."""
         js = link.jetstream()
         sub = await js.subscribe(
             history_subject(topic, rule),
@@ -371,8 +505,7 @@ class NatsHistory:
                 mem_storage=True,
             ),
         )
-        oldest = time.time() - rule.ttl  # the server's clock stamped each one
-        events: list[bytes] = []
+        events: list[tuple[int, float, bytes]] = []
         try:
             while True:
                 try:
@@ -384,11 +517,11 @@ class NatsHistory:
                 if data:
                     envelope = data[data.index(b"\n") + 1 :]
                     offset = offset_of(envelope) or 0
-                    stored = msg.metadata.timestamp.timestamp()
-                    if offset > last - count and stored >= oldest:
-                        events.append(envelope)
+                    if last - count < offset <= last:
+                        stored = msg.metadata.timestamp.timestamp()
+                        events.append((offset, stored, envelope))
                 if offset >= last or msg.metadata.num_pending == 0:
                     break
         finally:
             await sub.unsubscribe()
-        return [e for e in events if t.cast(int, offset_of(e)) <= last]
+        return events

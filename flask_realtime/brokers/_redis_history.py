@@ -42,7 +42,11 @@ from .interface import Position, Retention, RetentionLookup
 # ttl (ms), a fresh epoch, the time (ms, 13 digits), the length that trims,
 # the publishing process's id, then a serial and a payload for each of a run
 # of consecutive messages to the topic (one call for a group commit's run:
-# the counter, the trim and the expiries once). A payload whose serial is
+# the counter, the trim and the expiries once). A lone publisher pays the
+# script for every event, so it makes few calls: one HMGET and one HSET for
+# the counter and the serial, and the expiries set ttl/8 longer than asked
+# and only once that much has passed (a PTTL), so both keys always outlive
+# the last event by ttl at least, and by ttl/8 more at most. A payload whose serial is
 # not above the last one stored from this process was stored already (sent
 # again after a link dropped before Redis's answer came): skipped, so a
 # resend never stores an event twice. Answers each payload's receiver
@@ -56,7 +60,8 @@ if #KEYS == 0 then
 end
 local sent = (#ARGV - 8) / 2
 local field = 'p:' .. ARGV[8]
-local seen = tonumber(redis.call('HGET', KEYS[1], field) or '0')
+local state = redis.call('HMGET', KEYS[1], 'offset', field)
+local seen = tonumber(state[2] or '0')
 local heads, bodies, receivers = {}, {}, {}
 local count, top = 0, seen
 for n = 1, sent do
@@ -78,11 +83,13 @@ end
 if count == 0 then
   return receivers
 end
+local first = tonumber(state[1] or '0') + 1
+local last = first + count - 1
 if top > seen then
-  redis.call('HSET', KEYS[1], field, top)
+  redis.call('HSET', KEYS[1], 'offset', last, field, top)
+else
+  redis.call('HSET', KEYS[1], 'offset', last)
 end
-local last = redis.call('HINCRBY', KEYS[1], 'offset', count)
-local first = last - count + 1
 if first == 1 then  -- a new stream, or one whose position was lost
   redis.call('DEL', KEYS[2])
   redis.call('HSETNX', KEYS[1], 'epoch', ARGV[5])
@@ -99,8 +106,12 @@ end
 if length > tonumber(ARGV[7]) then
   redis.call('LTRIM', KEYS[2], length - tonumber(ARGV[2]), -1)
 end
-redis.call('PEXPIRE', KEYS[2], ARGV[3])
-redis.call('PEXPIRE', KEYS[1], ARGV[4])
+local ttl = tonumber(ARGV[3])
+if redis.call('PTTL', KEYS[2]) < ttl then
+  local slack = math.floor(ttl / 8)
+  redis.call('PEXPIRE', KEYS[2], ttl + slack)
+  redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[4]) + slack)
+end
 for n = 1, count do
   local index = heads[n]
   receivers[index] = redis.call('PUBLISH', ARGV[1], receivers[index] .. bodies[n])
@@ -173,6 +184,24 @@ def _arguments(rule: Retention) -> tuple[bytes, bytes, bytes, bytes]:
 
 
 @functools.lru_cache(maxsize=4096)
+def _head(prefix: str, topic: str, rule: Retention) -> tuple[t.Any, ...]:
+    """The publishing script's call for a kept topic, up to the epoch."""
+    size, ttl, position_ttl, _ = _arguments(rule)
+    position, events, channel = _names(prefix, topic)
+    return (
+        "EVALSHA",
+        _SHAS[_PUBLISH],
+        b"2",
+        position,
+        events,
+        channel,
+        size,
+        ttl,
+        position_ttl,
+    )
+
+
+@functools.lru_cache(maxsize=4096)
 def _names(prefix: str, topic: str) -> tuple[str, str, str]:
     """A kept topic's position and events keys, and its channel."""
     base = f"{prefix}{{{topic}}}:"
@@ -205,6 +234,9 @@ class RedisHistory:
         # Who publishes, and each kept message's serial (see _PUBLISH).
         self._publisher = new_epoch()
         self._serials = itertools.count(1)
+        # A fresh epoch per batch, for a stream the batch may start: this
+        # process's random half and a count (no system call per batch).
+        self._epochs = itertools.count(1)
         # Held across a round trip: a gevent lock once gevent patched threading.
         self._lock = threading.Lock()
 
@@ -241,7 +273,8 @@ class RedisHistory:
         if not any(rules):
             return None
         sha = _SHAS[_PUBLISH]
-        epoch, now = new_epoch(), _now()
+        epoch = f"{self._publisher[:8]}{next(self._epochs) & 0xFFFFFFFF:08x}"
+        now = _now()
         commands: list[tuple[tuple[t.Any, ...], int]] = []
         run: list[t.Any] = []  # the current run's command, payloads appended
         run_topic = None
@@ -255,11 +288,8 @@ class RedisHistory:
             if rule is None:
                 commands.append((("EVALSHA", sha, b"0", self._prefix + topic, data), 1))
                 continue
-            size, ttl, position_ttl, trim_at = _arguments(rule)
-            position, events, channel = _names(self._prefix, topic)
-            run = ["EVALSHA", sha, b"2", position, events, channel]
-            run += [size, ttl, position_ttl, epoch, now, trim_at, self._publisher]
-            run += [self._serial(data), data]
+            run = [*_head(self._prefix, topic, rule), epoch, now]
+            run += [_arguments(rule)[3], self._publisher, self._serial(data), data]
             run_topic = topic
         if run_topic is not None:
             commands.append((tuple(run), (len(run) - 13) // 2))
