@@ -182,14 +182,36 @@ class Link:
                 self._results[n] = _RETURNED
                 return
 
+    def consume_replies(self) -> str:
+        """Receive RabbitMQ's direct replies (``amq.rabbitmq.reply-to``)
+        into ``deliveries``, without acks; the consumer tag."""
+        tags: list[str] = []
+        self.channel.basic_consume(
+            "amq.rabbitmq.reply-to",
+            self._delivered,
+            auto_ack=True,
+            callback=lambda frame: self.wake(tags.append(frame.method.consumer_tag)),
+        )
+        self.wait(lambda: bool(tags), CALL_TIMEOUT)
+        return tags[0]
+
+    def send(self, exchange: str, key: str, data: bytes, properties: t.Any) -> None:
+        """Publish without waiting (nor mandatory): a reply. Counted, so the
+        confirms of later batches still match on a confirming channel."""
+        self.channel.basic_publish(exchange, key, data, properties)
+        self._tag += 1
+
     def _delivered(self, _ch: t.Any, method: t.Any, props: t.Any, body: bytes) -> None:
+        headers = props.headers
+        if props.reply_to:  # a request: where its answer goes, with its headers
+            headers = {**(headers or {}), "reply-to": props.reply_to}
         self.deliveries.append(
             (
                 method.delivery_tag,
                 method.routing_key,
                 body,
                 method.consumer_tag,
-                props.headers,
+                headers,
             )
         )
         if len(self.deliveries) == 1:

@@ -1,32 +1,39 @@
-"""History on RabbitMQ: a stream queue per kept topic, read over AMQP 0-9-1.
+"""History on RabbitMQ: a stream queue per kept topic, one writer at a time.
 
 Each kept topic has a stream queue, ``<queue_prefix>.history.<exchange>.
-<routing key>`` (a hash past 255 bytes), declared lazily by whoever needs it
-first (a publisher, a subscriber, a reader) with the same arguments:
-``x-max-age`` the ttl, ``x-max-length-bytes`` 4 KiB per event of ``size``
-(1 MiB at least) in segments of half that. RabbitMQ trims a stream
-by whole segments only, so a read also leaves out events past ``size`` and
-older than the ttl (by the publishing node's clock, a header ``t`` in ms).
+<routing key>`` (a hash past 255 bytes), and an inbox, ``<stream>.in``: a
+durable classic queue with a single active consumer. Publishers on every
+node send the topic's events to the inbox (persistent, confirmed, each with
+an id ``i``); every node that publishes, follows or reads the topic consumes
+the inbox, and RabbitMQ lets one of them at a time receive. That one is the
+channel's writer: it numbers the events itself, ``o`` = the last number in
+the stream + 1, stamps the epoch ``e`` and its clock ``t`` (ms), appends
+them to the stream, and acknowledges them in the inbox once the stream
+confirmed them. So offsets are contiguous and in one order however many
+nodes publish, and the stream's own offsets (which skip one at each new
+segment: RabbitMQ writes a chunk of its own there) are only where to start
+reading.
 
-The stream orders the messages and numbers them: a channel's offset is the
-stream's own offset (``x-stream-offset``), so publishers on any number of
-nodes get distinct offsets in one order without talking to each other, and
-every subscriber delivers from a stream consumer, stamping as it delivers,
-in that order. Offset 0 is the epoch marker (headers ``m`` and ``e``),
-written by whoever finds the stream empty; every event carries the epoch
-its publisher read (header ``e``), so the epoch outlives the marker's
-segment. Marking an empty stream takes a lock, an exclusive queue
-(``<stream>.lock``): two nodes finding it empty at once would otherwise
-both write a marker, and the second would take offset 1 from the events.
-Offsets are contiguous but for one thing: when RabbitMQ starts a new
-segment it writes a chunk of its own that takes an offset and that no
-consumer sees (docs/architecture.md).
+A writer that dies leaves its unacknowledged events to the next consumer,
+back at the head of the inbox in their order; the new writer first reads the
+stream's tail (the last number, the epoch, the ids written lately) and skips
+the events the dead one appended but did not acknowledge: no gap, no
+duplicate at the hand-over. An empty stream gets a marker first (``o`` 0,
+``m``) with a new epoch; a reader finding a stream empty asks the writer
+for it through the inbox (an ``m`` message), so the epoch is fixed before
+any event and by one node only.
 
-A read consumes the stream from an offset with a prefetch of
-``_READ_CREDIT``; after the consume (and after each ack), a ``basic.qos``
-round trip is a fence: RabbitMQ sends what the stream holds up to the
-prefetch before it answers, so a round that brought less than the prefetch
-reached the end.
+Streams are declared with the same arguments by everyone: ``x-max-age`` the
+ttl, ``x-max-length-bytes`` 4 KiB per event of ``size`` (1 MiB at least) in
+segments of half that. RabbitMQ trims a stream by whole segments only, so a
+read also leaves out events past ``size`` and older than the ttl.
+
+A read consumes the stream with a prefetch of ``_READ_CREDIT``; after the
+consume (and after each ack), a ``basic.qos`` round trip is a fence:
+RabbitMQ sends what the stream holds up to the prefetch before it answers,
+so a round that brought less than the prefetch reached the end. A read of
+the tail is then three round trips (consume, fence, cancel) once the stream
+is declared on the link, after the writer's answer (one more).
 """
 
 from __future__ import annotations
@@ -41,7 +48,6 @@ import typing as t
 import pika
 import pika.exceptions
 
-from .._runtime import sleep
 from ._amqp import Link
 from ._amqp_options import Options, routing_key
 from ._history import envelope, new_epoch, stamp
@@ -51,18 +57,26 @@ from .interface import Position, Retention
 _READ_CREDIT = 1000  # a read's prefetch: messages per round trip
 _BYTES_PER_EVENT, _MIN_BYTES = 4096, 1 << 20
 _LINK_ERRORS = (OSError, pika.exceptions.AMQPError, LinkLost)
-_LOCK_WAIT = 5.0  # marking a stream waits this long for another node's lock
-
-
-class _Locked(Exception):
-    """Another node holds the stream's lock (its marker is on the way)."""
+_SYNC_WAIT = 5.0  # a read waits this long for the writer's answer
+_SLACK = 8  # stream offsets a read starts early (skipped ones, a duplicate)
+TAIL_IDS = 1000  # ids a new writer looks back over: more than it may hold
+INBOX_ARGUMENTS = {"x-single-active-consumer": True}
 
 
 class Message(t.NamedTuple):
-    offset: int
+    offset: int  # ours, contiguous ("o")
+    position: int  # the stream's ("x-stream-offset"), where to read from
     headers: dict[str, t.Any]
     body: bytes
     marker: bool
+
+
+class Tail(t.NamedTuple):
+    """What a new writer needs: the last number, the epoch, recent ids."""
+
+    last: int | None  # None: the stream is empty
+    epoch: str | None
+    ids: frozenset[str]
 
 
 @functools.lru_cache(maxsize=64)
@@ -81,41 +95,54 @@ def arguments(rule: Retention) -> dict[str, t.Any]:
 def stream_name(prefix: str, exchange: str, topic: str) -> str:
     """The stream queue of a kept topic (routing keys never contain '.')."""
     name = f"{prefix}.history.{exchange}.{routing_key(topic)}"
-    if len(name.encode("utf-8", "surrogatepass")) > 255:
+    if len(name.encode("utf-8", "surrogatepass")) > 252:  # room for ".in"
         digest = hashlib.sha256(topic.encode("utf-8", "surrogatepass")).hexdigest()
         name = f"{prefix[:80]}.history.{exchange[:80]}.%H{digest}"
     return name
 
 
-def _lock_name(name: str) -> str:
-    if len(name) <= 200:
-        return name + ".lock"
-    return f"{name[:150]}.{hashlib.sha256(name.encode()).hexdigest()[:16]}.lock"
+def inbox_name(stream: str) -> str:
+    """The inbox of a stream: where publishers send, the writer consumes."""
+    return stream + ".in"
 
 
 def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def event_properties(epoch: str, now: int) -> pika.BasicProperties:
-    return pika.BasicProperties(headers={"e": epoch, "t": now})
+def inbox_properties(ident: str) -> pika.BasicProperties:
+    """An event on its way to the writer: persistent, and its id."""
+    return pika.BasicProperties(delivery_mode=2, headers={"i": ident})
 
 
-def _marker_properties(epoch: str) -> pika.BasicProperties:
-    return pika.BasicProperties(headers={"e": epoch, "m": 1})
+def stamped_properties(
+    offset: int, epoch: str, now: int, ident: str | None
+) -> pika.BasicProperties:
+    headers: dict[str, t.Any] = {"o": offset, "e": epoch, "t": now}
+    if ident is not None:
+        headers["i"] = ident
+    return pika.BasicProperties(headers=headers)
+
+
+def marker_properties(epoch: str) -> pika.BasicProperties:
+    return pika.BasicProperties(headers={"o": 0, "e": epoch, "m": 1})
 
 
 class StreamHistory:
-    """The reads of kept topics, and their epochs for publishers, on a
-    connection of their own (a read never waits behind a batch)."""
+    """The reads of kept topics, and the tails their writers start from, on
+    a connection of their own (a read never waits behind a batch)."""
 
-    def __init__(self, options: Options) -> None:
+    def __init__(self, options: Options, want: t.Callable[[str], None]) -> None:
         self._options = options
+        self._want = want  # this node becomes a writer candidate of a topic
         self.reset()
 
     def reset(self) -> None:
         """Fresh per-process state: at start, and in a forked child."""
         self._link: Link | None = None
+        self._declared: set[str] = set()  # on this link
+        self._asked = 0  # the last sync's number
+        self._replies = ""  # the consumer tag of the writers' answers
         # Held across round trips: a gevent lock once gevent patched threading.
         self._lock = threading.Lock()
 
@@ -125,17 +152,19 @@ class StreamHistory:
 
     # -- what the broker asks -------------------------------------------------
 
-    def epoch(self, topic: str, rule: Retention) -> str:
-        """The epoch the topic's next event carries (a new stream gets one)."""
-        return self._run(lambda link: self._position(link, topic, rule)[1])
-
     def read(
         self, topic: str, rule: Retention | None, after: int | None, limit: int | None
     ) -> tuple[Position, list[bytes] | None]:
         """``Broker.history`` (see ``interface.py``)."""
         if rule is None:  # nothing is kept: no stream to read
             return Position(0, new_epoch()), ([] if after in (None, 0) else None)
+        self._want(topic)
         return self._run(lambda link: self._read(link, topic, rule, after, limit))
+
+    def tail(self, topic: str, rule: Retention) -> Tail:
+        """For a writer taking over: the stream's last number, its epoch and
+        the ids of its last ``TAIL_IDS`` events."""
+        return self._run(lambda link: self._tail(link, topic, rule))
 
     def close(self) -> None:
         """Close the connection (any greenlet; a read in progress then fails)."""
@@ -158,29 +187,12 @@ class StreamHistory:
     # -- reading ------------------------------------------------------------------
 
     def _run(self, work: t.Callable[[Link], t.Any]) -> t.Any:
-        deadline = time.monotonic() + _LOCK_WAIT
-        while True:
-            try:
-                return self._run_once(work)
-            except _Locked:  # RabbitMQ closed the channel: a new link, again
-                if time.monotonic() > deadline:
-                    raise BrokerUnavailable(
-                        "another node held a stream's lock too long"
-                    ) from None
-                sleep(0.02)
-
-    def _run_once(self, work: t.Callable[[Link], t.Any]) -> t.Any:
         with self._lock:
             link = self._link
             try:
                 if link is None:
                     link = self._open()
                 return work(link)
-            except _Locked:
-                if link is not None:
-                    link.close()
-                self._link = None
-                raise
             except _LINK_ERRORS as exc:
                 if link is not None:
                     link.close()
@@ -193,13 +205,23 @@ class StreamHistory:
         o = self._options
         link = Link(o.parameters("history"), o.password)
         try:
-            link.enable_confirms()
             link.call(link.channel.basic_qos, prefetch_count=_READ_CREDIT)
+            self._replies = link.consume_replies()
         except BaseException:
             link.abandon()
             raise
-        self._link = link
+        self._link, self._declared = link, set()
         return link
+
+    def _declare(self, link: Link, name: str, rule: Retention) -> None:
+        if name not in self._declared:
+            link.call(
+                link.channel.queue_declare,
+                queue=name,
+                durable=True,
+                arguments=arguments(rule),
+            )
+            self._declared.add(name)
 
     def _read(
         self,
@@ -209,7 +231,9 @@ class StreamHistory:
         after: int | None,
         limit: int | None,
     ) -> tuple[Position, list[bytes] | None]:
-        offset, epoch, tail = self._position(link, topic, rule)
+        name = self.name(topic)
+        self._declare(link, name, rule)
+        offset, epoch = self._sync(link, name)
         position = Position(offset, epoch)
         if after is None:
             count = rule.size if limit is None else min(limit, rule.size)
@@ -222,75 +246,81 @@ class StreamHistory:
             if after == offset:
                 return position, []
             start = after + 1
-        found = tail
-        if not found or found[0].offset > start:
-            found = self._scan(link, self.name(topic), start, offset)
-        found = [m for m in found if start <= m.offset <= offset]
+        found = self._scan(link, name, "last")
+        if not found:
+            raise LinkLost(f"the stream {name} is empty after its writer's answer")
+        last = found[-1]
+        if found[0].offset > start:
+            # Our offsets trail the stream's by the skipped ones, more the
+            # later: ``start`` sits at most this far back, less the skips.
+            back = max(0, last.position - (last.offset - start) - _SLACK)
+            found = self._scan(link, name, back, last.position)
+            if not found or found[0].offset > start:
+                found = self._scan(link, name, "first", last.position)
         oldest = now_ms() - rule.ttl * 1000
-        events = [m for m in found if not m.marker and m.headers.get("t", 0) >= oldest]
-        if after is not None:
-            # A segment's first chunk takes an offset no consumer sees: the
-            # first message may be one past ``start`` and nothing is missing.
-            complete = bool(found) and found[0].offset <= start + 1
-            if not complete or len(events) < sum(not m.marker for m in found):
-                return position, None
-        return position, [envelope(stamp(m.body, m.offset)) for m in events]
+        events: list[Message] = []
+        for m in found:  # in order; an event written twice is kept once
+            if start <= m.offset <= offset and not m.marker:
+                if not events or m.offset > events[-1].offset:
+                    events.append(m)
+        fresh = [m for m in events if m.headers.get("t", 0) >= oldest]
+        if after is not None and (
+            len(fresh) != offset - after or (fresh and fresh[0].offset != start)
+        ):
+            return position, None  # some are gone (trimmed or too old)
+        return position, [envelope(stamp(m.body, m.offset)) for m in fresh]
 
-    def _position(
-        self, link: Link, topic: str, rule: Retention
-    ) -> tuple[int, str, list[Message]]:
-        """The latest offset, the epoch and the last messages read on the
-        way; declares the stream, and marks an empty one with a new epoch."""
-        name = self.name(topic)
-        link.call(
-            link.channel.queue_declare,
-            queue=name,
-            durable=True,
-            arguments=arguments(rule),
+    def _sync(self, link: Link, name: str) -> tuple[int, str]:
+        """Ask the stream's writer, through its inbox, for the last offset
+        and the epoch: it answers once it has appended everything published
+        before the question (marking an empty stream first), so a read sees
+        every event whose publish returned before it."""
+        inbox = inbox_name(name)
+        if inbox not in self._declared:
+            link.call(
+                link.channel.queue_declare,
+                queue=inbox,
+                durable=True,
+                arguments=INBOX_ARGUMENTS,
+            )
+            self._declared.add(inbox)
+        self._asked += 1
+        asked = self._asked
+        question = pika.BasicProperties(
+            reply_to="amq.rabbitmq.reply-to", headers={"s": asked}
         )
-        for _ in range(3):
-            tail = self._scan(link, name, "last")
-            events = [m for m in tail if not m.marker]
-            if events:
-                return tail[-1].offset, events[-1].headers["e"], tail
-            whole = self._scan(link, name, "first") if tail else []
-            if whole:
-                first, events = whole[0], [m for m in whole if not m.marker]
-                if first.offset == 0 and first.marker:
-                    epoch = first.headers["e"]
-                elif events:  # the marker's segment is gone
-                    epoch = events[-1].headers["e"]
-                else:
-                    epoch = first.headers["e"]
-                return whole[-1].offset, epoch, whole
-            # Empty: mark it, under the lock (and look again once held).
-            lock = _lock_name(name)
-            try:
-                link.call(
-                    link.channel.queue_declare,
-                    queue=lock,
-                    exclusive=True,
-                    auto_delete=True,
-                )
-            except LinkLost as exc:
-                if "RESOURCE_LOCKED" in str(exc):
-                    raise _Locked() from exc
-                raise
-            try:
-                if not self._scan(link, name, "first"):
-                    marker = ("", name, b"", _marker_properties(new_epoch()))
-                    if link.publish([marker]) == [0]:
-                        raise LinkLost(f"the stream {name} vanished")
-            finally:
-                if link.error is None:
-                    link.call(link.channel.queue_delete, queue=lock)
-        raise LinkLost(f"the stream {name} stays empty")
+        link.send("", inbox, b"", question)
+        deadline = time.monotonic() + _SYNC_WAIT
+        while True:
+            while link.deliveries:
+                _tag, _key, body, _consumer, headers = link.deliveries.popleft()
+                if headers and headers.get("s") == asked and body:
+                    last, epoch = body.decode().split(" ")
+                    return int(last), epoch
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self._declared.discard(inbox)  # deleted, perhaps: declare again
+                raise LinkLost(f"the writer of {name} did not answer")
+            link.receive(left)
+
+    def _tail(self, link: Link, topic: str, rule: Retention) -> Tail:
+        name = self.name(topic)
+        self._declare(link, name, rule)
+        tail = self._scan(link, name, "last")
+        if not tail:
+            return Tail(None, None, frozenset())
+        last = tail[-1]
+        if len(tail) < TAIL_IDS:
+            back = max(0, last.position - TAIL_IDS - _SLACK)
+            tail = self._scan(link, name, back, last.position)
+        ids = frozenset(m.headers["i"] for m in tail if "i" in m.headers)
+        return Tail(last.offset, last.headers["e"], ids)
 
     def _scan(
         self, link: Link, name: str, start: int | str, stop: int | None = None
     ) -> list[Message]:
-        """The stream's messages from ``start`` (an offset, "first", "last")
-        to its end, or to offset ``stop`` at least."""
+        """The stream's messages from ``start`` (a stream offset, "first",
+        "last") to its end, or to stream offset ``stop`` at least."""
         found: list[Message] = []
         tag = link.consume(name, {"x-stream-offset": start})
         last_tag = 0
@@ -299,20 +329,36 @@ class StreamHistory:
                 link.call(link.channel.basic_qos, prefetch_count=_READ_CREDIT)
                 got = 0
                 while link.deliveries:
-                    last_tag, _key, body, consumer, headers = link.deliveries.popleft()
-                    if consumer != tag or not headers:
-                        continue
-                    offset = int(headers["x-stream-offset"])
-                    found.append(Message(offset, headers, body, "m" in headers))
+                    delivery_tag, _key, body, consumer, headers = (
+                        link.deliveries.popleft()
+                    )
+                    if consumer == self._replies:
+                        continue  # a late answer (no ack: those go without)
+                    last_tag = delivery_tag
+                    if consumer != tag or not headers or "o" not in headers:
+                        continue  # a cancelled scan's, or not ours
+                    found.append(
+                        Message(
+                            int(headers["o"]),
+                            int(headers["x-stream-offset"]),
+                            headers,
+                            body,
+                            "m" in headers,
+                        )
+                    )
                     got += 1
                 if last_tag:
                     link.channel.basic_ack(last_tag, multiple=True)
+                    last_tag = 0
                 if got < _READ_CREDIT or (
-                    stop is not None and found and found[-1].offset >= stop
+                    stop is not None and found and found[-1].position >= stop
                 ):
                     return found
         finally:
-            link.call(link.channel.basic_cancel, consumer_tag=tag)
+            if link.error is None:
+                link.call(link.channel.basic_cancel, consumer_tag=tag)
             if link.deliveries:  # arrived after the end: settle them too
-                link.channel.basic_ack(link.deliveries[-1][0], multiple=True)
+                late = [d[0] for d in link.deliveries if d[3] != self._replies]
+                if late:
+                    link.channel.basic_ack(late[-1], multiple=True)
                 link.deliveries.clear()

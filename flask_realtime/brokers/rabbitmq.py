@@ -21,21 +21,33 @@ whose confirm the failure took away goes out again from the outage buffer.
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 import typing as t
+from dataclasses import dataclass
 
+import pika
 import pika.exceptions
 
 from .._runtime import event
 from ..config import Settings
 from ._amqp import CALL_TIMEOUT, Link, Outgoing
-from ._amqp_history import StreamHistory, arguments, event_properties, now_ms
+from ._amqp_history import (
+    INBOX_ARGUMENTS,
+    StreamHistory,
+    arguments,
+    inbox_name,
+    inbox_properties,
+    marker_properties,
+    now_ms,
+    stamped_properties,
+)
 from ._amqp_options import Options
 from ._amqp_options import routing_key as routing_key
-from ._history import stamp
+from ._history import new_epoch, stamp
 from .base import BrokerBase, LinkLost, MessageCallback
-from .interface import Position
+from .interface import Position, Retention
 
 _TICK = 1.0  # the reader looks up at least this often
 _STREAM_PREFETCH = 500  # per stream consumer (RabbitMQ requires one)
@@ -69,6 +81,15 @@ class _Both:
         return True
 
 
+@dataclass
+class _Sequence:
+    """A kept topic's numbering while this node is its writer."""
+
+    last: int  # the last offset in the stream (0: the marker; -1: empty)
+    epoch: str | None  # None: the stream is empty, a marker goes first
+    skip: frozenset[str] | None  # ids appended by the writer before us
+
+
 class RabbitMQBroker(BrokerBase):
     """Topics over a RabbitMQ exchange; see the module docstring."""
 
@@ -87,14 +108,24 @@ class RabbitMQBroker(BrokerBase):
         # Held by the publisher's driver; gevent's lock once gevent patched.
         self._pub_lock = threading.Lock()
         self._waiting: set[_Bound] = set()
-        self._history = StreamHistory(self._options)
-        # Kept topics: consumer tag -> topic and back, the offset each
-        # resumes from after a reconnect, and each one's epoch (publisher's).
+        self._history = StreamHistory(self._options, self._want)
+        # The writer's own reads of tails (a read may be waiting for it).
+        self._tails = StreamHistory(self._options, self._want)
+        # Kept topics: consumer tag -> topic and back, the stream offset each
+        # resumes from after a reconnect, the last offset delivered.
         self._following: dict[str, str] = {}
         self._tag_of: dict[str, str] = {}
         self._resume: dict[str, int] = {}
-        self._epochs: dict[str, str] = {}
-        self._epochs_used = False
+        self._delivered_up_to: dict[str, int] = {}
+        # Writing (module docstring of _amqp_history): the topics whose inbox
+        # this node consumes, inbox consumer tag -> topic, the numbering of
+        # those it is the active writer of, inboxes declared by the publisher.
+        self._writes: set[str] = set()
+        self._writing: dict[str, str] = {}
+        self._sequences: dict[str, _Sequence] = {}
+        self._inboxes: set[str] = set()
+        self._ids = itertools.count()
+        self._node = new_epoch()
         super().__init__(self._options.url, settings.broker_buffer, on_message)
 
     def _link(self, role: str) -> Link:
@@ -151,10 +182,17 @@ class RabbitMQBroker(BrokerBase):
             done = _Bound()
             self._follow(link, kept, done)
             link.wait(lambda: bool(done.event.is_set()), CALL_TIMEOUT)
+            link.enable_confirms()  # the writer appends to streams here
+            self._writing, self._sequences = {}, {}
+            writes = sorted(self._writes)
+            self._consume_inboxes(link, writes)
         except BaseException:
             link.abandon()
             raise
         self._consumer = link
+        missed = self._writes.difference(writes)  # wanted meanwhile
+        if missed:
+            link.soon(lambda: self._consume_inboxes(link, sorted(missed)))
 
     def _bind(self, link: Link, keys: list[str], done: _Bound) -> None:
         """In the reader: bind ``keys``; ``done`` is set once they are in place."""
@@ -182,6 +220,7 @@ class RabbitMQBroker(BrokerBase):
             self._release(done)
             link.wake()
             return
+        self._consume_inboxes(link, topics)  # a followed topic has a writer
         for n, topic in enumerate(topics):
             name = self._history.name(topic)
             rule = self.retention(topic)
@@ -200,10 +239,106 @@ class RabbitMQBroker(BrokerBase):
             self._following[tag] = topic
             self._tag_of[topic] = tag
 
+    def _want(self, topic: str) -> None:
+        """Make this node one of ``topic``'s writers (from any greenlet):
+        whoever publishes, follows or reads a kept topic, so it has one."""
+        if topic in self._writes:
+            return
+        self._writes.add(topic)
+        link = self._consumer
+        if link is None:
+            return  # _connect consumes it
+        if self._in_reader():
+            self._consume_inboxes(link, [topic])
+        else:
+            link.soon(lambda: self._consume_inboxes(link, [topic]))
+
+    def _consume_inboxes(self, link: Link, topics: list[str]) -> None:
+        """In the reader: consume the inboxes of ``topics`` (one consumer of
+        each at a time receives: RabbitMQ's single active consumer)."""
+        if link.error is not None:
+            return
+        for topic in topics:
+            rule = self.retention(topic)
+            if rule is None or topic in self._writing.values():
+                continue
+            name = self._history.name(topic)
+            link.channel.queue_declare(name, durable=True, arguments=arguments(rule))
+            link.channel.queue_declare(
+                inbox_name(name), durable=True, arguments=INBOX_ARGUMENTS
+            )
+            tag = link.consume_soon(inbox_name(name), None, lambda _tag: None)
+            self._writing[tag] = topic
+
+    def _append(self, link: Link, received: list[tuple[str, bytes, t.Any]]) -> None:
+        """In the reader, as the active writer: number ``received`` (topic,
+        body, headers, from the inboxes, in order), append them to their
+        streams, answer the reads' questions; the caller then acks them."""
+        outgoing: list[Outgoing] = []
+        topic_of: list[str] = []  # of each outgoing message
+        answers: list[tuple[str, str, int, int, str]] = []
+        now = now_ms()
+        for topic, body, headers in received:
+            rule = self.retention(topic)
+            if rule is None:
+                continue
+            name = self._history.name(topic)
+            sequence = self._sequences.get(topic)
+            if sequence is None:  # just became the writer: where things are
+                tail = self._tails.tail(topic, rule)
+                last = -1 if tail.last is None else tail.last
+                sequence = _Sequence(last, tail.epoch, tail.ids)
+                self._sequences[topic] = sequence
+            if sequence.epoch is None:
+                sequence.epoch, sequence.last = new_epoch(), 0
+                outgoing.append(("", name, b"", marker_properties(sequence.epoch)))
+                topic_of.append(topic)
+            headers = headers or {}
+            if "s" in headers:  # a read's question: answered once appended
+                answers.append(
+                    (
+                        topic,
+                        headers["reply-to"],
+                        headers["s"],
+                        sequence.last,
+                        sequence.epoch,
+                    )
+                )
+                continue
+            ident = headers.get("i")
+            if sequence.skip is not None:
+                if ident is not None and ident in sequence.skip:
+                    continue  # appended already by the writer before us
+                sequence.skip = None  # what follows was never appended
+            sequence.last += 1
+            properties = stamped_properties(sequence.last, sequence.epoch, now, ident)
+            outgoing.append(("", name, body, properties))
+            topic_of.append(topic)
+        counts = link.publish(outgoing) if outgoing else []
+        gone = {topic_of[n] for n, count in enumerate(counts) if count == 0}
+        if gone:
+            # Streams deleted under us: declared anew, these go to them again
+            # under a new epoch (what went to the old ones went with them).
+            for topic in gone:
+                self._sequences.pop(topic, None)
+                rule = self.retention(topic)
+                link.call(
+                    link.channel.queue_declare,
+                    queue=self._history.name(topic),
+                    durable=True,
+                    arguments=arguments(t.cast(Retention, rule)),
+                )
+            self._append(link, [r for r in received if r[0] in gone])
+        for topic, reply_to, asked, last, epoch in answers:
+            if topic not in gone:
+                answer = pika.BasicProperties(headers={"s": asked})
+                link.send("", reply_to, f"{last} {epoch}".encode(), answer)
+
     def _unfollow(self, link: Link, topics: list[str]) -> None:
         for topic in topics:
             tag = self._tag_of.pop(topic, None)
             self._resume.pop(topic, None)
+            self._delivered_up_to.pop(topic, None)
             if tag is not None:
                 self._following.pop(tag, None)
                 if link.error is None:
@@ -275,26 +410,42 @@ class RabbitMQBroker(BrokerBase):
                     return
             link.receive(max(0.0, ticked + _TICK - now))
             unacked = last = 0
+            received: list[tuple[str, bytes, t.Any]] = []  # from inboxes
             while link.deliveries and self._consumer is link:
                 last, key, body, tag, headers = link.deliveries.popleft()
-                if headers and tag in self._following:  # a kept topic's stream
-                    topic = self._following[tag]
-                    offset = headers["x-stream-offset"]
-                    self._resume[topic] = offset + 1
-                    if "m" not in headers:  # the epoch marker is no event
-                        self._deliver(topic, stamp(body, offset))
+                if tag in self._writing:
+                    received.append((self._writing[tag], body, headers))
+                elif headers and tag in self._following:  # a kept topic's stream
+                    self._follow_one(self._following[tag], body, headers)
                 else:
                     topic = self._topic_of.get(key)
                     if topic is not None:  # else unsubscribed since it was routed
                         self._deliver(topic, body)
                 unacked += 1
                 if unacked >= self._ack_every:
+                    if received:
+                        self._append(link, received)
+                        received = []
                     link.channel.basic_ack(last, multiple=True)
                     unacked = 0
             if self._consumer is not link:
                 raise LinkLost("the connection was closed")
+            if received:
+                self._append(link, received)
             if unacked:
                 link.channel.basic_ack(last, multiple=True)
+
+    def _follow_one(self, topic: str, body: bytes, headers: dict[str, t.Any]) -> None:
+        """One message of a followed stream: delivered stamped with its
+        offset, unless it is the marker or was delivered already."""
+        self._resume[topic] = headers["x-stream-offset"] + 1
+        offset = headers.get("o")
+        if offset is None or "m" in headers:
+            return
+        if offset <= self._delivered_up_to.get(topic, 0):
+            return  # appended twice (a writer's hand-over raced a write)
+        self._delivered_up_to[topic] = offset
+        self._deliver(topic, stamp(body, offset))
 
     # -- the publisher (one driver at a time) ----------------------------------------
 
@@ -308,10 +459,9 @@ class RabbitMQBroker(BrokerBase):
                     link = self._link("publisher")
                     link.enable_confirms()
                     self._publisher = link
-                    self._epochs = {}  # a stream may have gone meanwhile
-                counts = link.publish(self._outgoing(messages))
-                if self._epochs_used:
-                    self._republish(link, messages, counts)
+                    self._inboxes = set()
+                counts = link.publish(self._outgoing(link, messages))
+                self._republish(link, messages, counts)
             except BaseException as exc:
                 if link is not None:
                     link.close()
@@ -324,26 +474,30 @@ class RabbitMQBroker(BrokerBase):
                 link.close()  # disconnected meanwhile
             return counts
 
-    def _outgoing(self, messages: list[tuple[str, bytes]]) -> list[Outgoing]:
-        """The batch as published: kept topics to their streams, stamped with
-        the epoch and this node's clock; the rest to the exchange."""
+    def _outgoing(
+        self, link: Link, messages: list[tuple[str, bytes]]
+    ) -> list[Outgoing]:
+        """The batch as published: kept topics to their inboxes (declared
+        first), each with an id; the rest to the exchange."""
         o = self._options
         outgoing: list[Outgoing] = []
-        self._epochs_used = False
-        properties: dict[str, t.Any] = {}
-        now = now_ms()
         for topic, data in messages:
             rule = self.retention(topic)
             if rule is None:
                 outgoing.append((o.exchange, routing_key(topic), data, o.properties))
                 continue
-            self._epochs_used = True
-            epoch = self._epochs.get(topic)
-            if epoch is None:
-                epoch = self._epochs[topic] = self._history.epoch(topic, rule)
-            if epoch not in properties:
-                properties[epoch] = event_properties(epoch, now)
-            outgoing.append(("", self._history.name(topic), data, properties[epoch]))
+            inbox = inbox_name(self._history.name(topic))
+            if inbox not in self._inboxes:
+                link.call(
+                    link.channel.queue_declare,
+                    queue=inbox,
+                    durable=True,
+                    arguments=INBOX_ARGUMENTS,
+                )
+                self._inboxes.add(inbox)
+                self._want(topic)
+            ident = f"{self._node}.{next(self._ids)}"
+            outgoing.append(("", inbox, data, inbox_properties(ident)))
         return outgoing
 
     def _republish(
@@ -352,8 +506,8 @@ class RabbitMQBroker(BrokerBase):
         messages: list[tuple[str, bytes]],
         counts: list[int | None | Exception],
     ) -> None:
-        """Kept messages returned unroutable: their stream was deleted, so
-        they go again (in order) to a new one, with a new epoch."""
+        """Kept messages returned unroutable: their inbox was deleted, so
+        they go again (in order) once it is declared again."""
         again = [
             n
             for n, (topic, _) in enumerate(messages)
@@ -362,8 +516,8 @@ class RabbitMQBroker(BrokerBase):
         if not again:
             return
         for n in again:
-            self._epochs.pop(messages[n][0], None)
-        retried = link.publish(self._outgoing([messages[n] for n in again]))
+            self._inboxes.discard(inbox_name(self._history.name(messages[n][0])))
+        retried = link.publish(self._outgoing(link, [messages[n] for n in again]))
         for n, count in zip(again, retried, strict=True):
             counts[n] = count
 
@@ -392,6 +546,7 @@ class RabbitMQBroker(BrokerBase):
             else:
                 publisher.interrupt()  # its driver closes it
         self._history.close()
+        self._tails.close()
         waiting, self._waiting = self._waiting, set()
         for done in waiting:
             done.event.set()  # recorded: bound again on reconnect
@@ -413,4 +568,8 @@ class RabbitMQBroker(BrokerBase):
         self._waiting = set()
         self._queue, self._bound = "", set()
         self._history.drop()
-        self._following, self._tag_of, self._resume, self._epochs = {}, {}, {}, {}
+        self._tails.drop()
+        self._following, self._tag_of, self._resume = {}, {}, {}
+        self._delivered_up_to, self._writes, self._writing = {}, set(), {}
+        self._sequences, self._inboxes = {}, set()
+        self._node = new_epoch()  # ids unique per process
