@@ -142,5 +142,7 @@ class Commands:
         if self._lock is None:
             with self._lock_guard:
                 if self._lock is None:
-                    self._lock = threading.Lock()
+                    # Reentrant: a hook a command runs (on_disconnect after
+                    # a close) may give a command itself, run in the call.
+                    self._lock = threading.RLock()
         return self._lock

@@ -227,6 +227,8 @@ export declare class Channel {
   on(event: "subscribed", fn: (data: SubscribedData) => void): this;
   /** The server refused the subscription or a client event on this channel. */
   on(event: "error", fn: (error: RealtimeError) => void): this;
+  /** The server unsubscribed this connection (`realtime.unsubscribe()`): the channel is dead. */
+  on(event: "unsubscribed", fn: () => void): this;
   /** Another user joined or left (presence channels); `members` is already updated. */
   on(
     event: "presence.join" | "presence.leave",

@@ -22,7 +22,9 @@ import requests
 from tests import servers
 from tests.brokerservers import BrokerServer
 from tests.servers import Server
+from tests.test_longpoll import Poller
 from tests.test_server_api import kind_is, new_user, wait_for_calls
+from tests.test_sse import SSEClient
 from tests.wsclient import Client, connect
 
 APP = "tests.apps.server_api:app"
@@ -133,13 +135,22 @@ def test_commands_from_a_script_reach_every_node_and_shutdown_hooks(
     gone = [(c["id"], c["code"]) for c in calls if c["hook"] == "disconnect"]
     assert sorted(gone) == sorted((c.connection_id, 4000) for c in mine)
 
-    # The first node shuts down: on_disconnect for its connections (4200).
+    # The first node shuts down: on_disconnect for its connections (4200),
+    # whatever their transport.
+    stream_user, poll_user = new_user(), new_user()
+    stream, poller = SSEClient(first, user=stream_user), Poller(first, user=poll_user)
     first.signal(signal.SIGTERM)
     assert watchers[0].expect_close() == 4200
     watchers[0].close()
-    calls = wait_for_calls(watcher_user, 3, str(log))
-    assert [
-        (c["hook"], c["id"], c.get("code"), c.get("reason")) for c in calls[2:]
-    ] == [("disconnect", watchers[0].connection_id, 4200, "server shutting down")]
+    for who, client in (
+        (watcher_user, watchers[0]),
+        (stream_user, stream),
+        (poll_user, poller),
+    ):
+        calls = wait_for_calls(who, 3 if who == watcher_user else 2, str(log))
+        assert [
+            (c["hook"], c["id"], c.get("code"), c.get("reason")) for c in calls[-1:]
+        ] == [("disconnect", client.connection_id, 4200, "server shutting down")]
+    stream.close()
     assert watchers[1].ping()["type"] == "pong"
     watchers[1].close()

@@ -286,3 +286,20 @@ def test_socket_id_without_a_valid_header(app: Flask, header: str | None) -> Non
     with app.test_request_context(headers=headers):
         assert socket_id() is None
     assert socket_id() is None  # outside a request
+
+
+def test_a_hook_may_give_commands_while_a_command_runs(
+    app: Flask, realtime: Realtime
+) -> None:
+    """disconnect() runs on_disconnect, which unsubscribes someone else."""
+
+    @realtime.on_disconnect
+    def bye(connection: t.Any, reason: t.Any) -> None:
+        if connection.user_id == 1:
+            realtime.unsubscribe("news", user_id=2)
+
+    leaving, staying = realtime.test_client(user_id=1), realtime.test_client(user_id=2)
+    staying.subscribe("news")
+    realtime.disconnect(user_id=1)
+    wait_until(lambda: messages(staying, "unsubscribed"))
+    assert leaving.close_code == 4000 and staying.connection.channels == set()
