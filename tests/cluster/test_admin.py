@@ -1,4 +1,4 @@
-"""``flask realtime stats|channels|presence|broadcast`` against a real cluster.
+"""``flask realtime stats|channels|presence|broadcast|disconnect`` on a cluster.
 
 Two gunicorn instances of one worker each (two nodes, so every number is
 known) on a real broker, with clients on WebSocket, SSE and long polling.
@@ -24,6 +24,7 @@ from tests.cluster.test_cluster import node_of, ws
 from tests.http_helpers import unique
 from tests.servers import ROOT, child_environment
 from tests.test_longpoll import Poller
+from tests.test_server_api import closed_code
 from tests.test_sse import SSEClient
 
 
@@ -128,6 +129,20 @@ def test_the_commands_see_and_reach_every_node_on_every_transport(
             event = client.wait_event("hello", news, timeout=10)
             assert event["data"] == {"x": [1, "é"]}
 
+        # Every connection of a user on every node, then one connection by
+        # its id (a long poll's, on the other node than the command's pick).
+        ann_too = ws(second, "ann", "Ann")
+        closed = as_json(cluster, "disconnect", "--user", "ann")
+        assert (closed["connections"], closed["nodes"], closed["code"]) == (2, 2, 4000)
+        assert closed_code(ann, 10) == 4000 and closed_code(ann_too, 10) == 4000
+        one = flask_realtime(cluster, "disconnect", "--connection", cy.connection_id)
+        assert (
+            one.stdout == f"Closing connection {cy.connection_id!r} with code 4000.\n"
+        )
+        assert closed_code(cy, 10) is None  # a poll carries no code: 404 once gone
+        assert anonymous.ping()["type"] == "pong"
+        assert bob.request({"type": "ping", "id": 7}) == [{"type": "pong", "id": 7}]
+
         # A node the broker counts but that cannot answer (frozen) is
         # reported missing, and the others still are.
         os.kill(nodes[node_b]["pid"], signal.SIGSTOP)
@@ -139,7 +154,6 @@ def test_the_commands_see_and_reach_every_node_on_every_transport(
         assert [n["id"] for n in partial["nodes"]] == [node_a]
         assert (partial["counted"], partial["missing"]) == (2, 1)
         assert "1 node counted by the broker did not answer" in frozen.stderr
-    ann.close()
     anonymous.close()
 
 
