@@ -1,8 +1,9 @@
 """The admin commands in one process: the null broker, and refused input.
 
 With the null broker a command sees only its own process, and says so; here
-that process holds in-process clients, so the numbers are known. Two real
-nodes on real brokers are in tests/cluster/test_admin.py.
+that process holds in-process clients, so the numbers are known. On NATS and
+RabbitMQ, which count no receivers, nodes in this process answer within the
+window. Two gunicorn nodes on Redis are in tests/cluster/test_admin.py.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from flask import Flask
 
 from flask_realtime import Realtime
 from flask_realtime.node import control
+from tests.brokerservers import BrokerServer
 from tests.servers import free_port
 
 
@@ -181,3 +183,36 @@ def test_disconnect_closes_every_connection_of_a_user() -> None:
     assert result.stdout.startswith(
         "User 'ann' has no open connection (1 node answered)"
     )
+
+
+@pytest.mark.parametrize("kind", ["nats", "rabbitmq"])
+def test_without_a_receiver_count_the_window_collects_every_node(
+    kind: str, broker_servers: t.Callable[[str], BrokerServer]
+) -> None:
+    """Two nodes (apps in this process, each with its own broker link) and a
+    third app that only asks: NATS and RabbitMQ count no receivers."""
+    url = broker_servers(kind).url
+    apps = [make_app(REALTIME_BROKER=kind, REALTIME_BROKER_URL=url) for _ in range(3)]
+    (one, first), (two, second), (asker, _) = apps
+    try:
+        with one.app_context():
+            first.test_client("ann").subscribe("news")
+        with two.app_context():
+            for user in ("bob", "cy"):
+                second.test_client(user).subscribe("news")
+        result = run(asker, "stats", "--json", "--wait", "0.5")
+        assert result.exit_code == 0, result.output
+        stats = json.loads(result.stdout)
+        assert (stats["scope"], stats["counted"], stats["missing"]) == (
+            "cluster",
+            None,
+            0,
+        )
+        # (Nodes other tests left on the session's server may answer too.)
+        connections = {n["id"]: n["connections"] for n in stats["nodes"]}
+        assert connections[first.node.id] == 1 and connections[second.node.id] == 2
+        assert {"name": "news", "subscribers": 3, "nodes": 2} in stats["top_channels"]
+    finally:
+        for app, realtime in apps:
+            with app.app_context():
+                realtime.node.broker.close()
