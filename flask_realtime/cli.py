@@ -1,8 +1,8 @@
 """``flask realtime``: commands for running and inspecting the realtime server.
 
-``serve`` runs a server; ``stats``, ``channels``, ``presence`` and
-``broadcast`` inspect and poke a running cluster through its broker (see
-docs/admin.md).
+``serve`` runs a server; ``stats``, ``channels``, ``presence``,
+``broadcast`` and ``disconnect`` inspect and poke a running cluster through
+its broker (see docs/admin.md).
 """
 
 from __future__ import annotations
@@ -20,8 +20,10 @@ from flask.cli import AppGroup, ScriptInfo
 from . import channels as _channels
 from . import strict_json
 from .brokers import BrokerUnavailable
+from .connection import user_key
 from .node import admin
 from .node.admin import Gathered
+from .node.commands import CLOSE_DISCONNECTED, check_close_code
 
 if t.TYPE_CHECKING:
     from .node import Node
@@ -371,3 +373,96 @@ def broadcast_command(channel: str, event: str, data: str, as_json: bool) -> Non
         _emit_json({"channel": channel, "event": event, "sent": True})
     else:
         click.echo(f"Sent {event!r} to {channel!r}.")
+
+
+def _check_connection_id(
+    ctx: click.Context, param: click.Parameter, value: str | None
+) -> str | None:
+    node_id, dot, rest = (value or "").partition(".")
+    if value is not None and not (node_id and dot and rest):
+        raise click.BadParameter(
+            f"{value!r} is not a connection id (<node id>.<token>, as in the"
+            " client's connected message)"
+        )
+    return value
+
+
+@realtime_cli.command("disconnect")
+@click.option(
+    "--user", "user_id", help="Close every connection of this user, on every node."
+)
+@click.option(
+    "--connection",
+    "connection_id",
+    callback=_check_connection_id,
+    help="Close this one connection.",
+)
+@click.option(
+    "--code",
+    type=int,
+    default=CLOSE_DISCONNECTED,
+    show_default=True,
+    help="The close code: 4000-4099 tell the clients not to reconnect,"
+    " 4200-4299 to reconnect at once.",
+)
+@_json_option
+@_wait_option
+def disconnect(
+    user_id: str | None,
+    connection_id: str | None,
+    code: int,
+    as_json: bool,
+    wait: float,
+) -> None:
+    """Close a user's connections (every tab, every node), or one connection."""
+    if (user_id is None) == (connection_id is None):
+        raise click.UsageError("give exactly one of --user ID and --connection ID")
+    if user_id == "":
+        raise click.BadParameter("a user id is not empty", param_hint="'--user'")
+    try:
+        check_close_code(code)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--code'") from None
+    node = _node()
+    _note_scope(node)
+    # Asked first, so the output can say what there was to close.
+    gathered = _gather(
+        node, wait, limit=0, user=user_key(user_id), connection=connection_id
+    )
+    found = sum(r.get("matched", 0) for r in gathered.reports)
+    nodes = sum(1 for r in gathered.reports if r.get("matched"))
+    realtime = current_app.extensions["realtime"]
+    try:
+        node.control.check_connected()
+        realtime.disconnect(connection_id=connection_id, user_id=user_id, code=code)
+    except BrokerUnavailable as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        _emit_json(
+            {
+                "scope": gathered.scope,
+                "user_id": user_id,
+                "connection_id": connection_id,
+                "code": code,
+                "connections": found,
+                "nodes": nodes,
+                "missing": gathered.missing,
+            }
+        )
+    elif user_id is not None and found:
+        click.echo(
+            f"Closing {_n(found, 'connection')} of user {user_id!r}"
+            f" (on {_n(nodes, 'node')}) with code {code}."
+        )
+    elif found:
+        click.echo(f"Closing connection {connection_id!r} with code {code}.")
+    else:
+        what = (
+            f"User {user_id!r} has no open connection"
+            if user_id is not None
+            else f"Connection {connection_id!r} is not open"
+        )
+        click.echo(
+            f"{what} ({_n(len(gathered.reports), 'node')} answered);"
+            " the close was sent all the same."
+        )

@@ -1,13 +1,15 @@
 """The admin commands in one process: the null broker, and refused input.
 
 With the null broker a command sees only its own process, and says so; here
-that process holds in-process clients, so the numbers are known. Two real
-nodes on real brokers are in tests/cluster/test_admin.py.
+that process holds in-process clients, so the numbers are known. On NATS and
+RabbitMQ, which count no receivers, nodes in this process answer within the
+window. Two gunicorn nodes on Redis are in tests/cluster/test_admin.py.
 """
 
 from __future__ import annotations
 
 import json
+import time
 import typing as t
 
 import pytest
@@ -16,6 +18,7 @@ from flask import Flask
 
 from flask_realtime import Realtime
 from flask_realtime.node import control
+from tests.brokerservers import BrokerServer
 from tests.servers import free_port
 
 
@@ -98,6 +101,12 @@ def test_with_the_null_broker_a_command_sees_its_own_process_and_says_so() -> No
         (["broadcast", "bad name", "e", "1"], "is not a channel name"),
         (["broadcast", "news", "", "1"], "an event name has 1 to 200 characters"),
         (["stats", "--wait", "0"], "Invalid value for '--wait'"),
+        (["disconnect"], "give exactly one of --user ID and --connection ID"),
+        (["disconnect", "--user", "ann", "--connection", "a.b"], "exactly one of"),
+        (["disconnect", "--user", ""], "a user id is not empty"),
+        (["disconnect", "--connection", "nodot"], "is not a connection id"),
+        (["disconnect", "--user", "ann", "--code", "2000"], "between 3000 and 4999"),
+        (["disconnect", "--user", "ann", "--code", "x"], "'x' is not a valid integer"),
     ],
 )
 def test_bad_input_is_a_usage_error(args: list[str], says: str) -> None:
@@ -108,7 +117,7 @@ def test_bad_input_is_a_usage_error(args: list[str], says: str) -> None:
     result = run(app, *args)
     assert result.exit_code == 2, result.output
     assert says in result.stderr
-    assert not client.received  # nothing was sent
+    assert not client.received and client.close_code is None  # nothing was sent
 
 
 def test_an_unreachable_broker_fails_with_its_address(
@@ -130,3 +139,80 @@ def test_an_unreachable_broker_fails_with_its_address(
     finally:
         with app.app_context():
             realtime.node.broker.close()
+
+
+def test_disconnect_closes_every_connection_of_a_user() -> None:
+    app, realtime = make_app()
+    with app.app_context():
+        tabs = [realtime.test_client("ann") for _ in range(2)]
+        other = realtime.test_client("bob")
+    result = run(app, "disconnect", "--user", "ann")
+    assert result.exit_code == 0, result.output
+    assert (
+        result.stdout
+        == "Closing 2 connections of user 'ann' (on 1 node) with code 4000.\n"
+    )
+    deadline = time.monotonic() + 5
+    while any(tab.close_code is None for tab in tabs):  # closed by another thread
+        assert time.monotonic() < deadline, "not closed"
+        time.sleep(0.01)
+    assert [tab.close_code for tab in tabs] == [4000, 4000]
+    result = run(
+        app,
+        "disconnect",
+        "--connection",
+        other.connection.id,
+        "--code",
+        "4201",
+        "--json",
+    )
+    assert json.loads(result.stdout) == {
+        "scope": "process",
+        "user_id": None,
+        "connection_id": other.connection.id,
+        "code": 4201,
+        "connections": 1,
+        "nodes": 1,
+        "missing": 0,
+    }
+    while other.close_code is None:
+        assert time.monotonic() < deadline + 5, "not closed"
+        time.sleep(0.01)
+    assert other.close_code == 4201
+    result = run(app, "disconnect", "--user", "ann")
+    assert result.stdout.startswith(
+        "User 'ann' has no open connection (1 node answered)"
+    )
+
+
+@pytest.mark.parametrize("kind", ["nats", "rabbitmq"])
+def test_without_a_receiver_count_the_window_collects_every_node(
+    kind: str, broker_servers: t.Callable[[str], BrokerServer]
+) -> None:
+    """Two nodes (apps in this process, each with its own broker link) and a
+    third app that only asks: NATS and RabbitMQ count no receivers."""
+    url = broker_servers(kind).url
+    apps = [make_app(REALTIME_BROKER=kind, REALTIME_BROKER_URL=url) for _ in range(3)]
+    (one, first), (two, second), (asker, _) = apps
+    try:
+        with one.app_context():
+            first.test_client("ann").subscribe("news")
+        with two.app_context():
+            for user in ("bob", "cy"):
+                second.test_client(user).subscribe("news")
+        result = run(asker, "stats", "--json", "--wait", "0.5")
+        assert result.exit_code == 0, result.output
+        stats = json.loads(result.stdout)
+        assert (stats["scope"], stats["counted"], stats["missing"]) == (
+            "cluster",
+            None,
+            0,
+        )
+        # (Nodes other tests left on the session's server may answer too.)
+        connections = {n["id"]: n["connections"] for n in stats["nodes"]}
+        assert connections[first.node.id] == 1 and connections[second.node.id] == 2
+        assert {"name": "news", "subscribers": 3, "nodes": 2} in stats["top_channels"]
+    finally:
+        for app, realtime in apps:
+            with app.app_context():
+                realtime.node.broker.close()
