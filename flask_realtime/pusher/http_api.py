@@ -19,7 +19,6 @@ JSON string they expect.
 from __future__ import annotations
 
 import json
-import re
 import time
 import typing as t
 
@@ -28,6 +27,7 @@ from flask import Response, jsonify, request
 from .. import channels as _channels
 from ..errors import BrokerUnavailable
 from ..node import admin as _admin
+from ..node.publishing import is_connection_id
 from ..transports.http import json_error
 from . import signatures
 
@@ -45,7 +45,6 @@ MAX_DATA = 10 * 1024
 MAX_NAME = 200
 #: The channel ``send_to_user`` publishes to in Pusher's libraries.
 USER_CHANNEL = "#server-to-user-"
-_SOCKET_ID = re.compile(r"\d{1,20}\.\d{1,20}")
 
 
 class ApiError(Exception):
@@ -144,9 +143,8 @@ def _event(body: t.Any) -> dict[str, t.Any]:
     if len(data.encode()) > MAX_DATA:
         raise ApiError(413, f"'data' is over {MAX_DATA} bytes")
     socket_id = body.get("socket_id")
-    if socket_id is not None and (
-        not isinstance(socket_id, str) or not _SOCKET_ID.fullmatch(socket_id)
-    ):
+    if socket_id is not None and not is_connection_id(socket_id):
+        # A Pusher socket id ("123.456"), or a native client's connection id.
         raise ApiError(400, "'socket_id' must be a socket id like '123.456'")
     info = body.get("info")
     if info is not None and not isinstance(info, str):
