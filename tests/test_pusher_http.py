@@ -327,3 +327,60 @@ def test_routes_only_when_configured_and_the_app_key_picks_the_signer() -> None:
     other_socket = {**form, "socket_id": "3.4"}  # the authorizer says no
     assert web.post("/pusher/auth?app_key=k1", data=other_socket).status_code == 403
     assert web.get("/pusher/auth").status_code == 405
+
+
+def test_the_api_checks_a_whole_request_before_publishing_any_of_it() -> None:
+    """In process (the memory transport's recorder): a request refused for
+    one part publishes nothing of the others."""
+    app = Flask("checks")
+    app.config["REALTIME_TRANSPORTS"] = ["websocket", "memory"]
+    app.config["REALTIME_PUSHER"] = APP
+    realtime = Realtime(app)
+    web = app.test_client()
+    client = pusher.Pusher(APP["app_id"], APP["key"], APP["secret"])._pusher_client
+
+    def post(path: str, body: dict[str, t.Any]) -> t.Any:
+        made = Request(client, "POST", path, body)
+        return web.post(
+            made.path,
+            query_string=made.query_params,
+            data=made.body,
+            content_type="application/json",
+        )
+
+    event = {"name": "e", "channels": ["news", "presence-a"], "data": '{"n":1}'}
+    refusals = [
+        ("/apps/1/events", {**event, "info": "user_count"}),  # news: no presence
+        ("/apps/1/events", {**event, "channels": ["ok"] * 101}),
+        ("/apps/1/events", {**event, "name": "n" * 201}),
+        ("/apps/1/events", {**event, "channels": ["bad channel"]}),
+        ("/apps/1/events", {**event, "socket_id": "not-a-socket"}),
+        ("/apps/1/events", {**event, "info": "colour"}),
+        ("/apps/1/batch_events", {"batch": [{**event, "channels": ["x"]}] * 11}),
+        (
+            "/apps/1/batch_events",
+            {"batch": [{"name": "e", "channel": "x", "data": "1"}, {"name": "e"}]},
+        ),
+    ]
+    for path, body in refusals:
+        response = post(path, body)
+        assert response.status_code == 400, (body, response.get_json())
+        assert response.get_json()["error"]["code"] == 400
+    realtime.recorder.assert_nothing_broadcast()
+
+    answer = post("/apps/1/events", {**event, "info": "subscription_count"})
+    assert answer.get_json() == {
+        "channels": {
+            "news": {"subscription_count": 0},
+            "presence-a": {"subscription_count": 0},
+        }
+    }
+    with app.app_context():
+        realtime.recorder.assert_broadcast("news", "e", {"n": 1})
+        realtime.recorder.assert_broadcast("presence-a", "e", {"n": 1})
+    post("/apps/1/events", {"name": "d", "channel": "#server-to-user-7", "data": "x"})
+    realtime.recorder.assert_sent_to_user("7", "d", "x")
+    made = Request(client, "GET", "/apps/1/channels/news", {})
+    got = web.get(made.path, query_string=made.query_params)
+    assert got.get_json() == {"occupied": False}
+    assert web.put(made.path, query_string=made.query_params).status_code == 405

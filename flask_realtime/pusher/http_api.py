@@ -219,11 +219,21 @@ def _user_count(realtime: Realtime, channel: str) -> int:
 # -- the views -----------------------------------------------------------------
 
 
+def _check_info(realtime: Realtime, event: dict[str, t.Any]) -> None:
+    """Refuse what ``info`` cannot answer before anything is published."""
+    if not event["info"]:
+        return
+    for channel in event["channels"]:
+        if channel.startswith(USER_CHANNEL):
+            raise ApiError(400, "no info for a user's channel")
+        presence = realtime.node.rules.kind(channel) == _channels.PRESENCE
+        if "user_count" in event["info"] and not presence:
+            raise ApiError(400, "user_count is for presence channels only")
+
+
 def events(realtime: Realtime) -> Response:
     event = _event(_body())
-    for channel in event["channels"]:
-        if event["info"] and channel.startswith(USER_CHANNEL):
-            raise ApiError(400, "no info for a user's channel")
+    _check_info(realtime, event)
     _publish(realtime, event)
     if not event["info"]:
         return jsonify({})
@@ -248,6 +258,7 @@ def batch_events(realtime: Realtime) -> Response:
         event = _event(item)
         if len(event["channels"]) != 1:
             raise ApiError(400, "each event of a batch has one 'channel'")
+        _check_info(realtime, event)
         checked.append(event)
     for event in checked:
         _publish(realtime, event)
