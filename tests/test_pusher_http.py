@@ -384,3 +384,24 @@ def test_the_api_checks_a_whole_request_before_publishing_any_of_it() -> None:
     got = web.get(made.path, query_string=made.query_params)
     assert got.get_json() == {"occupied": False}
     assert web.put(made.path, query_string=made.query_params).status_code == 405
+
+
+def test_the_paths_move_with_realtime_pusher_paths() -> None:
+    app = Flask("moved")
+    app.config["REALTIME_PUSHER"] = APP
+    app.config["REALTIME_PUSHER_PATHS"] = {"auth": "/realtime/pusher-auth", "api": "/p"}
+    realtime = Realtime(app)
+    realtime.authenticate(lambda request: "5")
+    realtime.authorizer("private-*")(lambda conn, channel: True)
+    web = app.test_client()
+    form = {"socket_id": "1.2", "channel_name": "private-a"}
+    assert web.post("/pusher/auth", data=form).status_code == 404
+    moved = web.post("/realtime/pusher-auth", data=form)
+    assert moved.get_json() == pusher.Pusher(**APP).authenticate("private-a", "1.2")
+    client = pusher.Pusher(**APP)._pusher_client
+    made = Request(client, "GET", "/p/1/channels", {})  # signed for the new path
+    answer = web.get(made.path, query_string=made.query_params)
+    assert answer.get_json() == {"channels": {}}
+    assert (
+        web.get("/apps/1/channels", query_string=made.query_params).status_code == 404
+    )
