@@ -405,3 +405,27 @@ def test_the_paths_move_with_realtime_pusher_paths() -> None:
     assert (
         web.get("/apps/1/channels", query_string=made.query_params).status_code == 404
     )
+
+
+def test_the_auth_endpoints_check_the_origin_as_the_native_ones_do() -> None:
+    app = Flask("origins")
+    app.config["REALTIME_PUSHER"] = APP
+    app.config["REALTIME_ALLOWED_ORIGINS"] = ["https://app.example"]
+    realtime = Realtime(app)
+    realtime.authenticate(lambda request: "5")
+    realtime.authorizer("private-*")(lambda conn, channel: True)
+    web = app.test_client()
+    form = {"socket_id": "1.2", "channel_name": "private-a"}
+    foreign = web.post(
+        "/pusher/auth", data=form, headers={"Origin": "https://evil.example"}
+    )
+    assert foreign.status_code == 403
+    assert "auth" not in foreign.get_json()
+    listed = {"Origin": "https://app.example"}
+    preflight = web.options("/pusher/auth", headers=listed)
+    assert preflight.status_code == 204
+    assert "X-CSRF-Token" in preflight.headers["Access-Control-Allow-Headers"]
+    answer = web.post("/pusher/user-auth", data=form, headers=listed)
+    assert answer.status_code == 200
+    assert answer.headers["Access-Control-Allow-Origin"] == "https://app.example"
+    assert web.post("/pusher/auth", data=form).status_code == 200  # no Origin

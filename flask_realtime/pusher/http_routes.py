@@ -10,7 +10,7 @@ import typing as t
 
 from flask import Blueprint, Response, request
 
-from ..transports.http import answer_errors_in_json, json_error
+from ..transports.http import answer_errors_in_json, cors, json_error, origin_allowed
 from . import auth as _auth
 from . import http_api as _api
 
@@ -19,6 +19,10 @@ if t.TYPE_CHECKING:
     from ..extension import Realtime
 
 _ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+#: What pusher-js and Laravel Echo send with an auth request.
+_AUTH_HEADERS = (
+    "Content-Type, X-CSRF-Token, X-Socket-ID, X-Requested-With, Authorization"
+)
 
 
 def blueprint(realtime: Realtime, settings: PusherSettings) -> Blueprint:
@@ -40,23 +44,39 @@ def blueprint(realtime: Realtime, settings: PusherSettings) -> Blueprint:
 
         return checked
 
+    def browser(view: t.Callable[[], Response]) -> t.Callable[[], Response]:
+        """The auth endpoints answer pages: the origin check and CORS of the
+        native endpoints (``REALTIME_ALLOWED_ORIGINS``), a preflight for a
+        listed origin. A foreign page must not get a signature made with
+        its visitor's cookies."""
+
+        def checked() -> Response:
+            allowed = realtime.node.settings.allowed_origins
+            if not origin_allowed(request.headers.get("Origin"), allowed):
+                return json_error(403, "origin not allowed")
+            if request.method == "OPTIONS":
+                response = cors(Response(status=204), allowed)
+                response.headers["Access-Control-Allow-Methods"] = "POST"
+                response.headers["Access-Control-Allow-Headers"] = _AUTH_HEADERS
+                return response
+            if request.method != "POST":
+                response = json_error(405, "method not allowed")
+                response.headers["Allow"] = "OPTIONS, POST"
+                return response
+            return cors(view(), allowed)
+
+        checked.__name__ = view.__name__
+        return checked
+
     def channel_auth() -> Response:
         return _auth.channel_auth_view(realtime.node, settings, realtime._authenticate)
 
     def user_auth() -> Response:
         return _auth.user_auth_view(settings, realtime._authenticate)
 
+    bp.add_url_rule(paths["auth"], "auth", browser(channel_auth), methods=_ALL_METHODS)
     bp.add_url_rule(
-        paths["auth"],
-        "auth",
-        only("POST", channel_auth),
-        methods=_ALL_METHODS,
-    )
-    bp.add_url_rule(
-        paths["user_auth"],
-        "user_auth",
-        only("POST", user_auth),
-        methods=_ALL_METHODS,
+        paths["user_auth"], "user_auth", browser(user_auth), methods=_ALL_METHODS
     )
 
     def api(
