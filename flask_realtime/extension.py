@@ -98,6 +98,10 @@ class Realtime:
         _longpoll.register(node)
         app.extensions["realtime"] = self
         app.register_blueprint(_routes.blueprint(self, settings, node))
+        if settings.pusher is not None:  # REALTIME_PUSHER: auth endpoints, HTTP API
+            from .pusher import http_routes as _pusher_http
+
+            app.register_blueprint(_pusher_http.blueprint(self, settings.pusher))
         _websocket.install(app, node, lambda: self._authenticate)
         from .cli import realtime_cli
 
