@@ -44,6 +44,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO)]
 
 from benchmarks._lone import interleaved, report  # noqa: E402
+from benchmarks.loadgen import read_cpu_s, self_cpu_s  # noqa: E402
 from flask_realtime.brokers import create_broker  # noqa: E402
 from flask_realtime.brokers._nats_history import stream_name  # noqa: E402
 from flask_realtime.brokers.interface import Retention  # noqa: E402
@@ -183,14 +184,21 @@ def main() -> None:
         for _ in range(args.rounds):
             for greenlets, channels, count in cases:
                 for kept in (False, True):
+                    assert server.process is not None
+                    cpu = (self_cpu_s(), read_cpu_s(server.process.pid))
                     per_s, per_batch, p99 = rate(
                         server.url, count, greenlets, channels, kept
                     )
+                    # Where the time goes, per broadcast: this process (both
+                    # brokers, the app, the loop thread) and the nats-server.
+                    ours = (self_cpu_s() - cpu[0]) / count * 1e6
+                    theirs = (read_cpu_s(server.process.pid) - cpu[1]) / count * 1e6
                     print(
                         f"rate {'history' if kept else 'plain':7} {greenlets:3}"
                         f" greenlets, {channels} channel(s): {per_s:8.0f}"
                         f" broadcasts/s, {per_batch:6.1f} per batch,"
-                        f" broadcast p99 {p99:.2f} ms",
+                        f" broadcast p99 {p99:.2f} ms; CPU per broadcast:"
+                        f" Python {ours:.0f} µs, nats-server {theirs:.0f} µs",
                         flush=True,
                     )
         for _ in range(args.rounds if "lone" in parts else 0):

@@ -184,7 +184,7 @@ class NatsHistory:
         deadline = time.monotonic() + timeout
         rules = [retention(topic) for topic, _ in messages]
         counts: list[int | None | Exception] = [None] * len(messages)
-        settled = [rule is None for rule in rules]
+        settled = [False] * len(messages)  # plain ones: once the first round is
         todo = list(range(len(messages)))  # the first round sends the plain ones
         resend: dict[int, _Sent] = {}  # their fate is unknown: sent as they were
         while todo:
@@ -202,6 +202,8 @@ class NatsHistory:
             sent, asked = await self._round(link, messages, rules, todo, resend)
             if len(sent) < len(todo):  # the plain ones, routed once the marker is
                 await link.send([], remaining, replies=False)
+                for i in todo:
+                    settled[i] = settled[i] or i not in sent
             wait = deadline - time.monotonic()
             outcome = await self._settle(sent, asked, resend, wait)
             resent, todo, resend = resend, [], {}

@@ -46,12 +46,12 @@ from .interface import Position, Retention, RetentionLookup
 # script for every event, so it makes few calls: one HMGET and one HSET for
 # the counter and the serial, and the expiries set ttl/8 longer than asked
 # and only once that much has passed (a PTTL), so both keys always outlive
-# the last event by ttl at least, and by ttl/8 more at most. A payload whose serial is
-# not above the last one stored from this process was stored already (sent
-# again after a link dropped before Redis's answer came): skipped, so a
-# resend never stores an event twice. Answers each payload's receiver
-# count (0 for a skipped one). Without KEYS: ARGV channel,
-# payload, a plain PUBLISH (for a batch that mixes both).
+# the last event by ttl at least, and by ttl/8 more at most. A payload
+# whose serial is not above the last one stored from this process was
+# stored already (sent again after a link dropped before Redis's answer
+# came): skipped, so a resend never stores an event twice. Answers each
+# payload's receiver count (0 for a skipped one). Without KEYS: ARGV
+# channel, payload, a plain PUBLISH (for a batch that mixes both).
 # Everything that can fail runs before the first write: Redis does not undo
 # a script's writes when it fails halfway.
 _PUBLISH = b"""
@@ -234,8 +234,8 @@ class RedisHistory:
         # Who publishes, and each kept message's serial (see _PUBLISH).
         self._publisher = new_epoch()
         self._serials = itertools.count(1)
-        # A fresh epoch per batch, for a stream the batch may start: this
-        # process's random half and a count (no system call per batch).
+        # A fresh epoch per batch, for a stream the batch may start: 48
+        # random bits of this process's and a count (no system call a batch).
         self._epochs = itertools.count(1)
         # Held across a round trip: a gevent lock once gevent patched threading.
         self._lock = threading.Lock()
@@ -273,7 +273,7 @@ class RedisHistory:
         if not any(rules):
             return None
         sha = _SHAS[_PUBLISH]
-        epoch = f"{self._publisher[:8]}{next(self._epochs) & 0xFFFFFFFF:08x}"
+        epoch = f"{self._publisher[:12]}{next(self._epochs):x}"
         now = _now()
         commands: list[tuple[tuple[t.Any, ...], int]] = []
         run: list[t.Any] = []  # the current run's command, payloads appended
