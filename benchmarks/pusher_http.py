@@ -102,9 +102,16 @@ def native_sender(port: int) -> t.Callable[[], None]:
     return send
 
 
+def worker_cpu(pid: int) -> float:
+    """CPU seconds the server's worker has used (``/proc/<pid>/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def phase(
     make: t.Callable[[int], t.Callable[[], None]],
     port: int,
+    pid: int,
     clients: int,
     duration: float,
     subscriber: Subscriber,
@@ -134,6 +141,7 @@ def phase(
 
     threads = [threading.Thread(target=loop, args=(i,)) for i in range(clients)]
     cpu_before = own_cpu()
+    server_before = worker_cpu(pid)
     delivered_before = subscriber.count
     for thread in threads:
         thread.start()
@@ -142,6 +150,7 @@ def phase(
     if errors:
         raise RuntimeError(f"{len(errors)} client(s) failed: {errors[0]}")
     cpu = own_cpu() - cpu_before
+    server_cpu = worker_cpu(pid) - server_before
     everything = sorted(x for per in latencies for x in per)
     sent = sum(counts)
     return {
@@ -149,6 +158,8 @@ def phase(
         "p50_ms": everything[len(everything) // 2] * 1000,
         "p99_ms": everything[int(len(everything) * 0.99)] * 1000,
         "client_cpu": cpu / (duration + WARMUP),
+        # Server CPU per request, warm-up included: less noisy than req/s.
+        "server_us": server_cpu / max(sum(sent_all), 1) * 1e6,
         "sent": sum(sent_all),
         "delivered": subscriber.count - delivered_before,
     }
@@ -172,7 +183,7 @@ def measure(broker: str, args: argparse.Namespace, work: Path) -> dict[str, t.An
     server = run.Server("pusher_app:app")
     rounds: list[dict[str, t.Any]] = []
     try:
-        server.wait_ready()
+        pid = server.wait_ready()["pid"]
         subscriber = Subscriber(server.port)
         for number in range(args.rounds):
             order = ("pusher", "native") if number % 2 == 0 else ("native", "pusher")
@@ -180,7 +191,7 @@ def measure(broker: str, args: argparse.Namespace, work: Path) -> dict[str, t.An
             for name in order:
                 make = pusher_sender if name == "pusher" else native_sender
                 result[name] = phase(
-                    make, server.port, args.clients, args.duration, subscriber
+                    make, server.port, pid, args.clients, args.duration, subscriber
                 )
                 print(f"  {broker} round {number + 1} {name}: {summary(result[name])}")
             rounds.append(result)
@@ -195,27 +206,28 @@ def measure(broker: str, args: argparse.Namespace, work: Path) -> dict[str, t.An
 def summary(res: dict[str, t.Any]) -> str:
     return (
         f"{res['requests_per_s']:7.0f} req/s  p50 {res['p50_ms']:5.1f} ms"
-        f"  p99 {res['p99_ms']:5.1f} ms  client CPU {res['client_cpu']:.2f}"
+        f"  p99 {res['p99_ms']:5.1f} ms  server {res['server_us']:4.0f} us/req"
+        f"  client CPU {res['client_cpu']:.2f}"
         f"  sent {res['sent']} delivered {res['delivered']}"
     )
 
 
 def report(results: list[dict[str, t.Any]], args: argparse.Namespace) -> None:
     print(
-        f"\nPOST requests/s, one worker, {args.clients} clients,"
+        f"\nOne worker, {args.clients} clients,"
         f" {args.rounds} rounds of {args.duration:g} s (range, median):"
     )
-    print(
-        f"{'broker':8} {'Pusher POST /apps/1/events':>30} {'native view broadcast':>30}"
-    )
+    print(f"{'broker':8} {'':18} {'Pusher /apps/1/events':>22} {'native view':>22}")
+    rows = (("requests_per_s", "requests/s"), ("server_us", "server CPU us/req"))
     for result in results:
-        cells = []
-        for name in ("pusher", "native"):
-            values = [r[name]["requests_per_s"] for r in result["rounds"]]
-            cells.append(
-                f"{min(values):.0f}-{max(values):.0f} ({statistics.median(values):.0f})"
-            )
-        print(f"{result['broker']:8} {cells[0]:>30} {cells[1]:>30}")
+        for key, label in rows:
+            cells = []
+            for name in ("pusher", "native"):
+                values = [r[name][key] for r in result["rounds"]]
+                low, high = min(values), max(values)
+                middle = statistics.median(values)
+                cells.append(f"{low:.0f}-{high:.0f} ({middle:.0f})")
+            print(f"{result['broker']:8} {label:18} {cells[0]:>22} {cells[1]:>22}")
 
 
 def main(argv: list[str] | None = None) -> int:
