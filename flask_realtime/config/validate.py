@@ -136,6 +136,7 @@ def load(config: t.Mapping[str, t.Any]) -> Settings:
             if not os.path.isfile(path):
                 raise ConfigError(f"REALTIME_SSL[{key!r}]: no such file {path!r}")
 
+    pusher = pusher_settings(config)
     return Settings(
         transports=tuple(dict.fromkeys(transports)),
         broker=broker,
@@ -182,7 +183,7 @@ def load(config: t.Mapping[str, t.Any]) -> Settings:
             config, "REALTIME_SHUTDOWN_TIMEOUT", minimum=0, integer=False
         ),
         history=history_rules(config),
-        webhooks=webhook_settings(config),
-        pusher=pusher_settings(config),
+        webhooks=webhook_settings(config, pusher),
+        pusher=pusher,
         metrics_token=metrics_token(config),
     )

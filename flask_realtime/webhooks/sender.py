@@ -27,7 +27,7 @@ from .events import Event
 from .wire import Format, NativeFormat
 
 if t.TYPE_CHECKING:
-    from ..config.webhooks import WebhookSettings
+    from ..config.webhooks import WebhookSettings, WebhookURL
 
 logger = logging.getLogger("flask_realtime")
 
@@ -186,13 +186,23 @@ def _unquote(text: str) -> str:
     return urllib.parse.unquote(text)
 
 
+def _format(receiver: WebhookURL) -> Format:
+    """The URL's configured format (``wire`` to Sender overrides it)."""
+    if receiver.format == "pusher" and receiver.pusher_app is not None:
+        from ..pusher.webhooks import PusherFormat
+
+        return PusherFormat(receiver.pusher_app)
+    return NativeFormat()
+
+
 class Sender:
     """Every URL of one app's webhooks; ``send`` filters by event name."""
 
     def __init__(self, settings: WebhookSettings, wire: Format | None = None) -> None:
         self.settings = settings
         self.targets = [
-            Target(url, settings, wire or NativeFormat()) for url in settings.urls
+            Target(receiver.url, settings, wire or _format(receiver))
+            for receiver in settings.receivers()
         ]
 
     def send(self, event: Event) -> None:
