@@ -299,35 +299,3 @@ def test_events_past_the_ttl_are_left_out_by_the_servers_clock(
     assert kept(broker, topic, after=3) == [3]
     assert kept(broker, topic, after=4) == []
     assert broker.history(topic, after=2)[1] is None  # offset 3 is too old
-
-
-def test_a_batch_in_flight_behind_a_refused_one_is_sent_again_after_it(
-    server: BrokerServer, make: t.Any
-) -> None:
-    node, other = (keep(make(REALTIME_BROKER_URL=server.url)[0]) for _ in range(2))
-    topic = f"c:kept.in-flight.{time.monotonic_ns()}"
-    node.publish(topic, event(1))  # the node now caches the topic's last one
-    other.publish(topic, event(2))  # which is no longer the last: refused
-    history = node._history
-
-    async def two_in_flight() -> tuple[bool, list[t.Any]]:
-        on_way = asyncio.Event()
-
-        def send(numbers: list[int], sent: t.Any) -> t.Awaitable[t.Any]:
-            messages = [(topic, event(n)) for n in numbers]
-            return history.send(node._link, messages, node.retention, 5.0, sent)
-
-        first = asyncio.ensure_future(send([3, 4], on_way.set))
-        await on_way.wait()
-        behind = not first.done()  # the second is sent before the first settles
-        second = asyncio.ensure_future(send([5, 6], None))
-        return behind, list(await asyncio.gather(first, second))
-
-    behind, counts = node._loop.run(two_in_flight(), 10.0)
-    assert behind
-    assert counts == [[None, None], [None, None]]
-    position, events = node.history(topic)
-    assert position.offset == 6  # no offset skipped, none taken twice
-    assert [json.loads(e)["data"] for e in events] == [1, 2, 3, 4, 5, 6]
-    offsets = [_history.offset_of(e) for e in events]
-    assert offsets == [1, 2, 3, 4, 5, 6]

@@ -156,7 +156,6 @@ class NatsHistory:
     def __init__(self) -> None:
         self._node = secrets.token_hex(4)
         self._ids = 0
-        self._flying = 0  # batches sent and not yet settled
         self.reset()
 
     def reset(self) -> None:
@@ -165,14 +164,6 @@ class NatsHistory:
         self._streams: set[str] = set()
         # (topic, epoch, offset) -> the first offset and the fetch, shared.
         self._windows: dict[tuple[str, str, int], tuple[int, t.Any]] = {}
-        self._unsettled()
-        self._tail: asyncio.Future[None] | None = None  # the last batch sent
-
-    def _unsettled(self) -> None:
-        """Forget what the batches in flight sent: the next one starts from
-        what JetStream acknowledged."""
-        self._running: dict[str, _Last] = {}  # topic -> its last one in flight
-        self._chain: dict[str, str] = {}  # stream -> its last id in flight
 
     def _next_id(self, epoch: str) -> str:
         """A message id, unique across nodes, that carries the topic's epoch."""
@@ -187,39 +178,10 @@ class NatsHistory:
         messages: Messages,
         retention: RetentionLookup,
         timeout: float,
-        sent: t.Callable[[], None] | None = None,
     ) -> list[int | None | Exception]:
         """Publish a batch that holds kept topics, in order; returns once
-        JetStream stored every kept message and the server routed the rest.
-        ``sent()`` once its first round is on its way: the next batch may
-        follow, chained to this one, and is settled after it."""
-        previous, done = self._tail, asyncio.get_running_loop().create_future()
-        self._tail = done
-        self._flying += 1
-        try:
-            return await self._send(link, messages, retention, timeout, sent, previous)
-        except BaseException:
-            self._unsettled()
-            raise
-        finally:
-            self._flying -= 1
-            if not self._flying:
-                self._unsettled()
-            done.set_result(None)
-            if self._tail is done:
-                self._tail = None
-
-    async def _send(
-        self,
-        link: Link,
-        messages: Messages,
-        retention: RetentionLookup,
-        timeout: float,
-        sent: t.Callable[[], None] | None,
-        previous: asyncio.Future[None] | None,
-    ) -> list[int | None | Exception]:
+        JetStream stored every kept message and the server routed the rest."""
         deadline = time.monotonic() + timeout
-        first = True
         rules = [retention(topic) for topic, _ in messages]
         counts: list[int | None | Exception] = [None] * len(messages)
         settled = [False] * len(messages)  # plain ones: once the first round is
@@ -237,22 +199,15 @@ class NatsHistory:
             }
             if not self._ready(kept):  # asyncio's wait_for costs a task
                 await asyncio.wait_for(self._prepare(link, kept), remaining)
-            kept_sent, asked = await self._round(
-                link, messages, rules, todo, resend, first
-            )
-            if first and sent is not None:
-                sent()
-            if len(kept_sent) < len(todo):  # the plain ones, routed once the marker is
+            sent, asked = await self._round(link, messages, rules, todo, resend)
+            if len(sent) < len(todo):  # the plain ones, routed once the marker is
                 await link.send([], remaining, replies=False)
                 for i in todo:
-                    settled[i] = settled[i] or i not in kept_sent
-            if first and previous is not None:  # settled in the order sent
-                await asyncio.wait([previous], timeout=deadline - time.monotonic())
-            first = False
+                    settled[i] = settled[i] or i not in sent
             wait = deadline - time.monotonic()
-            outcome = await self._settle(kept_sent, asked, resend, wait)
+            outcome = await self._settle(sent, asked, resend, wait)
             resent, todo, resend = resend, [], {}
-            for i, entry in kept_sent.items():
+            for i, entry in sent.items():
                 result = outcome[i]
                 if isinstance(result, int):
                     self._remember(
@@ -274,8 +229,6 @@ class NatsHistory:
                     todo.append(i)
                 else:
                     counts[i], settled[i] = result, True  # refused (too big, say)
-            if todo:  # the later batches' chain is broken: they start anew
-                self._unsettled()
         return counts
 
     async def _round(
@@ -285,16 +238,13 @@ class NatsHistory:
         rules: list[Retention | None],
         todo: list[int],
         resend: dict[int, _Sent],
-        first: bool,
     ) -> tuple[dict[int, _Sent], dict[int, asyncio.Future[t.Any]]]:
         """Publish ``todo`` in order: the plain ones, the kept ones with the
         next offsets, and those of ``resend`` as they were. Returns the kept
         ones and the acknowledgements asked for: each resent message's, and
-        each stream's last new one's. A batch's first round goes on from the
-        batches in flight (chained to their last message of each stream);
-        a later round, from what JetStream acknowledged."""
-        running: dict[str, _Last] = self._running if first else {}
-        chain: dict[str, str] = self._chain if first else {}
+        each stream's last new one's."""
+        running: dict[str, _Last] = {}  # each topic's state as this round goes
+        chain: dict[str, str] = {}  # stream -> the round's previous message id
         sent: dict[int, _Sent] = {}
         ask = set(resend)
         last_new: dict[str, int] = {}  # stream -> its last new message
@@ -396,9 +346,9 @@ class NatsHistory:
 
     def _ready(self, kept: dict[str, Retention]) -> bool:
         """Whether the streams are known and each topic's last message too."""
-        streams, last, running = self._streams, self._last, self._running
+        streams, last = self._streams, self._last
         return all(
-            (topic in last or topic in running) and stream_name(rule) in streams
+            topic in last and stream_name(rule) in streams
             for topic, rule in kept.items()
         )
 
@@ -423,7 +373,6 @@ class NatsHistory:
         data): every topic is looked up again, the others' cost is a lookup."""
         self._streams.discard(stream_name(rule))
         self._last.clear()
-        self._unsettled()
 
     async def ensure_stream(self, link: Link, rule: Retention) -> None:
         name = stream_name(rule)

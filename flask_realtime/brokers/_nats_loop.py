@@ -86,10 +86,6 @@ class LoopThread:
 
     def run(self, coro: t.Coroutine[t.Any, t.Any, T], timeout: float) -> T:
         """Run ``coro`` on the loop and wait for its result."""
-        return self.start(coro)(timeout)
-
-    def start(self, coro: t.Coroutine[t.Any, t.Any, T]) -> t.Callable[[float], T]:
-        """Run ``coro`` on the loop; returns what waits for its result."""
         done, outcome = Signal(), []
 
         def start() -> None:
@@ -101,15 +97,11 @@ class LoopThread:
         except RuntimeError:
             coro.close()
             raise ConnectionError("the loop is closed") from None
-
-        def result(timeout: float) -> T:
-            if not done.wait(timeout):
-                raise ConnectionError(f"the loop did not answer within {timeout} s")
-            if outcome[0].cancelled():
-                raise ConnectionError("the loop stopped")
-            return outcome[0].result()  # type: ignore[no-any-return]
-
-        return result
+        if not done.wait(timeout):
+            raise ConnectionError(f"the loop did not answer within {timeout} s")
+        if outcome[0].cancelled():
+            raise ConnectionError("the loop stopped")
+        return outcome[0].result()  # type: ignore[no-any-return]
 
     def _run(self) -> None:
         loop = self.loop

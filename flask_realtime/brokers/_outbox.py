@@ -7,13 +7,6 @@ the leader is done it hands the lead to the first of them, which sends the
 whole queue. So a lone publisher pays one round trip per message, and many
 concurrent ones (greenlets or threads) share round trips, each still
 returning only once the broker has accepted its own message.
-
-A broker may pipeline (``pipelines``, NATS history): its ``_send_batch``
-then takes a ``release`` to call once the batch is on its way, and the lead
-passes on at that point, so the next batch is built and sent while the
-broker stores this one (the broker keeps the batches' order). With nothing
-in flight, a large batch is then split in two, so that two halves take
-turns from then on instead of one batch waiting for itself.
 """
 
 from __future__ import annotations
@@ -31,7 +24,6 @@ if t.TYPE_CHECKING:
 log = logging.getLogger("flask_realtime")
 
 _FLUSH_BATCH = 1000  # buffered messages per batch when flushing
-_SPLIT = 16  # a pipelining broker's batch of this many, nothing in flight: halved
 
 
 class Pending:
@@ -66,20 +58,13 @@ class Pending:
 
 
 class GroupCommit:
-    """Runs ``send(batch, release)`` for one batch at a time, led by one of
-    its callers; ``release()`` passes the lead on before ``send`` returns.
+    """Runs ``send(batch)`` for one batch at a time, led by one of its callers.
 
     ``send`` must answer (or fail) every :class:`Pending` of its batch.
-    ``take(queue)``, if given, says how many of the queue the next batch takes.
     """
 
-    def __init__(
-        self,
-        send: t.Callable[[list[Pending], t.Callable[[], None]], None],
-        take: t.Callable[[list[Pending]], int] | None = None,
-    ) -> None:
+    def __init__(self, send: t.Callable[[list[Pending]], None]) -> None:
         self._send = send
-        self._take = take
         self._lock = real_lock()  # the queue only; never held across I/O
         self._queue: list[Pending] = []
         self.leading = False
@@ -107,20 +92,11 @@ class GroupCommit:
             # keeps every batch at one message.
             sleep(0)
         with self._lock:
-            queue = self._queue
-            taken = len(queue) if self._take is None else self._take(queue)
-            batch, self._queue = queue[:taken], queue[taken:]
+            batch, self._queue = self._queue, []
         if not own.lead:
             batch.insert(0, own)
-        released: list[bool] = []
-
-        def release() -> None:
-            if not released:
-                released.append(True)
-                self._hand_off()
-
         try:
-            self._send(batch, release)
+            self._send(batch)
         except BaseException as exc:
             # A bug or a killed greenlet: nobody may wait forever.
             failure = exc if isinstance(exc, Exception) else RuntimeError(str(exc))
@@ -133,18 +109,14 @@ class GroupCommit:
             for pending in batch:
                 if pending is not own and pending.event is not None:
                     pending.event.set()
-            release()
-
-    def _hand_off(self) -> None:
-        """The first one waiting leads the next batch, or nobody leads."""
-        with self._lock:
-            after = self._queue[0] if self._queue else None
-            if after is None:
-                self.leading = False
-            else:
-                after.lead = True
-        if after is not None:
-            after.event.set()
+            with self._lock:
+                after = self._queue[0] if self._queue else None
+                if after is None:
+                    self.leading = False
+                else:
+                    after.lead = True
+            if after is not None:
+                after.event.set()
 
 
 class Outbox:
@@ -157,9 +129,7 @@ class Outbox:
 
     def __init__(self, broker: BrokerBase, limit: int) -> None:
         self._broker = broker
-        pipelines = getattr(broker, "pipelines", False)
-        self._commits = GroupCommit(self._send, self._take if pipelines else None)
-        self._flying = 0  # pipelined batches released and not yet answered
+        self._commits = GroupCommit(self._send)
         self._buffer = OutageBuffer(limit)
         self._retry_at = 0.0  # a send failed: buffer until then
         self._backoff = Backoff()
@@ -192,17 +162,7 @@ class Outbox:
             and time.monotonic() >= self._retry_at
         )
 
-    def _take(self, queue: list[Pending]) -> int:
-        """All of the queue, or half of a large one with kept topics when
-        nothing is in flight: the start of two batches taking turns."""
-        if self._flying or len(queue) < _SPLIT:
-            return len(queue)
-        retention = self._broker.retention
-        if any(p.topic is not None and retention(p.topic) for p in queue):
-            return len(queue) // 2
-        return len(queue)
-
-    def _send(self, batch: list[Pending], release: t.Callable[[], None]) -> None:
+    def _send(self, batch: list[Pending]) -> None:
         """Send ``batch`` after anything buffered, or buffer it (the leader)."""
         broker = self._broker
         sending = [pending for pending in batch if pending.topic is not None]
@@ -221,11 +181,7 @@ class Outbox:
             while len(self._buffer):
                 self._flush_buffer()
             if sending:
-                messages = [(p.topic, p.data) for p in sending]
-                if getattr(broker, "pipelines", False):
-                    counts = self._pipelined(messages, release)
-                else:
-                    counts = broker._send_batch(messages)  # type: ignore[arg-type]
+                counts = broker._send_batch([(p.topic, p.data) for p in sending])  # type: ignore[misc]
         except Exception as exc:
             accepted = exc.accepted if isinstance(exc, LinkLost) else 0
             for pending in sending[:accepted]:
@@ -246,25 +202,6 @@ class Outbox:
                 )
             else:
                 pending.answer(count)
-
-    def _pipelined(
-        self, messages: list[tuple[str, bytes]], release: t.Callable[[], None]
-    ) -> t.Sequence[int | None | Exception]:
-        """``_send_batch`` of a pipelining broker, counting what is in flight."""
-        flying = False
-
-        def sent() -> None:
-            nonlocal flying
-            if not flying:
-                flying = True
-                self._flying += 1
-                release()
-
-        try:
-            return self._broker._send_batch(messages, sent)  # type: ignore[call-arg]
-        finally:
-            if flying:
-                self._flying -= 1
 
     def _flush_buffer(self) -> None:
         """One chunk of the buffer; what was not accepted goes back in front."""

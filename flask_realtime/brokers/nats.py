@@ -99,7 +99,6 @@ class NatsBroker(BrokerBase):
     """Topics as NATS subjects; see the module docstring."""
 
     kind = "nats"
-    pipelines = True  # a batch with kept topics lets the next one go (_outbox.py)
     link_errors = (OSError, nats_errors.Error, asyncio.TimeoutError)
 
     def __init__(self, settings: Settings, on_message: MessageCallback) -> None:
@@ -186,39 +185,21 @@ class NatsBroker(BrokerBase):
 
     # -- any greenlet's --------------------------------------------------------------
 
-    def _send_batch(
-        self, messages: Messages, sent: t.Callable[[], None] | None = None
-    ) -> list[int | None | Exception]:
-        """Publish ``messages``; with kept topics, ``sent()`` is called once
-        they are on their way, before JetStream has stored them."""
+    def _send_batch(self, messages: Messages) -> list[int | None | Exception]:
         link, loop = self._link, self._loop
         if link is None or loop is None:
             raise LinkLost("not connected")
-        if not any(self.retention(topic) for topic, _ in messages):
-            return loop.run(self._publish(link, messages), _CONFIRM_WAIT + _LOOP_WAIT)
-        if sent is None:
+        if any(self.retention(topic) for topic, _ in messages):
             return loop.run(self._store(link, messages), _STORE_WAIT + _LOOP_WAIT)
-        on_way = Signal()
-        result = loop.start(self._store(link, messages, on_way.set_threadsafe))
-        on_way.wait(_STORE_WAIT + _LOOP_WAIT)  # set on failure too
-        sent()
-        return result(_STORE_WAIT + _LOOP_WAIT)
+        return loop.run(self._publish(link, messages), _CONFIRM_WAIT + _LOOP_WAIT)
 
     async def _store(
-        self,
-        link: Link,
-        messages: Messages,
-        sent: t.Callable[[], None] | None = None,
+        self, link: Link, messages: Messages
     ) -> list[int | None | Exception]:
         try:
-            return await self._history.send(
-                link, messages, self.retention, _STORE_WAIT, sent
-            )
+            return await self._history.send(link, messages, self.retention, _STORE_WAIT)
         except (nats_errors.Error, OSError, asyncio.TimeoutError) as exc:
             raise LinkLost(str(exc) or type(exc).__name__) from exc
-        finally:
-            if sent is not None:
-                sent()
 
     def _read_history(
         self, topic: str, after: int | None, limit: int | None
