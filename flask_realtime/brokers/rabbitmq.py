@@ -179,13 +179,14 @@ class RabbitMQBroker(BrokerBase):
             # Consumers made from now on, of streams; 0 (no limit) is refused.
             link.call(channel.basic_qos, prefetch_count=_STREAM_PREFETCH)
             self._following, self._tag_of = {}, {}
+            # New consumers of the inboxes: where the numbering is, read anew.
+            self._writing, self._sequences = {}, {}
+            link.enable_confirms()  # the writer appends to streams here
+            writes = sorted(self._writes)
+            self._consume_inboxes(link, writes)
             done = _Bound()
             self._follow(link, kept, done)
             link.wait(lambda: bool(done.event.is_set()), CALL_TIMEOUT)
-            link.enable_confirms()  # the writer appends to streams here
-            self._writing, self._sequences = {}, {}
-            writes = sorted(self._writes)
-            self._consume_inboxes(link, writes)
         except BaseException:
             link.abandon()
             raise
@@ -262,6 +263,7 @@ class RabbitMQBroker(BrokerBase):
             rule = self.retention(topic)
             if rule is None or topic in self._writing.values():
                 continue
+            self._writes.add(topic)  # again after a reconnect
             name = self._history.name(topic)
             link.channel.queue_declare(name, durable=True, arguments=arguments(rule))
             link.channel.queue_declare(
