@@ -51,6 +51,7 @@ from .interface import Position, Retention
 
 _TICK = 1.0  # the reader looks up at least this often
 _STREAM_PREFETCH = 500  # per stream consumer (RabbitMQ requires one)
+_READ_LINKS = 4  # history connections per process at most
 
 
 class _Bound:
@@ -88,6 +89,13 @@ class _Sequence:
     last: int  # the last offset in the stream (0: the marker; -1: empty)
     epoch: str | None  # None: the stream is empty, a marker goes first
     skip: frozenset[str] | None  # ids appended by the writer before us
+    # An offset of ours and its stream offset, read at the take-over: the
+    # stream's offsets grow at least as fast as ours from there.
+    anchor: tuple[int, int]
+
+    def below(self) -> int:
+        """A lower bound of the stream offset of ``last``."""
+        return self.anchor[1] + self.last - self.anchor[0]
 
 
 class RabbitMQBroker(BrokerBase):
@@ -109,6 +117,12 @@ class RabbitMQBroker(BrokerBase):
         self._pub_lock = threading.Lock()
         self._waiting: set[_Bound] = set()
         self._history = StreamHistory(self._options, self._want)
+        # Reads at once go on up to _READ_LINKS connections (each opened
+        # when first needed): a read waits on its round trips, not on others.
+        self._readers = [self._history] + [
+            StreamHistory(self._options, self._want) for _ in range(_READ_LINKS - 1)
+        ]
+        self._next_reader = itertools.count()
         # The writer's own reads of tails (a read may be waiting for it).
         self._tails = StreamHistory(self._options, self._want)
         # Kept topics: consumer tag -> topic and back, the stream offset each
@@ -278,7 +292,7 @@ class RabbitMQBroker(BrokerBase):
         streams, answer the reads' questions; the caller then acks them."""
         outgoing: list[Outgoing] = []
         topic_of: list[str] = []  # of each outgoing message
-        answers: list[tuple[str, str, int, int, str]] = []
+        answers: list[tuple[str, str, int, str]] = []
         now = now_ms()
         for topic, body, headers in received:
             rule = self.retention(topic)
@@ -289,23 +303,17 @@ class RabbitMQBroker(BrokerBase):
             if sequence is None:  # just became the writer: where things are
                 tail = self._tails.tail(topic, rule)
                 last = -1 if tail.last is None else tail.last
-                sequence = _Sequence(last, tail.epoch, tail.ids)
+                sequence = _Sequence(last, tail.epoch, tail.ids, (last, tail.position))
                 self._sequences[topic] = sequence
             if sequence.epoch is None:
                 sequence.epoch, sequence.last = new_epoch(), 0
+                sequence.anchor = (0, 0)  # a new stream: the marker first
                 outgoing.append(("", name, b"", marker_properties(sequence.epoch)))
                 topic_of.append(topic)
             headers = headers or {}
             if "s" in headers:  # a read's question: answered once appended
-                answers.append(
-                    (
-                        topic,
-                        headers["reply-to"],
-                        headers["s"],
-                        sequence.last,
-                        sequence.epoch,
-                    )
-                )
+                answer = f"{sequence.last} {sequence.epoch} {sequence.below()}"
+                answers.append((topic, headers["reply-to"], headers["s"], answer))
                 continue
             ident = headers.get("i")
             if sequence.skip is not None:
@@ -331,10 +339,10 @@ class RabbitMQBroker(BrokerBase):
                     arguments=arguments(t.cast(Retention, rule)),
                 )
             self._append(link, [r for r in received if r[0] in gone])
-        for topic, reply_to, asked, last, epoch in answers:
+        for topic, reply_to, asked, text in answers:
             if topic not in gone:
-                answer = pika.BasicProperties(headers={"s": asked})
-                link.send("", reply_to, f"{last} {epoch}".encode(), answer)
+                properties = pika.BasicProperties(headers={"s": asked})
+                link.send("", reply_to, text.encode(), properties)
 
     def _unfollow(self, link: Link, topics: list[str]) -> None:
         for topic in topics:
@@ -526,7 +534,12 @@ class RabbitMQBroker(BrokerBase):
     def _read_history(
         self, topic: str, after: int | None, limit: int | None
     ) -> tuple[Position, list[bytes] | None]:
-        return self._history.read(topic, self.retention(topic), after, limit)
+        idle = [reader for reader in self._readers if not reader.busy()]
+        if idle:
+            reader = idle[0]
+        else:
+            reader = self._readers[next(self._next_reader) % len(self._readers)]
+        return reader.read(topic, self.retention(topic), after, limit)
 
     # -- closing, forks ---------------------------------------------------------------
 
@@ -547,7 +560,8 @@ class RabbitMQBroker(BrokerBase):
                     self._pub_lock.release()
             else:
                 publisher.interrupt()  # its driver closes it
-        self._history.close()
+        for reader in self._readers:
+            reader.close()
         self._tails.close()
         waiting, self._waiting = self._waiting, set()
         for done in waiting:
@@ -569,7 +583,8 @@ class RabbitMQBroker(BrokerBase):
         self._pub_lock = threading.Lock()
         self._waiting = set()
         self._queue, self._bound = "", set()
-        self._history.drop()
+        for reader in self._readers:
+            reader.drop()
         self._tails.drop()
         self._following, self._tag_of, self._resume = {}, {}, {}
         self._delivered_up_to, self._writes, self._writing = {}, set(), {}
