@@ -48,7 +48,7 @@ import typing as t
 import pika
 import pika.exceptions
 
-from ._amqp import Link
+from ._amqp import CALL_TIMEOUT, Link
 from ._amqp_options import Options, routing_key
 from ._history import envelope, new_epoch, stamp
 from ._support import BrokerUnavailable, LinkLost
@@ -255,7 +255,8 @@ class StreamHistory:
         # ``offset``; ours trail the stream's by the skipped ones, so
         # ``start`` sits at least this far along the stream.
         found = self._scan(link, name, max(0, below - (offset - start)), until=offset)
-        if not found or found[0].offset > start:
+        first = next((m.offset for m in found if m.offset >= 0), None)
+        if first is None or first > start:
             found = self._scan(link, name, "first", until=offset)
         oldest = now_ms() - rule.ttl * 1000
         events: list[Message] = []
@@ -307,14 +308,15 @@ class StreamHistory:
     def _tail(self, link: Link, topic: str, rule: Retention) -> Tail:
         name = self.name(topic)
         self._declare(link, name, rule)
-        tail = self._scan(link, name, "last")
-        if not tail:
-            return Tail(None, None, frozenset(), 0)
-        last = tail[-1]
-        if len(tail) < TAIL_IDS:
-            back = max(0, last.position - TAIL_IDS - _SLACK)
-            tail = self._scan(link, name, back, last.position)
-        ids = frozenset(m.headers["i"] for m in tail if "i" in m.headers)
+        tail = self._scan(link, name, "last", one=True)  # its fence at least
+        if len(tail) < TAIL_IDS:  # the last chunk may be a fence alone
+            back = max(0, tail[-1].position - TAIL_IDS - _SLACK)
+            tail = self._scan(link, name, back, tail[-1].position)
+        numbered = [m for m in tail if m.offset >= 0]
+        if not numbered:
+            return Tail(None, None, frozenset(), 0)  # fences only: empty
+        last = numbered[-1]
+        ids = frozenset(m.headers["i"] for m in numbered if "i" in m.headers)
         return Tail(last.offset, last.headers["e"], ids, last.position)
 
     def _scan(
@@ -324,16 +326,33 @@ class StreamHistory:
         start: int | str,
         stop: int | None = None,
         until: int | None = None,
+        one: bool = False,
     ) -> list[Message]:
         """The stream's messages from ``start`` (a stream offset, "first",
-        "last") to its end, or to stream offset ``stop`` or our offset
-        ``until`` at least."""
+        "last") to its end; and, waiting for them, to stream offset ``stop``
+        or our offset ``until`` at least, or one message at least (``one``).
+
+        The ``basic.qos`` fence is not a promise that RabbitMQ has read the
+        stream from disk that far: a scan that must reach a known point
+        waits for it (up to ``CALL_TIMEOUT``; then the link is given up)."""
         found: list[Message] = []
+        highest = -1
         tag = link.consume(name, {"x-stream-offset": start})
         last_tag = 0
+        deadline = time.monotonic() + CALL_TIMEOUT
+
+        def reached() -> bool:
+            if stop is not None:
+                return bool(found) and found[-1].position >= stop
+            if until is not None:
+                return highest >= until
+            return bool(found) or not one
+
         try:
+            fence = True
             while True:
-                link.call(link.channel.basic_qos, prefetch_count=_READ_CREDIT)
+                if fence:
+                    link.call(link.channel.basic_qos, prefetch_count=_READ_CREDIT)
                 got = 0
                 while link.deliveries:
                     delivery_tag, _key, body, consumer, headers = (
@@ -342,27 +361,35 @@ class StreamHistory:
                     if consumer == self._replies:
                         continue  # a late answer (no ack: those go without)
                     last_tag = delivery_tag
-                    if consumer != tag or not headers or "o" not in headers:
+                    if consumer != tag or not headers:
                         continue  # a cancelled scan's, or not ours
+                    got += 1
+                    if "o" not in headers and "f" not in headers:
+                        continue  # not ours
+                    offset = int(headers.get("o", -1))  # a writer's fence: -1
+                    highest = max(highest, offset)
                     found.append(
                         Message(
-                            int(headers["o"]),
+                            offset,
                             int(headers["x-stream-offset"]),
                             headers,
                             body,
-                            "m" in headers,
+                            "m" in headers or "f" in headers,
                         )
                     )
-                    got += 1
                 if last_tag:
                     link.channel.basic_ack(last_tag, multiple=True)
                     last_tag = 0
-                if (
-                    got < _READ_CREDIT
-                    or (stop is not None and found and found[-1].position >= stop)
-                    or (until is not None and found and found[-1].offset >= until)
-                ):
+                if stop is None and until is None and not one and got < _READ_CREDIT:
+                    return found  # the fence: as far as the stream went
+                if reached():
                     return found
+                fence = got >= _READ_CREDIT
+                if not fence:  # short of a known point: more is on its way
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise LinkLost(f"reading the stream {name} fell short")
+                    link.receive(min(left, 0.05))
         finally:
             if link.error is None:
                 link.call(link.channel.basic_cancel, consumer_tag=tag)

@@ -52,6 +52,7 @@ from .interface import Position, Retention
 _TICK = 1.0  # the reader looks up at least this often
 _STREAM_PREFETCH = 500  # per stream consumer (RabbitMQ requires one)
 _READ_LINKS = 4  # history connections per process at most
+_FENCE = pika.BasicProperties(headers={"f": 1})  # no "o": not an event
 
 
 class _Bound:
@@ -88,7 +89,7 @@ class _Sequence:
 
     last: int  # the last offset in the stream (0: the marker; -1: empty)
     epoch: str | None  # None: the stream is empty, a marker goes first
-    skip: frozenset[str] | None  # ids appended by the writer before us
+    skip: frozenset[str]  # ids appended lately by the writers before us
     # An offset of ours and its stream offset, read at the take-over: the
     # stream's offsets grow at least as fast as ours from there.
     anchor: tuple[int, int]
@@ -96,6 +97,12 @@ class _Sequence:
     def below(self) -> int:
         """A lower bound of the stream offset of ``last``."""
         return self.anchor[1] + self.last - self.anchor[0]
+
+
+def _id_order(ident: str) -> tuple[str, int]:
+    """An event id, ``<node>.<counter>``, as a sort key."""
+    node, _, count = ident.rpartition(".")
+    return node, int(count)
 
 
 class RabbitMQBroker(BrokerBase):
@@ -286,10 +293,68 @@ class RabbitMQBroker(BrokerBase):
             tag = link.consume_soon(inbox_name(name), None, lambda _tag: None)
             self._writing[tag] = topic
 
-    def _append(self, link: Link, received: list[tuple[str, bytes, t.Any]]) -> None:
+    def _take_over(self, link: Link, received: list[tuple[str, bytes, t.Any]]) -> int:
+        """Before appending, for each topic of ``received`` this node just
+        became the writer of: fence the stream, read its tail, and put the
+        events RabbitMQ gives back (the last writer's unacknowledged ones,
+        which may come after newer ones) into publishing order. The highest
+        delivery tag taken from ``link.deliveries`` meanwhile (0: none)."""
+        new = {topic for topic, _, _ in received if topic not in self._sequences}
+        if not new:
+            return 0
+        for topic in sorted(new):
+            rule = self.retention(topic)
+            if rule is None:
+                continue
+            name = self._history.name(topic)
+            # A fence first: the writer before us may have appends still on
+            # their way to the stream (its confirms timed out, say), queued
+            # ahead of ours; once the fence is confirmed they are in, and
+            # the tail read next sees them (and their ids).
+            if link.publish([("", name, b"", _FENCE)]) == [0]:
+                link.call(
+                    link.channel.queue_declare,
+                    queue=name,
+                    durable=True,
+                    arguments=arguments(rule),
+                )
+            tail = self._tails.tail(topic, rule)
+            last = -1 if tail.last is None else tail.last
+            self._sequences[topic] = _Sequence(
+                last, tail.epoch, tail.ids, (last, tail.position)
+            )
+        # What arrived meanwhile for them joins this batch.
+        taken, kept = 0, []
+        for delivery in link.deliveries:
+            topic = self._writing.get(delivery[3], "")
+            if topic in new:
+                received.append((topic, delivery[2], delivery[4]))
+                taken = max(taken, delivery[0])
+            else:
+                kept.append(delivery)
+        if taken:
+            link.deliveries.clear()
+            link.deliveries.extend(kept)
+        for topic in new:  # each publisher's events in its order again
+            slots = [
+                n
+                for n, (name, _, headers) in enumerate(received)
+                if name == topic and headers and "i" in headers
+            ]
+            items = sorted(
+                (received[n] for n in slots),
+                key=lambda item: _id_order(item[2]["i"]),
+            )
+            for n, item in zip(slots, items, strict=True):
+                received[n] = item
+        return taken
+
+    def _append(self, link: Link, received: list[tuple[str, bytes, t.Any]]) -> int:
         """In the reader, as the active writer: number ``received`` (topic,
         body, headers, from the inboxes, in order), append them to their
-        streams, answer the reads' questions; the caller then acks them."""
+        streams, answer the reads' questions; the caller then acks them, up
+        to the delivery tag returned too (0: only what it gave)."""
+        taken = self._take_over(link, received)
         outgoing: list[Outgoing] = []
         topic_of: list[str] = []  # of each outgoing message
         answers: list[tuple[str, str, int, str]] = []
@@ -299,12 +364,7 @@ class RabbitMQBroker(BrokerBase):
             if rule is None:
                 continue
             name = self._history.name(topic)
-            sequence = self._sequences.get(topic)
-            if sequence is None:  # just became the writer: where things are
-                tail = self._tails.tail(topic, rule)
-                last = -1 if tail.last is None else tail.last
-                sequence = _Sequence(last, tail.epoch, tail.ids, (last, tail.position))
-                self._sequences[topic] = sequence
+            sequence = self._sequences[topic]
             if sequence.epoch is None:
                 sequence.epoch, sequence.last = new_epoch(), 0
                 sequence.anchor = (0, 0)  # a new stream: the marker first
@@ -316,10 +376,8 @@ class RabbitMQBroker(BrokerBase):
                 answers.append((topic, headers["reply-to"], headers["s"], answer))
                 continue
             ident = headers.get("i")
-            if sequence.skip is not None:
-                if ident is not None and ident in sequence.skip:
-                    continue  # appended already by the writer before us
-                sequence.skip = None  # what follows was never appended
+            if ident is not None and ident in sequence.skip:
+                continue  # appended already by the writer before us
             sequence.last += 1
             properties = stamped_properties(sequence.last, sequence.epoch, now, ident)
             outgoing.append(("", name, body, properties))
@@ -338,11 +396,14 @@ class RabbitMQBroker(BrokerBase):
                     durable=True,
                     arguments=arguments(t.cast(Retention, rule)),
                 )
-            self._append(link, [r for r in received if r[0] in gone])
+            taken = max(
+                taken, self._append(link, [r for r in received if r[0] in gone])
+            )
         for topic, reply_to, asked, text in answers:
             if topic not in gone:
                 properties = pika.BasicProperties(headers={"s": asked})
                 link.send("", reply_to, text.encode(), properties)
+        return taken
 
     def _unfollow(self, link: Link, topics: list[str]) -> None:
         for topic in topics:
@@ -434,14 +495,15 @@ class RabbitMQBroker(BrokerBase):
                 unacked += 1
                 if unacked >= self._ack_every:
                     if received:
-                        self._append(link, received)
+                        last = max(last, self._append(link, received))
                         received = []
                     link.channel.basic_ack(last, multiple=True)
                     unacked = 0
             if self._consumer is not link:
                 raise LinkLost("the connection was closed")
             if received:
-                self._append(link, received)
+                last = max(last, self._append(link, received))
+                unacked += 1
             if unacked:
                 link.channel.basic_ack(last, multiple=True)
 
