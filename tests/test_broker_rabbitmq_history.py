@@ -1,8 +1,9 @@
 """What only the RabbitMQ broker's history does: stream queues shared by
 several nodes, a deleted stream, the outage buffer, segments trimmed away
 under the marker, a writer's hand-over. (A restart that keeps the data is
-not here: Debian's RabbitMQ 3.10.8, as the suite runs it, answers NOT_FOUND
-for every stream for about a minute after a restart; docs/architecture.md.)
+not here: Debian's RabbitMQ 3.10.8, as the suite runs it, may answer
+NOT_FOUND for a stream for over a minute after a restart;
+docs/architecture.md, "RabbitMQ".)
 
 The contract every broker keeps is in tests/test_history_store.py.
 """
@@ -207,11 +208,12 @@ def test_a_writer_lost_after_appending_hands_over_without_gap_or_duplicate(
     keep(publisher)
     append, crashed = writer._append, []
 
-    def append_then_crash(link: t.Any, received: t.Any) -> None:
-        append(link, received)
+    def append_then_crash(link: t.Any, received: t.Any) -> int:
+        taken = append(link, received)
         if not crashed and len(received) > 1:
             crashed.append(len(received))
             raise _support.LinkLost("lost before the acks")
+        return t.cast(int, taken)
 
     writer._append = append_then_crash
     total = 300

@@ -48,7 +48,7 @@ import typing as t
 import pika
 import pika.exceptions
 
-from ._amqp import Link
+from ._amqp import CALL_TIMEOUT, Link
 from ._amqp_options import Options, routing_key
 from ._history import envelope, new_epoch, stamp
 from ._support import BrokerUnavailable, LinkLost
@@ -77,6 +77,7 @@ class Tail(t.NamedTuple):
     last: int | None  # None: the stream is empty
     epoch: str | None
     ids: frozenset[str]
+    position: int  # the stream offset of the last one (0 when empty)
 
 
 @functools.lru_cache(maxsize=64)
@@ -166,6 +167,10 @@ class StreamHistory:
         the ids of its last ``TAIL_IDS`` events."""
         return self._run(lambda link: self._tail(link, topic, rule))
 
+    def busy(self) -> bool:
+        """Whether a read or a tail holds the connection now."""
+        return self._lock.locked()
+
     def close(self) -> None:
         """Close the connection (any greenlet; a read in progress then fails)."""
         link = self._link
@@ -233,7 +238,7 @@ class StreamHistory:
     ) -> tuple[Position, list[bytes] | None]:
         name = self.name(topic)
         self._declare(link, name, rule)
-        offset, epoch = self._sync(link, name)
+        offset, epoch, below = self._sync(link, name)
         position = Position(offset, epoch)
         if after is None:
             count = rule.size if limit is None else min(limit, rule.size)
@@ -246,17 +251,13 @@ class StreamHistory:
             if after == offset:
                 return position, []
             start = after + 1
-        found = self._scan(link, name, "last")
-        if not found:
-            raise LinkLost(f"the stream {name} is empty after its writer's answer")
-        last = found[-1]
-        if found[0].offset > start:
-            # Our offsets trail the stream's by the skipped ones, more the
-            # later: ``start`` sits at most this far back, less the skips.
-            back = max(0, last.position - (last.offset - start) - _SLACK)
-            found = self._scan(link, name, back, last.position)
-            if not found or found[0].offset > start:
-                found = self._scan(link, name, "first", last.position)
+        # ``below``: the writer's lower bound of the stream offset of
+        # ``offset``; ours trail the stream's by the skipped ones, so
+        # ``start`` sits at least this far along the stream.
+        found = self._scan(link, name, max(0, below - (offset - start)), until=offset)
+        first = next((m.offset for m in found if m.offset >= 0), None)
+        if first is None or first > start:
+            found = self._scan(link, name, "first", until=offset)
         oldest = now_ms() - rule.ttl * 1000
         events: list[Message] = []
         for m in found:  # in order; an event written twice is kept once
@@ -270,11 +271,12 @@ class StreamHistory:
             return position, None  # some are gone (trimmed or too old)
         return position, [envelope(stamp(m.body, m.offset)) for m in fresh]
 
-    def _sync(self, link: Link, name: str) -> tuple[int, str]:
+    def _sync(self, link: Link, name: str) -> tuple[int, str, int]:
         """Ask the stream's writer, through its inbox, for the last offset
         and the epoch: it answers once it has appended everything published
         before the question (marking an empty stream first), so a read sees
-        every event whose publish returned before it."""
+        every event whose publish returned before it. Also a lower bound of
+        the stream offset of the last (where a read may start)."""
         inbox = inbox_name(name)
         if inbox not in self._declared:
             link.call(
@@ -295,8 +297,8 @@ class StreamHistory:
             while link.deliveries:
                 _tag, _key, body, _consumer, headers = link.deliveries.popleft()
                 if headers and headers.get("s") == asked and body:
-                    last, epoch = body.decode().split(" ")
-                    return int(last), epoch
+                    last, epoch, below = body.decode().split(" ")
+                    return int(last), epoch, int(below)
             left = deadline - time.monotonic()
             if left <= 0:
                 self._declared.discard(inbox)  # deleted, perhaps: declare again
@@ -306,27 +308,51 @@ class StreamHistory:
     def _tail(self, link: Link, topic: str, rule: Retention) -> Tail:
         name = self.name(topic)
         self._declare(link, name, rule)
-        tail = self._scan(link, name, "last")
-        if not tail:
-            return Tail(None, None, frozenset())
-        last = tail[-1]
-        if len(tail) < TAIL_IDS:
-            back = max(0, last.position - TAIL_IDS - _SLACK)
-            tail = self._scan(link, name, back, last.position)
-        ids = frozenset(m.headers["i"] for m in tail if "i" in m.headers)
-        return Tail(last.offset, last.headers["e"], ids)
+        tail = self._scan(link, name, "last", one=True)  # its fence at least
+        if len(tail) < TAIL_IDS:  # the last chunk may be a fence alone
+            back = max(0, tail[-1].position - TAIL_IDS - _SLACK)
+            tail = self._scan(link, name, back, tail[-1].position)
+        numbered = [m for m in tail if m.offset >= 0]
+        if not numbered:
+            return Tail(None, None, frozenset(), 0)  # fences only: empty
+        last = numbered[-1]
+        ids = frozenset(m.headers["i"] for m in numbered if "i" in m.headers)
+        return Tail(last.offset, last.headers["e"], ids, last.position)
 
     def _scan(
-        self, link: Link, name: str, start: int | str, stop: int | None = None
+        self,
+        link: Link,
+        name: str,
+        start: int | str,
+        stop: int | None = None,
+        until: int | None = None,
+        one: bool = False,
     ) -> list[Message]:
         """The stream's messages from ``start`` (a stream offset, "first",
-        "last") to its end, or to stream offset ``stop`` at least."""
+        "last") to its end; and, waiting for them, to stream offset ``stop``
+        or our offset ``until`` at least, or one message at least (``one``).
+
+        The ``basic.qos`` fence is not a promise that RabbitMQ has read the
+        stream from disk that far: a scan that must reach a known point
+        waits for it (up to ``CALL_TIMEOUT``; then the link is given up)."""
         found: list[Message] = []
+        highest = -1
         tag = link.consume(name, {"x-stream-offset": start})
         last_tag = 0
+        deadline = time.monotonic() + CALL_TIMEOUT
+
+        def reached() -> bool:
+            if stop is not None:
+                return bool(found) and found[-1].position >= stop
+            if until is not None:
+                return highest >= until
+            return bool(found) or not one
+
         try:
+            fence = True
             while True:
-                link.call(link.channel.basic_qos, prefetch_count=_READ_CREDIT)
+                if fence:
+                    link.call(link.channel.basic_qos, prefetch_count=_READ_CREDIT)
                 got = 0
                 while link.deliveries:
                     delivery_tag, _key, body, consumer, headers = (
@@ -335,25 +361,35 @@ class StreamHistory:
                     if consumer == self._replies:
                         continue  # a late answer (no ack: those go without)
                     last_tag = delivery_tag
-                    if consumer != tag or not headers or "o" not in headers:
+                    if consumer != tag or not headers:
                         continue  # a cancelled scan's, or not ours
+                    got += 1
+                    if "o" not in headers and "f" not in headers:
+                        continue  # not ours
+                    offset = int(headers.get("o", -1))  # a writer's fence: -1
+                    highest = max(highest, offset)
                     found.append(
                         Message(
-                            int(headers["o"]),
+                            offset,
                             int(headers["x-stream-offset"]),
                             headers,
                             body,
-                            "m" in headers,
+                            "m" in headers or "f" in headers,
                         )
                     )
-                    got += 1
                 if last_tag:
                     link.channel.basic_ack(last_tag, multiple=True)
                     last_tag = 0
-                if got < _READ_CREDIT or (
-                    stop is not None and found and found[-1].position >= stop
-                ):
+                if stop is None and until is None and not one and got < _READ_CREDIT:
+                    return found  # the fence: as far as the stream went
+                if reached():
                     return found
+                fence = got >= _READ_CREDIT
+                if not fence:  # short of a known point: more is on its way
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise LinkLost(f"reading the stream {name} fell short")
+                    link.receive(min(left, 0.05))
         finally:
             if link.error is None:
                 link.call(link.channel.basic_cancel, consumer_tag=tag)

@@ -51,6 +51,8 @@ from .interface import Position, Retention
 
 _TICK = 1.0  # the reader looks up at least this often
 _STREAM_PREFETCH = 500  # per stream consumer (RabbitMQ requires one)
+_READ_LINKS = 4  # history connections per process at most
+_FENCE = pika.BasicProperties(headers={"f": 1})  # no "o": not an event
 
 
 class _Bound:
@@ -87,7 +89,20 @@ class _Sequence:
 
     last: int  # the last offset in the stream (0: the marker; -1: empty)
     epoch: str | None  # None: the stream is empty, a marker goes first
-    skip: frozenset[str] | None  # ids appended by the writer before us
+    skip: frozenset[str]  # ids appended lately by the writers before us
+    # An offset of ours and its stream offset, read at the take-over: the
+    # stream's offsets grow at least as fast as ours from there.
+    anchor: tuple[int, int]
+
+    def below(self) -> int:
+        """A lower bound of the stream offset of ``last``."""
+        return self.anchor[1] + self.last - self.anchor[0]
+
+
+def _id_order(ident: str) -> tuple[str, int]:
+    """An event id, ``<node>.<counter>``, as a sort key."""
+    node, _, count = ident.rpartition(".")
+    return node, int(count)
 
 
 class RabbitMQBroker(BrokerBase):
@@ -109,6 +124,12 @@ class RabbitMQBroker(BrokerBase):
         self._pub_lock = threading.Lock()
         self._waiting: set[_Bound] = set()
         self._history = StreamHistory(self._options, self._want)
+        # Reads at once go on up to _READ_LINKS connections (each opened
+        # when first needed): a read waits on its round trips, not on others.
+        self._readers = [self._history] + [
+            StreamHistory(self._options, self._want) for _ in range(_READ_LINKS - 1)
+        ]
+        self._next_reader = itertools.count()
         # The writer's own reads of tails (a read may be waiting for it).
         self._tails = StreamHistory(self._options, self._want)
         # Kept topics: consumer tag -> topic and back, the stream offset each
@@ -179,13 +200,14 @@ class RabbitMQBroker(BrokerBase):
             # Consumers made from now on, of streams; 0 (no limit) is refused.
             link.call(channel.basic_qos, prefetch_count=_STREAM_PREFETCH)
             self._following, self._tag_of = {}, {}
+            # New consumers of the inboxes: where the numbering is, read anew.
+            self._writing, self._sequences = {}, {}
+            link.enable_confirms()  # the writer appends to streams here
+            writes = sorted(self._writes)
+            self._consume_inboxes(link, writes)
             done = _Bound()
             self._follow(link, kept, done)
             link.wait(lambda: bool(done.event.is_set()), CALL_TIMEOUT)
-            link.enable_confirms()  # the writer appends to streams here
-            self._writing, self._sequences = {}, {}
-            writes = sorted(self._writes)
-            self._consume_inboxes(link, writes)
         except BaseException:
             link.abandon()
             raise
@@ -262,6 +284,7 @@ class RabbitMQBroker(BrokerBase):
             rule = self.retention(topic)
             if rule is None or topic in self._writing.values():
                 continue
+            self._writes.add(topic)  # again after a reconnect
             name = self._history.name(topic)
             link.channel.queue_declare(name, durable=True, arguments=arguments(rule))
             link.channel.queue_declare(
@@ -270,46 +293,91 @@ class RabbitMQBroker(BrokerBase):
             tag = link.consume_soon(inbox_name(name), None, lambda _tag: None)
             self._writing[tag] = topic
 
-    def _append(self, link: Link, received: list[tuple[str, bytes, t.Any]]) -> None:
+    def _take_over(self, link: Link, received: list[tuple[str, bytes, t.Any]]) -> int:
+        """Before appending, for each topic of ``received`` this node just
+        became the writer of: fence the stream, read its tail, and put the
+        events RabbitMQ gives back (the last writer's unacknowledged ones,
+        which may come after newer ones) into publishing order. The highest
+        delivery tag taken from ``link.deliveries`` meanwhile (0: none)."""
+        new = {topic for topic, _, _ in received if topic not in self._sequences}
+        if not new:
+            return 0
+        for topic in sorted(new):
+            rule = self.retention(topic)
+            if rule is None:
+                continue
+            name = self._history.name(topic)
+            # A fence first: the writer before us may have appends still on
+            # their way to the stream (its confirms timed out, say), queued
+            # ahead of ours; once the fence is confirmed they are in, and
+            # the tail read next sees them (and their ids).
+            if link.publish([("", name, b"", _FENCE)]) == [0]:
+                link.call(
+                    link.channel.queue_declare,
+                    queue=name,
+                    durable=True,
+                    arguments=arguments(rule),
+                )
+            tail = self._tails.tail(topic, rule)
+            last = -1 if tail.last is None else tail.last
+            self._sequences[topic] = _Sequence(
+                last, tail.epoch, tail.ids, (last, tail.position)
+            )
+        # What arrived meanwhile for them joins this batch.
+        taken, kept = 0, []
+        for delivery in link.deliveries:
+            topic = self._writing.get(delivery[3], "")
+            if topic in new:
+                received.append((topic, delivery[2], delivery[4]))
+                taken = max(taken, delivery[0])
+            else:
+                kept.append(delivery)
+        if taken:
+            link.deliveries.clear()
+            link.deliveries.extend(kept)
+        for topic in new:  # each publisher's events in its order again
+            slots = [
+                n
+                for n, (name, _, headers) in enumerate(received)
+                if name == topic and headers and "i" in headers
+            ]
+            items = sorted(
+                (received[n] for n in slots),
+                key=lambda item: _id_order(item[2]["i"]),
+            )
+            for n, item in zip(slots, items, strict=True):
+                received[n] = item
+        return taken
+
+    def _append(self, link: Link, received: list[tuple[str, bytes, t.Any]]) -> int:
         """In the reader, as the active writer: number ``received`` (topic,
         body, headers, from the inboxes, in order), append them to their
-        streams, answer the reads' questions; the caller then acks them."""
+        streams, answer the reads' questions; the caller then acks them, up
+        to the delivery tag returned too (0: only what it gave)."""
+        taken = self._take_over(link, received)
         outgoing: list[Outgoing] = []
         topic_of: list[str] = []  # of each outgoing message
-        answers: list[tuple[str, str, int, int, str]] = []
+        answers: list[tuple[str, str, int, str]] = []
         now = now_ms()
         for topic, body, headers in received:
             rule = self.retention(topic)
             if rule is None:
                 continue
             name = self._history.name(topic)
-            sequence = self._sequences.get(topic)
-            if sequence is None:  # just became the writer: where things are
-                tail = self._tails.tail(topic, rule)
-                last = -1 if tail.last is None else tail.last
-                sequence = _Sequence(last, tail.epoch, tail.ids)
-                self._sequences[topic] = sequence
+            sequence = self._sequences[topic]
             if sequence.epoch is None:
                 sequence.epoch, sequence.last = new_epoch(), 0
+                sequence.anchor = (0, 0)  # a new stream: the marker first
                 outgoing.append(("", name, b"", marker_properties(sequence.epoch)))
                 topic_of.append(topic)
             headers = headers or {}
             if "s" in headers:  # a read's question: answered once appended
-                answers.append(
-                    (
-                        topic,
-                        headers["reply-to"],
-                        headers["s"],
-                        sequence.last,
-                        sequence.epoch,
-                    )
-                )
+                answer = f"{sequence.last} {sequence.epoch} {sequence.below()}"
+                answers.append((topic, headers["reply-to"], headers["s"], answer))
                 continue
             ident = headers.get("i")
-            if sequence.skip is not None:
-                if ident is not None and ident in sequence.skip:
-                    continue  # appended already by the writer before us
-                sequence.skip = None  # what follows was never appended
+            if ident is not None and ident in sequence.skip:
+                continue  # appended already by the writer before us
             sequence.last += 1
             properties = stamped_properties(sequence.last, sequence.epoch, now, ident)
             outgoing.append(("", name, body, properties))
@@ -328,11 +396,14 @@ class RabbitMQBroker(BrokerBase):
                     durable=True,
                     arguments=arguments(t.cast(Retention, rule)),
                 )
-            self._append(link, [r for r in received if r[0] in gone])
-        for topic, reply_to, asked, last, epoch in answers:
+            taken = max(
+                taken, self._append(link, [r for r in received if r[0] in gone])
+            )
+        for topic, reply_to, asked, text in answers:
             if topic not in gone:
-                answer = pika.BasicProperties(headers={"s": asked})
-                link.send("", reply_to, f"{last} {epoch}".encode(), answer)
+                properties = pika.BasicProperties(headers={"s": asked})
+                link.send("", reply_to, text.encode(), properties)
+        return taken
 
     def _unfollow(self, link: Link, topics: list[str]) -> None:
         for topic in topics:
@@ -424,14 +495,15 @@ class RabbitMQBroker(BrokerBase):
                 unacked += 1
                 if unacked >= self._ack_every:
                     if received:
-                        self._append(link, received)
+                        last = max(last, self._append(link, received))
                         received = []
                     link.channel.basic_ack(last, multiple=True)
                     unacked = 0
             if self._consumer is not link:
                 raise LinkLost("the connection was closed")
             if received:
-                self._append(link, received)
+                last = max(last, self._append(link, received))
+                unacked += 1
             if unacked:
                 link.channel.basic_ack(last, multiple=True)
 
@@ -524,7 +596,12 @@ class RabbitMQBroker(BrokerBase):
     def _read_history(
         self, topic: str, after: int | None, limit: int | None
     ) -> tuple[Position, list[bytes] | None]:
-        return self._history.read(topic, self.retention(topic), after, limit)
+        idle = [reader for reader in self._readers if not reader.busy()]
+        if idle:
+            reader = idle[0]
+        else:
+            reader = self._readers[next(self._next_reader) % len(self._readers)]
+        return reader.read(topic, self.retention(topic), after, limit)
 
     # -- closing, forks ---------------------------------------------------------------
 
@@ -545,7 +622,8 @@ class RabbitMQBroker(BrokerBase):
                     self._pub_lock.release()
             else:
                 publisher.interrupt()  # its driver closes it
-        self._history.close()
+        for reader in self._readers:
+            reader.close()
         self._tails.close()
         waiting, self._waiting = self._waiting, set()
         for done in waiting:
@@ -567,7 +645,8 @@ class RabbitMQBroker(BrokerBase):
         self._pub_lock = threading.Lock()
         self._waiting = set()
         self._queue, self._bound = "", set()
-        self._history.drop()
+        for reader in self._readers:
+            reader.drop()
         self._tails.drop()
         self._following, self._tag_of, self._resume = {}, {}, {}
         self._delivered_up_to, self._writes, self._writing = {}, set(), {}
