@@ -47,11 +47,13 @@ class Outbound:
     of them.
     """
 
-    __slots__ = ("json", "_ws_frame")
+    __slots__ = ("json", "_ws_frame", "pusher_frame")
 
     def __init__(self, json: bytes) -> None:
         self.json = json
         self._ws_frame: bytes | None = None
+        #: The Pusher-protocol frame, built by the first Pusher recipient.
+        self.pusher_frame: bytes | None = None
 
     @property
     def ws_frame(self) -> bytes:

@@ -99,6 +99,10 @@ class Realtime:
         app.extensions["realtime"] = self
         app.register_blueprint(_routes.blueprint(self, settings, node))
         _websocket.install(app, node, lambda: self._authenticate)
+        if settings.pusher is not None:  # REALTIME_PUSHER: /app/<key>
+            from .pusher import websocket as _pusher_websocket
+
+            app.register_blueprint(_pusher_websocket.blueprint(node, settings.pusher))
         from .cli import realtime_cli
 
         if "realtime" not in app.cli.commands:
