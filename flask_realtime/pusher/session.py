@@ -142,6 +142,13 @@ class PusherProtocol:
         node = self.node
         conn = self.conn
         name = data.get("channel")
+        if isinstance(name, str) and name.startswith(wire.SERVER_TO_USER):
+            # pusher-js's after a sign-in: send_to_user() delivers on it.
+            if self.signed_in and name == wire.SERVER_TO_USER + str(conn.user_key):
+                self.send_pusher(wire.subscription_succeeded(name))
+            else:
+                self.refuse(name, 403, "sign in as this user first")
+            return
         if not isinstance(name, str) or not _channels.is_valid_name(name):
             self.send_pusher(wire.error(None, "Invalid channel name"))
             return

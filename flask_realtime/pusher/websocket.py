@@ -18,6 +18,7 @@ from .. import protocol
 from .._ws_frames import text_frame
 from ..transports.http import Finished, environ_origin_allowed, json_error
 from ..transports.ws_accept import VERSION_HEADER, accept, refuse_upgrade
+from ..transports.ws_geventwebsocket import defer_upgrades
 from . import protocol as wire
 from .session import PusherSocketSession, PusherThreadedSession
 
@@ -30,6 +31,8 @@ def blueprint(node: Node, pusher: PusherSettings) -> Blueprint:
     """The ``/app/<key>`` route (``REALTIME_PUSHER_PATHS["websocket"]``)."""
     bp = Blueprint("realtime_pusher_ws", __name__)
     path = pusher.paths["websocket"].rstrip("/") + "/<key>"
+    # gevent-websocket's handler leaves these upgrades to us, as ours.
+    defer_upgrades(pusher.paths["websocket"])
 
     @bp.route(path, websocket=True, endpoint="websocket")
     def pusher_websocket(key: str) -> t.Any:
