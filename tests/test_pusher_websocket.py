@@ -247,3 +247,23 @@ def test_signin_and_server_to_user(server: Server) -> None:
     get(server, f"/send?connection_id={a.socket_id}&event=direct&data=2")
     assert a.expect("direct")["data"] == 2
     a.close()
+
+
+def test_on_the_threaded_server(live_server: t.Any) -> None:
+    """``flask run``: the same wire on the two-thread session."""
+    server = live_server("flask-run", app="tests.apps.server_api:app", env=ENV)
+    a = PusherSocket(server).established()
+    # private-encrypted-: subscribed with a signature; payloads pass as they are.
+    a.subscribe("private-encrypted-x")
+    a.expect("pusher_internal:subscription_succeeded", "private-encrypted-x")
+    sealed = '{"nonce":"bm9uY2U=","ciphertext":"c2VhbGVk"}'
+    get(server, f"/broadcast?channel=private-encrypted-x&event=secret&data={sealed}")
+    assert a.expect("secret", "private-encrypted-x")["data"] == json.loads(sealed)
+    a.send("client-x", {}, channel="private-encrypted-x")
+    assert "encrypted" in a.expect("pusher:error")["data"]["message"]
+    a.ws.send_binary(b"\x00")
+    assert a.expect("pusher:error")["data"]["code"] is None
+    get(server, f"/api/disconnect?connection_id={a.socket_id}")
+    assert a.expect("pusher:error")["data"]["code"] == 4009
+    opcode, frame = a.ws.recv_data(control_frame=True)
+    assert int.from_bytes(frame[:2], "big") == 4009

@@ -78,6 +78,12 @@ class PusherProtocol:
     def send_pusher(self, body: bytes) -> None:
         self.conn.push_bytes(text_frame(body))
 
+    def error_frame(self, envelope: bytes) -> bytes:
+        """The session's own errors (rate limit, binary frame, too large) as
+        ``pusher:error``; Pusher has no code for these, so none is given."""
+        data = json.loads(envelope).get("data") or {}
+        return text_frame(wire.error(None, str(data.get("message", "error"))))
+
     def welcome_bytes(self) -> bytes:
         return wire.connection_established(self.conn.id, self.app.activity_timeout)
 
@@ -226,6 +232,12 @@ class PusherProtocol:
                     None,
                     "Client events are only allowed on private and presence channels",
                 )
+            )
+            return
+        if channel.startswith("private-encrypted-"):
+            # As Pusher: the server cannot tell what an encrypted one carries.
+            self.send_pusher(
+                wire.error(None, "Client events are not allowed on encrypted channels")
             )
             return
         if channel not in conn.channels:
