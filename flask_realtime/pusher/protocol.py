@@ -14,9 +14,6 @@ import typing as t
 
 from .._ws_frames import text_frame
 
-if t.TYPE_CHECKING:
-    from ..connection import Outbound
-
 # pusher:error codes (https://pusher.com/docs/channels/library_auth_reference/
 # pusher-websockets-protocol/#error-codes): 4000-4099 don't reconnect,
 # 4100-4199 back off, 4200-4299 reconnect at once.
@@ -138,10 +135,7 @@ def translate(native: bytes, user_key: str | None = None) -> bytes:
     return b""  # replies to native requests have no Pusher counterpart
 
 
-def channel_frame(message: Outbound) -> bytes:
-    """``message``'s Pusher frame, built once for every Pusher recipient."""
-    frame = message.pusher_frame
-    if frame is None:
-        body = translate(message.json)
-        frame = message.pusher_frame = text_frame(body) if body else b""
-    return frame
+def frame_of(native: bytes) -> bytes:
+    """A node envelope's Pusher text frame (``b""``: nothing to send)."""
+    body = translate(native)
+    return text_frame(body) if body else b""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import operator
 import time
 import typing as t
 
@@ -35,6 +36,8 @@ if t.TYPE_CHECKING:
 logger = logging.getLogger("flask_realtime")
 
 _DIRECT = b'{"type":"event","event"'  # how the node's direct messages begin
+#: A message as Pusher clients get it: one frame, built once for all of them.
+as_pusher_frame: t.Callable[[Outbound], bytes] = operator.attrgetter("pusher_frame")
 _CONNECTED = b'{"type":"connected"'
 _PRIVATE = ("private-", "presence-")
 
@@ -48,6 +51,15 @@ def socket_id(node: Node) -> str:
     prefix = str(int(node.id, 16))
     own = signatures.new_socket_id().partition(".")[2]
     return f"{prefix}.{own}"
+
+
+def _hold_node_topic(node: Node, connection_id: str) -> None:
+    """Subscribe the node's topic under the socket id's prefix, once: kept
+    for the process's life, as the node's own topic (see ``Node.open``)."""
+    topic = topics.node(connection_id.partition(".")[0])
+    if not node.interest.is_subscribed(topic):
+        with node.interest.hold(topic):
+            pass
 
 
 class PusherProtocol:
@@ -66,14 +78,15 @@ class PusherProtocol:
     # -- the wire -----------------------------------------------------------------
 
     def pusher_encode(self, message: Outbound) -> bytes:
-        """Channel messages: one frame shared by every Pusher recipient."""
+        """The slow encoder, for a connection that is opening (the node's
+        welcome) or signed in (direct messages on ``#server-to-user-<id>``);
+        the others take :data:`as_pusher_frame`, shared with every recipient."""
         if message.json.startswith(_CONNECTED):
             return text_frame(self.welcome_bytes())
         if self.signed_in and message.json.startswith(_DIRECT):
-            # send_to_user: on the connection's #server-to-user channel.
             body = wire.translate(message.json, self.conn.user_key)
             return text_frame(body)
-        return wire.channel_frame(message)
+        return message.pusher_frame
 
     def send_pusher(self, body: bytes) -> None:
         self.conn.push_bytes(text_frame(body))
@@ -284,6 +297,7 @@ class PusherProtocol:
             return
         self.node.identify(conn, str(user_id), json.loads(user_data))
         self.signed_in = True
+        conn.encode = self.pusher_encode
         self.send_pusher(wire.event("pusher:signin_success", {"user_data": user_data}))
 
 
@@ -321,13 +335,12 @@ class PusherSocketSession(PusherProtocol, GeventWebSocket):
 
     def bind(self, conn: Connection) -> None:
         super().bind(conn)
-        conn.encode = self.pusher_encode
+        conn.encode = as_pusher_frame  # (open() returns the welcome itself)
 
     def open(self, user_id: t.Any, user_info: t.Any, **options: t.Any) -> bytes:
         node = self.node
         cid = socket_id(node)
-        with node.interest.hold(topics.node(cid.partition(".")[0])):
-            pass  # kept for the process's life, as the node's own topic
+        _hold_node_topic(node, cid)
         self.conn = node.open(
             self.transport, self, user_id, user_info, welcome=False, connection_id=cid
         )
@@ -351,11 +364,12 @@ class PusherThreadedSession(PusherProtocol, ThreadedWebSocket):
     def start(self, user_id: t.Any, user_info: t.Any) -> None:
         node = self.node
         cid = socket_id(node)
-        with node.interest.hold(topics.node(cid.partition(".")[0])):
-            pass
+        _hold_node_topic(node, cid)
         # The node queues its welcome before on_connect runs: encoded as
         # pusher:connection_established (see pusher_encode).
-        node.open("websocket", self, user_id, user_info, connection_id=cid)
+        conn = node.open("websocket", self, user_id, user_info, connection_id=cid)
+        if not self.signed_in:
+            conn.encode = as_pusher_frame  # welcomed: the shared frames from now on
 
     def close(self, code: int, reason: str) -> None:
         super().close(*self.pusher_close(code, reason))
