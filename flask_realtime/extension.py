@@ -103,6 +103,7 @@ class Realtime:
             from .pusher import websocket as _pusher_websocket
 
             app.register_blueprint(_pusher_websocket.blueprint(node, settings.pusher))
+            _pusher_websocket.install(app, node, settings.pusher)
         from .cli import realtime_cli
 
         if "realtime" not in app.cli.commands:

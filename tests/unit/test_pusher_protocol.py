@@ -68,3 +68,22 @@ def test_one_frame_for_every_pusher_recipient() -> None:
     first = as_pusher_frame(message)
     assert as_pusher_frame(message) is first
     assert message.ws_frame != first  # the native frame is another
+
+
+def test_the_handshake_skips_flask_dispatch_only_when_on() -> None:
+    from flask import Flask
+
+    from flask_realtime import Realtime
+    from flask_realtime.pusher.websocket import PusherHandshake
+
+    plain = Flask("plain")
+    Realtime(plain)
+    assert not isinstance(plain.wsgi_app, PusherHandshake)
+    assert "realtime_pusher_ws.websocket" not in plain.view_functions
+    app = Flask("pusher")
+    app.config["REALTIME_PUSHER"] = {"app_id": "1", "key": "k", "secret": "s"}
+    Realtime(app)
+    assert isinstance(app.wsgi_app, PusherHandshake)
+    # Without an upgrade, Flask answers (the route's JSON 400).
+    response = app.test_client().get("/app/k")
+    assert response.status_code == 400
