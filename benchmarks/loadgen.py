@@ -16,6 +16,10 @@ It speaks three client protocols:
   get ``42["joined"]``; answers ``2`` pings with ``3``.
 * ``realtime`` -- flask_realtime protocol 1: ``connected``, then
   ``subscribe``/``subscribed``; answers WebSocket pings with pongs.
+* ``pusher``   -- Pusher protocol 7 on the same server (``/app/bench-key``):
+  ``pusher:connection_established``, then ``pusher:subscribe`` /
+  ``pusher_internal:subscription_succeeded``. Its ``data`` is a JSON string,
+  so the markers are the escaped ``seq\\":`` and ``t\\":`` (same lengths).
 
 Run by ``benchmarks/run.py``; it prints one JSON object on its last line.
 """
@@ -40,11 +44,13 @@ from array import array
 FLOOR = "floor"
 SOCKETIO = "socketio"
 REALTIME = "realtime"
-PROTOCOLS = (FLOOR, SOCKETIO, REALTIME)
+PUSHER = "pusher"
+PROTOCOLS = (FLOOR, SOCKETIO, REALTIME, PUSHER)
 PATHS = {
     FLOOR: "/ws",
     SOCKETIO: "/socket.io/?EIO=4&transport=websocket",
     REALTIME: "/realtime/ws",
+    PUSHER: "/app/bench-key?protocol=7&client=loadgen&version=1",
 }
 
 # Client states, in handshake order.
@@ -57,6 +63,10 @@ EPOLLERRS = select.EPOLLERR | select.EPOLLHUP
 SEQ_MARK = b'"seq":'
 T_MARK = b'"t":'
 SEQ_TAIL = len(SEQ_MARK) - 1
+# Inside Pusher's ``data`` string, the same fields escaped (same lengths).
+PUSHER_SEQ_MARK = b'seq\\":'
+PUSHER_T_MARK = b't\\":'
+
 # A server ping as it starts a frame: WebSocket ping (FIN+opcode 9), or a
 # Socket.IO "2" in a 1-byte text frame. Neither byte 0x89 nor 0x81 can occur
 # inside the ASCII JSON of the broadcasts, so a hit is a real ping.
@@ -218,6 +228,9 @@ class LoadGen:
         self.batch = 0.0  # seconds to sleep between polls while receiving
         self.fast = False  # count broadcasts by marker (see count_fast)
         self.unanswered_pings = 0
+        pusher = proto == PUSHER
+        self.seq_mark = PUSHER_SEQ_MARK if pusher else SEQ_MARK
+        self.t_mark = PUSHER_T_MARK if pusher else T_MARK
         self.request = (
             f"GET {PATHS[proto]} HTTP/1.1\r\n"
             f"Host: {host}:{port}\r\n"
@@ -229,6 +242,9 @@ class LoadGen:
         )
         self.pong_sio = mask_frame(b"3")
         self.subscribe = mask_frame(b'{"type":"subscribe","channel":"bench","id":1}')
+        self.pusher_subscribe = mask_frame(
+            b'{"event":"pusher:subscribe","data":{"channel":"bench"}}'
+        )
         self.sio_connect = mask_frame(b"40")
         self.sio_join = mask_frame(b'42["join","bench"]')
 
@@ -353,9 +369,9 @@ class LoadGen:
         here (a burst lasts seconds, heartbeats are 25 s); they are counted.
         """
         tail = c.buf
-        got = data.count(SEQ_MARK)
+        got = data.count(self.seq_mark)
         if tail:
-            got += (tail[-SEQ_TAIL:] + data[:SEQ_TAIL]).count(SEQ_MARK)
+            got += (tail[-SEQ_TAIL:] + data[:SEQ_TAIL]).count(self.seq_mark)
         c.buf = data[-SEQ_TAIL:]
         if PING_WS in data or PING_SIO in data:
             self.unanswered_pings += 1
@@ -367,8 +383,8 @@ class LoadGen:
         if before < self.expect <= c.count:
             self.done += 1
         if not self.first_t:
-            i = data.find(SEQ_MARK)
-            j = data.rfind(T_MARK, 0, i)
+            i = data.find(self.seq_mark)
+            j = data.rfind(self.t_mark, 0, i)
             if j >= 0:
                 self.note_first(data[j:])
 
@@ -420,13 +436,13 @@ class LoadGen:
             pos = end
             opcode = b0 & 0x0F
             if opcode == 1 or opcode == 2:
-                if c.state == READY and data.find(SEQ_MARK, start, end) >= 0:
+                if c.state == READY and data.find(self.seq_mark, start, end) >= 0:
                     c.count += 1
                     c.last = arrived
                     if c.count == self.expect:
                         self.done += 1
                     if latencies is not None:
-                        i = data.find(T_MARK, start, end) + 4
+                        i = data.find(self.t_mark, start, end) + 4
                         sent = float(data[i : data.find(b",", i, end)])
                         latencies.append(arrived - sent)
                         user_latencies.append(now - sent)  # type: ignore[union-attr]
@@ -448,9 +464,9 @@ class LoadGen:
 
     def note_first(self, payload: bytes) -> None:
         """Remember publish time and seq of the first broadcast seen."""
-        i = payload.find(T_MARK) + 4
+        i = payload.find(self.t_mark) + 4
         self.first_t = float(payload[i : payload.find(b",", i)])
-        j = payload.find(SEQ_MARK) + 6
+        j = payload.find(self.seq_mark) + 6
         self.first_seq = int(payload[j : payload.find(b",", j)])
 
     def control(self, c: Client, p: bytes) -> None:
@@ -480,6 +496,16 @@ class LoadGen:
                 self.send(c, mask_frame(b'{"type":"pong"}'))
             elif b'"type":"error"' in p:
                 self.kill(c, f"rt-error:{p[:80].decode(errors='replace')}")
+        elif proto == PUSHER:
+            if c.state == HELLO and b"pusher:connection_established" in p:
+                c.state = JOINING
+                self.send(c, self.pusher_subscribe)
+            elif c.state == JOINING and b"subscription_succeeded" in p:
+                self.set_ready(c)
+            elif b'"pusher:ping"' in p:
+                self.send(c, mask_frame(b'{"event":"pusher:pong","data":{}}'))
+            elif b'"pusher:error"' in p:
+                self.kill(c, f"pusher-error:{p[:80].decode(errors='replace')}")
         elif c.state == HELLO:
             self.set_ready(c)
 

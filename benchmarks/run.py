@@ -40,6 +40,9 @@ TARGETS: dict[str, tuple[str, str, str]] = {
     "realtime": ("realtime_app:app", "realtime", "flask_realtime"),
     "socketio": ("socketio_app:app", "socketio", "Flask-SocketIO"),
     "floor": ("floor_app:app", "floor", "floor"),
+    # Pusher protocol 7 clients of the same flask_realtime app (issue 12's
+    # target: within 15% of "realtime" in deliveries/s and RSS/connection).
+    "pusher": ("realtime_app:app", "pusher", "Pusher protocol"),
 }
 
 # scenario -> list of (case id, loadgen args, quick loadgen args)
@@ -96,7 +99,7 @@ def free_port() -> int:
 
 def target_problem(name: str) -> str | None:
     """Return why a target cannot run (e.g. library not importable), or None."""
-    if name != "realtime":
+    if name not in ("realtime", "pusher"):
         return None
     proc = subprocess.run(
         [sys.executable, "-c", "import flask_realtime; flask_realtime.Realtime"],

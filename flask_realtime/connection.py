@@ -47,17 +47,29 @@ class Outbound:
     of them.
     """
 
-    __slots__ = ("json", "_ws_frame")
+    __slots__ = ("json", "_ws_frame", "_pusher_frame")
 
     def __init__(self, json: bytes) -> None:
         self.json = json
         self._ws_frame: bytes | None = None
+        self._pusher_frame: bytes | None = None
 
     @property
     def ws_frame(self) -> bytes:
         frame = self._ws_frame
         if frame is None:
             frame = self._ws_frame = text_frame(self.json)
+        return frame
+
+    @property
+    def pusher_frame(self) -> bytes:
+        """The message in Pusher's protocol (:mod:`.pusher.protocol`), framed
+        once for every Pusher recipient (``b""``: nothing for them)."""
+        frame = self._pusher_frame
+        if frame is None:
+            from .pusher.protocol import frame_of
+
+            frame = self._pusher_frame = frame_of(self.json)
         return frame
 
 

@@ -103,6 +103,11 @@ class Realtime:
 
             app.register_blueprint(_pusher_http.blueprint(self, settings.pusher))
         _websocket.install(app, node, lambda: self._authenticate)
+        if settings.pusher is not None:  # REALTIME_PUSHER: /app/<key>
+            from .pusher import websocket as _pusher_websocket
+
+            app.register_blueprint(_pusher_websocket.blueprint(node, settings.pusher))
+            _pusher_websocket.install(app, node, settings.pusher)
         from .cli import realtime_cli
 
         if "realtime" not in app.cli.commands:

@@ -15,6 +15,8 @@ app.config["REALTIME_ALLOWED_ORIGINS"] = ["*"]
 app.config["REALTIME_MAX_QUEUE_MESSAGES"] = 10000
 # The load generator opens every connection from one address.
 app.config["REALTIME_MAX_CONNECTIONS_PER_IP"] = None
+# The "pusher" target's clients connect to /app/bench-key on this same app.
+app.config["REALTIME_PUSHER"] = {"app_id": "1", "key": "bench-key", "secret": "bench"}
 # BENCH_METRICS=1: with REALTIME_METRICS on (docs/benchmarks.md, "Metrics");
 # set PROMETHEUS_MULTIPROC_DIR too for gunicorn's multiprocess mode.
 if os.environ.get("BENCH_METRICS") == "1":

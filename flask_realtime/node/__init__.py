@@ -154,9 +154,12 @@ class Node:
         *,
         with_token: bool = False,
         welcome: bool = True,
+        connection_id: str | None = None,
     ) -> Connection:
         """Register a new client connection and send it ``connected``
-        (``welcome=False``: the transport sends :meth:`welcome` itself)."""
+        (``welcome=False``: the transport sends :meth:`welcome` itself;
+        ``connection_id``: one the transport made, e.g. a Pusher socket id,
+        whose node topic it subscribed)."""
         self.ensure_started()
         # The node topic, for send(connection_id) and forwarded requests, is
         # subscribed for the first client: a process that only publishes (a
@@ -172,7 +175,7 @@ class Node:
         if self.webhooks is not None:
             self.webhooks.ensure_started()
         conn = Connection(
-            f"{self.id}.{secrets.token_urlsafe(12)}",
+            connection_id or f"{self.id}.{secrets.token_urlsafe(12)}",
             transport,
             sink,
             user_id,
@@ -192,6 +195,16 @@ class Node:
         # connection. Raises ConnectionRefused, the connection forgotten.
         self.hooks.connected(conn)
         return conn
+
+    def identify(self, conn: Connection, user_id: t.Any, user_info: t.Any) -> None:
+        """An anonymous connection is now ``user_id``'s (a Pusher sign-in or
+        presence subscription): ``send_to_user`` and presence reach it."""
+        if conn.user_key is not None or user_id is None:
+            return
+        conn.user_id, conn.user_info = user_id, user_info
+        conn.user_key = str(user_id)
+        with self.interest.hold(topics.user(conn.user_key)):
+            self.hub.add(conn)
 
     def welcome(self, conn: Connection) -> bytes:
         """The ``connected`` message, the first on every connection."""

@@ -96,13 +96,22 @@ def accept(
     refusal: tuple[int, str] | None,
     user_id: t.Any,
     user_info: t.Any,
+    *,
+    sessions: tuple[t.Callable[..., t.Any], t.Callable[..., t.Any]] | None = None,
+    refusal_frame: bytes = b"",
 ) -> str:
     """Switch protocols and run the connection (or send the refusal's close).
 
     ``upgraded`` is gevent-websocket's WebSocket where its handler upgraded
     without our hook. Returns how the server is to hear that the response is
-    done (see :class:`.http.Finished`).
+    done (see :class:`.http.Finished`). ``sessions``: the detached and the
+    threaded session's factories, for another wire format (Pusher's);
+    ``refusal_frame``: a frame sent before a refusal's close.
     """
+    detached_session, threaded_session = sessions or (
+        GeventWebSocket,
+        ThreadedWebSocket,
+    )
     take = environ.pop(TAKE_KEY, None)
     mode = "gevent"
     if take is None and upgraded is None:
@@ -120,7 +129,7 @@ def accept(
     detach = gevent_active() and not is_tls(server_socket)
     session = welcome = None
     if refusal is None and detach:
-        session = GeventWebSocket(node)
+        session = detached_session(node)
         try:
             welcome = build_frame(OP_TEXT, session.open(user_id, user_info))
         except ConnectionRefused as exc:  # by on_connect: closed after the 101
@@ -147,7 +156,7 @@ def accept(
         return mode
 
     if refusal is not None:
-        return _refuse(sock, mode, refusal)
+        return _refuse(sock, mode, refusal, refusal_frame)
     if session is not None and detach:
         if not welcomed:
             session.conn.push_bytes(t.cast(bytes, welcome))
@@ -158,7 +167,7 @@ def accept(
     # No event loop to hand the socket to (flask run), or a TLS socket that
     # must stay in its SSL object: this request's thread (or greenlet) reads,
     # another writes.
-    threaded = ThreadedWebSocket(node, sock)
+    threaded = threaded_session(node, sock)
     try:
         threaded.start(user_id, user_info)
     except ConnectionRefused as exc:
@@ -167,10 +176,12 @@ def accept(
     return mode
 
 
-def _refuse(sock: t.Any, mode: str, refusal: tuple[int, str]) -> str:
+def _refuse(
+    sock: t.Any, mode: str, refusal: tuple[int, str], first: bytes = b""
+) -> str:
     """Send the refusal's close frame after the 101, and end."""
     try:
-        sock.sendall(close_frame(*refusal))
+        sock.sendall(first + close_frame(*refusal))
     except OSError:
         pass
     if mode == "werkzeug":

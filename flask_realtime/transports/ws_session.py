@@ -38,10 +38,6 @@ if t.TYPE_CHECKING:
 logger = logging.getLogger("flask_realtime")
 
 
-def _error_frame(code: int, message: str) -> bytes:
-    return build_frame(OP_TEXT, protocol.error(code, message))
-
-
 class WebSocketProtocol:
     """Reads frames into the node; answers control frames; heartbeats.
 
@@ -100,7 +96,7 @@ class WebSocketProtocol:
                 if refusal is None:
                     texts.append(payload)
                 else:
-                    conn.push_bytes(build_frame(OP_TEXT, refusal))
+                    conn.push_bytes(self.error_frame(refusal))
             elif opcode == OP_PING:
                 conn.push_bytes(build_frame(OP_PONG, payload))
             elif opcode == OP_CLOSE:
@@ -114,8 +110,10 @@ class WebSocketProtocol:
                 return texts
             elif opcode == OP_BINARY:
                 conn.push_bytes(
-                    _error_frame(
-                        protocol.BAD_REQUEST, "binary frames are not supported"
+                    self.error_frame(
+                        protocol.error(
+                            protocol.BAD_REQUEST, "binary frames are not supported"
+                        )
                     )
                 )
             # pongs only refresh last_seen
@@ -123,14 +121,21 @@ class WebSocketProtocol:
             self.pending_close = (
                 protocol.CLOSE_TOO_LARGE,
                 "message too large",
-                _error_frame(
-                    protocol.TOO_LARGE,
-                    f"message too large (limit {failure.limit} bytes)",
+                self.error_frame(
+                    protocol.error(
+                        protocol.TOO_LARGE,
+                        f"message too large (limit {failure.limit} bytes)",
+                    )
                 ),
             )
         elif failure is not None:
             self.pending_close = (failure.code, failure.reason, b"")
         return texts
+
+    def error_frame(self, envelope: bytes) -> bytes:
+        """An error envelope the session makes itself, framed for the wire
+        (another wire format, Pusher's, overrides it)."""
+        return build_frame(OP_TEXT, envelope)
 
     def close_if_pending(self) -> None:
         """Close as the client asked (or its bad frame requires), now that
