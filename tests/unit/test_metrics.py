@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import typing as t
 
-import prometheus_client  # noqa: F401 (imported without the variable)
 import pytest
 from flask import Flask
-from prometheus_client import REGISTRY
+from prometheus_client import REGISTRY  # (before a test sets the variable)
 
 from flask_realtime import ConfigError, Realtime, metrics
 from flask_realtime import config as rt_config
