@@ -13,12 +13,9 @@ import functools
 import typing as t
 
 from flask import Blueprint, Flask, request
-from werkzeug.exceptions import SecurityError
-from werkzeug.wsgi import get_host
 
 from .. import protocol
 from .._ws_frames import text_frame
-from ..transports.handoff import TAKE_KEY
 from ..transports.http import (
     Finished,
     StartResponse,
@@ -28,7 +25,7 @@ from ..transports.http import (
     wsgi_error,
 )
 from ..transports.ws_accept import VERSION_HEADER, accept, refuse_upgrade
-from ..transports.ws_fastpath import Handshake, _is_upgrade
+from ..transports.ws_fastpath import Handshake, may_take
 from ..transports.ws_geventwebsocket import defer_upgrades
 from . import protocol as wire
 from .session import PusherSocketSession, PusherThreadedSession
@@ -150,25 +147,10 @@ class PusherHandshake:
             not path.startswith(self.prefix)
             or not key
             or "/" in key
-            or environ.get("REQUEST_METHOD") != "GET"
-            or "wsgi.websocket" in environ
-            or not _is_upgrade(environ)
-            or not (
-                TAKE_KEY in environ
-                or "gunicorn.socket" in environ
-                or "werkzeug.socket" in environ
-            )
-            or app.url_map.host_matching
-            or app.subdomain_matching
-            or (app.config.get("SERVER_NAME") and "TRUSTED_HOSTS" not in app.config)
+            or not may_take(app, environ)
         ):
             return self.wsgi_app(environ, start_response)
         trusted = app.config.get("TRUSTED_HOSTS")
-        if trusted is not None:
-            try:
-                get_host(environ, trusted)
-            except SecurityError:
-                return self.wsgi_app(environ, start_response)
         try:
             refused = refuse_upgrade(self.node, environ, trusted)
             if refused is not None:

@@ -74,6 +74,35 @@ def _is_upgrade(environ: WSGIEnviron) -> bool:
     )
 
 
+def may_take(app: Flask, environ: WSGIEnviron) -> bool:
+    """Whether a handshake ahead of Flask answers ``environ`` as Flask's
+    routing would: a GET upgrade on a socket we know how to take, in an app
+    without host or subdomain matching (or, before Flask 3.1, a
+    ``SERVER_NAME``, which restricted routing to that host), from a host
+    ``TRUSTED_HOSTS`` allows. The caller checks the path."""
+    if (
+        environ.get("REQUEST_METHOD") != "GET"
+        or "wsgi.websocket" in environ
+        or not _is_upgrade(environ)
+        or not (
+            TAKE_KEY in environ
+            or "gunicorn.socket" in environ
+            or "werkzeug.socket" in environ
+        )
+        or app.url_map.host_matching
+        or app.subdomain_matching
+        or (app.config.get("SERVER_NAME") and "TRUSTED_HOSTS" not in app.config)
+    ):
+        return False
+    trusted = app.config.get("TRUSTED_HOSTS")
+    if trusted is not None:
+        try:
+            get_host(environ, trusted)
+        except SecurityError:
+            return False
+    return True
+
+
 class Handshake:
     """The WSGI middleware :func:`install` puts on ``app.wsgi_app``.
 
@@ -102,33 +131,10 @@ class Handshake:
         self.path = rule.rule.encode("utf-8").decode("latin-1")
 
     def __call__(self, environ: WSGIEnviron, start_response: StartResponse) -> t.Any:
-        if (
-            environ.get("PATH_INFO") != self.path
-            or environ.get("REQUEST_METHOD") != "GET"
-            or "wsgi.websocket" in environ
-            or not _is_upgrade(environ)
-            or not (
-                TAKE_KEY in environ
-                or "gunicorn.socket" in environ
-                or "werkzeug.socket" in environ
-            )
-        ):
-            return self.wsgi_app(environ, start_response)
         app = self.app
-        if (
-            app.url_map.host_matching
-            or app.subdomain_matching
-            # Before Flask 3.1 (which added TRUSTED_HOSTS), SERVER_NAME
-            # restricted routing to that host.
-            or (app.config.get("SERVER_NAME") and "TRUSTED_HOSTS" not in app.config)
-        ):
+        if environ.get("PATH_INFO") != self.path or not may_take(app, environ):
             return self.wsgi_app(environ, start_response)
         trusted = app.config.get("TRUSTED_HOSTS")
-        if trusted is not None:
-            try:
-                get_host(environ, trusted)
-            except SecurityError:
-                return self.wsgi_app(environ, start_response)
         try:
             refused, mode = self._handshake(environ, trusted)
         except Exception as exc:
