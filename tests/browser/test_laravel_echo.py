@@ -49,13 +49,15 @@ BUNDLES = (
     NODE_DIR / "node_modules" / "laravel-echo" / "dist" / "echo.iife.js",
 )
 
-# docs/pusher.md's configuration, with the test server's port; every Echo
-# callback pushes what it got into window.got.
+# docs/pusher.md's configuration (an excerpt of these lines), with the test
+# server's port; window.Echo becomes the instance, as in Laravel's docs. Every
+# Echo callback given note(name) pushes what it got into window.got.
 START_ECHO = """(port) => {
+  const Echo = window.Echo.default;  // the IIFE build's export
   window.got = [];
   window.note = (name) => (value) =>
     window.got.push({ name, value: JSON.parse(JSON.stringify(value ?? null)) });
-  window.echo = new Echo.default({
+  window.Echo = new Echo({
     broadcaster: "pusher",
     key: "app-key",
     wsHost: location.hostname,
@@ -123,10 +125,10 @@ def test_echo_public_private_and_whispers_with_a_native_client(
         page = echo_page(pages, server, "5", "Ann")
         page.evaluate(
             """() => {
-              echo.channel("orders")
+              Echo.channel("orders")
                 .subscribed(note("orders subscribed"))
                 .listen(".OrderShipped", note("shipped"));
-              echo.private("room.5")
+              Echo.private("room.5")
                 .subscribed(note("room subscribed"))
                 .listenForWhisper("native", note("native whisper"));
             }"""
@@ -142,7 +144,7 @@ def test_echo_public_private_and_whispers_with_a_native_client(
         assert native_event(native, "orders", "OrderShipped")["data"] == {"id": 7}
 
         # Echo's whisper is a client- event the native client receives...
-        page.evaluate("""() => echo.private("room.5").whisper("typing", {n: 1})""")
+        page.evaluate("""() => Echo.private("room.5").whisper("typing", {n: 1})""")
         typing = native_event(native, "private-room.5", "client-typing")
         assert typing["data"] == {"n": 1}
         # ...and the native client's client event is Echo's listenForWhisper.
@@ -155,7 +157,7 @@ def test_echo_public_private_and_whispers_with_a_native_client(
             }
         )
         assert wait_got(page, "native whisper") == [{"from": "Nat"}]
-        assert page.evaluate("echo.connectionStatus()") == "connected"
+        assert page.evaluate("Echo.connectionStatus()") == "connected"
     finally:
         native.close()
 
@@ -167,7 +169,7 @@ def test_echo_presence_and_a_denied_private_channel(
     try:
         assert native.subscribe("presence-room.1")["type"] == "subscribed"
         ann = echo_page(pages, server, "5", "Ann")
-        join = """() => echo.join("room.1")
+        join = """() => Echo.join("room.1")
           .here(note("here"))
           .joining(note("joining"))
           .leaving(note("leaving"))"""
@@ -186,7 +188,7 @@ def test_echo_presence_and_a_denied_private_channel(
         # private-room.6 is user 6's: the authorizer refuses Ann, Echo's
         # error callback gets the 403, and her other channels carry on.
         ann.evaluate(
-            """() => echo.private("room.6")
+            """() => Echo.private("room.6")
               .subscribed(note("room.6 subscribed"))
               .error(note("room.6 error"))"""
         )
@@ -195,6 +197,6 @@ def test_echo_presence_and_a_denied_private_channel(
 
         bob.context.close()
         assert wait_got(ann, "leaving") == [{"name": "Bob"}]
-        assert ann.evaluate("echo.connectionStatus()") == "connected"
+        assert ann.evaluate("Echo.connectionStatus()") == "connected"
     finally:
         native.close()
