@@ -6,18 +6,19 @@ from a view reaches pysher and the native client on a public channel; on a
 private channel signed by our ``POST /pusher/auth`` (pysher's
 ``auth_endpoint``; the app's ``authenticate`` reads the user from its query
 string) client events cross both ways; the endpoint refuses another user's
-private channel; a presence channel signed by pysher itself (its
-``secret``) shows in the cluster-wide member list and is seen joining and
-leaving by the native client.
+private channel; on a presence channel, one pysher member signed by our
+endpoint and one signed by pysher itself (its ``secret``) are in the
+cluster-wide member list and seen joining and leaving by the native client.
 
 What pysher does its own way: callbacks get ``data`` as the raw JSON string
 Pusher sends; it subscribes with whatever ``socket_id`` it has, so the test
-waits for ``pusher:connection_established``; and it binds a channel's
-callbacks only after sending the subscription, so
+waits for ``pusher:connection_established``; it binds a channel's callbacks
+only after sending the subscription, so
 ``pusher_internal:subscription_succeeded`` can arrive before anything listens
-(see ``wait_subscribed``). With an ``auth_endpoint`` it cannot join presence
-channels: it posts ``user_data`` as a form and sends its own ``channel_data``,
-not the endpoint's, so the signature does not match.
+(see ``wait_subscribed``); and for presence it sends its own ``user_data`` as
+``channel_data``, not the endpoint's answer, so with an ``auth_endpoint`` its
+``user_data`` must be exactly what the app's authorizer makes of the user
+(anything else is refused as an invalid signature, as Pusher would).
 """
 
 from __future__ import annotations
@@ -119,8 +120,15 @@ def test_pysher_and_a_native_client_across_two_nodes(
         assert native.subscribe(channel)["type"] == "subscribed"
     received = Received()
     signed_by_us = client(a, auth_endpoint=f"{a.url}/pusher/auth?user=5&name=Py")
-    user_data = {"user_id": "7", "user_info": {"name": "Sec"}}
-    signed_by_itself = client(a, secret=SECRET, user_data=user_data)
+    # pysher sends its own user_data as channel_data, so for a presence
+    # channel signed by our endpoint it must be, to the byte, the JSON the
+    # endpoint signs: the authorizer's user_info under the user's id.
+    member = {"user_id": "7", "user_info": {"name": "Eve"}}
+    eve = client(
+        a, auth_endpoint=f"{a.url}/pusher/auth?user=7&name=Eve", user_data=member
+    )
+    own = {"user_id": "8", "user_info": {"name": "Sec"}}
+    signed_by_itself = client(a, secret=SECRET, user_data=own)
     try:
         # Public: a broadcast() from a view.
         orders = signed_by_us.subscribe("py-orders")
@@ -154,19 +162,23 @@ def test_pysher_and_a_native_client_across_two_nodes(
         with pytest.raises(AssertionError, match="Failed to get auth token"):
             signed_by_us.subscribe("private-py.6")
 
-        # Presence, signed by pysher with the secret: cluster-wide members.
+        # Presence: one member signed by our endpoint, one by pysher with
+        # the secret; the member list is cluster-wide.
+        eve.subscribe("presence-py")
+        joined = native_event(native, "presence-py", "presence.join")
+        assert joined["data"] == {"user_id": "7", "user_info": {"name": "Eve"}}
         signed_by_itself.subscribe("presence-py")
         joined = native_event(native, "presence-py", "presence.join")
-        assert joined["data"]["user_id"] == "7"
+        assert joined["data"] == {"user_id": "8", "user_info": {"name": "Sec"}}
         members = requests.get(
             f"{b.url}/presence", params={"channel": "presence-py"}, timeout=5
         ).json()["members"]
-        assert sorted(m["user_id"] for m in members) == ["5", "7"]
+        assert sorted(m["user_id"] for m in members) == ["5", "7", "8"]
         # pysher's disconnect closes the socket at once but may wait out its
         # join timeout for its thread; the node sees the close either way.
         signed_by_itself.disconnect(timeout=0.2)
         left = native_event(native, "presence-py", "presence.leave")
-        assert left["data"] == {"user_id": "7"}
+        assert left["data"] == {"user_id": "8"}
 
         # Still delivering after all that, across nodes too.
         params["data"] = '{"id":8}'
@@ -174,5 +186,6 @@ def test_pysher_and_a_native_client_across_two_nodes(
         assert json.loads(received.wait("shipped")) == {"id": 8}
     finally:
         signed_by_us.disconnect(timeout=0.2)
+        eve.disconnect(timeout=0.2)
         signed_by_itself.disconnect(timeout=0.2)
         native.close()
