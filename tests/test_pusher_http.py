@@ -429,3 +429,59 @@ def test_the_auth_endpoints_check_the_origin_as_the_native_ones_do() -> None:
     assert answer.status_code == 200
     assert answer.headers["Access-Control-Allow-Origin"] == "https://app.example"
     assert web.post("/pusher/auth", data=form).status_code == 200  # no Origin
+
+
+def test_encrypted_channels_get_the_shared_secret_pushers_libraries_derive() -> None:
+    """A private-encrypted- channel end to end: our auth endpoint gives the
+    client the key the official library encrypts with, and the event the
+    library triggers passes through the server opaque and decrypts with it."""
+    import base64
+
+    import nacl.secret
+
+    master = base64.b64encode(bytes(range(32))).decode()
+    app = Flask("encrypted")
+    app.config["REALTIME_TRANSPORTS"] = ["websocket", "memory"]
+    app.config["REALTIME_PUSHER"] = {**APP, "encryption_master_key_base64": master}
+    realtime = Realtime(app)
+    realtime.authenticate(lambda request: "5")
+    realtime.authorizer("private-encrypted-*")(lambda conn, channel: True)
+    web = app.test_client()
+    channel = "private-encrypted-room.1"
+    library = pusher.Pusher(**APP, encryption_master_key_base64=master)
+
+    answer = web.post(
+        "/pusher/auth", data={"socket_id": "1.2", "channel_name": channel}
+    ).get_json()
+    expected = library.authenticate(channel, "1.2")
+    assert answer["auth"] == expected["auth"]
+    assert answer["shared_secret"].encode() == expected["shared_secret"]
+
+    made = library._pusher_client.trigger.make_request(channel, "note", "secret text")
+    posted = web.post(
+        made.path,
+        query_string=made.query_params,
+        data=made.body,
+        content_type="application/json",
+    )
+    assert posted.status_code == 200, posted.get_json()
+    (record,) = realtime.recorder.broadcasts(channel)
+    sealed = record.data  # the server saw only the nonce and the ciphertext
+    assert set(sealed) == {"nonce", "ciphertext"}
+    box = nacl.secret.SecretBox(base64.b64decode(answer["shared_secret"]))
+    opened = box.decrypt(
+        base64.b64decode(sealed["ciphertext"]), base64.b64decode(sealed["nonce"])
+    )
+    assert opened == b"secret text"
+
+
+def test_encrypted_channels_without_a_master_key_are_refused_plainly() -> None:
+    app = Flask("no-key")
+    app.config["REALTIME_PUSHER"] = APP
+    realtime = Realtime(app)
+    realtime.authenticate(lambda request: "5")
+    realtime.authorizer("private-*")(lambda conn, channel: True)
+    form = {"socket_id": "1.2", "channel_name": "private-encrypted-a"}
+    answer = app.test_client().post("/pusher/auth", data=form)
+    assert answer.status_code == 400
+    assert "encryption_master_key_base64" in answer.get_json()["error"]["message"]

@@ -9,6 +9,8 @@ echo a secret.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
 import math
 import re
@@ -45,6 +47,10 @@ class PusherApp:
     # Bytes of an HTTP API request body: a batch of 10 events of Pusher's
     # 10 KB each, and room for their names and channels.
     max_body: int = 128 * 1024
+    # ``encryption_master_key_base64``: 32 bytes from which the auth endpoint
+    # derives each private-encrypted- channel's shared secret; None: no such
+    # channels. Never in a repr.
+    encryption_master_key: bytes | None = dataclasses.field(default=None, repr=False)
 
 
 # option -> minimum, for the integer options.
@@ -96,7 +102,13 @@ def pusher_settings(config: t.Mapping[str, t.Any]) -> PusherSettings | None:
 def _app(entry: t.Any, where: str) -> PusherApp:
     if not isinstance(entry, dict):
         raise ConfigError(f"{where} must be a dict, got a {type(entry).__name__}")
-    unknown = set(entry) - {"app_id", "key", "secret", *OPTIONS}
+    unknown = set(entry) - {
+        "app_id",
+        "key",
+        "secret",
+        "encryption_master_key_base64",
+        *OPTIONS,
+    }
     if unknown:
         raise ConfigError(f"{where}: unknown option(s) {sorted(map(str, unknown))}")
     fields: dict[str, t.Any] = {}
@@ -127,7 +139,28 @@ def _app(entry: t.Any, where: str) -> PusherApp:
                     f'{where}["{name}"] must be an integer >= {minimum}, got {number!r}'
                 )
             fields[name] = number
+    if "encryption_master_key_base64" in entry:
+        fields["encryption_master_key"] = _master_key(
+            entry["encryption_master_key_base64"], where
+        )
     return PusherApp(secret=secret, **fields)
+
+
+def _master_key(value: t.Any, where: str) -> bytes:
+    """The 32 bytes Pusher's libraries take as ``encryption_master_key_base64``
+    (``openssl rand -base64 32``); the value is never shown in an error."""
+    try:
+        if not isinstance(value, str):
+            raise ValueError
+        key = base64.b64decode(value, validate=True)
+    except (ValueError, binascii.Error):
+        key = b""
+    if len(key) != 32:
+        raise ConfigError(
+            f'{where}["encryption_master_key_base64"] must be 32 bytes in base64'
+            " (openssl rand -base64 32)"
+        )
+    return key
 
 
 def _paths(value: t.Any) -> dict[str, str]:

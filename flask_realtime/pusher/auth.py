@@ -108,10 +108,12 @@ def channel_auth_view(
     channel = params.get("channel_name")
     if not isinstance(channel, str) or not _channels.is_valid_name(channel):
         return json_error(400, "'channel_name' must be a valid channel name")
-    if channel.startswith("private-encrypted-"):
-        # Its auth needs a shared secret derived from an encryption master
-        # key, which REALTIME_PUSHER does not hold (yet).
-        return json_error(400, "encrypted channels are not supported")
+    encrypted = channel.startswith("private-encrypted-")
+    if encrypted and app.encryption_master_key is None:
+        # Its answer carries a shared secret derived from the app's master key.
+        return json_error(
+            400, "encrypted channels need the app's encryption_master_key_base64"
+        )
     kind = node.rules.kind(channel)
     if kind == _channels.PUBLIC:
         return json_error(400, "a public channel needs no authorization")
@@ -120,6 +122,11 @@ def channel_auth_view(
     allowed = _authorize(node, AuthConnection(socket_id, user_id, user_info), channel)
     if not allowed and not (kind == _channels.PRESENCE and allowed == {}):
         return json_error(403, "not allowed to subscribe to this channel")
+    if encrypted:
+        return jsonify(
+            auth=signatures.channel_auth(app, socket_id, channel),
+            shared_secret=signatures.shared_secret(app, channel),
+        )
     if kind != _channels.PRESENCE:
         return jsonify(auth=signatures.channel_auth(app, socket_id, channel))
     info = allowed if isinstance(allowed, dict) else user_info

@@ -6,6 +6,7 @@ are Pusher's documented ones, so its SDKs and server libraries interoperate.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import secrets
@@ -37,6 +38,16 @@ def channel_auth(
 def user_auth(app: PusherApp, socket_id: str, user_data: str) -> str:
     """``key:signature`` over ``socket_id::user::user_data`` (pusher:signin)."""
     return f"{app.key}:{_hex(app.secret, f'{socket_id}::user::{user_data}')}"
+
+
+def shared_secret(app: PusherApp, channel: str) -> str:
+    """A private-encrypted- channel's key for its clients, in base64: the
+    SHA-256 of the channel name and the app's master key, as Pusher's
+    libraries derive it (the server never needs it; clients decrypt)."""
+    if app.encryption_master_key is None:
+        raise ValueError("the app has no encryption_master_key_base64")
+    digest = hashlib.sha256(channel.encode() + app.encryption_master_key).digest()
+    return base64.b64encode(digest).decode()
 
 
 def same(expected: str, given: t.Any) -> bool:

@@ -46,6 +46,23 @@ def test_several_apps_and_moved_paths() -> None:
     assert settings.paths["websocket"] == "/app"
 
 
+def test_an_encryption_master_key_is_32_bytes_of_base64() -> None:
+    key = "A" * 43 + "="  # 32 zero bytes
+    settings = pusher_settings(
+        {"REALTIME_PUSHER": dict(APP, encryption_master_key_base64=key)}
+    )
+    assert settings is not None
+    assert settings.apps[0].encryption_master_key == bytes(32)
+    assert key not in repr(settings) and "encryption_master_key=" not in repr(settings)
+    for bad in ("short", "B" * 44, 32, "C" * 42 + "!="):
+        config = {"REALTIME_PUSHER": dict(APP, encryption_master_key_base64=bad)}
+        with pytest.raises(ConfigError) as caught:
+            pusher_settings(config)
+        message = str(caught.value)
+        assert 'REALTIME_PUSHER["encryption_master_key_base64"] must be 32' in message
+        assert not isinstance(bad, str) or bad not in message
+
+
 def test_the_secret_stays_out_of_reprs() -> None:
     settings = pusher_settings({"REALTIME_PUSHER": APP})
     assert "app-secret" not in repr(settings)
