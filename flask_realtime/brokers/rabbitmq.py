@@ -298,7 +298,8 @@ class RabbitMQBroker(BrokerBase):
         became the writer of: fence the stream, read its tail, and put the
         events RabbitMQ gives back (the last writer's unacknowledged ones,
         which may come after newer ones) into publishing order. The highest
-        delivery tag taken from ``link.deliveries`` meanwhile (0: none)."""
+        delivery tag taken from ``link.deliveries`` meanwhile (0: none),
+        below any delivery left there."""
         new = {topic for topic, _, _ in received if topic not in self._sequences}
         if not new:
             return 0
@@ -335,6 +336,11 @@ class RabbitMQBroker(BrokerBase):
         if taken:
             link.deliveries.clear()
             link.deliveries.extend(kept)
+            if kept:
+                # The caller acks up to ``taken`` with multiple: never past
+                # what is still to be handled (another topic's events, not
+                # yet appended: a crash then would lose them).
+                taken = min(taken, kept[0][0] - 1)
         for topic in new:  # each publisher's events in its order again
             slots = [
                 n
