@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import typing as t
 
-from flask import Blueprint, Flask, request
+from flask import Blueprint, Flask, Response, request
 
 from .. import protocol
 from .._ws_frames import text_frame
@@ -20,12 +20,11 @@ from ..transports.http import (
     Finished,
     StartResponse,
     WSGIEnviron,
-    environ_origin_allowed,
     json_error,
-    wsgi_error,
 )
-from ..transports.ws_accept import VERSION_HEADER, accept, refuse_upgrade
-from ..transports.ws_fastpath import Handshake, may_take
+from ..transports.websocket import check_upgrade
+from ..transports.ws_accept import accept, refuse_upgrade
+from ..transports.ws_fastpath import Handshake, may_take, respond
 from ..transports.ws_geventwebsocket import defer_upgrades
 from . import protocol as wire
 from .session import PusherSocketSession, PusherThreadedSession
@@ -54,20 +53,11 @@ def blueprint(node: Node, pusher: PusherSettings) -> Blueprint:
 
 
 def _view(node: Node, pusher: PusherSettings, key: str) -> t.Any:
+    checked = check_upgrade(node)
+    if isinstance(checked, Response):
+        return checked
+    upgraded, origin_ok = checked
     environ = request.environ
-    upgraded = environ.get("wsgi.websocket")  # gevent-websocket without our hook
-    origin_ok = True
-    if upgraded is None:
-        refused = refuse_upgrade(node, environ, request.trusted_hosts)
-        if refused is not None:
-            response = json_error(*refused)
-            if refused[0] == 426:
-                response.headers[VERSION_HEADER[0]] = VERSION_HEADER[1]
-            return response
-    else:
-        origin_ok = environ_origin_allowed(
-            environ, node.settings.allowed_origins, request.trusted_hosts
-        )
     return Finished(_accept(node, pusher, environ, upgraded, origin_ok, key))
 
 
@@ -151,22 +141,14 @@ class PusherHandshake:
         ):
             return self.wsgi_app(environ, start_response)
         trusted = app.config.get("TRUSTED_HOSTS")
-        try:
+
+        def handshake() -> tuple[tuple[int, str] | None, str]:
             refused = refuse_upgrade(self.node, environ, trusted)
             if refused is not None:
-                status, message = refused
-                extra = [VERSION_HEADER] if status == 426 else []
-                return wsgi_error(start_response, status, message, extra)
-            mode = _accept(self.node, self.pusher, environ, None, True, key)
-        except Exception as exc:
-            with app.request_context(environ):
-                response = app.handle_exception(exc)
-            return response(environ, start_response)
-        if mode == "gunicorn":
-            raise StopIteration()  # gunicorn: nothing more to send, close
-        if mode == "werkzeug":
-            return Finished(mode)(environ, start_response)
-        return []
+                return refused, ""
+            return None, _accept(self.node, self.pusher, environ, None, True, key)
+
+        return respond(app, environ, start_response, handshake)
 
 
 def _frame(body: bytes) -> bytes:

@@ -31,7 +31,27 @@ from .ws_fastpath import install as install
 if t.TYPE_CHECKING:
     from ..node import Node
 
-__all__ = ["install", "websocket_view"]
+__all__ = ["check_upgrade", "install", "websocket_view"]
+
+
+def check_upgrade(node: Node) -> Response | tuple[t.Any, bool]:
+    """For a handshake through Flask's dispatch: the refusal's JSON answer,
+    or gevent-websocket's socket (None when the server hands us its own) and
+    whether the origin is allowed (a refused origin is told by a close)."""
+    environ = request.environ
+    upgraded = environ.get("wsgi.websocket")  # gevent-websocket without our hook
+    if upgraded is not None:
+        allowed = environ_origin_allowed(
+            environ, node.settings.allowed_origins, request.trusted_hosts
+        )
+        return upgraded, allowed
+    refused = refuse_upgrade(node, environ, request.trusted_hosts)
+    if refused is None:
+        return None, True
+    response = json_error(*refused)
+    if refused[0] == 426:
+        response.headers[VERSION_HEADER[0]] = VERSION_HEADER[1]
+    return response
 
 
 def websocket_view(node: Node, authenticate: t.Callable[..., t.Any] | None) -> Response:
@@ -39,21 +59,15 @@ def websocket_view(node: Node, authenticate: t.Callable[..., t.Any] | None) -> R
     environ = request.environ
     if "websocket" not in node.settings.transports:
         return json_error(404, "the websocket transport is disabled")
-    upgraded = environ.get("wsgi.websocket")  # gevent-websocket without our hook
-    origin_ok = True
-    if upgraded is None:
-        if request.headers.get("Upgrade", "").lower() != "websocket":
-            return json_error(400, "expected a WebSocket upgrade request")
-        refused = refuse_upgrade(node, environ, request.trusted_hosts)
-        if refused is not None:
-            response = json_error(*refused)
-            if refused[0] == 426:
-                response.headers[VERSION_HEADER[0]] = VERSION_HEADER[1]
-            return response
-    else:
-        origin_ok = environ_origin_allowed(
-            environ, node.settings.allowed_origins, request.trusted_hosts
-        )
+    if (
+        "wsgi.websocket" not in environ
+        and request.headers.get("Upgrade", "").lower() != "websocket"
+    ):
+        return json_error(400, "expected a WebSocket upgrade request")
+    checked = check_upgrade(node)
+    if isinstance(checked, Response):
+        return checked
+    upgraded, origin_ok = checked
 
     refusal: tuple[int, str] | None = None
     user_id = user_info = None

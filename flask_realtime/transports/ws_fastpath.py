@@ -103,6 +103,36 @@ def may_take(app: Flask, environ: WSGIEnviron) -> bool:
     return True
 
 
+Handshaker = t.Callable[[], "tuple[tuple[int, str] | None, str]"]
+
+
+def respond(
+    app: Flask,
+    environ: WSGIEnviron,
+    start_response: StartResponse,
+    handshake: Handshaker,
+) -> t.Any:
+    """Run a handshake ahead of Flask and answer as Flask's view would: the
+    refusal ``(status, message)`` as a JSON error, an exception through the
+    app's 500 handler, else whatever the server that took the socket needs."""
+    try:
+        refused, mode = handshake()
+    except Exception as exc:
+        # As Flask would: log it, the app's 500 handler answers.
+        with app.request_context(environ):
+            response = app.handle_exception(exc)
+        return response(environ, start_response)
+    if refused is not None:
+        status, message = refused
+        extra = [VERSION_HEADER] if status == 426 else []
+        return wsgi_error(start_response, status, message, extra)
+    if mode == "gunicorn":
+        raise StopIteration()  # gunicorn: nothing more to send, close
+    if mode == "werkzeug":
+        return Finished(mode)(environ, start_response)
+    return []
+
+
 class Handshake:
     """The WSGI middleware :func:`install` puts on ``app.wsgi_app``.
 
@@ -135,22 +165,9 @@ class Handshake:
         if environ.get("PATH_INFO") != self.path or not may_take(app, environ):
             return self.wsgi_app(environ, start_response)
         trusted = app.config.get("TRUSTED_HOSTS")
-        try:
-            refused, mode = self._handshake(environ, trusted)
-        except Exception as exc:
-            # As Flask would: log it, the app's 500 handler answers.
-            with app.request_context(environ):
-                response = app.handle_exception(exc)
-            return response(environ, start_response)
-        if refused is not None:
-            status, message = refused
-            extra = [VERSION_HEADER] if status == 426 else []
-            return wsgi_error(start_response, status, message, extra)
-        if mode == "gunicorn":
-            raise StopIteration()  # gunicorn: nothing more to send, close
-        if mode == "werkzeug":
-            return Finished(mode)(environ, start_response)
-        return []
+        return respond(
+            app, environ, start_response, lambda: self._handshake(environ, trusted)
+        )
 
     def _handshake(
         self, environ: WSGIEnviron, trusted: t.Any
