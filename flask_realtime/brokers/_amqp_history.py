@@ -107,6 +107,12 @@ def inbox_name(stream: str) -> str:
     return stream + ".in"
 
 
+def inbox_declaration(inbox: str) -> dict[str, t.Any]:
+    """``queue_declare``'s arguments for an inbox: durable, and one consumer
+    at a time receives (the stream's one writer)."""
+    return {"queue": inbox, "durable": True, "arguments": INBOX_ARGUMENTS}
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -279,12 +285,7 @@ class StreamHistory:
         the stream offset of the last (where a read may start)."""
         inbox = inbox_name(name)
         if inbox not in self._declared:
-            link.call(
-                link.channel.queue_declare,
-                queue=inbox,
-                durable=True,
-                arguments=INBOX_ARGUMENTS,
-            )
+            link.call(link.channel.queue_declare, **inbox_declaration(inbox))
             self._declared.add(inbox)
         self._asked += 1
         asked = self._asked

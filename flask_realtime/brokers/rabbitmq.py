@@ -34,9 +34,9 @@ from .._runtime import event
 from ..config import Settings
 from ._amqp import CALL_TIMEOUT, Link, Outgoing
 from ._amqp_history import (
-    INBOX_ARGUMENTS,
     StreamHistory,
     arguments,
+    inbox_declaration,
     inbox_name,
     inbox_properties,
     marker_properties,
@@ -287,9 +287,7 @@ class RabbitMQBroker(BrokerBase):
             self._writes.add(topic)  # again after a reconnect
             name = self._history.name(topic)
             link.channel.queue_declare(name, durable=True, arguments=arguments(rule))
-            link.channel.queue_declare(
-                inbox_name(name), durable=True, arguments=INBOX_ARGUMENTS
-            )
+            link.channel.queue_declare(**inbox_declaration(inbox_name(name)))
             tag = link.consume_soon(inbox_name(name), None, lambda _tag: None)
             self._writing[tag] = topic
 
@@ -566,12 +564,7 @@ class RabbitMQBroker(BrokerBase):
                 continue
             inbox = inbox_name(self._history.name(topic))
             if inbox not in self._inboxes:
-                link.call(
-                    link.channel.queue_declare,
-                    queue=inbox,
-                    durable=True,
-                    arguments=INBOX_ARGUMENTS,
-                )
+                link.call(link.channel.queue_declare, **inbox_declaration(inbox))
                 self._inboxes.add(inbox)
                 self._want(topic)
             ident = f"{self._node}.{next(self._ids)}"

@@ -97,8 +97,6 @@ class ClientMessages:
             return contextlib.nullcontext()
         return app.app_context()
 
-    # -- subscriptions -----------------------------------------------------------
-
     # -- server-side subscriptions (realtime.subscribe, see .commands) ---------
 
     def server_subscribe(self, conn: Connection, name: str) -> None:
@@ -130,6 +128,8 @@ class ClientMessages:
         self._node.hub.unsubscribe(conn, name)
         self._node.left_channel(conn, name)
         conn.push_json(protocol.unsubscribed(name, None))
+
+    # -- subscriptions -----------------------------------------------------------
 
     def _subscribe(
         self,
@@ -163,10 +163,10 @@ class ClientMessages:
             if trusted:  # realtime.subscribe(): whether is the server's call
                 allowed = True
                 if kind == _channels.PRESENCE:
-                    info = self._authorize(conn, name)
+                    info = self.authorize(conn, name)
                     allowed = info if isinstance(info, dict) else True
             else:
-                allowed = self._authorize(conn, name)
+                allowed = self.authorize(conn, name)
             if not allowed and not (kind == _channels.PRESENCE and allowed == {}):
                 raise protocol.ProtocolError(
                     protocol.FORBIDDEN,
@@ -214,7 +214,10 @@ class ClientMessages:
             return {"members": self._node.presence.members(name)}
         return {}
 
-    def _authorize(self, conn: Connection, name: str) -> t.Any:
+    def authorize(self, conn: t.Any, name: str) -> t.Any:
+        """The channel's authorizer's answer for ``conn`` (a Connection, or
+        a stand-in with its public attributes); no authorizer, or one that
+        raises: denied."""
         authorizer = self._node.rules.authorizer_for(name)
         if authorizer is None:
             return False  # deny by default: no authorizer, no access
@@ -276,7 +279,7 @@ class ClientMessages:
                 result = handler(conn, name, message.data)
         except Rejected as exc:
             raise protocol.ProtocolError(
-                getattr(exc, "code", protocol.FORBIDDEN),
+                exc.code,
                 str(exc) or "event refused",
                 request_id=message.id,
                 channel=name,

@@ -18,7 +18,6 @@ an ``app_key`` parameter (query string, form or JSON; e.g. pusher-js's
 from __future__ import annotations
 
 import json
-import logging
 import re
 import typing as t
 
@@ -32,7 +31,6 @@ if t.TYPE_CHECKING:
     from ..config.pusher import PusherApp, PusherSettings
     from ..node import Node
 
-logger = logging.getLogger("flask_realtime")
 
 #: Pusher's socket ids: two integers joined by a dot (its libraries check so).
 SOCKET_ID = re.compile(r"\d{1,20}\.\d{1,20}")
@@ -119,7 +117,9 @@ def channel_auth_view(
         return json_error(400, "a public channel needs no authorization")
     if kind == _channels.PRESENCE and user_id is None:
         return json_error(403, "presence channels need an authenticated user")
-    allowed = _authorize(node, AuthConnection(socket_id, user_id, user_info), channel)
+    allowed = node.messages.authorize(
+        AuthConnection(socket_id, user_id, user_info), channel
+    )
     if not allowed and not (kind == _channels.PRESENCE and allowed == {}):
         return json_error(403, "not allowed to subscribe to this channel")
     if encrypted:
@@ -157,23 +157,6 @@ def user_auth_view(
     return jsonify(
         auth=signatures.user_auth(app, socket_id, user_data), user_data=user_data
     )
-
-
-def _authorize(node: Node, conn: AuthConnection, channel: str) -> t.Any:
-    """The channel's authorizer's answer; no authorizer, or one that raises:
-    denied, as for a native subscribe."""
-    authorizer = node.rules.authorizer_for(channel)
-    if authorizer is None:
-        return False
-    try:
-        return authorizer.func(conn, channel)
-    except Exception:
-        logger.exception(
-            "flask_realtime: authorizer %r raised for channel %r; denied",
-            authorizer.pattern,
-            channel,
-        )
-        return False
 
 
 def _encoded(value: t.Any) -> str:
