@@ -248,9 +248,17 @@ def test_a_message_shows_sending_until_acknowledged_or_not_sent(
         while not held:  # the page's POST reaches the route handler
             assert time.monotonic() < deadline, "the message's POST /send never came"
             ann.evaluate("0")  # lets Playwright dispatch the route event
-        held.pop().continue_()
+        route = held.pop()
+        # The server takes the message and broadcasts it; its answer (the
+        # ack) is held back, so the broadcast reaches the page first: it
+        # takes the draft's place, shown once, as sent.
+        reply = route.fetch()
+        assert reply.status == 200
         expect_message(ann, text, name, mine=True)
         expect(draft.locator(".delivery")).to_have_text("Sent")
+        route.fulfill(response=reply)  # the ack, late: nothing changes
+        ann.evaluate("new Promise((resolve) => setTimeout(resolve, 0))")
+        expect_message(ann, text, name, mine=True)
 
         refuse = True
         failing = f"Refused: {unique('message ')}."

@@ -153,11 +153,18 @@
       this.list = list;
       this.messages = new Map();
       this.last = null;
+      this.drafts = []; // items "Sending…", oldest first
     }
 
     add(message) {
       if (this.messages.has(message.id)) return false;
       this.messages.set(message.id, message);
+      // Our own message's broadcast may come before the server's answer to
+      // send(): it takes the place of its draft, so it never shows twice.
+      if (String(message.user_id) === String(me.user_id)) {
+        const draft = this.drafts.find((item) => item._text === message.text);
+        if (draft) this.forget(draft).remove();
+      }
       if (this.last && message.id < this.last.id) {
         this.redraw(); // history arriving after a live message
       } else {
@@ -188,7 +195,8 @@
         items.push(messageItem(message, previous, true));
         previous = message;
       }
-      this.list.replaceChildren(...items);
+      // Drafts stay at the end, where they were.
+      this.list.replaceChildren(...items, ...this.drafts);
       this.last = previous;
       this.list.scrollTop = this.list.scrollHeight;
     }
@@ -199,6 +207,8 @@
       const item = messageItem(draft, this.last, false);
       item.dataset.status = "sending";
       item.querySelector(".delivery").textContent = "Sending…";
+      item._text = text.trim(); // as the server stores it (clean_text in app.py)
+      this.drafts.push(item);
       this.list.append(item);
       this.list.scrollTop = this.list.scrollHeight;
       return item;
@@ -206,13 +216,20 @@
 
     /** The server has it: the draft gives way to the message (unless its broadcast came first). */
     sent(item, message) {
-      item.remove();
+      this.forget(item).remove();
       if (message && message.id !== undefined) this.add(message);
     }
 
     failed(item) {
+      this.forget(item);
       item.dataset.status = "failed";
       item.querySelector(".delivery").textContent = "Not sent";
+    }
+
+    /** `item` is no longer a draft (it is sent, or failed); returns it. */
+    forget(item) {
+      this.drafts = this.drafts.filter((draft) => draft !== item);
+      return item;
     }
 
     system(text) {
