@@ -18,7 +18,7 @@ import typing as t
 
 import pytest
 
-from flask_realtime.client import RealtimeClient
+from flask_realtime.client import ConnectionClosed, RealtimeClient
 from flask_realtime.client.recovery import Recovery
 from tests.conftest import module_server
 from tests.cutproxy import CutProxy
@@ -165,6 +165,17 @@ def test_recovers_across_a_fallback(server: Server, proxy: CutProxy) -> None:
         assert client.transport == "sse"
     finally:
         client.disconnect()
+
+
+@pytest.mark.parametrize("transport", HTTP_TRANSPORTS)
+def test_authentication_refusal_is_final(server: Server, transport: str) -> None:
+    """A 401 is WebSocket's 4001: the client stops (and would try no
+    other transport), where a ConnectError would let it go on."""
+    client = _client(server.url, [transport], params={"deny": "1"})
+    with pytest.raises(ConnectionClosed) as refused:
+        client.connect()
+    assert refused.value.code == 4001
+    assert client.transport is None
 
 
 def test_unknown_transport_is_refused() -> None:

@@ -80,6 +80,7 @@ class HttpOptions:
         origin: str | None,
         verify: t.Any,
         timeout: float,
+        send_timeout: float,
     ) -> None:
         #: ``http(s)://host[/path]{prefix}``: the paths follow it.
         self.base = base
@@ -90,7 +91,11 @@ class HttpOptions:
         if origin is not None:
             self.headers["Origin"] = origin
         self.verify = verify
+        #: Seconds to connect, and for the opening request's answer.
         self.timeout = timeout
+        #: Seconds a ``POST /send`` may wait for its answer, which comes
+        #: once the app's handler has run: the client's ``timeout``.
+        self.send_timeout = send_timeout
 
     def url(self, kind: str) -> str:
         return self.base + PATHS[kind]
@@ -221,6 +226,9 @@ class HttpLink:
                 self._options.url("send"),
                 content=body,
                 headers={"Content-Type": "application/json"},
+                timeout=httpx.Timeout(
+                    self._options.timeout, read=self._options.send_timeout
+                ),
             )
         except httpx.HTTPError as exc:
             self._lose(f"send failed: {exc}")

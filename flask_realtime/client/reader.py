@@ -22,6 +22,7 @@ if t.TYPE_CHECKING:
     from .messages import Pending
 
 _PING = "hb-"  # the id prefix of the reader's own pings: no call waits for them
+_LOCK_WAIT = 0.1  # seconds a ping waits for a send in flight
 
 
 class Reader(Emitter):
@@ -92,16 +93,21 @@ class Reader(Emitter):
                     protocol.CLOSE_ABNORMAL,
                     f"no answer to a ping within {patience:g} s",
                 )
-            if now >= next_ping:
+            # Over HTTP a send holds the lock for its round trip (a slow
+            # handler's answer): the ping then waits for the next round, not
+            # the reader for the send.
+            if now >= next_ping and self._send_lock.acquire(timeout=_LOCK_WAIT):
                 try:
-                    with self._send_lock:
-                        ping = {"type": "ping", "id": _PING + str(next(self._ids))}
-                        ws.send(json.dumps(ping))
+                    ping = {"type": "ping", "id": _PING + str(next(self._ids))}
+                    ws.send(json.dumps(ping))
                 except LinkError as exc:
                     return protocol.CLOSE_ABNORMAL, f"ping failed: {exc}"
-                next_ping = now + interval
+                finally:
+                    self._send_lock.release()
                 if answer_by is None:
                     answer_by = now + patience
+            if now >= next_ping:
+                next_ping = now + interval
             wake = next_ping if answer_by is None else min(next_ping, answer_by)
             try:
                 frame = ws.receive(max(0.01, wake - now))

@@ -247,6 +247,7 @@ class RealtimeClient(Messages, Reader, Reconnection, Emitter):
             origin=self.origin,
             verify=verify_option(self.sslopt),
             timeout=timeout,
+            send_timeout=self.timeout,
         )
         if transport == "sse":
             from .sse import SSELink
