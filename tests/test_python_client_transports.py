@@ -18,7 +18,7 @@ import typing as t
 
 import pytest
 
-from flask_realtime.client import ConnectionClosed, RealtimeClient
+from flask_realtime.client import ConnectionClosed, RealtimeClient, ServerError
 from flask_realtime.client.recovery import Recovery
 from tests.conftest import module_server
 from tests.cutproxy import CutProxy
@@ -125,7 +125,10 @@ def test_subscribe_receive_and_send_with_ack(server: Server, transport: str) -> 
         assert room.send("add", [20, 22], wait=True) == {"sum": 42, "user": "py7"}
         room.send("nothing", "x")  # no id: the handler's broadcast comes back
         assert room.wait_for("done", timeout=5) == "x"
-        assert client.ping() < 5
+        with pytest.raises(ServerError) as refused:  # HTTP 413, no envelope
+            room.send("add", "x" * 70_000, wait=True)
+        assert refused.value.code == 413
+        assert client.ping() < 5  # the connection is still there
         room.unsubscribe()
     assert client.transport is None
 
@@ -196,3 +199,17 @@ def test_events_before_the_reply_wait_for_it() -> None:
     assert not recovery.on_reply({"position": {"offset": 0, "epoch": "b"}})
     assert [m["offset"] for m in recovery.take_held() if recovery.accept(m)] == [1, 2]
     assert not recovery.hold({"offset": 3})  # no reply awaited any more
+
+
+@pytest.mark.parametrize("transport", HTTP_TRANSPORTS)
+def test_disconnect_says_goodbye(server: Server, transport: str) -> None:
+    """``POST /close``: the other members learn at once that the client left
+    (without it a long-poll connection lingers until it expires)."""
+    name = unique("presence-room")
+    with _client(server.url, ["websocket"], params={"user": "bob"}) as bob:
+        room = bob.subscribe(name)
+        ann = _client(server.url, [transport], params={"user": "ann"}).connect()
+        ann.subscribe(name)
+        assert room.wait_for("presence.join", timeout=5)["user_id"] == "ann"
+        ann.disconnect()
+        assert room.wait_for("presence.leave", timeout=3) == {"user_id": "ann"}
