@@ -18,9 +18,14 @@ import typing as t
 
 import pytest
 
-from flask_realtime.client import ConnectionClosed, RealtimeClient, ServerError
+from flask_realtime.client import (
+    ConnectError,
+    ConnectionClosed,
+    RealtimeClient,
+    ServerError,
+)
 from flask_realtime.client.recovery import Recovery
-from tests.conftest import module_server
+from tests.conftest import LiveServerFactory, module_server
 from tests.cutproxy import CutProxy
 from tests.http_helpers import app_env, broadcast, unique
 from tests.servers import Server
@@ -168,6 +173,21 @@ def test_recovers_across_a_fallback(server: Server, proxy: CutProxy) -> None:
         assert client.transport == "sse"
     finally:
         client.disconnect()
+
+
+def test_falls_back_to_longpolling_when_sse_is_disabled(
+    live_server: LiveServerFactory,
+) -> None:
+    """The server's 404 for a disabled transport: the next one is tried."""
+    only_polls = live_server(
+        "cli", env=app_env(REALTIME_TRANSPORTS=["websocket", "longpolling"])
+    )
+    with _client(only_polls.url, ["sse", "longpolling"]) as client:
+        assert client.transport == "longpolling"
+        assert client.subscribe(unique("news")).state == "subscribed"
+    with pytest.raises(ConnectError) as refused:
+        _client(only_polls.url, ["sse"]).connect()
+    assert refused.value.status == 404
 
 
 @pytest.mark.parametrize("transport", HTTP_TRANSPORTS)

@@ -230,7 +230,7 @@ class HttpLink:
                     self._options.timeout, read=self._options.send_timeout
                 ),
             )
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, RuntimeError) as exc:  # RuntimeError: closed
             self._lose(f"send failed: {exc}")
             raise LinkError(f"send failed: {exc}") from exc
         replies = _replies(response.content)

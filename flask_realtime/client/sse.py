@@ -14,8 +14,8 @@ import json
 import queue
 
 from .errors import ConnectError
-from .http import LOST, HttpLink, HttpOptions, httpx_module, refusal
-from .websocket import Opened
+from .http import HttpLink, HttpOptions, httpx_module, refusal
+from .websocket import TEXT, Opened
 
 #: Seconds a read of the stream may wait. The server writes a comment at
 #: least every 10 s, so this only ends a stream whose path silently died.
@@ -47,9 +47,10 @@ class SSELink(HttpLink):
             raise ConnectError(
                 f"no 'connected' message from {url} within {options.timeout:g} s"
             ) from None
-        if kind == _REFUSED:
-            raise payload
-        if kind == LOST:
+        if kind != TEXT:
+            link.shutdown()  # the feeder ends at once: nothing to say goodbye to
+            if kind == _REFUSED:
+                raise payload
             raise ConnectError(f"cannot connect to {url}: {payload}")
         try:
             welcome = link._welcome(json.loads(payload), url)
