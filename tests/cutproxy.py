@@ -4,7 +4,9 @@
 connection to ``127.0.0.1:port``. ``cut()`` resets every relayed connection
 (an RST, not a polite close: the client learns of it as of a network failure)
 and resets every new one until ``restore()``; meanwhile the test publishes
-through the server's own port.
+through the server's own port. With ``refuse_websocket`` set, it answers
+WebSocket handshakes 404 itself, as a proxy without WebSocket support would,
+and relays everything else.
 """
 
 from __future__ import annotations
@@ -30,6 +32,29 @@ def _reset(sock: socket.socket) -> None:
     sock.close()
 
 
+def _is_websocket(client: socket.socket) -> bool:
+    """Whether the request starting on ``client`` asks for a WebSocket
+    (peeked at, so that a relayed request loses nothing)."""
+    client.settimeout(5)
+    try:
+        head = client.recv(4096, socket.MSG_PEEK)
+    except OSError:
+        return False
+    finally:
+        client.settimeout(None)
+    return b"upgrade: websocket" in head.lower()
+
+
+def _refuse(client: socket.socket) -> None:
+    try:
+        client.sendall(
+            b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+    except OSError:
+        pass
+    client.close()
+
+
 class CutProxy:
     """Relays 127.0.0.1:``self.port`` to 127.0.0.1:``target``; see the module."""
 
@@ -42,6 +67,8 @@ class CutProxy:
         self._down = False
         #: Connections reset so far by ``cut()`` or while down.
         self.resets = 0
+        #: Answer WebSocket handshakes 404 instead of relaying them.
+        self.refuse_websocket = False
         self._closed = False
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -85,6 +112,9 @@ class CutProxy:
                     self.resets += 1
             if down:
                 _reset(client)
+                continue
+            if self.refuse_websocket and _is_websocket(client):
+                _refuse(client)
                 continue
             try:
                 upstream = socket.create_connection(("127.0.0.1", self.target), 5)

@@ -5,8 +5,9 @@ through ``tests.cutproxy.CutProxy``; the test cuts the connection with an
 RST, publishes through the server's own port meanwhile, lets the client
 back, and checks that every event arrived exactly once and in order with
 ``recovered`` true, or that a gap the history cannot fill (trimmed by
-``size``, another epoch after a restart) says ``recovered`` false. The
-Python client speaks WebSocket only.
+``size``, another epoch after a restart) says ``recovered`` false. These
+run on WebSocket; tests/test_python_client_transports.py recovers over SSE,
+long-polling and across a fallback.
 """
 
 from __future__ import annotations

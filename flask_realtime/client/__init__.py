@@ -1,4 +1,5 @@
-"""A Python client for flask_realtime servers: protocol v1 over WebSocket.
+"""A Python client for flask_realtime servers: protocol v1 over WebSocket,
+Server-Sent Events or long-polling, falling back from one to the next.
 
 The same shape as the JavaScript client, for services, scripts and tests
 (docs/python-client.md shows it at work, in samples the test suite runs).
@@ -9,13 +10,16 @@ and without gevent. Callbacks run on the reader thread, one at a time, in
 arrival order: keep them short, and do not make blocking calls from them (the
 reader would wait for itself).
 
-It needs websocket-client: ``pip install flask_realtime[client]``.
+It needs websocket-client, and httpx with httpx-sse for SSE and
+long-polling: ``pip install flask_realtime[client]``.
 
 The parts: :mod:`.realtime_client` (options, connecting), :mod:`.messages`
 (requests and replies), :mod:`.channel`, :mod:`.events` (callbacks and the
 ``wait_for`` mailbox), :mod:`.reader` (the reader thread and liveness),
-:mod:`.reconnect` (backoff), :mod:`.websocket` (the socket, through
-websocket-client) and :mod:`.errors`.
+:mod:`.reconnect` (backoff), :mod:`.transports` (which one, falling back),
+:mod:`.websocket` (the socket, through websocket-client), :mod:`.http`,
+:mod:`.sse` and :mod:`.longpoll` (the HTTP transports, through httpx) and
+:mod:`.errors`.
 """
 
 from __future__ import annotations

@@ -112,6 +112,7 @@ class Channel(Emitter):
         data = message.get("data")
         with self._cond:
             self.recovered = self._recovery.on_reply(data)
+            held = self._recovery.take_held()
             if isinstance(data, dict):
                 data = {**data, "recovered": self.recovered}
             self.state = "subscribed"
@@ -126,6 +127,8 @@ class Channel(Emitter):
             awaited, self._awaited = self._awaited, False
             self._cond.notify_all()
         self._emit("subscribed", data, buffer=not awaited, message=message)
+        for event in held:
+            self._on_event(event["event"], event)
 
     def _on_refused(self, error: SubscriptionError, message: dict[str, t.Any]) -> bool:
         """Record a refusal; True if a blocking subscribe() will raise it."""
@@ -145,6 +148,8 @@ class Channel(Emitter):
 
     def _on_event(self, event: str, message: dict[str, t.Any]) -> None:
         with self._cond:
+            if self._recovery.hold(message):
+                return  # until the subscribe reply (SSE, long-poll)
             if not self._recovery.accept(message):
                 return  # delivered already: a replay's overlap
         data = message.get("data")

@@ -27,7 +27,7 @@ from .errors import (
 from .events import Emitter, logger
 
 if t.TYPE_CHECKING:
-    from .websocket import WebSocketLink
+    from .websocket import Link
 
 
 class Pending:
@@ -51,7 +51,7 @@ class Messages(Emitter):
     _subscribe_ids: dict[int, str]  # subscribe request id -> channel name
     _ids: itertools.count[int]
     _send_lock: threading.Lock
-    _ws: WebSocketLink | None
+    _ws: Link | None
     _thread: threading.Thread | None
     _closed: ConnectionClosed | None
 

@@ -15,13 +15,14 @@ import typing as t
 from .. import protocol
 from .errors import ConnectionClosed
 from .events import Emitter, logger
-from .websocket import CLOSE, TEXT, LinkError, Opened, WebSocketLink, parse_close
+from .websocket import CLOSE, TEXT, Link, LinkError, Opened, parse_close
 
 if t.TYPE_CHECKING:
     from .channel import Channel
     from .messages import Pending
 
 _PING = "hb-"  # the id prefix of the reader's own pings: no call waits for them
+_LOCK_WAIT = 0.1  # seconds a ping waits for a send in flight
 
 
 class Reader(Emitter):
@@ -32,23 +33,24 @@ class Reader(Emitter):
     ping_interval: float | None
     heartbeat_timeout: float | None
     connection_id: str | None
+    transport: str | None
     _channels: dict[str, Channel]
     _pending: dict[t.Any, Pending]
     _subscribe_ids: dict[int, str]
     _ids: itertools.count[int]
     _send_lock: threading.Lock
-    _ws: WebSocketLink | None
+    _ws: Link | None
     _reader_ident: int | None
     _closing: bool
 
     # Provided by the other parts of RealtimeClient.
     _dispatch: t.Callable[[dict[str, t.Any]], None]
-    _install: t.Callable[[WebSocketLink, dict[str, t.Any]], None]
+    _install: t.Callable[[Link, dict[str, t.Any]], None]
     _reconnect_loop: t.Callable[[int], Opened | None]
     _final: t.Callable[[int, str], None]
     _finish: t.Callable[[int, str], None]
 
-    def _run(self, ws: WebSocketLink, welcome: dict[str, t.Any]) -> None:
+    def _run(self, ws: Link, welcome: dict[str, t.Any]) -> None:
         self._reader_ident = threading.get_ident()
         self._emit("connected", welcome, buffer=False)  # connect() returned it
         while True:
@@ -71,7 +73,7 @@ class Reader(Emitter):
             self._install(ws, welcome)
             self._emit("connected", welcome)
 
-    def _read(self, ws: WebSocketLink, welcome: dict[str, t.Any]) -> tuple[int, str]:
+    def _read(self, ws: Link, welcome: dict[str, t.Any]) -> tuple[int, str]:
         """Dispatch messages until the connection ends; its close code and reason.
 
         Pings every ``ping_interval``; when nothing at all arrives within
@@ -91,16 +93,21 @@ class Reader(Emitter):
                     protocol.CLOSE_ABNORMAL,
                     f"no answer to a ping within {patience:g} s",
                 )
-            if now >= next_ping:
+            # Over HTTP a send holds the lock for its round trip (a slow
+            # handler's answer): the ping then waits for the next round, not
+            # the reader for the send.
+            if now >= next_ping and self._send_lock.acquire(timeout=_LOCK_WAIT):
                 try:
-                    with self._send_lock:
-                        ping = {"type": "ping", "id": _PING + str(next(self._ids))}
-                        ws.send(json.dumps(ping))
+                    ping = {"type": "ping", "id": _PING + str(next(self._ids))}
+                    ws.send(json.dumps(ping))
                 except LinkError as exc:
                     return protocol.CLOSE_ABNORMAL, f"ping failed: {exc}"
-                next_ping = now + interval
+                finally:
+                    self._send_lock.release()
                 if answer_by is None:
                     answer_by = now + patience
+            if now >= next_ping:
+                next_ping = now + interval
             wake = next_ping if answer_by is None else min(next_ping, answer_by)
             try:
                 frame = ws.receive(max(0.01, wake - now))
@@ -121,7 +128,7 @@ class Reader(Emitter):
                 if isinstance(message, dict):
                     self._dispatch(message)
 
-    def _lost(self, ws: WebSocketLink, code: int, reason: str) -> None:
+    def _lost(self, ws: Link, code: int, reason: str) -> None:
         """Forget the connection that ended: channels wait for a resubscribe,
         requests in flight fail."""
         closed = ConnectionClosed(code, reason)
@@ -129,9 +136,11 @@ class Reader(Emitter):
             with self._cond:
                 self._ws = None
                 self.connection_id = None
+                self.transport = None
                 for channel in self._channels.values():
                     if channel.state == "subscribed":
                         channel.state = "pending"
+                    channel._recovery.reset()
                 for pending in self._pending.values():
                     pending.closed = closed
                 self._pending.clear()

@@ -1,7 +1,8 @@
 """RealtimeClient: its options and state, connecting and disconnecting.
 
 What it sends and how replies come back is in :mod:`.messages`; the reader
-thread in :mod:`.reader`; reconnection in :mod:`.reconnect`.
+thread in :mod:`.reader`; reconnection in :mod:`.reconnect`; the choice of
+transport in :mod:`.transports`.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from .events import Emitter
 from .messages import Messages, Pending
 from .reader import Reader
 from .reconnect import Reconnection
-from .websocket import Opened, WebSocketLink, websocket_base
+from .transports import TRANSPORTS, candidates, check_transports, open_first
+from .websocket import Link, Opened, WebSocketLink, websocket_base
 
 Params = t.Mapping[str, t.Any] | t.Callable[[], t.Mapping[str, t.Any]] | None
 
@@ -28,7 +30,11 @@ class RealtimeClient(Messages, Reader, Reconnection, Emitter):
 
     ``url`` is the server's base address (``ws://``, ``wss://``, ``http://``
     or ``https://``; the last two map to the first two); the endpoint is
-    ``{url}{prefix}/ws?{params}``. ``params`` and ``headers`` may be callables,
+    ``{url}{prefix}/ws?{params}``. ``transports`` lists those to try, in
+    order: ``"websocket"`` (the default), ``"sse"`` and ``"longpolling"``
+    (``{url}{prefix}/sse`` and ``/poll`` over HTTP, client messages by
+    ``POST /send``); a reconnection tries the one that worked last first,
+    and channels recover across a change. ``params`` and ``headers`` may be callables,
     called again for every reconnection (fresh tokens). Client events:
     ``connected`` (the ``connected`` data), ``disconnected`` (``code``,
     ``reason``, ``reconnect``), ``reconnecting`` (``attempt``, ``delay``),
@@ -56,6 +62,7 @@ class RealtimeClient(Messages, Reader, Reconnection, Emitter):
         origin: str | None = None,
         sslopt: t.Mapping[str, t.Any] | None = None,
         buffer_size: int = 1000,
+        transports: t.Sequence[str] = TRANSPORTS[:1],
     ) -> None:
         self._cond = threading.Condition(threading.RLock())
         super().__init__(self._cond, buffer_size)
@@ -85,6 +92,11 @@ class RealtimeClient(Messages, Reader, Reconnection, Emitter):
         self.sslopt = dict(sslopt or {})
         #: Events each mailbox keeps for ``wait_for`` (the oldest go first).
         self.buffer_size = buffer_size
+        #: The transports to try, in order (see the class docstring).
+        self.transports = check_transports(transports)
+        #: The name of the transport in use (None while disconnected).
+        self.transport: str | None = None
+        self._preferred: str | None = None
         #: The server's id for the current connection (None while disconnected).
         self.connection_id: str | None = None
         #: The ``data`` of the last ``connected`` message.
@@ -96,7 +108,7 @@ class RealtimeClient(Messages, Reader, Reconnection, Emitter):
         self._subscribe_ids: dict[int, str] = {}
         self._ids = itertools.count(1)
         self._send_lock = threading.Lock()
-        self._ws: WebSocketLink | None = None
+        self._ws: Link | None = None
         self._thread: threading.Thread | None = None
         self._reader_ident: int | None = None
         self._stop = threading.Event()
@@ -207,23 +219,51 @@ class RealtimeClient(Messages, Reader, Reconnection, Emitter):
     close = disconnect
 
     def _open(self, timeout: float) -> Opened:
-        """One handshake: a link that has received ``connected``."""
-        url = self.endpoint  # params() is called before headers()
+        """One connection attempt: a link that has received ``connected``,
+        through the first transport that connects."""
+        order = candidates(self.transports, self._preferred)
+        return open_first(order, lambda name: self._open_with(name, timeout))
+
+    def _open_with(self, transport: str, timeout: float) -> Opened:
+        """One handshake with ``transport``."""
+        if transport == "websocket":
+            url = self.endpoint  # params() is called before headers()
+            headers = self.headers() if callable(self.headers) else self.headers
+            return WebSocketLink.open(
+                url,
+                timeout=timeout,
+                headers=headers,
+                origin=self.origin,
+                sslopt=self.sslopt,
+            )
+        from .http import HttpOptions, http_base, verify_option
+
+        params = self.params() if callable(self.params) else self.params
         headers = self.headers() if callable(self.headers) else self.headers
-        return WebSocketLink.open(
-            url,
-            timeout=timeout,
+        options = HttpOptions(
+            http_base(self.base_url) + self.prefix,
+            params=params,
             headers=headers,
             origin=self.origin,
-            sslopt=self.sslopt,
+            verify=verify_option(self.sslopt),
+            timeout=timeout,
+            send_timeout=self.timeout,
         )
+        if transport == "sse":
+            from .sse import SSELink
 
-    def _install(self, ws: WebSocketLink, welcome: dict[str, t.Any]) -> None:
+            return SSELink.open(options)
+        from .longpoll import LongPollLink
+
+        return LongPollLink.open(options)
+
+    def _install(self, ws: Link, welcome: dict[str, t.Any]) -> None:
         """Make ``ws`` the current connection and (re)subscribe every channel,
         atomically with respect to subscribe() and sends."""
         with self._send_lock:
             with self._cond:
                 self._ws = ws
+                self.transport = self._preferred = ws.transport
                 self.welcome = welcome
                 self.connection_id = welcome.get("connection_id")
                 channels = list(self._channels.values())

@@ -6,6 +6,11 @@ On a channel with history (``REALTIME_HISTORY``) every event carries an
 ``since`` after a reconnect (the server replays what was missed, or answers
 ``recovered: false``), and drops an event whose offset it has delivered
 already. PROTOCOL.md, "History and recovery".
+
+Over SSE and long-poll the subscribe reply comes in the answer to the
+``POST /send`` while the stream goes on, so events with offsets can arrive
+before it: they are held until the reply says which position they follow
+(a new epoch's offset 1 is no duplicate of the old epoch's).
 """
 
 from __future__ import annotations
@@ -37,12 +42,35 @@ class Recovery:
         #: Whether the subscribe in flight carried ``since``.
         self.recovering = False
         self.replies = 0
+        #: Whether a subscribe is in flight: events with offsets wait.
+        self.waiting = False
+        self.held: list[dict[str, t.Any]] = []
 
     def since(self) -> dict[str, t.Any] | None:
-        """The ``since`` of the next subscribe (None: nothing to recover)."""
+        """The ``since`` of the next subscribe (None: nothing to recover);
+        from now until its reply, events with offsets are held."""
         p = self.position
         self.recovering = p is not None and isinstance(p.epoch, str)
+        self.waiting = True
+        self.held = []
         return p.as_dict() if self.recovering else None
+
+    def hold(self, message: dict[str, t.Any]) -> bool:
+        """Keep ``message`` for after the reply, if one is awaited."""
+        if self.waiting and _is_offset(message.get("offset")):
+            self.held.append(message)
+            return True
+        return False
+
+    def take_held(self) -> list[dict[str, t.Any]]:
+        """The events held until the reply, to deliver (or drop) now."""
+        held, self.held = self.held, []
+        return held
+
+    def reset(self) -> None:
+        """The connection ended: no reply is coming, held events are void."""
+        self.waiting = False
+        self.held = []
 
     def on_reply(self, data: t.Any) -> bool:
         """Take a subscribe reply's position; whether it recovered."""
@@ -58,6 +86,7 @@ class Recovery:
         elif self.recovering:
             self.position = None  # the channel keeps no history (any more)
         self.recovering = False
+        self.waiting = False
         self.replies += 1
         return recovered
 

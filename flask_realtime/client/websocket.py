@@ -65,8 +65,25 @@ class LinkError(Exception):
     """Sending or receiving failed: the connection is gone."""
 
 
+class Link(t.Protocol):
+    """What the reader and the senders need of a transport: the WebSocket
+    below, and SSE and long-polling (:mod:`.sse`, :mod:`.longpoll`)."""
+
+    #: The transport's name: "websocket", "sse" or "longpolling".
+    transport: str
+
+    def send(self, text: str) -> None: ...
+    def receive(self, timeout: float) -> tuple[str, bytes] | None: ...
+    def send_close(self, code: int, reason: bytes) -> None: ...
+    def close(self, timeout: float) -> None: ...
+    def shutdown(self) -> None: ...
+    def hard_close(self) -> None: ...
+
+
 class WebSocketLink:
     """One open WebSocket to the server, past its ``connected`` message."""
+
+    transport = "websocket"
 
     def __init__(self, ws: t.Any) -> None:
         self._ws = ws
@@ -178,4 +195,4 @@ class WebSocketLink:
 
 
 #: An open link and the data of its ``connected`` message.
-Opened = tuple[WebSocketLink, dict[str, t.Any]]
+Opened = tuple[Link, dict[str, t.Any]]
