@@ -51,6 +51,7 @@ import pika.exceptions
 from ._amqp import CALL_TIMEOUT, Link
 from ._amqp_options import Options, routing_key
 from ._history import envelope, new_epoch, stamp
+from ._shared_reads import Answer, Ask
 from ._support import BrokerUnavailable, LinkLost
 from .interface import Position, Retention
 
@@ -69,6 +70,19 @@ class Message(t.NamedTuple):
     headers: dict[str, t.Any]
     body: bytes
     marker: bool
+
+
+def _start(
+    offset: int, rule: Retention, after: int | None, limit: int | None
+) -> int | None:
+    """The first offset a read at position ``offset`` wants: 0 for none,
+    None when what it asks for is gone (beyond the stream, trimmed by size)."""
+    if after is None:
+        count = rule.size if limit is None else min(limit, rule.size)
+        return 0 if count <= 0 or offset == 0 else max(1, offset - count + 1)
+    if after > offset or offset - after > rule.size:
+        return None
+    return 0 if after == offset else after + 1
 
 
 class Tail(t.NamedTuple):
@@ -152,6 +166,7 @@ class StreamHistory:
         self._replies = ""  # the consumer tag of the writers' answers
         # Held across round trips: a gevent lock once gevent patched threading.
         self._lock = threading.Lock()
+        self.scans = 0  # stream scans for reads (for tests and benchmarks)
 
     def name(self, topic: str) -> str:
         o = self._options
@@ -165,8 +180,16 @@ class StreamHistory:
         """``Broker.history`` (see ``interface.py``)."""
         if rule is None:  # nothing is kept: no stream to read
             return Position(0, new_epoch()), ([] if after in (None, 0) else None)
+        return self.read_many(topic, rule, lambda: [(after, limit)])[0]
+
+    def read_many(
+        self, topic: str, rule: Retention, close: t.Callable[[], list[Ask]]
+    ) -> list[Answer]:
+        """Several reads of ``topic`` with one position and one scan: the
+        reads ``close()`` returns, called right before the position is
+        asked for (``_shared_reads.py``)."""
         self._want(topic)
-        return self._run(lambda link: self._read(link, topic, rule, after, limit))
+        return self._run(lambda link: self._read(link, topic, rule, close))
 
     def tail(self, topic: str, rule: Retention) -> Tail:
         """For a writer taking over: the stream's last number, its epoch and
@@ -239,45 +262,53 @@ class StreamHistory:
         link: Link,
         topic: str,
         rule: Retention,
-        after: int | None,
-        limit: int | None,
-    ) -> tuple[Position, list[bytes] | None]:
+        close: t.Callable[[], list[Ask]],
+    ) -> list[Answer]:
         name = self.name(topic)
         self._declare(link, name, rule)
-        offset, epoch, below = self._sync(link, name)
+        offset, epoch, below = self._sync(link, name, close)
+        asks = close()  # closed already: the same reads
         position = Position(offset, epoch)
-        if after is None:
-            count = rule.size if limit is None else min(limit, rule.size)
-            if count <= 0 or offset == 0:
-                return position, []
-            start = max(1, offset - count + 1)
-        else:
-            if after > offset or offset - after > rule.size:
-                return position, None  # beyond the stream, or trimmed by size
-            if after == offset:
-                return position, []
-            start = after + 1
+        starts = [_start(offset, rule, after, limit) for after, limit in asks]
+        wanted = [start for start in starts if start is not None and start > 0]
+        if not wanted:
+            return [(position, [] if start is not None else None) for start in starts]
+        start = min(wanted)
         # ``below``: the writer's lower bound of the stream offset of
         # ``offset``; ours trail the stream's by the skipped ones, so
         # ``start`` sits at least this far along the stream.
+        self.scans += 1
         found = self._scan(link, name, max(0, below - (offset - start)), until=offset)
         first = next((m.offset for m in found if m.offset >= 0), None)
         if first is None or first > start:
+            self.scans += 1
             found = self._scan(link, name, "first", until=offset)
         oldest = now_ms() - rule.ttl * 1000
-        events: list[Message] = []
-        for m in found:  # in order; an event written twice is kept once
+        fresh: list[tuple[int, bytes]] = []  # in order, each offset once
+        for m in found:  # an event written twice is kept once
             if start <= m.offset <= offset and not m.marker:
-                if not events or m.offset > events[-1].offset:
-                    events.append(m)
-        fresh = [m for m in events if m.headers.get("t", 0) >= oldest]
-        if after is not None and (
-            len(fresh) != offset - after or (fresh and fresh[0].offset != start)
-        ):
-            return position, None  # some are gone (trimmed or too old)
-        return position, [envelope(stamp(m.body, m.offset)) for m in fresh]
+                if not fresh or m.offset > fresh[-1][0]:
+                    if m.headers.get("t", 0) >= oldest:
+                        fresh.append((m.offset, envelope(stamp(m.body, m.offset))))
+                    else:  # too old: a hole, told by the count below
+                        fresh.append((m.offset, b""))
+        answers: list[Answer] = []
+        for (after, _limit), first_wanted in zip(asks, starts, strict=True):
+            if first_wanted is None or first_wanted == 0:
+                answers.append((position, [] if first_wanted is not None else None))
+                continue
+            mine = [(o, e) for o, e in fresh if o >= first_wanted and e]
+            if after is not None and (
+                len(mine) != offset - after or (mine and mine[0][0] != first_wanted)
+            ):
+                answers.append((position, None))  # some are gone (trimmed, old)
+            else:
+                answers.append((position, [e for _, e in mine]))
+        return answers
 
-    def _sync(self, link: Link, name: str) -> tuple[int, str, int]:
+    def _sync(
+        self, link: Link, name: str, close: t.Callable[[], t.Any]
+    ) -> tuple[int, str, int]:
         """Ask the stream's writer, through its inbox, for the last offset
         and the epoch: it answers once it has appended everything published
         before the question (marking an empty stream first), so a read sees
@@ -292,6 +323,7 @@ class StreamHistory:
         question = pika.BasicProperties(
             reply_to="amq.rabbitmq.reply-to", headers={"s": asked}
         )
+        close()  # the reads the answer serves began before the question
         link.send("", inbox, b"", question)
         deadline = time.monotonic() + _SYNC_WAIT
         while True:

@@ -46,6 +46,7 @@ from ._amqp_history import (
 from ._amqp_options import Options
 from ._amqp_options import routing_key as routing_key
 from ._history import new_epoch, stamp
+from ._shared_reads import Answer, Ask, SharedReads
 from .base import BrokerBase, LinkLost, MessageCallback
 from .interface import Position, Retention
 
@@ -130,6 +131,8 @@ class RabbitMQBroker(BrokerBase):
             StreamHistory(self._options, self._want) for _ in range(_READ_LINKS - 1)
         ]
         self._next_reader = itertools.count()
+        # Reads of a topic at once share one (a recovery storm).
+        self._shared = SharedReads(self._read_round)
         # The writer's own reads of tails (a read may be waiting for it).
         self._tails = StreamHistory(self._options, self._want)
         # Kept topics: consumer tag -> topic and back, the stream offset each
@@ -595,12 +598,21 @@ class RabbitMQBroker(BrokerBase):
     def _read_history(
         self, topic: str, after: int | None, limit: int | None
     ) -> tuple[Position, list[bytes] | None]:
+        if self.retention(topic) is None:
+            return self._history.read(topic, None, after, limit)
+        return self._shared.read(topic, after, limit)
+
+    def _read_round(self, topic: str, close: t.Callable[[], list[Ask]]) -> list[Answer]:
+        """One round of ``topic``'s reads (``_shared_reads.py``) on an idle
+        history connection, or in turn on one."""
         idle = [reader for reader in self._readers if not reader.busy()]
         if idle:
             reader = idle[0]
         else:
             reader = self._readers[next(self._next_reader) % len(self._readers)]
-        return reader.read(topic, self.retention(topic), after, limit)
+        rule = self.retention(topic)
+        assert rule is not None
+        return reader.read_many(topic, rule, close)
 
     # -- closing, forks ---------------------------------------------------------------
 
@@ -647,6 +659,7 @@ class RabbitMQBroker(BrokerBase):
         for reader in self._readers:
             reader.drop()
         self._tails.drop()
+        self._shared = SharedReads(self._read_round)  # the parent's rounds
         self._following, self._tag_of, self._resume = {}, {}, {}
         self._delivered_up_to, self._writes, self._writing = {}, set(), {}
         self._sequences, self._inboxes = {}, set()
