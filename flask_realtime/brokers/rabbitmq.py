@@ -602,6 +602,12 @@ class RabbitMQBroker(BrokerBase):
             return self._history.read(topic, None, after, limit)
         return self._shared.read(topic, after, limit)
 
+    @property
+    def history_scans(self) -> int:
+        """Stream scans made for this node's history reads: a storm of
+        reads of one topic shares a few (for tests and benchmarks)."""
+        return sum(reader.scans for reader in self._readers)
+
     def _read_round(self, topic: str, close: t.Callable[[], list[Ask]]) -> list[Answer]:
         """One round of ``topic``'s reads (``_shared_reads.py``) on an idle
         history connection, or in turn on one."""
