@@ -33,7 +33,9 @@ consume (and after each ack), a ``basic.qos`` round trip is a fence:
 RabbitMQ sends what the stream holds up to the prefetch before it answers,
 so a round that brought less than the prefetch reached the end. A read of
 the tail is then three round trips (consume, fence, cancel) once the stream
-is declared on the link, after the writer's answer (one more).
+is declared on the link, after the writer's answer (one more). Reads of
+one topic at once share one question and one scan (``read_many``; the
+rounds are in ``_shared_reads.py``).
 """
 
 from __future__ import annotations
