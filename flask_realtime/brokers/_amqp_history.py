@@ -35,7 +35,9 @@ so a round that brought less than the prefetch reached the end. A read of
 the tail is then three round trips (consume, fence, cancel) once the stream
 is declared on the link, after the writer's answer (one more). Reads of
 one topic at once share one question and one scan (``read_many``; the
-rounds are in ``_shared_reads.py``).
+rounds are in ``_shared_reads.py``), and the writer answers with the events
+they want when its copy of the tail (:class:`HeldTails`) has them all: then
+the read is that one round trip.
 """
 
 from __future__ import annotations
