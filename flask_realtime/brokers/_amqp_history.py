@@ -89,7 +89,7 @@ def _start(
         return 0 if count <= 0 or offset == 0 else max(1, offset - count + 1)
     if after > offset or offset - after > rule.size:
         return None
-    return 0 if after == offset else after + 1
+    return 0 if after == offset else max(1, after + 1)
 
 
 class HeldTails:
