@@ -33,11 +33,16 @@ consume (and after each ack), a ``basic.qos`` round trip is a fence:
 RabbitMQ sends what the stream holds up to the prefetch before it answers,
 so a round that brought less than the prefetch reached the end. A read of
 the tail is then three round trips (consume, fence, cancel) once the stream
-is declared on the link, after the writer's answer (one more).
+is declared on the link, after the writer's answer (one more). Reads of
+one topic at once share one question and one scan (``read_many``; the
+rounds are in ``_shared_reads.py``), and the writer answers with the events
+they want when its copy of the tail (:class:`HeldTails`) has them all: then
+the read is that one round trip.
 """
 
 from __future__ import annotations
 
+import collections
 import functools
 import hashlib
 import math
@@ -51,6 +56,7 @@ import pika.exceptions
 from ._amqp import CALL_TIMEOUT, Link
 from ._amqp_options import Options, routing_key
 from ._history import envelope, new_epoch, stamp
+from ._shared_reads import Answer, Ask
 from ._support import BrokerUnavailable, LinkLost
 from .interface import Position, Retention
 
@@ -58,6 +64,8 @@ _READ_CREDIT = 1000  # a read's prefetch: messages per round trip
 _BYTES_PER_EVENT, _MIN_BYTES = 4096, 1 << 20
 _LINK_ERRORS = (OSError, pika.exceptions.AMQPError, LinkLost)
 _SYNC_WAIT = 5.0  # a read waits this long for the writer's answer
+HELD_BYTES = 32 << 20  # the writer's copies of tails, in all
+HELD_TOPIC_BYTES = 1 << 20  # and per topic (an answer carries them)
 _SLACK = 8  # stream offsets a read starts early (skipped ones, a duplicate)
 TAIL_IDS = 1000  # ids a new writer looks back over: more than it may hold
 INBOX_ARGUMENTS = {"x-single-active-consumer": True}
@@ -69,6 +77,101 @@ class Message(t.NamedTuple):
     headers: dict[str, t.Any]
     body: bytes
     marker: bool
+
+
+def _start(
+    offset: int, rule: Retention, after: int | None, limit: int | None
+) -> int | None:
+    """The first offset a read at position ``offset`` wants: 0 for none,
+    None when what it asks for is gone (beyond the stream, trimmed by size)."""
+    if after is None:
+        count = rule.size if limit is None else min(limit, rule.size)
+        return 0 if count <= 0 or offset == 0 else max(1, offset - count + 1)
+    if after > offset or offset - after > rule.size:
+        return None
+    return 0 if after == offset else max(1, after + 1)
+
+
+class HeldTails:
+    """The writer's copy of the last events it appended to each topic's
+    stream (raw bodies, as in the stream), so that it answers a read's
+    question with the events the read wants too: one round trip, no scan.
+
+    Per topic, contiguous offsets of one epoch, at most the rule's size and
+    ``HELD_TOPIC_BYTES``; ``HELD_BYTES`` in all, the topics appended to
+    least lately given up first. What it does not hold from the start a
+    read wants (older, or appended before this node took over), the read
+    scans the stream for. Used by the writer alone (the reader greenlet).
+    """
+
+    def __init__(self) -> None:
+        # topic -> (epoch, events: (offset, stamped at, body)), oldest first
+        self._topics: collections.OrderedDict[
+            str, tuple[str, collections.deque[tuple[int, int, bytes]]]
+        ] = collections.OrderedDict()
+        self._sizes: dict[str, int] = {}
+        self.size = 0  # bytes held in all
+
+    def add(
+        self, topic: str, rule: Retention, epoch: str, offset: int, at: int, body: bytes
+    ) -> None:
+        """One event, as the stream confirmed it (after the topic's last)."""
+        held = self._topics.get(topic)
+        if (
+            held is None
+            or held[0] != epoch
+            or (held[1] and held[1][-1][0] != offset - 1)
+        ):
+            self.drop(topic)  # a hole or a new epoch: start again from here
+            held = self._topics[topic] = (epoch, collections.deque())
+            self._sizes[topic] = 0
+        else:
+            self._topics.move_to_end(topic)
+        events = held[1]
+        events.append((offset, at, body))
+        self._sizes[topic] += len(body)
+        self.size += len(body)
+        while len(events) > rule.size or self._sizes[topic] > HELD_TOPIC_BYTES:
+            gone = len(events.popleft()[2])
+            self._sizes[topic] -= gone
+            self.size -= gone
+        while self.size > HELD_BYTES:
+            self.drop(next(iter(self._topics)))
+
+    def drop(self, topic: str) -> None:
+        """Forget ``topic``'s events."""
+        if self._topics.pop(topic, None) is not None:
+            self.size -= self._sizes.pop(topic)
+
+    def answer(self, topic: str, question: dict[str, t.Any], last: int) -> bytes:
+        """What follows the position in the answer to ``question``: the
+        events from the first it wants (``w``: an offset; ``n``: the last
+        n) to ``last``, packed, when all of them are held; else nothing."""
+        held = self._topics.get(topic)
+        wants = [int(question["w"])] if "w" in question else []
+        if "n" in question:
+            wants.append(last - int(question["n"]) + 1)
+        if held is None or not wants:
+            return b""
+        first, events = max(1, min(wants)), held[1]
+        if first > last or not events or events[0][0] > first:
+            return b""
+        packed = [b"\n"]
+        for offset, at, body in events:
+            if first <= offset <= last:
+                packed.append(b"%d %d %d\n%s" % (offset, at, len(body), body))
+        return b"".join(packed)
+
+
+def unpack_held(packed: bytes) -> list[tuple[int, int, bytes]]:
+    """The events of an answer (:meth:`HeldTails.answer`), in order."""
+    events, start = [], 0
+    while start < len(packed):
+        end = packed.index(b"\n", start)
+        offset, at, size = (int(x) for x in packed[start:end].split(b" "))
+        events.append((offset, at, packed[end + 1 : end + 1 + size]))
+        start = end + 1 + size
+    return events
 
 
 class Tail(t.NamedTuple):
@@ -152,6 +255,7 @@ class StreamHistory:
         self._replies = ""  # the consumer tag of the writers' answers
         # Held across round trips: a gevent lock once gevent patched threading.
         self._lock = threading.Lock()
+        self.scans = 0  # stream scans for reads (for tests and benchmarks)
 
     def name(self, topic: str) -> str:
         o = self._options
@@ -165,8 +269,16 @@ class StreamHistory:
         """``Broker.history`` (see ``interface.py``)."""
         if rule is None:  # nothing is kept: no stream to read
             return Position(0, new_epoch()), ([] if after in (None, 0) else None)
+        return self.read_many(topic, rule, lambda: [(after, limit)])[0]
+
+    def read_many(
+        self, topic: str, rule: Retention, close: t.Callable[[], list[Ask]]
+    ) -> list[Answer]:
+        """Several reads of ``topic`` with one position and one scan: the
+        reads ``close()`` returns, called right before the position is
+        asked for (``_shared_reads.py``)."""
         self._want(topic)
-        return self._run(lambda link: self._read(link, topic, rule, after, limit))
+        return self._run(lambda link: self._read(link, topic, rule, close))
 
     def tail(self, topic: str, rule: Retention) -> Tail:
         """For a writer taking over: the stream's last number, its epoch and
@@ -239,58 +351,98 @@ class StreamHistory:
         link: Link,
         topic: str,
         rule: Retention,
-        after: int | None,
-        limit: int | None,
-    ) -> tuple[Position, list[bytes] | None]:
+        close: t.Callable[[], list[Ask]],
+    ) -> list[Answer]:
         name = self.name(topic)
         self._declare(link, name, rule)
-        offset, epoch, below = self._sync(link, name)
+        offset, epoch, below, held = self._sync(link, name, rule, close)
+        asks = close()  # closed already: the same reads
         position = Position(offset, epoch)
-        if after is None:
-            count = rule.size if limit is None else min(limit, rule.size)
-            if count <= 0 or offset == 0:
-                return position, []
-            start = max(1, offset - count + 1)
+        starts = [_start(offset, rule, after, limit) for after, limit in asks]
+        wanted = [start for start in starts if start is not None and start > 0]
+        if not wanted:
+            return [(position, [] if start is not None else None) for start in starts]
+        start = min(wanted)
+        if held is not None and held and held[0][0] <= start:
+            events = held  # the writer's copy: what the stream holds
         else:
-            if after > offset or offset - after > rule.size:
-                return position, None  # beyond the stream, or trimmed by size
-            if after == offset:
-                return position, []
-            start = after + 1
+            events = [
+                (m.offset, m.headers.get("t", 0), m.body)
+                for m in self._scan_from(link, name, offset, below, start)
+                if not m.marker
+            ]
+        oldest = now_ms() - rule.ttl * 1000
+        fresh: list[tuple[int, bytes]] = []  # in order, each offset once
+        for number, at, body in events:  # an event written twice is kept once
+            if start <= number <= offset:
+                if not fresh or number > fresh[-1][0]:
+                    if at >= oldest:
+                        fresh.append((number, envelope(stamp(body, number))))
+                    else:  # too old: a hole, told by the count below
+                        fresh.append((number, b""))
+        answers: list[Answer] = []
+        for (after, _limit), first_wanted in zip(asks, starts, strict=True):
+            if first_wanted is None or first_wanted == 0:
+                answers.append((position, [] if first_wanted is not None else None))
+                continue
+            mine = [(o, e) for o, e in fresh if o >= first_wanted and e]
+            if after is not None and (
+                len(mine) != offset - after or (mine and mine[0][0] != first_wanted)
+            ):
+                answers.append((position, None))  # some are gone (trimmed, old)
+            else:
+                answers.append((position, [e for _, e in mine]))
+        return answers
+
+    def _scan_from(
+        self, link: Link, name: str, offset: int, below: int, start: int
+    ) -> list[Message]:
+        """The stream's messages from (at most a few before) our ``start``
+        to our ``offset`` at least."""
         # ``below``: the writer's lower bound of the stream offset of
         # ``offset``; ours trail the stream's by the skipped ones, so
         # ``start`` sits at least this far along the stream.
+        self.scans += 1
         found = self._scan(link, name, max(0, below - (offset - start)), until=offset)
         first = next((m.offset for m in found if m.offset >= 0), None)
         if first is None or first > start:
+            self.scans += 1
             found = self._scan(link, name, "first", until=offset)
-        oldest = now_ms() - rule.ttl * 1000
-        events: list[Message] = []
-        for m in found:  # in order; an event written twice is kept once
-            if start <= m.offset <= offset and not m.marker:
-                if not events or m.offset > events[-1].offset:
-                    events.append(m)
-        fresh = [m for m in events if m.headers.get("t", 0) >= oldest]
-        if after is not None and (
-            len(fresh) != offset - after or (fresh and fresh[0].offset != start)
-        ):
-            return position, None  # some are gone (trimmed or too old)
-        return position, [envelope(stamp(m.body, m.offset)) for m in fresh]
+        return found
 
-    def _sync(self, link: Link, name: str) -> tuple[int, str, int]:
+    def _sync(
+        self,
+        link: Link,
+        name: str,
+        rule: Retention,
+        close: t.Callable[[], list[Ask]],
+    ) -> tuple[int, str, int, list[tuple[int, int, bytes]] | None]:
         """Ask the stream's writer, through its inbox, for the last offset
         and the epoch: it answers once it has appended everything published
         before the question (marking an empty stream first), so a read sees
         every event whose publish returned before it. Also a lower bound of
-        the stream offset of the last (where a read may start)."""
+        the stream offset of the last (where a read may start), and the
+        events the reads want when the writer holds them all (else None)."""
         inbox = inbox_name(name)
         if inbox not in self._declared:
             link.call(link.channel.queue_declare, **inbox_declaration(inbox))
             self._declared.add(inbox)
         self._asked += 1
         asked = self._asked
+        asks = close()  # the reads the answer serves began before the question
+        headers: dict[str, t.Any] = {"s": asked}
+        froms = [after + 1 for after, _ in asks if after is not None]
+        if froms:
+            headers["w"] = min(froms)  # the first one wanted
+        counts = [
+            rule.size if limit is None else min(limit, rule.size)
+            for after, limit in asks
+            if after is None
+        ]
+        if counts and max(counts) > 0:
+            headers["n"] = max(counts)  # the last n wanted
         question = pika.BasicProperties(
-            reply_to="amq.rabbitmq.reply-to", headers={"s": asked}
+            reply_to="amq.rabbitmq.reply-to", headers=headers
         )
         link.send("", inbox, b"", question)
         deadline = time.monotonic() + _SYNC_WAIT
@@ -298,8 +450,10 @@ class StreamHistory:
             while link.deliveries:
                 _tag, _key, body, _consumer, headers = link.deliveries.popleft()
                 if headers and headers.get("s") == asked and body:
-                    last, epoch, below = body.decode().split(" ")
-                    return int(last), epoch, int(below)
+                    line, newline, packed = body.partition(b"\n")
+                    last, epoch, below = line.decode().split(" ")
+                    held = unpack_held(packed) if newline else None
+                    return int(last), epoch, int(below), held
             left = deadline - time.monotonic()
             if left <= 0:
                 self._declared.discard(inbox)  # deleted, perhaps: declare again

@@ -34,6 +34,7 @@ from .._runtime import event
 from ..config import Settings
 from ._amqp import CALL_TIMEOUT, Link, Outgoing
 from ._amqp_history import (
+    HeldTails,
     StreamHistory,
     arguments,
     inbox_declaration,
@@ -46,6 +47,7 @@ from ._amqp_history import (
 from ._amqp_options import Options
 from ._amqp_options import routing_key as routing_key
 from ._history import new_epoch, stamp
+from ._shared_reads import Answer, Ask, SharedReads
 from .base import BrokerBase, LinkLost, MessageCallback
 from .interface import Position, Retention
 
@@ -130,6 +132,8 @@ class RabbitMQBroker(BrokerBase):
             StreamHistory(self._options, self._want) for _ in range(_READ_LINKS - 1)
         ]
         self._next_reader = itertools.count()
+        # Reads of a topic at once share one (a recovery storm).
+        self._shared = SharedReads(self._read_round)
         # The writer's own reads of tails (a read may be waiting for it).
         self._tails = StreamHistory(self._options, self._want)
         # Kept topics: consumer tag -> topic and back, the stream offset each
@@ -144,6 +148,7 @@ class RabbitMQBroker(BrokerBase):
         self._writes: set[str] = set()
         self._writing: dict[str, str] = {}
         self._sequences: dict[str, _Sequence] = {}
+        self._held = HeldTails()  # the last events of those, for reads
         self._inboxes: set[str] = set()
         self._ids = itertools.count()
         self._node = new_epoch()
@@ -202,6 +207,7 @@ class RabbitMQBroker(BrokerBase):
             self._following, self._tag_of = {}, {}
             # New consumers of the inboxes: where the numbering is, read anew.
             self._writing, self._sequences = {}, {}
+            self._held = HeldTails()
             link.enable_confirms()  # the writer appends to streams here
             writes = sorted(self._writes)
             self._consume_inboxes(link, writes)
@@ -318,6 +324,7 @@ class RabbitMQBroker(BrokerBase):
                     arguments=arguments(rule),
                 )
             tail = self._tails.tail(topic, rule)
+            self._held.drop(topic)  # from the next event on, in order
             last = -1 if tail.last is None else tail.last
             self._sequences[topic] = _Sequence(
                 last, tail.epoch, tail.ids, (last, tail.position)
@@ -361,7 +368,7 @@ class RabbitMQBroker(BrokerBase):
         taken = self._take_over(link, received)
         outgoing: list[Outgoing] = []
         topic_of: list[str] = []  # of each outgoing message
-        answers: list[tuple[str, str, int, str]] = []
+        answers: list[tuple[str, dict[str, t.Any], str, int]] = []
         now = now_ms()
         for topic, body, headers in received:
             rule = self.retention(topic)
@@ -377,7 +384,7 @@ class RabbitMQBroker(BrokerBase):
             headers = headers or {}
             if "s" in headers:  # a read's question: answered once appended
                 answer = f"{sequence.last} {sequence.epoch} {sequence.below()}"
-                answers.append((topic, headers["reply-to"], headers["s"], answer))
+                answers.append((topic, headers, answer, sequence.last))
                 continue
             ident = headers.get("i")
             if ident is not None and ident in sequence.skip:
@@ -387,6 +394,7 @@ class RabbitMQBroker(BrokerBase):
             outgoing.append(("", name, body, properties))
             topic_of.append(topic)
         counts = link.publish(outgoing) if outgoing else []
+        self._hold(outgoing, topic_of, counts)
         gone = {topic_of[n] for n, count in enumerate(counts) if count == 0}
         if gone:
             # Streams deleted under us: declared anew, these go to them again
@@ -403,11 +411,30 @@ class RabbitMQBroker(BrokerBase):
             taken = max(
                 taken, self._append(link, [r for r in received if r[0] in gone])
             )
-        for topic, reply_to, asked, text in answers:
+        for topic, question, text, last in answers:
             if topic not in gone:
-                properties = pika.BasicProperties(headers={"s": asked})
-                link.send("", reply_to, text.encode(), properties)
+                body = text.encode() + self._held.answer(topic, question, last)
+                properties = pika.BasicProperties(headers={"s": question["s"]})
+                link.send("", question["reply-to"], body, properties)
         return taken
+
+    def _hold(
+        self, outgoing: list[Outgoing], topic_of: list[str], counts: list[t.Any]
+    ) -> None:
+        """Keep what was appended in the writer's copy of each tail (the
+        events the stream confirmed, in order; any other outcome empties
+        the topic's copy, the stream then answers for it)."""
+        for topic, (_, _, body, properties), count in zip(
+            topic_of, outgoing, counts, strict=True
+        ):
+            headers = properties.headers
+            if count is not None:
+                self._held.drop(topic)
+            elif "m" not in headers:
+                rule = t.cast(Retention, self.retention(topic))
+                self._held.add(
+                    topic, rule, headers["e"], headers["o"], headers["t"], body
+                )
 
     def _unfollow(self, link: Link, topics: list[str]) -> None:
         for topic in topics:
@@ -595,12 +622,33 @@ class RabbitMQBroker(BrokerBase):
     def _read_history(
         self, topic: str, after: int | None, limit: int | None
     ) -> tuple[Position, list[bytes] | None]:
+        if self.retention(topic) is None:
+            return self._history.read(topic, None, after, limit)
+        return self._shared.read(topic, after, limit)
+
+    @property
+    def history_rounds(self) -> int:
+        """Questions to the writers for this node's history reads: a storm
+        of reads of one topic shares a few (for tests and benchmarks)."""
+        return self._shared.rounds
+
+    @property
+    def history_scans(self) -> int:
+        """Stream scans made for this node's history reads: none when the
+        writer's copy of the tail has what they want."""
+        return sum(reader.scans for reader in self._readers)
+
+    def _read_round(self, topic: str, close: t.Callable[[], list[Ask]]) -> list[Answer]:
+        """One round of ``topic``'s reads (``_shared_reads.py``) on an idle
+        history connection, or in turn on one."""
         idle = [reader for reader in self._readers if not reader.busy()]
         if idle:
             reader = idle[0]
         else:
             reader = self._readers[next(self._next_reader) % len(self._readers)]
-        return reader.read(topic, self.retention(topic), after, limit)
+        rule = self.retention(topic)
+        assert rule is not None
+        return reader.read_many(topic, rule, close)
 
     # -- closing, forks ---------------------------------------------------------------
 
@@ -647,7 +695,9 @@ class RabbitMQBroker(BrokerBase):
         for reader in self._readers:
             reader.drop()
         self._tails.drop()
+        self._shared = SharedReads(self._read_round)  # the parent's rounds
         self._following, self._tag_of, self._resume = {}, {}, {}
         self._delivered_up_to, self._writes, self._writing = {}, set(), {}
         self._sequences, self._inboxes = {}, set()
+        self._held = HeldTails()
         self._node = new_epoch()  # ids unique per process
