@@ -117,9 +117,35 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def inbox_properties(ident: str) -> pika.BasicProperties:
-    """An event on its way to the writer: persistent, and its id."""
-    return pika.BasicProperties(delivery_mode=2, headers={"i": ident})
+def inbox_properties(
+    ident: str, sizes: list[int] | None = None
+) -> pika.BasicProperties:
+    """Events on their way to the writer: persistent, with the id of the
+    first; several in one message (``sizes``, see :func:`unpack`)."""
+    headers: dict[str, t.Any] = {"i": ident}
+    if sizes is not None:
+        headers["l"] = sizes
+    return pika.BasicProperties(delivery_mode=2, headers=headers)
+
+
+def unpack(body: bytes, headers: dict[str, t.Any] | None) -> list[tuple[bytes, t.Any]]:
+    """The events of one inbox message, each with its own headers.
+
+    A publisher sends the consecutive events of a batch for one topic as
+    one inbox message: their bodies joined, their sizes in ``l``, the id
+    of the first in ``i`` (the others follow it: ``<node>.<counter + k>``).
+    RabbitMQ then stores, confirms, delivers and acks one message, not one
+    per event, and the stream still gets one message per event, with its
+    own id. A message without ``l`` is one event (or a read's question)."""
+    sizes = headers.get("l") if headers else None
+    if not sizes:
+        return [(body, headers)]
+    node, _, first = headers["i"].rpartition(".")  # type: ignore[index]
+    events, start = [], 0
+    for k, size in enumerate(sizes):
+        events.append((body[start : start + size], {"i": f"{node}.{int(first) + k}"}))
+        start += size
+    return events
 
 
 def stamped_properties(
