@@ -16,10 +16,12 @@ Starts a private rabbitmq-server (as the test suite does), then:
   by G greenlets alternated between a channel without history and one with
   it (which goes first alternates too), each timed from its first broadcast
   to its last delivery; the medians of the burst rates, and their ratio.
-  ``unpacked``: the same, each kept event in an inbox message of its own
-  (as before a batch's events of one channel were packed in one), run
-  alternately with ``bursts`` ``--rounds`` times: before and after in one
-  run.
+  ``before``: the same as the publisher sent before this benchmark's last
+  changes, each kept event in an inbox message of its own in a classic
+  queue of version 1; ``packed-v1``: a batch's events of one channel
+  packed in inbox messages, version 1 still. Each run alternately with
+  ``bursts`` ``--rounds`` times: before and after in one run; ``lone``
+  too, when ``before`` is asked.
 * ``lone``: one greenlet alternating broadcasts without and with history,
   every call timed (``benchmarks/_lone.py``).
 * ``reads``: a recovery storm's reads, R greenlets at once each reading
@@ -29,7 +31,7 @@ Usage::
 
     .venv/bin/python benchmarks/rabbitmq_history.py [--count 20000]
         [--greenlets 50] [--rounds 3] [--readers 200] [--bursts 20]
-        [--burst 2000] [--lone 2000] [--parts reads,rate,bursts,lone]
+        [--burst 2000] [--lone 2000] [--parts reads,rate,before,packed-v1,bursts,lone]
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO)]
 
 from benchmarks._lone import interleaved, report  # noqa: E402
-from flask_realtime.brokers import create_broker, rabbitmq  # noqa: E402
+from flask_realtime.brokers import _amqp_history, create_broker, rabbitmq  # noqa: E402
 from flask_realtime.brokers.interface import Retention  # noqa: E402
 from tests.brokerclients import count_batches, settings_for  # noqa: E402
 from tests.brokerservers import BrokerServer  # noqa: E402
@@ -115,14 +117,29 @@ def rate(url: str, count: int, greenlets: int, kept: bool) -> tuple[float, ...]:
     return count / elapsed, per_batch, calls[int(len(calls) * 0.99)] * 1000
 
 
-def bursts(url: str, pairs: int, size: int, greenlets: int, pack: int) -> None:
+# How the publisher sends kept events: (events per inbox message at most,
+# the inbox's arguments); "after" is the code's own.
+VARIANTS = {
+    "before": (1, {"x-single-active-consumer": True}),
+    "packed-v1": (rabbitmq._PACK_EVENTS, {"x-single-active-consumer": True}),
+    "after": (rabbitmq._PACK_EVENTS, _amqp_history.INBOX_ARGUMENTS),
+}
+
+
+def variant(name: str) -> None:
+    """Make the publisher send kept events as ``VARIANTS[name]`` says (for
+    channels whose inbox is declared from now on)."""
+    rabbitmq._PACK_EVENTS, _amqp_history.INBOX_ARGUMENTS = VARIANTS[name]
+
+
+def bursts(url: str, pairs: int, size: int, greenlets: int, name: str) -> None:
     """Bursts alternated between a plain and a kept channel (module
     docstring); prints the median rates, p99s and their ratio."""
     from flask import Flask
 
     from flask_realtime import Realtime
 
-    rabbitmq._PACK_EVENTS = pack  # 1: an inbox message per event
+    variant(name)
     got = [0]
     done = gevent.event.Event()
     want = [0]
@@ -180,7 +197,7 @@ def bursts(url: str, pairs: int, size: int, greenlets: int, pack: int) -> None:
     }
     ratios = sorted(k / p for p, k in zip(rates[plain], rates[kept], strict=True))
     print(
-        f"bursts{'' if pack > 1 else ' unpacked'}, {pairs} x {size} broadcasts"
+        f"bursts ({name}), {pairs} x {size} broadcasts"
         f" each side, {greenlets} greenlets:"
         f" median {medians[plain]:.0f} / {medians[kept]:.0f} broadcasts/s (ratio"
         f" {medians[kept] / medians[plain]:.2f}; pairs' ratios {ratios[0]:.2f} to"
@@ -236,16 +253,18 @@ def main() -> None:
     try:
         if "reads" in parts:
             reads(server.url, args.readers)
-        packs = {"unpacked": 1, "bursts": rabbitmq._PACK_EVENTS}
+        names = {"before": "before", "packed-v1": "packed-v1", "bursts": "after"}
         for _ in range(args.rounds):
-            for part, pack in packs.items():
+            for part, name in names.items():
                 if part in parts:
-                    bursts(server.url, args.bursts, args.burst, args.greenlets, pack)
-        if "lone" in parts:
-            rule = Retention(size=100, ttl=600.0)
-            for _ in range(args.rounds):
+                    bursts(server.url, args.bursts, args.burst, args.greenlets, name)
+        rule = Retention(size=100, ttl=600.0)
+        for _ in range(args.rounds if "lone" in parts else 0):
+            for name in ("before", "after") if "before" in parts else ("after",):
+                variant(name)
                 figures = interleaved("rabbitmq", server.url, args.lone, rule)
-                print(report(figures, args.lone), flush=True)
+                print(f"({name}) {report(figures, args.lone)}", flush=True)
+        variant("after")
         cases = [(args.greenlets, args.count), (1, args.count // 10)]
         cases = cases if "rate" in parts else []
         for _ in range(args.rounds):

@@ -56,8 +56,11 @@ _STREAM_PREFETCH = 500  # per stream consumer (RabbitMQ requires one)
 _READ_LINKS = 4  # history connections per process at most
 _FENCE = pika.BasicProperties(headers={"f": 1})  # no "o": not an event
 # Consecutive events of one kept topic in a batch go as one inbox message,
-# up to these many or this size (``_amqp_history.unpack``).
-_PACK_EVENTS, _PACK_BYTES = 1000, 256 << 10
+# up to these many or this size (``_amqp_history.unpack``): below RabbitMQ's
+# default queue_index_embed_msgs_below (4 KiB, headers included), a message
+# is stored with its queue, not in the shared message store, and confirmed
+# in about a third of the time (measured: 0.35 against 1.0 ms).
+_PACK_EVENTS, _PACK_BYTES = 1000, 3584
 
 
 class _Bound:
