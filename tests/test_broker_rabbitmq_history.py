@@ -276,7 +276,8 @@ def test_a_batch_goes_to_the_inbox_packed_and_to_the_stream_one_by_one(
     subscriber, inbox = make(server.url)
     publisher, _ = make(server.url)
     first, second = new_topic("pack.a"), new_topic("pack.b")
-    keep(subscriber).subscribe(first, second)
+    plain = f"c:plain.{time.monotonic_ns()}"
+    keep(subscriber).subscribe(first, second, plain)
     keep(publisher)
     sizes: list[int] = []
     outgoing = publisher._outgoing
@@ -287,13 +288,16 @@ def test_a_batch_goes_to_the_inbox_packed_and_to_the_stream_one_by_one(
         return made
 
     publisher._outgoing = counted
-    batch = [(first, event(n)) for n in range(3)] + [(second, event(0))]
-    batch += [(first, event(n)) for n in range(3, 5)]
-    assert publisher._send_batch(batch) == [None] * 6  # all accepted
-    assert sizes == [3]  # first's 0-2, second's 0, first's 3-4
-    inbox.wait_for(lambda: len(inbox.payloads(first)) == 5)
-    assert delivered(inbox, first) == [(n + 1, n) for n in range(5)]
+    batch = [(first, event(n)) for n in range(3)] + [(plain, b"p0")]
+    batch += [(first, event(3)), (second, event(0))]
+    batch += [(first, event(n)) for n in range(4, 6)]
+    counts = publisher._send_batch(batch)
+    assert [count != 0 for count in counts] == [True] * 8  # all accepted
+    assert sizes == [5]  # first's 0-2, the plain one, 3, second's 0, first's 4-5
+    inbox.wait_for(lambda: len(inbox.payloads(first)) == 6)
+    assert delivered(inbox, first) == [(n + 1, n) for n in range(6)]
     assert publisher.history(second)[0].offset == 1
+    inbox.wait_for(lambda: inbox.payloads(plain) == [b"p0"])
 
 
 def test_a_restart_that_kept_the_data_keeps_the_epoch_and_recovers(

@@ -586,9 +586,8 @@ class RabbitMQBroker(BrokerBase):
         o = self._options
         outgoing: list[Outgoing] = []
         sent_in: list[int] = []
-        pack: list[bytes] = []  # the events of the last outgoing one, if kept
-        packed = 0
-        last_topic = None
+        pack: list[bytes] = []  # the events of outgoing[at], if kept
+        packed, at, last_topic = 0, -1, None
         for topic, data in messages:
             rule = self.retention(topic)
             if rule is None:
@@ -604,28 +603,29 @@ class RabbitMQBroker(BrokerBase):
             ):
                 pack.append(data)
                 packed += len(data)
-                sent_in.append(len(outgoing) - 1)
+                sent_in.append(at)
                 continue
-            if len(pack) > 1:
-                self._seal(outgoing, pack)
+            self._seal(outgoing, at, pack)
             inbox = inbox_name(self._history.name(topic))
             if inbox not in self._inboxes:
                 link.call(link.channel.queue_declare, **inbox_declaration(inbox))
                 self._inboxes.add(inbox)
                 self._want(topic)
             outgoing.append(("", inbox, data, inbox_properties(ident)))
-            sent_in.append(len(outgoing) - 1)
+            at = len(outgoing) - 1
+            sent_in.append(at)
             pack, packed, last_topic = [data], len(data), topic
-        if len(pack) > 1:
-            self._seal(outgoing, pack)
+        self._seal(outgoing, at, pack)
         return outgoing, sent_in
 
     @staticmethod
-    def _seal(outgoing: list[Outgoing], pack: list[bytes]) -> None:
-        """The last outgoing message carries the events of ``pack``."""
-        exchange, inbox, _, properties = outgoing[-1]
+    def _seal(outgoing: list[Outgoing], at: int, pack: list[bytes]) -> None:
+        """``outgoing[at]``, the first event of ``pack``, carries them all."""
+        if len(pack) < 2:
+            return
+        exchange, inbox, _, properties = outgoing[at]
         sizes = [len(data) for data in pack]
-        outgoing[-1] = (
+        outgoing[at] = (
             exchange,
             inbox,
             b"".join(pack),
