@@ -44,6 +44,8 @@ def interleaved(kind: str, url: str, count: int, rule: Retention) -> dict[str, f
     plain, kept = f"lone.plain.{stamp}", f"lone.kept.{stamp}"
     broker.retention = lambda topic: rule if topic == f"c:{kept}" else None
     subscriber = create_broker(settings_for(kind, url), on_message)
+    if kind == "rabbitmq":  # kept topics come from their streams
+        subscriber.retention = broker.retention
     subscriber.subscribe(f"c:{plain}", f"c:{kept}")
     realtime.broadcast("warm", "up", None)
     realtime.broadcast(kept, "warm", None)  # the stream exists, the topic known

@@ -1,9 +1,7 @@
 """What only the RabbitMQ broker's history does: stream queues shared by
 several nodes, a deleted stream, the outage buffer, segments trimmed away
-under the marker, a writer's hand-over. (A restart that keeps the data is
-not here: Debian's RabbitMQ 3.10.8, as the suite runs it, may answer
-NOT_FOUND for a stream for over a minute after a restart;
-docs/architecture.md, "RabbitMQ".)
+under the marker, a writer's hand-over, a batch's events packed in one inbox
+message, a restart that keeps the data.
 
 The contract every broker keeps is in tests/test_history_store.py.
 """
@@ -21,7 +19,7 @@ import pika
 from flask_realtime.brokers import _history, _support
 from flask_realtime.brokers._amqp_history import stream_name
 from flask_realtime.brokers.interface import Retention
-from tests.brokerclients import Inbox, broker_fixtures, in_threads
+from tests.brokerclients import Inbox, broker_fixtures, in_threads, wait_until
 from tests.brokerservers import BrokerServer
 from tests.test_broker_rabbitmq import erlang_vm
 
@@ -268,3 +266,62 @@ def test_a_take_over_never_acks_another_topics_events_it_has_not_appended(
     inbox.wait_for(lambda: len(inbox.payloads(second)) == behind + 1)
     assert lost  # the writer was lost with B's events in hand
     assert delivered(inbox, second) == [(n + 1, n) for n in range(behind + 1)]
+
+
+def test_a_batch_goes_to_the_inbox_packed_and_to_the_stream_one_by_one(
+    server: BrokerServer, make: t.Any
+) -> None:
+    """Consecutive events of one topic in a batch make one inbox message;
+    the writer appends each with its own offset and id, in order."""
+    subscriber, inbox = make(server.url)
+    publisher, _ = make(server.url)
+    first, second = new_topic("pack.a"), new_topic("pack.b")
+    plain = f"c:plain.{time.monotonic_ns()}"
+    keep(subscriber).subscribe(first, second, plain)
+    keep(publisher)
+    sizes: list[int] = []
+    outgoing = publisher._outgoing
+
+    def counted(link: t.Any, messages: t.Any) -> t.Any:
+        made = outgoing(link, messages)
+        sizes.append(len(made[0]))
+        return made
+
+    publisher._outgoing = counted
+    batch = [(first, event(n)) for n in range(3)] + [(plain, b"p0")]
+    batch += [(first, event(3)), (second, event(0))]
+    batch += [(first, event(n)) for n in range(4, 6)]
+    counts = publisher._send_batch(batch)
+    assert [count != 0 for count in counts] == [True] * 8  # all accepted
+    assert sizes == [5]  # first's 0-2, the plain one, 3, second's 0, first's 4-5
+    inbox.wait_for(lambda: len(inbox.payloads(first)) == 6)
+    assert delivered(inbox, first) == [(n + 1, n) for n in range(6)]
+    assert publisher.history(second)[0].offset == 1
+    inbox.wait_for(lambda: inbox.payloads(plain) == [b"p0"])
+
+
+def test_a_restart_that_kept_the_data_keeps_the_epoch_and_recovers(
+    server: BrokerServer, make: t.Any
+) -> None:
+    """RabbitMQ stopped and started again (an operator's restart: stopped
+    cleanly) keeps its streams: a client that had offset 1 recovers 2 and 3,
+    published before the restart, and 4, published after it, under the same
+    epoch (what ``recovered: true`` needs). A crash (SIGKILL) within a
+    second or so of the first stream ever declared on the server loses
+    RabbitMQ 3.10's stream coordinator, and every stream with it
+    (docs/architecture.md, "RabbitMQ"), so the restart is a clean one."""
+    broker, inbox = make(server.url)
+    keep(broker).subscribe(topic := new_topic("restart"))
+    for n in range(1, 4):
+        broker.publish(topic, event(n))
+    inbox.wait_for(lambda: len(inbox.payloads(topic)) == 3)
+    before = broker.history(topic)[0]
+    server.restart(graceful=True)
+    wait_until(lambda: broker.connected, timeout=30)
+    broker.publish(topic, event(4))
+    inbox.wait_for(lambda: len(inbox.payloads(topic)) == 4, timeout=30)
+    position, missed = broker.history(topic, after=1)
+    assert position == (4, before.epoch)
+    assert missed is not None  # recovered: same epoch, nothing trimmed
+    assert [json.loads(e)["data"] for e in missed] == [2, 3, 4]
+    assert delivered(inbox, topic) == [(n, n) for n in range(1, 5)]

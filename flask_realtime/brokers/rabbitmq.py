@@ -21,6 +21,7 @@ whose confirm the failure took away goes out again from the outage buffer.
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import threading
 import time
@@ -43,6 +44,7 @@ from ._amqp_history import (
     marker_properties,
     now_ms,
     stamped_properties,
+    unpack,
 )
 from ._amqp_options import Options
 from ._amqp_options import routing_key as routing_key
@@ -55,6 +57,12 @@ _TICK = 1.0  # the reader looks up at least this often
 _STREAM_PREFETCH = 500  # per stream consumer (RabbitMQ requires one)
 _READ_LINKS = 4  # history connections per process at most
 _FENCE = pika.BasicProperties(headers={"f": 1})  # no "o": not an event
+# Consecutive events of one kept topic in a batch go as one inbox message,
+# up to these many or this size (``_amqp_history.unpack``): below RabbitMQ's
+# default queue_index_embed_msgs_below (4 KiB, headers included), a message
+# is stored with its queue, not in the shared message store, and confirmed
+# in about a third of the time (measured: 0.35 against 1.0 ms).
+_PACK_EVENTS, _PACK_BYTES = 1000, 3584
 
 
 class _Bound:
@@ -334,7 +342,10 @@ class RabbitMQBroker(BrokerBase):
         for delivery in link.deliveries:
             topic = self._writing.get(delivery[3], "")
             if topic in new:
-                received.append((topic, delivery[2], delivery[4]))
+                received.extend(
+                    (topic, body, headers)
+                    for body, headers in unpack(delivery[2], delivery[4])
+                )
                 taken = max(taken, delivery[0])
             else:
                 kept.append(delivery)
@@ -516,7 +527,8 @@ class RabbitMQBroker(BrokerBase):
             while link.deliveries and self._consumer is link:
                 last, key, body, tag, headers = link.deliveries.popleft()
                 if tag in self._writing:
-                    received.append((self._writing[tag], body, headers))
+                    topic = self._writing[tag]
+                    received.extend((topic, *event) for event in unpack(body, headers))
                 elif headers and tag in self._following:  # a kept topic's stream
                     self._follow_one(self._following[tag], body, headers)
                 else:
@@ -563,7 +575,7 @@ class RabbitMQBroker(BrokerBase):
                     link.enable_confirms()
                     self._publisher = link
                     self._inboxes = set()
-                counts = link.publish(self._outgoing(link, messages))
+                counts = self._publish(link, messages)
                 self._republish(link, messages, counts)
             except BaseException as exc:
                 if link is not None:
@@ -577,26 +589,75 @@ class RabbitMQBroker(BrokerBase):
                 link.close()  # disconnected meanwhile
             return counts
 
+    def _publish(
+        self, link: Link, messages: list[tuple[str, bytes]]
+    ) -> list[int | None | Exception]:
+        """Publish ``messages`` (packed, see :meth:`_outgoing`): the result
+        of each, and on a failure how many of them, in order, were accepted."""
+        outgoing, sent_in = self._outgoing(link, messages)
+        try:
+            counts = link.publish(outgoing)
+        except LinkLost as exc:
+            # Accepted: the messages before the first one of a pack that was not.
+            exc.accepted = bisect.bisect_left(sent_in, exc.accepted)
+            raise
+        return [counts[n] for n in sent_in]
+
     def _outgoing(
         self, link: Link, messages: list[tuple[str, bytes]]
-    ) -> list[Outgoing]:
+    ) -> tuple[list[Outgoing], list[int]]:
         """The batch as published: kept topics to their inboxes (declared
-        first), each with an id; the rest to the exchange."""
+        first), each with an id, consecutive events of one topic packed in
+        one message; the rest to the exchange. And for each message, the
+        index of the one it goes in (never decreasing)."""
         o = self._options
         outgoing: list[Outgoing] = []
+        sent_in: list[int] = []
+        pack: list[bytes] = []  # the events of outgoing[at], if kept
+        packed, at, last_topic = 0, -1, None
         for topic, data in messages:
             rule = self.retention(topic)
             if rule is None:
                 outgoing.append((o.exchange, routing_key(topic), data, o.properties))
+                sent_in.append(len(outgoing) - 1)
+                last_topic = None
                 continue
+            ident = f"{self._node}.{next(self._ids)}"
+            if (
+                topic == last_topic
+                and len(pack) < _PACK_EVENTS
+                and packed + len(data) <= _PACK_BYTES
+            ):
+                pack.append(data)
+                packed += len(data)
+                sent_in.append(at)
+                continue
+            self._seal(outgoing, at, pack)
             inbox = inbox_name(self._history.name(topic))
             if inbox not in self._inboxes:
                 link.call(link.channel.queue_declare, **inbox_declaration(inbox))
                 self._inboxes.add(inbox)
                 self._want(topic)
-            ident = f"{self._node}.{next(self._ids)}"
             outgoing.append(("", inbox, data, inbox_properties(ident)))
-        return outgoing
+            at = len(outgoing) - 1
+            sent_in.append(at)
+            pack, packed, last_topic = [data], len(data), topic
+        self._seal(outgoing, at, pack)
+        return outgoing, sent_in
+
+    @staticmethod
+    def _seal(outgoing: list[Outgoing], at: int, pack: list[bytes]) -> None:
+        """``outgoing[at]``, the first event of ``pack``, carries them all."""
+        if len(pack) < 2:
+            return
+        exchange, inbox, _, properties = outgoing[at]
+        sizes = [len(data) for data in pack]
+        outgoing[at] = (
+            exchange,
+            inbox,
+            b"".join(pack),
+            inbox_properties(properties.headers["i"], sizes),
+        )
 
     def _republish(
         self,
@@ -615,7 +676,7 @@ class RabbitMQBroker(BrokerBase):
             return
         for n in again:
             self._inboxes.discard(inbox_name(self._history.name(messages[n][0])))
-        retried = link.publish(self._outgoing(link, [messages[n] for n in again]))
+        retried = self._publish(link, [messages[n] for n in again])
         for n, count in zip(again, retried, strict=True):
             counts[n] = count
 
