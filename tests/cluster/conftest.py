@@ -22,13 +22,20 @@ from tests.servers import Server
 
 
 class Cluster:
-    def __init__(self, broker: BrokerServer, instances: list[Server]) -> None:
+    def __init__(
+        self,
+        broker: BrokerServer,
+        instances: list[Server],
+        app_env: t.Mapping[str, str] | None = None,
+    ) -> None:
         self.broker = broker
         self.instances = instances
+        self.app_env = dict(app_env or {})
 
     @property
     def env(self) -> dict[str, str]:
-        return self.broker.app_env
+        """The instances' app environment: the broker's and the test's own."""
+        return {**self.broker.app_env, **self.app_env}
 
     def publish_only(self, *calls: list[t.Any]) -> list[t.Any]:
         """Run ``calls`` in a new process that serves nothing (like a Celery
@@ -66,7 +73,7 @@ def start_cluster(live_server: t.Any, tmp_path: Path) -> t.Callable[..., Cluster
             )
             for _ in range(instances)
         ]
-        return Cluster(broker, started)
+        return Cluster(broker, started, env)
 
     return start
 
