@@ -43,8 +43,8 @@ def live_server(
 
     ``kind`` is one of ``servers.KINDS``. Each server gets a free port on
     127.0.0.1, logs to a file in the test's ``tmp_path``, is healthy
-    when returned, and is stopped when the test ends. A failing test's report
-    shows the tail of each server's log.
+    when returned, and is killed when the test ends (``Server.discard``).
+    A failing test's report shows the tail of each server's log.
     """
     started: list[Server] = []
     request.node.stash[_STARTED] = started
@@ -73,7 +73,7 @@ def live_server(
     errors = []
     for server in reversed(started):
         try:
-            server.stop()
+            server.discard()  # the test is over: no graceful stop to wait for
         except Exception as exc:  # stop the others all the same
             errors.append(exc)
     if errors:
@@ -129,7 +129,7 @@ def module_server(
             directory = tmp_path_factory.mktemp(request.param)
             started = servers.start(request.param, directory, app=app, env=env)
         yield started
-        started.stop()
+        started.discard()
 
     return fixture
 

@@ -3,7 +3,8 @@
 ``start(kind, ...)`` runs one server on a free loopback port, logs its output
 to a file, waits until ``GET /realtime/health`` answers 200, and returns a
 :class:`Server`. ``Server.stop()`` sends SIGTERM, waits, then SIGKILLs the
-whole process group (gunicorn's workers included).
+whole process group (gunicorn's workers included); ``Server.discard()``, for
+fixtures' teardown, SIGKILLs it at once.
 """
 
 from __future__ import annotations
@@ -228,6 +229,22 @@ class Server:
             except subprocess.TimeoutExpired:
                 pass
         # Also reaps workers that outlived their arbiter.
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        return self.process.wait()
+
+    def discard(self) -> int | None:
+        """SIGKILL the whole process group and reap it: the end of a test.
+
+        For fixtures' teardown, where nothing is asserted any more: a graceful
+        stop costs over a second per gunicorn server (its worker looks for the
+        stop once a second), hundreds of times a run. Tests that are about
+        stopping call :meth:`stop` themselves. The kernel closes the sockets,
+        so clients and brokers see the connections end at once.
+
+        Returns the main process's exit code (negative for a signal)."""
         try:
             os.killpg(self.process.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):

@@ -57,7 +57,7 @@ def server(
         workers=2,
     )
     yield started
-    started.stop()
+    started.discard()
 
 
 def channel() -> str:

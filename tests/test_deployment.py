@@ -140,7 +140,7 @@ def test_several_workers_on_the_null_broker_fail_loudly(tmp_path: Path) -> None:
         assert "flask_realtime: several worker processes" in server.log()
         _assert_every_endpoint_refuses(server, "REALTIME_BROKER")
     finally:
-        server.stop()
+        server.discard()
 
 
 def test_gunicorn_sync_worker_refuses_long_lived_requests_at_once(
@@ -159,7 +159,7 @@ def test_gunicorn_sync_worker_refuses_long_lived_requests_at_once(
         assert time.monotonic() - started < 5
         assert requests.get(server.url + "/broadcast?channel=a&event=b", timeout=5).ok
     finally:
-        server.stop()
+        server.discard()
 
 
 def test_one_worker_on_the_null_broker_is_ready(

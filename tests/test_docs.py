@@ -106,7 +106,7 @@ def readme_app(tmp_path_factory: pytest.TempPathFactory) -> t.Iterator[Server]:
         env={"PYTHONPATH": str(directory)},
     )
     yield server
-    server.stop()
+    server.discard()
 
 
 def signed_in_page(browser: Browser, server: Server, name: str, path: str) -> Page:

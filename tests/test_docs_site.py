@@ -258,7 +258,7 @@ def quickstart_app(tmp_path_factory: pytest.TempPathFactory) -> t.Iterator[Serve
         env={"PYTHONPATH": str(directory)},
     )
     yield server
-    server.stop()
+    server.discard()
 
 
 @pytest.mark.browser

@@ -45,3 +45,11 @@ def test_stop_ends_server(live_server) -> None:
     assert server.stop() == 0
     assert server.health(timeout=1) is None
     assert "Booting worker" in server.log()
+
+
+def test_discard_kills_the_server_at_once(live_server) -> None:
+    server = live_server("geventwebsocket")
+    assert server.health() == 200
+    assert server.discard() == -signal.SIGKILL
+    assert server.health(timeout=1) is None
+    assert server.discard() == -signal.SIGKILL  # again, as a teardown may

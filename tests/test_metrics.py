@@ -57,7 +57,7 @@ def server(
         gunicorn_options=["-c", "python:flask_realtime.gunicorn"],
     )
     yield started
-    started.stop()
+    started.discard()
 
 
 def scrape(server: Server) -> Samples:

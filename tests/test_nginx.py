@@ -185,7 +185,7 @@ def app_server(tmp_path_factory: pytest.TempPathFactory) -> t.Iterator[Server]:
     require_nginx()
     server = servers.start("geventwebsocket", tmp_path_factory.mktemp("gunicorn"))
     yield server
-    server.stop()
+    server.discard()
 
 
 @pytest.fixture(scope="module")

@@ -97,7 +97,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> t.Iterator[Server]:
         env=ENV,
     )
     yield started
-    started.stop()
+    started.discard()
 
 
 def native_event(client: t.Any, channel: str) -> dict[str, t.Any]:

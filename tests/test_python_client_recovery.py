@@ -159,7 +159,7 @@ def test_a_new_epoch_is_not_recovered(
         finally:
             room.client.disconnect()
             if second is not None:
-                second.stop()
+                second.discard()
 
 
 def test_duplicates_are_dropped_by_offset() -> None:

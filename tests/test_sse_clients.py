@@ -171,7 +171,7 @@ def nginx(tmp_path_factory: pytest.TempPathFactory) -> t.Iterator[Nginx]:
         yield proxy
         proxy.stop()
     finally:
-        app.stop()
+        app.discard()
 
 
 def test_sseclient_py_through_nginx(nginx: Nginx) -> None:

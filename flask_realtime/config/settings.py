@@ -59,6 +59,10 @@ class Settings:
     pusher: PusherSettings | None = None
     # REALTIME_METRICS: the /metrics endpoint's bearer token; None: off.
     metrics_token: str | None = None
+    # REALTIME_FORWARD_TIMEOUT: a forwarded request's wait for its owner.
+    forward_timeout: float = 10.0
+    # REALTIME_PRESENCE_QUERY_TIMEOUT: a replica-less presence query's wait.
+    presence_query_timeout: float = 2.0
 
 
 # Key -> default. The environment fallbacks (environment.py) are applied first.
@@ -74,6 +78,13 @@ DEFAULTS: dict[str, t.Any] = {
     # Messages a node holds while its broker is down; past that, publishing
     # raises BrokerUnavailable.
     "REALTIME_BROKER_BUFFER": 10_000,
+    # Seconds a worker waits for the node that holds an SSE or long-poll
+    # connection to answer a request forwarded to it (a poll: the poll
+    # timeout plus this); then a 504.
+    "REALTIME_FORWARD_TIMEOUT": 10,
+    # Seconds a process without a replica of a presence channel waits for a
+    # node that has one; none answering: nobody present.
+    "REALTIME_PRESENCE_QUERY_TIMEOUT": 2,
     "REALTIME_URL_PREFIX": "/realtime",
     "REALTIME_WEBSOCKET_PATH": "/ws",
     "REALTIME_SSE_PATH": "/sse",

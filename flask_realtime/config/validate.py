@@ -186,4 +186,10 @@ def load(config: t.Mapping[str, t.Any]) -> Settings:
         webhooks=webhook_settings(config, pusher),
         pusher=pusher,
         metrics_token=metrics_token(config),
+        forward_timeout=_number(
+            config, "REALTIME_FORWARD_TIMEOUT", minimum=0.1, integer=False
+        ),
+        presence_query_timeout=_number(
+            config, "REALTIME_PRESENCE_QUERY_TIMEOUT", minimum=0.1, integer=False
+        ),
     )

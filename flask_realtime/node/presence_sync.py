@@ -32,12 +32,12 @@ logger = logging.getLogger("flask_realtime")
 # clients), which waits for it. What a late or lost answer would have said
 # comes with the other nodes' next refresh, as ``presence.join`` events.
 SYNC_TIMEOUT = 1.5
-# How long get_presence_data() in a process without a replica waits for a
-# node that has one. Whichever node answers first answers for the cluster;
-# when none does in time (the only ones with a replica froze, or were cut
-# off with their connections open), nobody that answers knows of a member:
-# an empty list, and a warning in the log.
-QUERY_TIMEOUT = 2.0
+# get_presence_data() in a process without a replica waits for a node that
+# has one up to REALTIME_PRESENCE_QUERY_TIMEOUT (2 s by default). Whichever
+# node answers first answers for the cluster; when none does in time (the
+# only ones with a replica froze, or were cut off with their connections
+# open), nobody that answers knows of a member: an empty list, and a warning
+# in the log.
 
 _SYNC = b'{"op":"sync"}'
 _MEMBERS = b'{"op":"members"}'
@@ -128,7 +128,9 @@ class PresenceSync:
             return self.presence.members(channel)
         try:
             answer = self._node.control.request(
-                topics.presence(channel), _MEMBERS, QUERY_TIMEOUT
+                topics.presence(channel),
+                _MEMBERS,
+                self._node.settings.presence_query_timeout,
             )
         except TimeoutError as exc:
             # Only nodes that vanished hold the channel (frozen, or cut off

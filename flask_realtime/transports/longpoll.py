@@ -85,7 +85,7 @@ def poll_view(node: Node, authenticate: t.Callable[..., t.Any] | None) -> Respon
         box, found = _poll(node, forwarded)
         return cors(_written_later(answer_response(found), box), allowed)
     # The owner answers within the poll timeout; the margin covers the trip.
-    timeout = settings.longpoll_timeout + 10
+    timeout = settings.longpoll_timeout + settings.forward_timeout
     return cors(run_or_forward(node, forwarded, _poll_here, timeout), allowed)
 
 

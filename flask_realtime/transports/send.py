@@ -39,10 +39,6 @@ def send_view(node: Node) -> Response:
     return cors(_send(node), allowed)
 
 
-# A forwarded request waits at most this long for the owning node.
-FORWARD_TIMEOUT = 10.0
-
-
 def register(node: Node) -> None:
     """Let other nodes hand this one the requests of its connections."""
     node.handle_request("send", _send_here)
@@ -80,7 +76,7 @@ def _send(node: Node) -> Response:
         "token": body.get("token"),
         "message": text.decode(),
     }
-    return run_or_forward(node, forwarded, _send_here, FORWARD_TIMEOUT)
+    return run_or_forward(node, forwarded, _send_here, node.settings.forward_timeout)
 
 
 def _find(node: Node, forwarded: dict[str, t.Any]) -> t.Any:
@@ -138,4 +134,5 @@ def close_view(node: Node) -> Response:
         "connection_id": body["connection_id"],
         "token": body.get("token"),
     }
-    return cors(run_or_forward(node, forwarded, _close_here, FORWARD_TIMEOUT), allowed)
+    timeout = node.settings.forward_timeout
+    return cors(run_or_forward(node, forwarded, _close_here, timeout), allowed)

@@ -95,7 +95,7 @@ def restart_server(
 
     yield restart
     for server in started:
-        server.stop()
+        server.discard()
 
 
 @pytest.hookimpl(wrapper=True)

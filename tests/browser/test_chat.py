@@ -111,7 +111,7 @@ def chat_server(tmp_path_factory: pytest.TempPathFactory) -> t.Iterator[Server]:
         name="chat",
     )
     yield server
-    server.stop()
+    server.discard()
 
 
 @pytest.fixture
@@ -151,7 +151,7 @@ class Restartable:
 def restartable(tmp_path: Path) -> t.Iterator[Restartable]:
     chat_app = Restartable(tmp_path)
     yield chat_app
-    chat_app.stop()
+    chat_app.server.discard()
 
 
 def expect_live(page: Page, transport: str) -> None:
@@ -435,8 +435,8 @@ def test_pages_recover_missed_messages_after_a_restart_on_redis(
         ]
         exchange_messages(ann, ann_name, bob, bob_name)
     finally:
-        app.stop()
-        other.stop()
+        app.server.discard()
+        other.server.discard()
         redis.stop()
 
 

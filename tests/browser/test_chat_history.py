@@ -88,6 +88,6 @@ def test_a_page_recovers_what_it_missed_while_its_server_restarted(
         expect_message(carol, before, ann_name, mine=False)
         expect_message(carol, missed, ann_name, mine=False)
     finally:
-        a.stop()
-        b.stop()
+        a.discard()
+        b.discard()
         redis.stop()

@@ -48,7 +48,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> t.Iterator[Server]:
         KIND, tmp_path_factory.mktemp("acks"), app="tests.apps.acks:app"
     )
     yield started
-    started.stop()
+    started.discard()
 
 
 @pytest.mark.parametrize("transport", ["websocket", "sse", "longpolling"])

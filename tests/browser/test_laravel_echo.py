@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import signal
 import subprocess
 import typing as t
 
@@ -118,10 +117,8 @@ def nodes(
             started.append(servers.start(KIND, directory, app=APP, env=env))
         yield started[0], started[1]
     finally:
-        for node in started:  # SIGTERM both first: they drain side by side
-            node.signal(signal.SIGTERM)
         for node in started:
-            node.stop()
+            node.discard()
 
 
 def echo_page(pages: Pages, server: Server, user: str, name: str) -> Page:

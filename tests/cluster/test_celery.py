@@ -188,7 +188,7 @@ def stack(
             worker.wait_ready()
             yield Stack(kind, web, worker)
         finally:
-            web.stop()
+            web.discard()
     finally:
         worker.stop()
 

@@ -17,8 +17,10 @@ import threading
 import time
 import typing as t
 
+import pytest
 import requests
 
+from tests.brokerservers import BrokerServer
 from tests.cluster.conftest import Cluster
 from tests.cluster.test_cluster import get, unique, ws
 from tests.http_helpers import open_poll
@@ -26,8 +28,13 @@ from tests.test_sse import SSEClient
 from tests.wsclient import Client
 
 # A call that fails fast would answer well within this; one that waits for
-# a dead node would not (forwarding waits 10 s, a presence query 5 s).
+# a dead node would not (forwarding waits 10 s, a presence query 2 s).
 PROMPT = 3.0
+# The frozen-node tests wait these out, so their clusters shorten them from
+# the defaults (REALTIME_FORWARD_TIMEOUT 10 s, REALTIME_PRESENCE_QUERY_TIMEOUT
+# 2 s): the same timeout paths, in seconds rather than tens of seconds.
+FORWARD_TIMEOUT = 2.0
+PRESENCE_QUERY_TIMEOUT = 1.0
 
 
 def kill(cluster: Cluster, n: int = 1) -> float:
@@ -169,6 +176,21 @@ def freeze(cluster: Cluster, n: int = 1) -> None:
     os.killpg(cluster.instances[n].process.pid, signal.SIGSTOP)
 
 
+@pytest.fixture
+def short_timeouts_cluster(
+    broker_kind: str,
+    broker_servers: t.Callable[[str], BrokerServer],
+    start_cluster: t.Callable[..., Cluster],
+) -> Cluster:
+    """``cluster``, with the forwarding and presence query timeouts shortened
+    (the processes that serve nothing, ``publish_only``, too)."""
+    env = {
+        "TESTAPP_REALTIME_FORWARD_TIMEOUT": str(FORWARD_TIMEOUT),
+        "TESTAPP_REALTIME_PRESENCE_QUERY_TIMEOUT": str(PRESENCE_QUERY_TIMEOUT),
+    }
+    return start_cluster(broker_servers(broker_kind), env=env)
+
+
 def test_a_presence_subscribe_never_waits_on_a_frozen_node(cluster: Cluster) -> None:
     channel = unique("presence-room.")
     ann = ws(cluster.instances[1], "ann", "Ann")
@@ -188,8 +210,9 @@ def test_a_presence_subscribe_never_waits_on_a_frozen_node(cluster: Cluster) -> 
 
 
 def test_presence_asked_of_a_frozen_node_alone_answers_empty_in_time(
-    cluster: Cluster,
+    short_timeouts_cluster: Cluster,
 ) -> None:
+    cluster = short_timeouts_cluster
     channel = unique("presence-room.")
     ann = ws(cluster.instances[1], "ann", "Ann")
     assert ann.subscribe(channel)["type"] == "subscribed"
@@ -210,8 +233,9 @@ def test_presence_asked_of_a_frozen_node_alone_answers_empty_in_time(
 
 
 def test_requests_for_a_frozen_nodes_connections_time_out_cleanly(
-    cluster: Cluster,
+    short_timeouts_cluster: Cluster,
 ) -> None:
+    cluster = short_timeouts_cluster
     survivor, victim = cluster.instances
     stream = SSEClient(victim)
     bob = ws(victim, "bob")
@@ -226,11 +250,13 @@ def test_requests_for_a_frozen_nodes_connections_time_out_cleanly(
             assert response.status_code == 200, response.text
             assert took < PROMPT, f"{path} took {took:.1f} s"
         # A forwarded request waits for the owner's answer up to its
-        # timeout (10 s), then gets a JSON 504.
+        # timeout (REALTIME_FORWARD_TIMEOUT), then gets a JSON 504.
         response, took = timed_ping(survivor, stream)
         assert response.status_code == 504, response.text
         assert response.json()["error"]["code"] == 504
-        assert took < 10 + PROMPT, f"POST /realtime/send took {took:.1f} s"
+        assert FORWARD_TIMEOUT <= took < FORWARD_TIMEOUT + PROMPT, (
+            f"POST /realtime/send took {took:.1f} s"
+        )
     finally:
         kill(cluster)
 

@@ -63,7 +63,7 @@ def server(
 ) -> t.Iterator[Server]:
     started = _start(request.param, tmp_path_factory.mktemp(request.param))
     yield started
-    started.stop()
+    started.discard()
 
 
 class Attack:

@@ -73,6 +73,14 @@ def test_defaults_load() -> None:
     assert settings.rate_limit_close_after >= 1
     assert settings.allowed_origins == ()
     assert settings.shutdown_timeout == 10
+    assert settings.forward_timeout == 10
+    assert settings.presence_query_timeout == 2
+
+
+def test_cluster_request_timeouts_may_be_fractions() -> None:
+    settings = load(REALTIME_FORWARD_TIMEOUT=2.5, REALTIME_PRESENCE_QUERY_TIMEOUT=0.5)
+    assert settings.forward_timeout == 2.5
+    assert settings.presence_query_timeout == 0.5
 
 
 def test_shutdown_timeout_may_be_a_fraction_or_zero() -> None:
@@ -265,6 +273,10 @@ BAD_VALUES = [
     ("REALTIME_SHUTDOWN_TIMEOUT", "10"),
     ("REALTIME_SHUTDOWN_TIMEOUT", True),
     ("REALTIME_SHUTDOWN_TIMEOUT", None),
+    ("REALTIME_FORWARD_TIMEOUT", 0),
+    ("REALTIME_FORWARD_TIMEOUT", "10"),
+    ("REALTIME_PRESENCE_QUERY_TIMEOUT", 0),
+    ("REALTIME_PRESENCE_QUERY_TIMEOUT", None),
 ]
 
 
