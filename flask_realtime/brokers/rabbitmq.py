@@ -54,7 +54,11 @@ from .interface import Position, Retention
 _TICK = 1.0  # the reader looks up at least this often
 _STREAM_PREFETCH = 500  # per stream consumer (RabbitMQ requires one)
 _READ_LINKS = 4  # history connections per process at most
-_FENCE = pika.BasicProperties(headers={"f": 1})  # no "o": not an event
+
+
+def _fence(token: str) -> pika.BasicProperties:
+    """A writer's fence (no "o": not an event), ``token`` telling it apart."""
+    return pika.BasicProperties(headers={"f": token})
 
 
 class _Bound:
@@ -307,23 +311,39 @@ class RabbitMQBroker(BrokerBase):
         new = {topic for topic, _, _ in received if topic not in self._sequences}
         if not new:
             return 0
+        rules: dict[str, Retention] = {}
         for topic in sorted(new):
             rule = self.retention(topic)
-            if rule is None:
-                continue
-            name = self._history.name(topic)
-            # A fence first: the writer before us may have appends still on
-            # their way to the stream (its confirms timed out, say), queued
-            # ahead of ours; once the fence is confirmed they are in, and
-            # the tail read next sees them (and their ids).
-            if link.publish([("", name, b"", _FENCE)]) == [0]:
+            if rule is not None:
+                rules[topic] = rule
+        # A fence first on each stream (its own, ``f``), all in one batch:
+        # the writer before us may have appends still on their way to the
+        # stream (its confirms timed out, say), queued ahead of ours; once
+        # the fence is confirmed they are in, and the tail read up to the
+        # fence sees them (and their ids).
+        fences = {topic: new_epoch() for topic in rules}
+        topics = list(rules)
+        for _ in range(3):  # then the tail read fails: reconnect, try again
+            if not topics:
+                break
+            counts = link.publish(
+                [
+                    ("", self._history.name(topic), b"", _fence(fences[topic]))
+                    for topic in topics
+                ]
+            )
+            topics = [topic for topic, n in zip(topics, counts, strict=True) if n == 0]
+            for topic in topics:  # returned: the stream is gone, declare it
                 link.call(
                     link.channel.queue_declare,
-                    queue=name,
+                    queue=self._history.name(topic),
                     durable=True,
-                    arguments=arguments(rule),
+                    arguments=arguments(rules[topic]),
                 )
-            tail = self._tails.tail(topic, rule)
+        tails = self._tails.tails(
+            [(topic, rule, fences[topic]) for topic, rule in rules.items()]
+        )
+        for topic, tail in tails.items():
             self._held.drop(topic)  # from the next event on, in order
             last = -1 if tail.last is None else tail.last
             self._sequences[topic] = _Sequence(
