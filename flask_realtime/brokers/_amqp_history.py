@@ -65,6 +65,7 @@ _READ_CREDIT = 1000  # a read's prefetch: messages per round trip
 _BYTES_PER_EVENT, _MIN_BYTES = 4096, 1 << 20
 _LINK_ERRORS = (OSError, pika.exceptions.AMQPError, LinkLost)
 _SYNC_WAIT = 5.0  # a read waits this long for the writer's answer
+_SYNC_WAIT_MOST = 30.0  # or this long while this node's writer takes over
 _TURN = 0.05  # a reader drives the link for others this long at most at once
 HELD_BYTES = 32 << 20  # the writer's copies of tails, in all
 HELD_TOPIC_BYTES = 1 << 20  # and per topic (an answer carries them)
@@ -245,9 +246,15 @@ class StreamHistory:
     """The reads of kept topics, and the tails their writers start from, on
     a connection of their own (a read never waits behind a batch)."""
 
-    def __init__(self, options: Options, want: t.Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        options: Options,
+        want: t.Callable[[str], None],
+        taking_over: t.Callable[[], bool] = lambda: False,
+    ) -> None:
         self._options = options
         self._want = want  # this node becomes a writer candidate of a topic
+        self._taking_over = taking_over  # this node's writer takes over now
         self.reset()
 
     def reset(self) -> None:
@@ -520,9 +527,16 @@ class StreamHistory:
         and one of their readers at a time drives the link, filing every
         answer that comes for whom it is."""
         link, waiting = self._questions[asked]
-        deadline = time.monotonic() + _SYNC_WAIT
+        started = time.monotonic()
+        deadline = started + _SYNC_WAIT
         while asked not in self._answers:
-            left = deadline - time.monotonic()
+            now = time.monotonic()
+            left = deadline - now
+            if left <= 0 and self._taking_over() and now - started < _SYNC_WAIT_MOST:
+                # This node's writer is taking channels over (a storm of new
+                # ones, say): the answer may be behind those; wait on.
+                left = _TURN
+                deadline = now + left
             if left <= 0:
                 self._declared.discard(inbox_name(name))  # deleted, perhaps
                 raise BrokerUnavailable(f"the writer of {name} did not answer")
