@@ -11,10 +11,11 @@ round trips (``StreamHistory.tails``).
 
 from __future__ import annotations
 
+import threading
 import time
 import typing as t
 
-from flask_realtime.brokers import _history
+from flask_realtime.brokers import _amqp_history, _history
 from flask_realtime.brokers.interface import Retention
 from tests.brokerclients import broker_fixtures, in_threads
 from tests.brokerservers import BrokerServer
@@ -62,3 +63,22 @@ def test_first_reads_of_many_new_channels_at_once_all_succeed(
         position, kept = broker.history(topic)
         assert position.offset == 1
         assert [_history.offset_of(e) for e in t.cast(list, kept)] == [1]
+
+
+def test_a_read_waits_past_its_timeout_for_a_writer_still_taking_over(
+    server: BrokerServer, make: t.Any, monkeypatch: t.Any
+) -> None:
+    """A read's answer behind a slow take-over (RabbitMQ making hundreds of
+    streams) comes late: the read waits on while this node's writer is
+    taking channels over, instead of failing (a 503) after its timeout."""
+    monkeypatch.setattr(_amqp_history, "_SYNC_WAIT", 0.3)
+    broker = keep(make(server.url)[0])
+    tails, slow = broker._tails.tails, threading.Event()
+
+    def slow_tails(wanted: t.Any) -> t.Any:
+        slow.wait(1.0)  # a take-over three times as long as the read's wait
+        return tails(wanted)
+
+    broker._tails.tails = slow_tails
+    position, kept = broker.history(f"c:kept.slow.{time.monotonic_ns()}", limit=0)
+    assert position.offset == 0 and kept == []

@@ -142,6 +142,7 @@ class RabbitMQBroker(BrokerBase):
             for _ in range(_READ_LINKS - 1)
         ]
         self._took_over = 0.0  # when the writer last took channels over
+        self._taking = False  # and whether it is taking some over now
         self._next_reader = itertools.count()
         # Reads of a topic at once share one (a recovery storm).
         self._shared = SharedReads(self._read_round)
@@ -363,8 +364,18 @@ class RabbitMQBroker(BrokerBase):
         new = {topic for topic, _, _ in received if topic not in self._sequences}
         if not new:
             return 0
-        self._took_over = time.monotonic()
-        self._gather(link, new)
+        self._took_over, self._taking = time.monotonic(), True
+        try:
+            self._gather(link, new)
+            taken = self._fence_and_read(link, received, new)
+        finally:
+            self._took_over, self._taking = time.monotonic(), False
+        return taken
+
+    def _fence_and_read(
+        self, link: Link, received: list[tuple[str, bytes, t.Any]], new: set[str]
+    ) -> int:
+        """The take-over of ``new`` (see :meth:`_take_over`)."""
         rules: dict[str, Retention] = {}
         for topic in sorted(new):
             rule = self.retention(topic)
@@ -397,7 +408,6 @@ class RabbitMQBroker(BrokerBase):
         tails = self._read_tails(
             [(topic, rule, fences[topic]) for topic, rule in rules.items()]
         )
-        self._took_over = time.monotonic()
         for topic, tail in tails.items():
             self._held.drop(topic)  # from the next event on, in order
             last = -1 if tail.last is None else tail.last
@@ -436,10 +446,10 @@ class RabbitMQBroker(BrokerBase):
         return taken
 
     def _taking_over(self) -> bool:
-        """Whether this node's writer is taking channels over now (took one
-        over within the last second): a read waiting for its answer waits
-        on (``StreamHistory._await``)."""
-        return time.monotonic() - self._took_over < 1.0
+        """Whether this node's writer is taking channels over now (or took
+        some over within the last second): a read waiting for its answer
+        waits on (``StreamHistory._await``)."""
+        return self._taking or time.monotonic() - self._took_over < 1.0
 
     def _append(self, link: Link, received: list[tuple[str, bytes, t.Any]]) -> int:
         """In the reader, as the active writer: number ``received`` (topic,
