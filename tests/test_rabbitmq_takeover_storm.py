@@ -56,7 +56,8 @@ def test_first_reads_of_many_new_channels_at_once_all_succeed(
     assert not failures, (len(failures), failures[0])
     assert {p.offset for p in positions} == {0}  # each marked, once
     assert len({p.epoch for p in positions}) == CHANNELS
-    assert took < 8.0, took  # 10.6 s before, one take-over after another
+    # 5.0 to 10.6 s before (one take-over after another), 2.7 to 4.6 after.
+    assert took < 8.0, took
     # Numbering starts right after the marker on every one of them.
     for topic in topics[:3]:
         broker.publish(topic, event(1))
