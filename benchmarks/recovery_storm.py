@@ -287,6 +287,8 @@ def main(argv: list[str] | None = None) -> int:
                 "problems": problems[:5],
                 "problem_count": len(problems),
             }
+            # As it comes: a later phase may fail (RabbitMQ, 1,000 channels).
+            print(label, json.dumps(results[label]), file=sys.stderr, flush=True)
     finally:
         server.stop()
         if broker is not None:

@@ -111,6 +111,15 @@ class BrokerServer:
             RABBITMQ_ENABLED_PLUGINS_FILE=str(base / "enabled_plugins"),
             RABBITMQ_CONFIG_FILE=str(base / "rabbitmq"),
         )
+        if os.geteuid() == 0:
+            # Debian's wrapper drops to the rabbitmq user with su, whose
+            # session gets 1,024 descriptors: streams keep files open (some
+            # 2 each, and 2 more per reader), so 1,000 kept channels ran out
+            # (emfile). The same drop, with the hard limit.
+            start = (
+                "ulimit -n $(ulimit -Hn); exec /usr/lib/rabbitmq/bin/rabbitmq-server"
+            )
+            return ["su", "rabbitmq", "-s", "/bin/sh", "-c", start], env
         return ["rabbitmq-server"], env
 
     def start(self) -> BrokerServer:

@@ -241,11 +241,11 @@ def test_a_take_over_never_acks_another_topics_events_it_has_not_appended(
     publisher.publish(second, event(0))  # the writer takes B over now
     inbox.wait_for(lambda: len(inbox.payloads(second)) == 1)
     behind = 5
-    tail, append, lost = writer._tails.tail, writer._append, []
+    tails, append, lost = writer._tails.tails, writer._append, []
 
-    def tail_then_more(topic: str, rule: Retention) -> t.Any:
-        found = tail(topic, rule)
-        if topic == first and not lost:
+    def tail_then_more(wanted: list[tuple[str, Retention, str]]) -> t.Any:
+        found = tails(wanted)
+        if first in found and not lost:
             for n in range(behind):  # B's, then one of A's after them
                 publisher.publish(second, event(n + 1))
             publisher.publish(first, event(1))
@@ -260,7 +260,7 @@ def test_a_take_over_never_acks_another_topics_events_it_has_not_appended(
                 raise _support.LinkLost("lost before appending B's")
         return t.cast(int, append(link, received))
 
-    writer._tails.tail, writer._append = tail_then_more, lose_before_appending
+    writer._tails.tails, writer._append = tail_then_more, lose_before_appending
     publisher.publish(first, event(0))
     inbox.wait_for(lambda: len(inbox.payloads(first)) == 2)
     inbox.wait_for(lambda: len(inbox.payloads(second)) == behind + 1)

@@ -54,6 +54,7 @@ import typing as t
 import pika
 import pika.exceptions
 
+from .._runtime import event
 from ._amqp import CALL_TIMEOUT, Link
 from ._amqp_options import Options, routing_key
 from ._history import envelope, new_epoch, stamp
@@ -65,10 +66,13 @@ _READ_CREDIT = 1000  # a read's prefetch: messages per round trip
 _BYTES_PER_EVENT, _MIN_BYTES = 4096, 1 << 20
 _LINK_ERRORS = (OSError, pika.exceptions.AMQPError, LinkLost)
 _SYNC_WAIT = 5.0  # a read waits this long for the writer's answer
+_SYNC_WAIT_MOST = 30.0  # or this long while this node's writer takes over
+_TURN = 0.05  # a reader drives the link for others this long at most at once
 HELD_BYTES = 32 << 20  # the writer's copies of tails, in all
 HELD_TOPIC_BYTES = 1 << 20  # and per topic (an answer carries them)
 _SLACK = 8  # stream offsets a read starts early (skipped ones, a duplicate)
 TAIL_IDS = 1000  # ids a new writer looks back over: more than it may hold
+_TAILS_AT_ONCE = 100  # streams whose tails a writer taking over reads at once
 # One consumer at a time receives (the stream's one writer). Version 2 of
 # classic queues (RabbitMQ 3.10+) confirms a persistent message of a few KiB
 # in about half the time version 1 takes (docs/architecture.md, "RabbitMQ").
@@ -272,9 +276,15 @@ class StreamHistory:
     """The reads of kept topics, and the tails their writers start from, on
     a connection of their own (a read never waits behind a batch)."""
 
-    def __init__(self, options: Options, want: t.Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        options: Options,
+        want: t.Callable[[str], None],
+        taking_over: t.Callable[[], bool] = lambda: False,
+    ) -> None:
         self._options = options
         self._want = want  # this node becomes a writer candidate of a topic
+        self._taking_over = taking_over  # this node's writer takes over now
         self.reset()
 
     def reset(self) -> None:
@@ -283,6 +293,11 @@ class StreamHistory:
         self._declared: set[str] = set()  # on this link
         self._asked = 0  # the last sync's number
         self._replies = ""  # the consumer tag of the writers' answers
+        # Questions out on this link, by number: the link they went on and
+        # the event their reader waits on; the answers come in any order,
+        # whoever drives the link files them (``_file``).
+        self._questions: dict[int, tuple[Link, t.Any]] = {}
+        self._answers: dict[int, bytes] = {}
         # Held across round trips: a gevent lock once gevent patched threading.
         self._lock = threading.Lock()
         self.scans = 0  # stream scans for reads (for tests and benchmarks)
@@ -308,12 +323,31 @@ class StreamHistory:
         reads ``close()`` returns, called right before the position is
         asked for (``_shared_reads.py``)."""
         self._want(topic)
-        return self._run(lambda link: self._read(link, topic, rule, close))
+        name = self.name(topic)
+        asked = self._run(lambda link: self._ask(link, name, rule, close))
+        try:
+            answer = self._await(asked, name)
+        finally:
+            self._questions.pop(asked, None)
+            self._answers.pop(asked, None)
+        return self._read(name, rule, close, answer)
 
-    def tail(self, topic: str, rule: Retention) -> Tail:
-        """For a writer taking over: the stream's last number, its epoch and
-        the ids of its last ``TAIL_IDS`` events."""
-        return self._run(lambda link: self._tail(link, topic, rule))
+    def tails(self, wanted: list[tuple[str, Retention, str]]) -> dict[str, Tail]:
+        """For a writer taking over ``(topic, rule, fence)``s: each stream's
+        last number, its epoch and the ids of its last ``TAIL_IDS`` events,
+        read up to the fence the writer appended (its ``f`` header), which
+        comes after anything the writer before it appended.
+
+        The streams of ``_TAILS_AT_ONCE`` topics are read at once, their
+        round trips overlapping: hundreds of new channels becoming active
+        at once on a node (a storm of first subscribes) cost a few round
+        trips, not ~20 ms each one after another, while reads wait for
+        their writer's answer."""
+        found: dict[str, Tail] = {}
+        for first in range(0, len(wanted), _TAILS_AT_ONCE):
+            chunk = wanted[first : first + _TAILS_AT_ONCE]
+            found.update(self._run(functools.partial(self._tails, wanted=chunk)))
+        return found
 
     def busy(self) -> bool:
         """Whether a read or a tail holds the connection now."""
@@ -341,18 +375,50 @@ class StreamHistory:
 
     def _run(self, work: t.Callable[[Link], t.Any]) -> t.Any:
         with self._lock:
-            link = self._link
             try:
-                if link is None:
-                    link = self._open()
-                return work(link)
-            except _LINK_ERRORS as exc:
-                if link is not None:
-                    link.close()
-                self._link = None
-                raise BrokerUnavailable(
-                    f"reading RabbitMQ history failed: {exc or type(exc).__name__}"
-                ) from exc
+                return self._drive(work)
+            finally:
+                self._pass_turn()
+
+    def _drive(self, work: t.Callable[[Link], t.Any]) -> t.Any:
+        """``work(link)`` holding the lock; a failure gives the link up."""
+        link = self._link
+        try:
+            if link is None:
+                link = self._open()
+            return work(link)
+        except _LINK_ERRORS as exc:
+            if link is not None:
+                link.close()
+            self._link = None
+            for _, waiting in list(self._questions.values()):
+                waiting.set()  # their answers are gone with the link
+            raise BrokerUnavailable(
+                f"reading RabbitMQ history failed: {exc or type(exc).__name__}"
+            ) from exc
+
+    def _pass_turn(self) -> None:
+        """Leaving the link: wake a reader still waiting for its answer, to
+        drive the link in turn (nobody reads the answers otherwise)."""
+        for number, (_, waiting) in list(self._questions.items()):
+            if number not in self._answers:
+                waiting.set()
+                return
+
+    def _file(self, link: Link) -> None:
+        """The writers' answers among ``link``'s deliveries, to their
+        readers; what else is there is late (a scan's, cancelled)."""
+        while link.deliveries:
+            _tag, _key, body, consumer, headers = link.deliveries.popleft()
+            if consumer == self._replies:
+                self._file_one(body, headers)
+
+    def _file_one(self, body: bytes, headers: dict[str, t.Any] | None) -> None:
+        number = headers.get("s") if headers else None
+        question = self._questions.get(number)  # type: ignore[arg-type]
+        if question is not None and body:
+            self._answers[t.cast(int, number)] = body
+            question[1].set()
 
     def _open(self) -> Link:
         o = self._options
@@ -378,14 +444,15 @@ class StreamHistory:
 
     def _read(
         self,
-        link: Link,
-        topic: str,
+        name: str,
         rule: Retention,
         close: t.Callable[[], list[Ask]],
+        answer: bytes,
     ) -> list[Answer]:
-        name = self.name(topic)
-        self._declare(link, name, rule)
-        offset, epoch, below, held = self._sync(link, name, rule, close)
+        line, newline, packed = answer.partition(b"\n")
+        last, epoch, bound = line.decode().split(" ")
+        offset, below = int(last), int(bound)
+        held = unpack_held(packed) if newline else None
         asks = close()  # closed already: the same reads
         position = Position(offset, epoch)
         starts = [_start(offset, rule, after, limit) for after, limit in asks]
@@ -396,10 +463,11 @@ class StreamHistory:
         if held is not None and held and held[0][0] <= start:
             events = held  # the writer's copy: what the stream holds
         else:
+            found = self._run(
+                lambda link: self._scan_from(link, name, offset, below, start)
+            )
             events = [
-                (m.offset, m.headers.get("t", 0), m.body)
-                for m in self._scan_from(link, name, offset, below, start)
-                if not m.marker
+                (m.offset, m.headers.get("t", 0), m.body) for m in found if not m.marker
             ]
         oldest = now_ms() - rule.ttl * 1000
         fresh: list[tuple[int, bytes]] = []  # in order, each offset once
@@ -440,19 +508,21 @@ class StreamHistory:
             found = self._scan(link, name, "first", until=offset)
         return found
 
-    def _sync(
+    def _ask(
         self,
         link: Link,
         name: str,
         rule: Retention,
         close: t.Callable[[], list[Ask]],
-    ) -> tuple[int, str, int, list[tuple[int, int, bytes]] | None]:
+    ) -> int:
         """Ask the stream's writer, through its inbox, for the last offset
         and the epoch: it answers once it has appended everything published
         before the question (marking an empty stream first), so a read sees
         every event whose publish returned before it. Also a lower bound of
         the stream offset of the last (where a read may start), and the
-        events the reads want when the writer holds them all (else None)."""
+        events the reads want when the writer holds them all. The question's
+        number: its answer comes to :meth:`_await`."""
+        self._declare(link, name, rule)
         inbox = inbox_name(name)
         if inbox not in self._declared:
             link.call(link.channel.queue_declare, **inbox_declaration(inbox))
@@ -474,35 +544,177 @@ class StreamHistory:
         question = pika.BasicProperties(
             reply_to="amq.rabbitmq.reply-to", headers=headers
         )
+        self._questions[asked] = (link, event())
         link.send("", inbox, b"", question)
-        deadline = time.monotonic() + _SYNC_WAIT
-        while True:
-            while link.deliveries:
-                _tag, _key, body, _consumer, headers = link.deliveries.popleft()
-                if headers and headers.get("s") == asked and body:
-                    line, newline, packed = body.partition(b"\n")
-                    last, epoch, below = line.decode().split(" ")
-                    held = unpack_held(packed) if newline else None
-                    return int(last), epoch, int(below), held
-            left = deadline - time.monotonic()
-            if left <= 0:
-                self._declared.discard(inbox)  # deleted, perhaps: declare again
-                raise LinkLost(f"the writer of {name} did not answer")
-            link.receive(left)
+        return asked
 
-    def _tail(self, link: Link, topic: str, rule: Retention) -> Tail:
-        name = self.name(topic)
-        self._declare(link, name, rule)
-        tail = self._scan(link, name, "last", one=True)  # its fence at least
-        if len(tail) < TAIL_IDS:  # the last chunk may be a fence alone
-            back = max(0, tail[-1].position - TAIL_IDS - _SLACK)
-            tail = self._scan(link, name, back, tail[-1].position)
-        numbered = [m for m in tail if m.offset >= 0]
-        if not numbered:
-            return Tail(None, None, frozenset(), 0)  # fences only: empty
-        last = numbered[-1]
-        ids = frozenset(m.headers["i"] for m in numbered if "i" in m.headers)
-        return Tail(last.offset, last.headers["e"], ids, last.position)
+    def _await(self, asked: int, name: str) -> bytes:
+        """The answer to question ``asked`` (``_SYNC_WAIT`` at most).
+
+        The link is not held meanwhile: the reads of many channels have
+        their questions out at once (a writer taking over hundreds of new
+        channels then does so in a few rounds, not one channel per round),
+        and one of their readers at a time drives the link, filing every
+        answer that comes for whom it is."""
+        link, waiting = self._questions[asked]
+        started = time.monotonic()
+        deadline = started + _SYNC_WAIT
+        while asked not in self._answers:
+            now = time.monotonic()
+            left = deadline - now
+            if left <= 0 and self._taking_over() and now - started < _SYNC_WAIT_MOST:
+                # This node's writer is taking channels over (a storm of new
+                # ones, say): the answer may be behind those; wait on.
+                left = _TURN
+                deadline = now + left
+            if left <= 0:
+                self._declared.discard(inbox_name(name))  # deleted, perhaps
+                raise BrokerUnavailable(f"the writer of {name} did not answer")
+            if self._link is not link:
+                raise BrokerUnavailable("the history connection was lost")
+            if not self._lock.acquire(blocking=False):
+                waiting.wait(min(left, _TURN))
+                waiting.clear()
+                continue
+            try:
+                if asked not in self._answers and self._link is link:
+                    self._drive(functools.partial(self._listen, left=left))
+            finally:
+                self._lock.release()
+                self._pass_turn()
+        return self._answers[asked]
+
+    def _listen(self, link: Link, left: float) -> None:
+        """Drive ``link`` until answers come (``_TURN`` at most), filing them."""
+        link.receive(min(left, _TURN))
+        self._file(link)
+
+    def _tails(
+        self, link: Link, wanted: list[tuple[str, Retention, str]]
+    ) -> dict[str, Tail]:
+        names = [self.name(topic) for topic, _, _ in wanted]
+        for name, (_, rule, _) in zip(names, wanted, strict=True):
+            if name not in self._declared:  # nowait: an error closes the link
+                link.channel.queue_declare(
+                    name, durable=True, arguments=arguments(rule)
+                )
+                self._declared.add(name)
+        fences = [fence for _, _, fence in wanted]
+        # The last chunk, to the fence: the whole tail when it holds enough
+        # ids or begins the stream (a new stream: the fence alone, at 0).
+        scans = self._scan_to_fences(
+            link,
+            [(name, "last", fence) for name, fence in zip(names, fences, strict=True)],
+        )
+        again = [
+            n
+            for n, (began, found) in enumerate(scans)
+            if began > 0 and len(found) < TAIL_IDS
+        ]
+        if again:  # from far enough back, to the fence again
+            starts = [
+                max(0, scans[n][1][-1].position - TAIL_IDS - _SLACK) for n in again
+            ]
+            more = self._scan_to_fences(
+                link,
+                [
+                    (names[n], start, fences[n])
+                    for n, start in zip(again, starts, strict=True)
+                ],
+            )
+            for n, scan in zip(again, more, strict=True):
+                scans[n] = scan
+        tails = {}
+        for (topic, _, _), (_, found) in zip(wanted, scans, strict=True):
+            numbered = [m for m in found if m.offset >= 0]
+            if not numbered:
+                tails[topic] = Tail(None, None, frozenset(), 0)  # fences only
+                continue
+            last = numbered[-1]
+            ids = frozenset(m.headers["i"] for m in numbered if "i" in m.headers)
+            tails[topic] = Tail(last.offset, last.headers["e"], ids, last.position)
+        return tails
+
+    def _scan_to_fences(
+        self, link: Link, scans: list[tuple[str, int | str, str]]
+    ) -> list[tuple[int, list[Message]]]:
+        """Several streams at once, each ``(name, start, fence)`` from its
+        ``start`` to the message whose ``f`` is ``fence``: for each, the
+        stream offset it began at and its messages of ours (events,
+        markers, fences) up to that fence."""
+        index: dict[str, int] = {}
+        found: list[list[Message]] = [[] for _ in scans]
+        began = [-1] * len(scans)
+        done = [False] * len(scans)
+        missing = len(scans)
+        for n, (name, start, _) in enumerate(scans):
+            # pika sends each consume once the one before it is answered.
+            tag = link.consume_soon(name, {"x-stream-offset": start}, lambda _: None)
+            index[tag] = n
+        deadline = time.monotonic() + CALL_TIMEOUT
+        try:
+            while True:
+                last_tag = 0
+                while link.deliveries:
+                    delivery_tag, _key, body, consumer, headers = (
+                        link.deliveries.popleft()
+                    )
+                    if consumer == self._replies:
+                        self._file_one(body, headers)  # no ack: those go without
+                        continue
+                    last_tag = delivery_tag
+                    n = index.get(consumer, -1)
+                    if n < 0 or not headers or done[n]:
+                        continue  # not of these scans, or past the fence
+                    position = int(headers["x-stream-offset"])
+                    if began[n] < 0:
+                        began[n] = position
+                    if "o" not in headers and "f" not in headers:
+                        continue  # not ours
+                    found[n].append(
+                        Message(
+                            int(headers.get("o", -1)),  # a writer's fence: -1
+                            position,
+                            headers,
+                            body,
+                            "m" in headers or "f" in headers,
+                        )
+                    )
+                    if headers.get("f") == scans[n][2]:
+                        done[n] = True
+                        missing -= 1
+                if last_tag:
+                    link.channel.basic_ack(last_tag, multiple=True)
+                if not missing:
+                    return list(zip(began, found, strict=True))
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise LinkLost("reading the tails of streams fell short")
+                link.receive(min(left, 0.05))
+        finally:
+            if link.error is None and index:
+                # pika rejects what a consumer receives between its cancel
+                # and the answer, which a stream takes for an error: wait for
+                # every answer (pika then forgets the consumer) before more
+                # is appended. (pika calls every cancel's callback at the
+                # first answer: the consumers it still has tell, looked at
+                # every few ms.)
+                for tag in index:
+                    link.channel.basic_cancel(tag, callback=lambda _frame: None)
+                ends = time.monotonic() + CALL_TIMEOUT
+
+                def cancelled() -> bool:
+                    return index.keys().isdisjoint(link.channel.consumer_tags)
+
+                while not cancelled():
+                    if time.monotonic() > ends:
+                        raise LinkLost("cancelling the tails' consumers timed out")
+                    link.wait(cancelled, 0.005, expire=False)
+            if link.deliveries:  # arrived after the end: settle them too
+                late = [d[0] for d in link.deliveries if d[3] != self._replies]
+                if late:
+                    link.channel.basic_ack(late[-1], multiple=True)
+                self._file(link)
 
     def _scan(
         self,
@@ -544,7 +756,8 @@ class StreamHistory:
                         link.deliveries.popleft()
                     )
                     if consumer == self._replies:
-                        continue  # a late answer (no ack: those go without)
+                        self._file_one(body, headers)  # no ack: those go without
+                        continue
                     last_tag = delivery_tag
                     if consumer != tag or not headers:
                         continue  # a cancelled scan's, or not ours
@@ -582,4 +795,4 @@ class StreamHistory:
                 late = [d[0] for d in link.deliveries if d[3] != self._replies]
                 if late:
                     link.channel.basic_ack(late[-1], multiple=True)
-                link.deliveries.clear()
+                self._file(link)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
+import math
 import threading
 import time
 import typing as t
@@ -37,6 +38,7 @@ from ._amqp import CALL_TIMEOUT, Link, Outgoing
 from ._amqp_history import (
     HeldTails,
     StreamHistory,
+    Tail,
     arguments,
     inbox_declaration,
     inbox_name,
@@ -56,13 +58,20 @@ from .interface import Position, Retention
 _TICK = 1.0  # the reader looks up at least this often
 _STREAM_PREFETCH = 500  # per stream consumer (RabbitMQ requires one)
 _READ_LINKS = 4  # history connections per process at most
-_FENCE = pika.BasicProperties(headers={"f": 1})  # no "o": not an event
+_TAIL_LINKS = 4  # connections a writer taking channels over reads tails on
+_TAILS_EACH = 8  # tails a connection reads at least, when several are used
+_GATHER = 0.005  # a take-over waits this long at most for more channels
 # Consecutive events of one kept topic in a batch go as one inbox message,
 # up to these many or this size (``_amqp_history.unpack``): below RabbitMQ's
 # default queue_index_embed_msgs_below (4 KiB, headers included), a message
 # is stored with its queue, not in the shared message store, and confirmed
 # in about a third of the time (measured: 0.35 against 1.0 ms).
 _PACK_EVENTS, _PACK_BYTES = 1000, 3584
+
+
+def _fence(token: str) -> pika.BasicProperties:
+    """A writer's fence (no "o": not an event), ``token`` telling it apart."""
+    return pika.BasicProperties(headers={"f": token})
 
 
 class _Bound:
@@ -133,17 +142,25 @@ class RabbitMQBroker(BrokerBase):
         # Held by the publisher's driver; gevent's lock once gevent patched.
         self._pub_lock = threading.Lock()
         self._waiting: set[_Bound] = set()
-        self._history = StreamHistory(self._options, self._want)
+        self._history = StreamHistory(self._options, self._want, self._taking_over)
         # Reads at once go on up to _READ_LINKS connections (each opened
         # when first needed): a read waits on its round trips, not on others.
         self._readers = [self._history] + [
-            StreamHistory(self._options, self._want) for _ in range(_READ_LINKS - 1)
+            StreamHistory(self._options, self._want, self._taking_over)
+            for _ in range(_READ_LINKS - 1)
         ]
+        self._took_over = 0.0  # when the writer last took channels over
+        self._taking = False  # and whether it is taking some over now
         self._next_reader = itertools.count()
         # Reads of a topic at once share one (a recovery storm).
         self._shared = SharedReads(self._read_round)
-        # The writer's own reads of tails (a read may be waiting for it).
-        self._tails = StreamHistory(self._options, self._want)
+        # The writer's own reads of tails (a read may be waiting for it),
+        # on up to _TAIL_LINKS connections at once.
+        self._tail_readers = [
+            StreamHistory(self._options, self._want) for _ in range(_TAIL_LINKS)
+        ]
+        self._tails = self._tail_readers[0]
+        self._inbox_calls = 0  # inbox consumes asked for, not yet answered
         # Kept topics: consumer tag -> topic and back, the stream offset each
         # resumes from after a reconnect, the last offset delivered.
         self._following: dict[str, str] = {}
@@ -215,6 +232,7 @@ class RabbitMQBroker(BrokerBase):
             self._following, self._tag_of = {}, {}
             # New consumers of the inboxes: where the numbering is, read anew.
             self._writing, self._sequences = {}, {}
+            self._inbox_calls = 0
             self._held = HeldTails()
             link.enable_confirms()  # the writer appends to streams here
             writes = sorted(self._writes)
@@ -302,8 +320,47 @@ class RabbitMQBroker(BrokerBase):
             name = self._history.name(topic)
             link.channel.queue_declare(name, durable=True, arguments=arguments(rule))
             link.channel.queue_declare(**inbox_declaration(inbox_name(name)))
-            tag = link.consume_soon(inbox_name(name), None, lambda _tag: None)
+            self._inbox_calls += 1
+            tag = link.consume_soon(inbox_name(name), None, self._inbox_consumed)
             self._writing[tag] = topic
+
+    def _inbox_consumed(self, _tag: str) -> None:
+        self._inbox_calls -= 1
+
+    def _gather(self, link: Link, new: set[str]) -> None:
+        """Before taking ``new`` over: let the inbox consumes asked for
+        meanwhile (a storm of new channels) be answered, up to
+        ``_GATHER`` s, and take over every new channel whose events or
+        questions have come by then in the same round."""
+        link.wait(lambda: self._inbox_calls <= 0, _GATHER, expire=False)
+        for delivery in link.deliveries:
+            topic = self._writing.get(delivery[3])
+            if topic is not None and topic not in self._sequences:
+                new.add(topic)
+
+    def _read_tails(self, wanted: list[tuple[str, Retention, str]]) -> dict[str, Tail]:
+        """The tails of ``wanted``, on up to ``_TAIL_LINKS`` connections at
+        once (RabbitMQ answers a channel's consumes one after another)."""
+        parts = min(len(self._tail_readers), math.ceil(len(wanted) / _TAILS_EACH))
+        if parts <= 1:
+            return self._tails.tails(wanted)
+        found: dict[str, Tail] = {}
+        failed: list[BaseException] = []
+
+        def read(n: int) -> None:
+            try:
+                found.update(self._tail_readers[n].tails(wanted[n::parts]))
+            except BaseException as exc:  # raised below, in the writer
+                failed.append(exc)
+
+        workers = [threading.Thread(target=read, args=(n,)) for n in range(parts)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+        if failed:
+            raise failed[0]
+        return found
 
     def _take_over(self, link: Link, received: list[tuple[str, bytes, t.Any]]) -> int:
         """Before appending, for each topic of ``received`` this node just
@@ -315,23 +372,51 @@ class RabbitMQBroker(BrokerBase):
         new = {topic for topic, _, _ in received if topic not in self._sequences}
         if not new:
             return 0
+        self._took_over, self._taking = time.monotonic(), True
+        try:
+            self._gather(link, new)
+            taken = self._fence_and_read(link, received, new)
+        finally:
+            self._took_over, self._taking = time.monotonic(), False
+        return taken
+
+    def _fence_and_read(
+        self, link: Link, received: list[tuple[str, bytes, t.Any]], new: set[str]
+    ) -> int:
+        """The take-over of ``new`` (see :meth:`_take_over`)."""
+        rules: dict[str, Retention] = {}
         for topic in sorted(new):
             rule = self.retention(topic)
-            if rule is None:
-                continue
-            name = self._history.name(topic)
-            # A fence first: the writer before us may have appends still on
-            # their way to the stream (its confirms timed out, say), queued
-            # ahead of ours; once the fence is confirmed they are in, and
-            # the tail read next sees them (and their ids).
-            if link.publish([("", name, b"", _FENCE)]) == [0]:
+            if rule is not None:
+                rules[topic] = rule
+        # A fence first on each stream (its own, ``f``), all in one batch:
+        # the writer before us may have appends still on their way to the
+        # stream (its confirms timed out, say), queued ahead of ours; once
+        # the fence is confirmed they are in, and the tail read up to the
+        # fence sees them (and their ids).
+        fences = {topic: new_epoch() for topic in rules}
+        topics = list(rules)
+        for _ in range(3):  # then the tail read fails: reconnect, try again
+            if not topics:
+                break
+            counts = link.publish(
+                [
+                    ("", self._history.name(topic), b"", _fence(fences[topic]))
+                    for topic in topics
+                ]
+            )
+            topics = [topic for topic, n in zip(topics, counts, strict=True) if n == 0]
+            for topic in topics:  # returned: the stream is gone, declare it
                 link.call(
                     link.channel.queue_declare,
-                    queue=name,
+                    queue=self._history.name(topic),
                     durable=True,
-                    arguments=arguments(rule),
+                    arguments=arguments(rules[topic]),
                 )
-            tail = self._tails.tail(topic, rule)
+        tails = self._read_tails(
+            [(topic, rule, fences[topic]) for topic, rule in rules.items()]
+        )
+        for topic, tail in tails.items():
             self._held.drop(topic)  # from the next event on, in order
             last = -1 if tail.last is None else tail.last
             self._sequences[topic] = _Sequence(
@@ -370,6 +455,12 @@ class RabbitMQBroker(BrokerBase):
             for n, item in zip(slots, items, strict=True):
                 received[n] = item
         return taken
+
+    def _taking_over(self) -> bool:
+        """Whether this node's writer is taking channels over now (or took
+        some over within the last second): a read waiting for its answer
+        waits on (``StreamHistory._await``)."""
+        return self._taking or time.monotonic() - self._took_over < 1.0
 
     def _append(self, link: Link, received: list[tuple[str, bytes, t.Any]]) -> int:
         """In the reader, as the active writer: number ``received`` (topic,
@@ -732,7 +823,8 @@ class RabbitMQBroker(BrokerBase):
                 publisher.interrupt()  # its driver closes it
         for reader in self._readers:
             reader.close()
-        self._tails.close()
+        for reader in self._tail_readers:
+            reader.close()
         waiting, self._waiting = self._waiting, set()
         for done in waiting:
             done.event.set()  # recorded: bound again on reconnect
@@ -755,7 +847,9 @@ class RabbitMQBroker(BrokerBase):
         self._queue, self._bound = "", set()
         for reader in self._readers:
             reader.drop()
-        self._tails.drop()
+        for reader in self._tail_readers:
+            reader.drop()
+        self._inbox_calls = 0
         self._shared = SharedReads(self._read_round)  # the parent's rounds
         self._following, self._tag_of, self._resume = {}, {}, {}
         self._delivered_up_to, self._writes, self._writing = {}, set(), {}
