@@ -13,7 +13,6 @@ long-polling and across a fallback.
 from __future__ import annotations
 
 import threading
-import time
 import typing as t
 
 import pytest
@@ -21,6 +20,7 @@ import pytest
 from flask_realtime.client import RealtimeClient
 from flask_realtime.client.recovery import Recovery
 from tests import servers
+from tests.client_recorder import Recorder
 from tests.conftest import LiveServerFactory, module_server
 from tests.cutproxy import CutProxy
 from tests.http_helpers import app_env, broadcast, unique
@@ -36,7 +36,7 @@ ENV = app_env(
 server = module_server(("geventwebsocket",), env=ENV)
 
 
-class Room:
+class Room(Recorder):
     """A client subscribed to one channel through a proxy, recording every
     ``m`` event (offset, data) and every ``subscribed`` payload."""
 
@@ -44,38 +44,10 @@ class Room:
         self.client = RealtimeClient(
             proxy.url, reconnect_delay=0.05, max_reconnect_delay=0.2
         )
-        self.lock = threading.Lock()
-        self.events: list[tuple[int, t.Any]] = []
-        self.replies: list[t.Any] = []
         self.lost = threading.Event()
         self.client.on("disconnected", lambda data: self.lost.set())
         self.client.connect(timeout=5)
-        self.channel = self.client.subscribe(channel, wait=False)
-        self.channel.on("m", self._on_event, envelope=True)
-        self.channel.on("subscribed", self._on_subscribed)
-        self.wait(lambda: len(self.replies) == 1)
-
-    def _on_event(self, data: t.Any, message: dict[str, t.Any]) -> None:
-        with self.lock:
-            self.events.append((message["offset"], data))
-
-    def _on_subscribed(self, data: t.Any) -> None:
-        with self.lock:
-            self.replies.append(data)
-
-    def wait(self, check: t.Callable[[], bool], timeout: float = 10) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            with self.lock:
-                if check():
-                    return
-            assert time.monotonic() < deadline, (self.events, self.replies)
-            time.sleep(0.02)
-
-    def received(self, count: int) -> list[tuple[int, t.Any]]:
-        self.wait(lambda: len(self.events) >= count)
-        with self.lock:
-            return list(self.events)
+        super().__init__(self.client, channel)
 
     def cut(self, proxy: CutProxy) -> None:
         self.lost.clear()
