@@ -87,6 +87,20 @@ class Message(t.NamedTuple):
     marker: bool
 
 
+def _stored(headers: dict[str, t.Any], body: bytes) -> Message | None:
+    """A scanned stream message of ours (an event, or a writer's fence with
+    offset -1), or None for anything else."""
+    if "o" not in headers and "f" not in headers:
+        return None
+    return Message(
+        int(headers.get("o", -1)),
+        int(headers["x-stream-offset"]),
+        headers,
+        body,
+        "m" in headers or "f" in headers,
+    )
+
+
 def _start(
     offset: int, rule: Retention, after: int | None, limit: int | None
 ) -> int | None:
@@ -413,6 +427,18 @@ class StreamHistory:
             if consumer == self._replies:
                 self._file_one(body, headers)
 
+    def _scanned(
+        self, link: Link
+    ) -> t.Iterator[tuple[int, bytes, str, dict[str, t.Any] | None]]:
+        """``link``'s deliveries from stream scans (delivery tag, body,
+        consumer, headers); the writers' answers among them are filed."""
+        while link.deliveries:
+            delivery_tag, _key, body, consumer, headers = link.deliveries.popleft()
+            if consumer == self._replies:
+                self._file_one(body, headers)  # no ack: those go without
+                continue
+            yield delivery_tag, body, consumer, headers
+
     def _file_one(self, body: bytes, headers: dict[str, t.Any] | None) -> None:
         number = headers.get("s") if headers else None
         question = self._questions.get(number)  # type: ignore[arg-type]
@@ -655,31 +681,17 @@ class StreamHistory:
         try:
             while True:
                 last_tag = 0
-                while link.deliveries:
-                    delivery_tag, _key, body, consumer, headers = (
-                        link.deliveries.popleft()
-                    )
-                    if consumer == self._replies:
-                        self._file_one(body, headers)  # no ack: those go without
-                        continue
+                for delivery_tag, body, consumer, headers in self._scanned(link):
                     last_tag = delivery_tag
                     n = index.get(consumer, -1)
                     if n < 0 or not headers or done[n]:
                         continue  # not of these scans, or past the fence
-                    position = int(headers["x-stream-offset"])
                     if began[n] < 0:
-                        began[n] = position
-                    if "o" not in headers and "f" not in headers:
+                        began[n] = int(headers["x-stream-offset"])
+                    message = _stored(headers, body)
+                    if message is None:
                         continue  # not ours
-                    found[n].append(
-                        Message(
-                            int(headers.get("o", -1)),  # a writer's fence: -1
-                            position,
-                            headers,
-                            body,
-                            "m" in headers or "f" in headers,
-                        )
-                    )
+                    found[n].append(message)
                     if headers.get("f") == scans[n][2]:
                         done[n] = True
                         missing -= 1
@@ -751,30 +763,16 @@ class StreamHistory:
                 if fence:
                     link.call(link.channel.basic_qos, prefetch_count=_READ_CREDIT)
                 got = 0
-                while link.deliveries:
-                    delivery_tag, _key, body, consumer, headers = (
-                        link.deliveries.popleft()
-                    )
-                    if consumer == self._replies:
-                        self._file_one(body, headers)  # no ack: those go without
-                        continue
+                for delivery_tag, body, consumer, headers in self._scanned(link):
                     last_tag = delivery_tag
                     if consumer != tag or not headers:
                         continue  # a cancelled scan's, or not ours
                     got += 1
-                    if "o" not in headers and "f" not in headers:
+                    message = _stored(headers, body)
+                    if message is None:
                         continue  # not ours
-                    offset = int(headers.get("o", -1))  # a writer's fence: -1
-                    highest = max(highest, offset)
-                    found.append(
-                        Message(
-                            offset,
-                            int(headers["x-stream-offset"]),
-                            headers,
-                            body,
-                            "m" in headers or "f" in headers,
-                        )
-                    )
+                    highest = max(highest, message.offset)
+                    found.append(message)
                 if last_tag:
                     link.channel.basic_ack(last_tag, multiple=True)
                     last_tag = 0
