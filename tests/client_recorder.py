@@ -16,10 +16,13 @@ class Recorder:
         self.lock = threading.Lock()
         self.events: list[tuple[int, t.Any]] = []
         self.replies: list[t.Any] = []
-        self.channel = client.subscribe(channel, wait=False)
+        # The first reply through subscribe(wait=True): with wait=False from
+        # this thread, the reader thread could take it before the handler
+        # below is in place. The test publishes only once this returns.
+        self.channel = client.subscribe(channel, timeout=10)
         self.channel.on("m", self._on_event, envelope=True)
         self.channel.on("subscribed", self._on_subscribed)
-        self.wait(lambda: len(self.replies) == 1)
+        self.replies.append(self.channel.subscribed_data)
 
     def _on_event(self, data: t.Any, message: dict[str, t.Any]) -> None:
         with self.lock:
