@@ -1,12 +1,14 @@
 """A TCP proxy the tests can cut, as a tunnel or a sleeping laptop would.
 
 ``CutProxy(port)`` listens on a free port of 127.0.0.1 and relays each
-connection to ``127.0.0.1:port``. ``cut()`` resets every relayed connection
-(an RST, not a polite close: the client learns of it as of a network failure)
-and resets every new one until ``restore()``; meanwhile the test publishes
-through the server's own port. With ``refuse_websocket`` set, it answers
-WebSocket handshakes 404 itself, as a proxy without WebSocket support would,
-and relays everything else.
+connection to ``127.0.0.1:port``; ``CutProxy(port, other, ...)`` sends each
+new connection to the next port in turn, as a round-robin load balancer
+without sticky sessions would (``routed`` records where each one went).
+``cut()`` resets every relayed connection (an RST, not a polite close: the
+client learns of it as of a network failure) and resets every new one until
+``restore()``; meanwhile the test publishes through the server's own port.
+With ``refuse_websocket`` set, it answers WebSocket handshakes 404 itself, as
+a proxy without WebSocket support would, and relays everything else.
 """
 
 from __future__ import annotations
@@ -56,10 +58,12 @@ def _refuse(client: socket.socket) -> None:
 
 
 class CutProxy:
-    """Relays 127.0.0.1:``self.port`` to 127.0.0.1:``target``; see the module."""
+    """Relays 127.0.0.1:``self.port`` to 127.0.0.1:``targets``; see the module."""
 
-    def __init__(self, target: int) -> None:
-        self.target = target
+    def __init__(self, target: int, *others: int) -> None:
+        self.targets = (target, *others)
+        #: The port each relayed connection went to, in order.
+        self.routed: list[int] = []
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port: int = self._listener.getsockname()[1]
         self._lock = threading.Lock()
@@ -116,8 +120,10 @@ class CutProxy:
             if self.refuse_websocket and _is_websocket(client):
                 _refuse(client)
                 continue
+            target = self.targets[len(self.routed) % len(self.targets)]
+            self.routed.append(target)
             try:
-                upstream = socket.create_connection(("127.0.0.1", self.target), 5)
+                upstream = socket.create_connection(("127.0.0.1", target), 5)
                 upstream.settimeout(None)
             except OSError:
                 _reset(client)
