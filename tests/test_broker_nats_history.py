@@ -150,6 +150,46 @@ def test_two_nodes_publishing_at_once_get_one_sequence_in_order(
         assert nodes[0].history(topic)[0].offset == total
 
 
+def test_a_batchs_events_of_a_topic_are_stored_as_one_pack_and_read_one_by_one(
+    server: BrokerServer, make: t.Any
+) -> None:
+    rule = Retention(size=3, ttl=30.0)
+    broker = keep(make(REALTIME_BROKER_URL=server.url)[0], rule)
+    other, inbox = make(REALTIME_BROKER_URL=server.url)
+    keep(other, rule)
+    topic, second = (f"c:kept.pack.{n}.{time.monotonic_ns()}" for n in range(2))
+    other.subscribe(topic, second)
+    broker.history(topic)  # the stream, and the topic's epoch mark
+    plain = "c:plain.pack"
+    batch = [(topic, 1), (second, 2), (topic, 3), (topic, 4), (plain, 5), (topic, 6)]
+    assert broker._send_batch([(tp, event(n)) for tp, n in batch]) == [None] * 6
+    inbox.wait_for(lambda: len(inbox.payloads()) == 5)
+    assert delivered(inbox, topic) == [(1, 1), (2, 3), (3, 4), (4, 6)]
+    assert delivered(inbox, second) == [(1, 2)]
+    name, subject = stream_name(rule), history_subject(topic, rule)
+
+    async def stored(js: t.Any) -> t.Any:
+        return (await js.stream_info(name, subjects_filter=subject)).state.subjects
+
+    assert jetstream(server.url, stored) == {subject: 2}  # the mark and one pack
+    # Reads give the size newest events, whatever the packs hold.
+    assert broker.history(topic)[0].offset == 4
+    assert kept(broker, topic) == kept(other, topic) == [3, 4, 6]
+    assert kept(other, topic, after=2) == [4, 6]
+    assert broker.history(topic, after=0)[1] is None  # 4 missed: more than 3
+    # A pack holds some KiB at most: more go in several, in order.
+    large = [
+        b"m\n" + json.dumps({"data": n, "pad": "x" * 4000}).encode() for n in (7, 8, 9)
+    ]
+    assert broker._send_batch([(topic, data) for data in large]) == [None] * 3
+    inbox.wait_for(lambda: len(inbox.payloads(topic)) == 7)
+    assert [o for o, _ in delivered(inbox, topic)] == list(range(1, 8))
+    assert jetstream(server.url, stored) == {subject: 3}  # trimmed: 4 messages
+    assert kept(other, topic, after=4) == [7, 8, 9]
+    last = _history.envelope(_history.stamp(large[2], 7))
+    assert other.history(topic, limit=1) == (broker.history(topic)[0], [last])
+
+
 def test_an_epoch_stored_in_a_header_by_an_earlier_release_is_kept(
     server: BrokerServer, make: t.Any
 ) -> None:
