@@ -18,7 +18,12 @@ import nats as nats_py
 import pytest
 
 from flask_realtime.brokers import BrokerUnavailable, _history
-from flask_realtime.brokers._nats_history import history_subject, stream_name
+from flask_realtime.brokers._nats_history import (
+    _PACK_BYTES,
+    history_subject,
+    stream_name,
+)
+from flask_realtime.brokers._nats_link import PACK
 from flask_realtime.brokers.interface import Retention
 from tests import brokerservers
 from tests.brokerclients import Inbox, broker_fixtures, in_threads, wait_until
@@ -178,13 +183,19 @@ def test_a_batchs_events_of_a_topic_are_stored_as_one_pack_and_read_one_by_one(
     assert kept(other, topic, after=2) == [4, 6]
     assert broker.history(topic, after=0)[1] is None  # 4 missed: more than 3
     # A pack holds some KiB at most: more go in several, in order.
-    large = [
-        b"m\n" + json.dumps({"data": n, "pad": "x" * 4000}).encode() for n in (7, 8, 9)
-    ]
+    pad = "x" * (_PACK_BYTES // 2 - 100)
+    large = [b"m\n" + json.dumps({"data": n, "pad": pad}).encode() for n in (7, 8, 9)]
     assert broker._send_batch([(topic, data) for data in large]) == [None] * 3
     inbox.wait_for(lambda: len(inbox.payloads(topic)) == 7)
     assert [o for o, _ in delivered(inbox, topic)] == list(range(1, 8))
-    assert jetstream(server.url, stored) == {subject: 3}  # trimmed: 4 messages
+
+    async def last_two(js: t.Any) -> t.Any:
+        last = await js.get_last_msg(name, subject)
+        return await js.get_msg(name, last.seq - 1), last
+
+    packed, alone = jetstream(server.url, last_two)
+    assert packed.data == _history.stamp(large[0], 5) + _history.stamp(large[1], 6)
+    assert alone.data == _history.stamp(large[2], 7) and PACK not in alone.headers
     assert kept(other, topic, after=4) == [7, 8, 9]
     last = _history.envelope(_history.stamp(large[2], 7))
     assert other.history(topic, limit=1) == (broker.history(topic)[0], [last])

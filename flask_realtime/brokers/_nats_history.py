@@ -37,6 +37,16 @@ an acknowledgement: JetStream's duplicate window (longer than a batch may
 take) answers "duplicate" with its sequence for each one already stored, and
 the first one not stored is refused or stored as before.
 
+A topic's new events of a round go as one message, a pack (``_PACK_BYTES``
+at most, else several): their stamped payloads joined, their sizes in a
+``Flask-Realtime-Pack`` header, the epoch and chain of one message. With
+many publishers to one channel JetStream then stores, acknowledges and
+republishes one message for all of them, and every node parses one. A pack
+goes where the topic's first event of the batch was, so a topic's events
+keep their order but those of two topics in one batch may not (concurrent
+publishers have none). ``size`` messages per subject keep at least
+``size`` events, more when they are packs; reads give the ``size`` newest.
+
 A topic without a message gets one of offset 0 and a fresh epoch, with an
 empty payload that nobody receives: on the first read of its position
 (whose epoch the first event must carry) or, failing that, with its first
@@ -76,11 +86,12 @@ _CACHED = 65536  # topics whose last message a node remembers
 _KEEP_WINDOW = 2.0  # a fetch serves reads at its position this long after
 _WINDOWS = 4096  # fetches kept at most
 _PREFIX = "flask_realtime.h."
-# A topic's new events of a round go in one message up to this many bytes
-# (a few more when they exceed it): well under nats-server's max_payload
-# (1 MiB by default), and what a subject's ``size`` messages may hold at most.
-_PACK_BYTES = 8192
-_STAMP = 16  # what stamping adds to an event, about ('{"offset":N,')
+# A topic's new events of a round go in one message (a pack) of at most this
+# many bytes, or in several (an event as large goes alone): well under
+# nats-server's max_payload (1 MiB by default), and it bounds what a
+# subject's ``size`` messages may keep beyond ``size`` events.
+_PACK_BYTES = 4096
+_STAMP = 24  # what stamping adds to an event, at most: {"offset":N,
 _PLAIN = len("flask_realtime.t.")
 
 
