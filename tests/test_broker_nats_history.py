@@ -201,6 +201,38 @@ def test_a_batchs_events_of_a_topic_are_stored_as_one_pack_and_read_one_by_one(
     assert other.history(topic, limit=1) == (broker.history(topic)[0], [last])
 
 
+def test_a_pack_of_unknown_fate_is_sent_again_as_it_was_and_stored_once(
+    server: BrokerServer, make: t.Any
+) -> None:
+    rule = Retention(size=5, ttl=33.0)  # a stream of its own: no other writer
+    broker = keep(make(REALTIME_BROKER_URL=server.url)[0], rule)
+    other, inbox = make(REALTIME_BROKER_URL=server.url)
+    keep(other, rule)
+    first, second = (f"c:kept.fate.{n}.{time.monotonic_ns()}" for n in range(2))
+    other.subscribe(first, second)
+    broker.history(first)
+    broker.history(second)
+    # A stale sequence for the second topic: its pack, the round's last of
+    # the stream (the only one acknowledged), is refused, which says
+    # nothing of the first topic's pack before it: that one was stored,
+    # and is sent again as it was; JetStream answers "duplicate".
+    last = broker._history._last
+    last[second] = last[second]._replace(seq=last[second].seq + 1000)
+    batch = [(first, 1), (first, 2), (second, 3), (second, 4)]
+    assert broker._send_batch([(tp, event(n)) for tp, n in batch]) == [None] * 4
+    inbox.wait_for(lambda: len(inbox.payloads()) == 4)
+    assert delivered(inbox, first) == [(1, 1), (2, 2)]
+    assert delivered(inbox, second) == [(1, 3), (2, 4)]
+    subjects = [history_subject(topic, rule) for topic in (first, second)]
+
+    async def stored(js: t.Any) -> t.Any:
+        info = await js.stream_info(stream_name(rule), subjects_filter=">")
+        return [info.state.subjects[subject] for subject in subjects]
+
+    assert jetstream(server.url, stored) == [2, 2]  # each: its mark, one pack
+    assert kept(other, first) == [1, 2] and kept(other, second) == [3, 4]
+
+
 def test_an_epoch_stored_in_a_header_by_an_earlier_release_is_kept(
     server: BrokerServer, make: t.Any
 ) -> None:
