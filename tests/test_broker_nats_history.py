@@ -23,7 +23,7 @@ from flask_realtime.brokers._nats_history import (
     history_subject,
     stream_name,
 )
-from flask_realtime.brokers._nats_link import PACK
+from flask_realtime.brokers._nats_link import PACK, subject
 from flask_realtime.brokers.interface import Retention
 from tests import brokerservers
 from tests.brokerclients import Inbox, broker_fixtures, in_threads, wait_until
@@ -199,6 +199,28 @@ def test_a_batchs_events_of_a_topic_are_stored_as_one_pack_and_read_one_by_one(
     assert kept(other, topic, after=4) == [7, 8, 9]
     last = _history.envelope(_history.stamp(large[2], 7))
     assert other.history(topic, limit=1) == (broker.history(topic)[0], [last])
+
+
+def test_a_malformed_pack_is_dropped_and_delivery_goes_on(
+    server: BrokerServer, make: t.Any
+) -> None:
+    broker, inbox = make(REALTIME_BROKER_URL=server.url)
+    topic, other = (f"c:kept.malformed.{n}.{time.monotonic_ns()}" for n in range(2))
+    broker.subscribe(topic, other)
+
+    async def send() -> None:
+        nc = await nats_py.connect(server.url)
+        try:
+            await nc.publish(subject(topic), b"junk", headers={PACK: "x"})
+            await nc.publish(subject(other), b"after", headers={PACK: "2,3"})
+        finally:
+            await nc.close()
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, send()).result(timeout=60)
+    # Not held up behind the malformed one, which nobody receives.
+    inbox.wait_for(lambda: len(inbox.payloads()) == 2)
+    assert inbox.messages == [(other, b"af"), (other, b"ter")]
 
 
 def test_a_pack_of_unknown_fate_is_sent_again_as_it_was_and_stored_once(

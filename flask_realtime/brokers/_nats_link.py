@@ -156,7 +156,11 @@ class Link:
             data: t.Any = msg.data or LOST
             headers = msg.headers
             if headers and PACK in headers and data is not LOST:
-                data = unpack(data, headers)
+                try:
+                    data = unpack(data, headers)
+                except ValueError:  # not ours: dropped, the slots go on
+                    log.warning("a malformed pack on %s", msg.subject)
+                    data = LOST
             slots.popleft().data = data
             self._release()
 
