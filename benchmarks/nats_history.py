@@ -15,12 +15,15 @@ Starts a private nats-server with JetStream (as the test suite does), then:
   (the stamped envelope): the stream's bytes (JetStream's own count, headers
   included) per channel, and the nats-server's resident memory growth per
   channel.
+* ``packed`` (not by default): the same for 10 channels each given 150 x
+  ``size`` events by 50 greenlets at once, so their events go in packs as
+  full as the cap allows (what a subject's ``size`` messages keep at most).
 
 Usage::
 
     .venv/bin/python benchmarks/nats_history.py [--count 20000]
         [--greenlets 50] [--rounds 3] [--channels 300] [--size 100]
-        [--lone 2000] [--parts storage,rate,lone]
+        [--lone 2000] [--parts storage,packed,rate,lone]
 """
 
 from __future__ import annotations
@@ -102,6 +105,33 @@ def storage(server: BrokerServer, channels: int, size: int) -> None:
     broker.close()
 
 
+def packed_storage(server: BrokerServer, channels: int, size: int) -> None:
+    """The worst case of packs: C channels each given 3 x ``size`` x 50
+    events by 50 greenlets at once, so a channel's events of a round go in
+    packs as full as the cap allows."""
+    rule = Retention(size=size, ttl=600.0)
+    broker = create_broker(settings_for("nats", server.url), lambda *a: None)
+    broker.retention = lambda topic: rule
+    broker.publish("c:warm", payload(0))
+    base_bytes, base_messages = stream_bytes(broker, rule)
+    stamp = time.monotonic_ns()
+
+    def fill(c: int) -> None:
+        for n in range(3 * size):
+            broker.publish(f"c:chat.hot.{stamp}.{c % channels}", payload(n))
+
+    gevent.joinall([gevent.spawn(fill, g) for g in range(50 * channels)])
+    kept, messages = stream_bytes(broker, rule)
+    print(
+        f"packed storage: {(kept - base_bytes) / channels:.0f} B per channel in"
+        f" the stream ({(messages - base_messages) / channels:.0f} messages kept"
+        f" per channel, size {size}, {150 * size} events of 100 B each per"
+        f" channel from 50 greenlets at once, {channels} channels)",
+        flush=True,
+    )
+    broker.close()
+
+
 def rate(
     url: str, count: int, greenlets: int, channels: int, kept: bool
 ) -> tuple[float, float, float]:
@@ -174,6 +204,8 @@ def main() -> None:
     try:
         if "storage" in parts:
             storage(server, args.channels, args.size)
+        if "packed" in parts:
+            packed_storage(server, 10, args.size)
         cases = [
             (args.greenlets, 1, args.count),
             (args.greenlets, 8, args.count),

@@ -18,7 +18,12 @@ import nats as nats_py
 import pytest
 
 from flask_realtime.brokers import BrokerUnavailable, _history
-from flask_realtime.brokers._nats_history import history_subject, stream_name
+from flask_realtime.brokers._nats_history import (
+    _PACK_BYTES,
+    history_subject,
+    stream_name,
+)
+from flask_realtime.brokers._nats_link import PACK, subject
 from flask_realtime.brokers.interface import Retention
 from tests import brokerservers
 from tests.brokerclients import Inbox, broker_fixtures, in_threads, wait_until
@@ -148,6 +153,106 @@ def test_two_nodes_publishing_at_once_get_one_sequence_in_order(
             assert mine == sorted(mine)
         assert nodes[0].history(topic) == nodes[1].history(topic)
         assert nodes[0].history(topic)[0].offset == total
+
+
+def test_a_batchs_events_of_a_topic_are_stored_as_one_pack_and_read_one_by_one(
+    server: BrokerServer, make: t.Any
+) -> None:
+    rule = Retention(size=3, ttl=30.0)
+    broker = keep(make(REALTIME_BROKER_URL=server.url)[0], rule)
+    other, inbox = make(REALTIME_BROKER_URL=server.url)
+    keep(other, rule)
+    topic, second = (f"c:kept.pack.{n}.{time.monotonic_ns()}" for n in range(2))
+    other.subscribe(topic, second)
+    broker.history(topic)  # the stream, and the topic's epoch mark
+    plain = "c:plain.pack"
+    batch = [(topic, 1), (second, 2), (topic, 3), (topic, 4), (plain, 5), (topic, 6)]
+    assert broker._send_batch([(tp, event(n)) for tp, n in batch]) == [None] * 6
+    inbox.wait_for(lambda: len(inbox.payloads()) == 5)
+    assert delivered(inbox, topic) == [(1, 1), (2, 3), (3, 4), (4, 6)]
+    assert delivered(inbox, second) == [(1, 2)]
+    name, subject = stream_name(rule), history_subject(topic, rule)
+
+    async def stored(js: t.Any) -> t.Any:
+        return (await js.stream_info(name, subjects_filter=subject)).state.subjects
+
+    assert jetstream(server.url, stored) == {subject: 2}  # the mark and one pack
+    # Reads give the size newest events, whatever the packs hold.
+    assert broker.history(topic)[0].offset == 4
+    assert kept(broker, topic) == kept(other, topic) == [3, 4, 6]
+    assert kept(other, topic, after=2) == [4, 6]
+    assert broker.history(topic, after=0)[1] is None  # 4 missed: more than 3
+    # A pack holds some KiB at most: more go in several, in order.
+    pad = "x" * (_PACK_BYTES // 2 - 100)
+    large = [b"m\n" + json.dumps({"data": n, "pad": pad}).encode() for n in (7, 8, 9)]
+    assert broker._send_batch([(topic, data) for data in large]) == [None] * 3
+    inbox.wait_for(lambda: len(inbox.payloads(topic)) == 7)
+    assert [o for o, _ in delivered(inbox, topic)] == list(range(1, 8))
+
+    async def last_two(js: t.Any) -> t.Any:
+        last = await js.get_last_msg(name, subject)
+        return await js.get_msg(name, last.seq - 1), last
+
+    packed, alone = jetstream(server.url, last_two)
+    assert packed.data == _history.stamp(large[0], 5) + _history.stamp(large[1], 6)
+    assert alone.data == _history.stamp(large[2], 7) and PACK not in alone.headers
+    assert kept(other, topic, after=4) == [7, 8, 9]
+    last = _history.envelope(_history.stamp(large[2], 7))
+    assert other.history(topic, limit=1) == (broker.history(topic)[0], [last])
+
+
+def test_a_malformed_pack_is_dropped_and_delivery_goes_on(
+    server: BrokerServer, make: t.Any
+) -> None:
+    broker, inbox = make(REALTIME_BROKER_URL=server.url)
+    topic, other = (f"c:kept.malformed.{n}.{time.monotonic_ns()}" for n in range(2))
+    broker.subscribe(topic, other)
+
+    async def send() -> None:
+        nc = await nats_py.connect(server.url)
+        try:
+            await nc.publish(subject(topic), b"junk", headers={PACK: "x"})
+            await nc.publish(subject(other), b"after", headers={PACK: "2,3"})
+        finally:
+            await nc.close()
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, send()).result(timeout=60)
+    # Not held up behind the malformed one, which nobody receives.
+    inbox.wait_for(lambda: len(inbox.payloads()) == 2)
+    assert inbox.messages == [(other, b"af"), (other, b"ter")]
+
+
+def test_a_pack_of_unknown_fate_is_sent_again_as_it_was_and_stored_once(
+    server: BrokerServer, make: t.Any
+) -> None:
+    rule = Retention(size=5, ttl=33.0)  # a stream of its own: no other writer
+    broker = keep(make(REALTIME_BROKER_URL=server.url)[0], rule)
+    other, inbox = make(REALTIME_BROKER_URL=server.url)
+    keep(other, rule)
+    first, second = (f"c:kept.fate.{n}.{time.monotonic_ns()}" for n in range(2))
+    other.subscribe(first, second)
+    broker.history(first)
+    broker.history(second)
+    # A stale sequence for the second topic: its pack, the round's last of
+    # the stream (the only one acknowledged), is refused, which says
+    # nothing of the first topic's pack before it: that one was stored,
+    # and is sent again as it was; JetStream answers "duplicate".
+    last = broker._history._last
+    last[second] = last[second]._replace(seq=last[second].seq + 1000)
+    batch = [(first, 1), (first, 2), (second, 3), (second, 4)]
+    assert broker._send_batch([(tp, event(n)) for tp, n in batch]) == [None] * 4
+    inbox.wait_for(lambda: len(inbox.payloads()) == 4)
+    assert delivered(inbox, first) == [(1, 1), (2, 2)]
+    assert delivered(inbox, second) == [(1, 3), (2, 4)]
+    subjects = [history_subject(topic, rule) for topic in (first, second)]
+
+    async def stored(js: t.Any) -> t.Any:
+        info = await js.stream_info(stream_name(rule), subjects_filter=">")
+        return [info.state.subjects[subject] for subject in subjects]
+
+    assert jetstream(server.url, stored) == [2, 2]  # each: its mark, one pack
+    assert kept(other, first) == [1, 2] and kept(other, second) == [3, 4]
 
 
 def test_an_epoch_stored_in_a_header_by_an_earlier_release_is_kept(

@@ -37,6 +37,16 @@ an acknowledgement: JetStream's duplicate window (longer than a batch may
 take) answers "duplicate" with its sequence for each one already stored, and
 the first one not stored is refused or stored as before.
 
+A topic's new events of a round go as one message, a pack (``_PACK_BYTES``
+at most, else several): their stamped payloads joined, their sizes in a
+``Flask-Realtime-Pack`` header, the epoch and chain of one message. With
+many publishers to one channel JetStream then stores, acknowledges and
+republishes one message for all of them, and every node parses one. A pack
+goes where the topic's first event of the batch was, so a topic's events
+keep their order but those of two topics in one batch may not (concurrent
+publishers have none). ``size`` messages per subject keep at least
+``size`` events, more when they are packs; reads give the ``size`` newest.
+
 A topic without a message gets one of offset 0 and a fresh epoch, with an
 empty payload that nobody receives: on the first read of its position
 (whose epoch the first event must carry) or, failing that, with its first
@@ -57,8 +67,8 @@ import typing as t
 from nats.js import api
 from nats.js import errors as js_errors
 
-from ._history import POSITION_TTL, new_epoch, offset_of, stamp
-from ._nats_link import Link, Messages, subject
+from ._history import POSITION_TTL, envelope, new_epoch, offset_of, stamp
+from ._nats_link import PACK, Link, Messages, subject, unpack
 from ._support import LinkLost
 from .interface import Position, Retention, RetentionLookup
 
@@ -76,6 +86,12 @@ _CACHED = 65536  # topics whose last message a node remembers
 _KEEP_WINDOW = 2.0  # a fetch serves reads at its position this long after
 _WINDOWS = 4096  # fetches kept at most
 _PREFIX = "flask_realtime.h."
+# A topic's new events of a round go in one message (a pack) of at most this
+# many bytes, or in several (an event as large goes alone): well under
+# nats-server's max_payload (1 MiB by default), and it bounds what a
+# subject's ``size`` messages may keep beyond ``size`` events.
+_PACK_BYTES = 4096
+_STAMP = 24  # what stamping adds to an event, at most: {"offset":N,
 _PLAIN = len("flask_realtime.t.")
 
 
@@ -131,10 +147,13 @@ def _acknowledged(msg: t.Any) -> int | BaseException:
 
 
 class _Sent(t.NamedTuple):
-    """A kept message as a round sent it; resent as is to learn its fate."""
+    """A kept message as a round sent it, resent as is to learn its fate:
+    one event, or a pack of one topic's events of the round. ``indices``:
+    its events' places in the batch (it went out at the first)."""
 
+    indices: tuple[int, ...]
     topic: str
-    offset: int
+    offset: int  # its last event's
     epoch: str
     stream: str
     subject: str
@@ -179,94 +198,139 @@ class NatsHistory:
         retention: RetentionLookup,
         timeout: float,
     ) -> list[int | None | Exception]:
-        """Publish a batch that holds kept topics, in order; returns once
-        JetStream stored every kept message and the server routed the rest."""
+        """Publish a batch that holds kept topics, each topic's events in
+        order; returns once JetStream stored every kept message and the
+        server routed the rest."""
         deadline = time.monotonic() + timeout
         rules = [retention(topic) for topic, _ in messages]
         counts: list[int | None | Exception] = [None] * len(messages)
         settled = [False] * len(messages)  # plain ones: once the first round is
         todo = list(range(len(messages)))  # the first round sends the plain ones
-        resend: dict[int, _Sent] = {}  # their fate is unknown: sent as they were
+        # Their fate is unknown: sent as they were. By their first index.
+        resend: dict[int, _Sent] = {}
+        limit = min(_PACK_BYTES, link.nc.max_payload // 2)
         while todo:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or link.dead:
                 accepted = settled.index(False)
                 raise LinkLost("JetStream did not store the batch", accepted)
+            again = {i for entry in resend.values() for i in entry.indices}
             kept = {
                 messages[i][0]: rules[i]
                 for i in todo
-                if rules[i] is not None and i not in resend
+                if rules[i] is not None and i not in again
             }
             if not self._ready(kept):  # asyncio's wait_for costs a task
                 await asyncio.wait_for(self._prepare(link, kept), remaining)
-            sent, asked = await self._round(link, messages, rules, todo, resend)
-            if len(sent) < len(todo):  # the plain ones, routed once the marker is
+            plan = self._plan(messages, rules, todo, resend, again, limit)
+            sent, asked = await self._round(link, messages, plan, resend)
+            if len(sent) < len(plan):  # the plain ones, routed once the marker is
                 await link.send([], remaining, replies=False)
                 for i in todo:
-                    settled[i] = settled[i] or i not in sent
+                    settled[i] = settled[i] or rules[i] is None
             wait = deadline - time.monotonic()
             outcome = await self._settle(sent, asked, resend, wait)
             resent, todo, resend = resend, [], {}
-            for i, entry in sent.items():
-                result = outcome[i]
+            for entry in sent:
+                first = entry.indices[0]
+                result = outcome[first]
                 if isinstance(result, int):
                     self._remember(
                         entry.topic, _Last(result, entry.offset, entry.epoch)
                     )
-                    settled[i] = True
-                elif i not in resent or isinstance(result, asyncio.TimeoutError):
-                    resend[i] = entry  # stored or not: unknown, JetStream tells
-                    todo.append(i)
+                    for i in entry.indices:
+                        settled[i] = True
+                elif first not in resent or isinstance(result, asyncio.TimeoutError):
+                    resend[first] = entry  # stored or not: unknown, JetStream tells
+                    todo.extend(entry.indices)
                 elif isinstance(result, js_errors.APIError) and result.err_code in (
                     _WRONG_SEQUENCE,
                     _WRONG_MSG_ID,
                 ):
                     if result.err_code == _WRONG_SEQUENCE:
                         self._last.pop(entry.topic, None)  # looked up again
-                    todo.append(i)
+                    todo.extend(entry.indices)
                 elif isinstance(result, js_errors.NoStreamResponseError):
-                    self._forget_stream(t.cast(Retention, rules[i]))
-                    todo.append(i)
-                else:
-                    counts[i], settled[i] = result, True  # refused (too big, say)
+                    self._forget_stream(t.cast(Retention, rules[first]))
+                    todo.extend(entry.indices)
+                else:  # refused (too big, say)
+                    for i in entry.indices:
+                        counts[i], settled[i] = result, True
+            todo.sort()
         return counts
+
+    def _plan(
+        self,
+        messages: Messages,
+        rules: list[Retention | None],
+        todo: list[int],
+        resend: dict[int, _Sent],
+        again: t.Container[int],
+        limit: int,
+    ) -> list[int | _Sent]:
+        """What a round sends, in order: the plain ones (their index), the
+        messages of ``resend`` as they were, and each topic's new events
+        packed in one message where the first of them was (in several of
+        ``limit`` bytes or so when they are more), with the next offsets,
+        each chained to the stream's message before it."""
+        order: list[int | list[int] | _Sent] = []
+        packs: dict[str, list[int]] = {}  # topic -> its pack being filled
+        filled: dict[str, int] = {}  # topic -> its pack's bytes
+        for i in todo:
+            if rules[i] is None:
+                order.append(i)
+            elif i in again:
+                if i in resend:  # a resent message's first event
+                    order.append(resend[i])
+            else:
+                topic, data = messages[i]
+                pack = packs.get(topic)
+                size = len(data) + _STAMP
+                if pack is not None and filled[topic] + size <= limit:
+                    pack.append(i)
+                    filled[topic] += size
+                else:
+                    pack = packs[topic] = [i]
+                    filled[topic] = size
+                    order.append(pack)
+        running: dict[str, _Last] = {}  # each topic's state as this round goes
+        chain: dict[str, str] = {}  # stream -> the round's previous message id
+        plan: list[int | _Sent] = []
+        for item in order:
+            if isinstance(item, list):
+                rule = t.cast(Retention, rules[item[0]])
+                item = self._next(messages, item, rule, running, chain.get)
+            if isinstance(item, _Sent):
+                chain[item.stream] = item.headers[_MSG_ID]
+            plan.append(item)
+        return plan
 
     async def _round(
         self,
         link: Link,
         messages: Messages,
-        rules: list[Retention | None],
-        todo: list[int],
+        plan: list[int | _Sent],
         resend: dict[int, _Sent],
-    ) -> tuple[dict[int, _Sent], dict[int, asyncio.Future[t.Any]]]:
-        """Publish ``todo`` in order: the plain ones, the kept ones with the
-        next offsets, and those of ``resend`` as they were. Returns the kept
-        ones and the acknowledgements asked for: each resent message's, and
-        each stream's last new one's."""
-        running: dict[str, _Last] = {}  # each topic's state as this round goes
-        chain: dict[str, str] = {}  # stream -> the round's previous message id
-        sent: dict[int, _Sent] = {}
-        ask = set(resend)
+    ) -> tuple[list[_Sent], dict[int, asyncio.Future[t.Any]]]:
+        """Publish ``plan`` in order. Returns the kept messages sent and the
+        acknowledgements asked for, by first index: each resent message's,
+        and each stream's last new one's."""
+        sent = [entry for entry in plan if not isinstance(entry, int)]
         last_new: dict[str, int] = {}  # stream -> its last new message
-        for i in todo:
-            rule = rules[i]
-            if rule is None:
-                continue
-            entry = resend.get(i)
-            if entry is None:
-                entry = self._next(messages[i], rule, running, chain.get)
-                last_new[entry.stream] = i
-            chain[entry.stream] = entry.headers[_MSG_ID]
-            sent[i] = entry
+        for entry in sent:
+            if entry.indices[0] not in resend:
+                last_new[entry.stream] = entry.indices[0]
+        ask = set(resend)
         ask.update(last_new.values())
         asked: dict[int, asyncio.Future[t.Any]] = {}
-        for i in todo:
-            entry = sent.get(i)
-            if entry is None:
-                topic, data = messages[i]
+        for entry in plan:
+            if isinstance(entry, int):
+                topic, data = messages[entry]
                 await link.nc.publish(subject(topic), data)
-            elif i in ask:
-                asked[i] = await link.ask(entry.subject, entry.payload, entry.headers)
+            elif entry.indices[0] in ask:
+                asked[entry.indices[0]] = await link.ask(
+                    entry.subject, entry.payload, entry.headers
+                )
             else:
                 await link.nc.publish(
                     entry.subject, entry.payload, headers=entry.headers
@@ -275,14 +339,16 @@ class NatsHistory:
 
     def _next(
         self,
-        message: tuple[str, bytes],
+        messages: Messages,
+        indices: list[int],
         rule: Retention,
         running: dict[str, _Last],
         previous: t.Callable[[str], str | None],
     ) -> _Sent:
-        """The topic's next message in a round: the next offset, chained to
-        the round's ``previous`` message of the stream."""
-        topic, data = message
+        """A topic's next message in a round, of the events at ``indices``:
+        the next offsets, chained to the round's ``previous`` message of the
+        stream."""
+        topic = messages[indices[0]][0]
         last = running.get(topic)
         if last is None:
             last = self._last[topic]
@@ -294,28 +360,38 @@ class NatsHistory:
         if before is not None:
             headers[_LAST_MSG_ID] = before
         headers[_MSG_ID] = self._next_id(last.epoch)
-        offset = last.offset + 1
+        offset = last.offset + len(indices)
+        if len(indices) == 1:
+            payload = stamp(messages[indices[0]][1], offset)
+        else:
+            events = [
+                stamp(messages[i][1], n) for n, i in enumerate(indices, last.offset + 1)
+            ]
+            headers[PACK] = ",".join([str(len(event)) for event in events])
+            payload = b"".join(events)
         running[topic] = _Last(0, offset, last.epoch)
         return _Sent(
+            tuple(indices),
             topic,
             offset,
             last.epoch,
             name,
             history_subject(topic, rule),
-            stamp(data, offset),
+            payload,
             headers,
         )
 
     @staticmethod
     async def _settle(
-        sent: dict[int, _Sent],
+        sent: list[_Sent],
         asked: dict[int, asyncio.Future[t.Any]],
         resent: t.Container[int],
         timeout: float,
     ) -> dict[int, int | BaseException | None]:
         """Wait for the acknowledgements: each message's stream sequence, why
         it failed (a timeout included), or None when no later new message of
-        its stream in the round was stored (its fate is then unknown)."""
+        its stream in the round was stored (its fate is then unknown); by
+        first index."""
         if asked:
             await asyncio.wait(asked.values(), timeout=max(0.0, timeout))
         answered: dict[int, int | BaseException] = {}
@@ -331,8 +407,8 @@ class NatsHistory:
         # the first one refused and every later one with it (the chain).
         outcome: dict[int, int | BaseException | None] = {}
         after: dict[str, int | None] = {}  # stream -> the next one's sequence
-        for i in reversed(sent):
-            stream = sent[i].stream
+        for entry in reversed(sent):
+            i, stream = entry.indices[0], entry.stream
             if i in answered:
                 result = answered[i]
                 outcome[i] = result
@@ -398,7 +474,7 @@ class NatsHistory:
             return None
         headers = msg.headers or {}
         data = msg.data or b""
-        offset = offset_of(data[data.index(b"\n") + 1 :]) if data else 0
+        offset = offset_of(envelope(unpack(data, headers)[-1])) if data else 0
         epoch = headers.get(EPOCH) or headers.get(_MSG_ID, "").partition(".")[0]
         return _Last(t.cast(int, msg.seq), offset or 0, epoch)
 
@@ -514,14 +590,14 @@ class NatsHistory:
                     msg = await sub.next_msg(_READ_WAIT)
                 except asyncio.TimeoutError:
                     break  # expired meanwhile: nothing more is coming
-                data = msg.data
                 offset = 0
-                if data:
-                    envelope = data[data.index(b"\n") + 1 :]
-                    offset = offset_of(envelope) or 0
-                    if last - count < offset <= last:
-                        stored = msg.metadata.timestamp.timestamp()
-                        events.append((offset, stored, envelope))
+                if msg.data:  # not the epoch mark
+                    stored = msg.metadata.timestamp.timestamp()
+                    for event in unpack(msg.data, msg.headers):  # a pack's, in order
+                        kept = envelope(event)
+                        offset = offset_of(kept) or 0
+                        if last - count < offset <= last:
+                            events.append((offset, stored, kept))
                 if offset >= last or msg.metadata.num_pending == 0:
                     break
         finally:

@@ -5,7 +5,9 @@ Order across subjects: nats-py hands each subscription's messages to a task
 of its own, which regroups them by subject. Every message it builds goes
 through the pluggable ``msg_class`` in the server's order: there a
 :class:`Link` queues a slot, the subscription's callback fills it, and the
-reader's inbox gets the slots in their order as they fill.
+reader's inbox gets the slots in their order as they fill. A kept topic's
+stored message may hold several events (a pack, see ``_nats_history.py``):
+its slot gets them all, and the inbox each in turn.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ _CONTROL = "flask_realtime.r."
 _UNSAFE = re.compile(r"[^A-Za-z0-9_\-:=@#]+")
 _JS_TIMEOUT = 2.0  # a JetStream API request (history) waits this long
 LOST = object()  # in the inbox: the connection is gone; in a slot: unsubscribed
+# The header of a pack: the sizes of its events, comma-separated, in order.
+PACK = "Flask-Realtime-Pack"
 
 
 @functools.lru_cache(maxsize=65536)
@@ -48,8 +52,23 @@ def _escape(match: re.Match[str]) -> str:
     return "".join(f"%{byte:02X}" for byte in raw)
 
 
+def unpack(data: bytes, headers: dict[str, str] | None) -> list[bytes]:
+    """The events of a kept topic's stored message: itself, or a pack's
+    (several events joined, their sizes in the ``PACK`` header)."""
+    sizes = headers.get(PACK) if headers else None
+    if not sizes:
+        return [data]
+    events, start = [], 0
+    for size in sizes.split(","):
+        end = start + int(size)
+        events.append(data[start:end])
+        start = end
+    return events
+
+
 class _Slot:
-    """One message's place in the server's order; ``data`` None until it arrives."""
+    """One message's place in the server's order; ``data`` None until it
+    arrives (a list: a pack's events)."""
 
     __slots__ = ("topic", "data")
 
@@ -134,16 +153,29 @@ class Link:
         if slots:
             # An empty payload is a kept topic's epoch mark, republished by
             # its stream (see _nats_history.py): nobody receives it.
-            slots.popleft().data = msg.data or LOST
+            data: t.Any = msg.data or LOST
+            headers = msg.headers
+            if headers and PACK in headers and data is not LOST:
+                try:
+                    data = unpack(data, headers)
+                except ValueError:  # not ours: dropped, the slots go on
+                    log.warning("a malformed pack on %s", msg.subject)
+                    data = LOST
+            slots.popleft().data = data
             self._release()
 
     def _release(self) -> None:
-        order, released = self.order, False
+        order, inbox, released = self.order, self.inbox, False
         while order and order[0].data is not None:
             slot = order.popleft()
-            if slot.data is not LOST:
-                self.inbox.append((slot.topic, slot.data))
-                released = True
+            data = slot.data
+            if data is LOST:
+                continue
+            if data.__class__ is list:
+                inbox.extend([(slot.topic, event) for event in data])
+            else:
+                inbox.append((slot.topic, data))
+            released = True
         if released and self.idle:
             self.idle = False
             self.wake.set_threadsafe()
