@@ -8,6 +8,15 @@ through the pluggable ``msg_class`` in the server's order: there a
 reader's inbox gets the slots in their order as they fill. A kept topic's
 stored message may hold several events (a pack, see ``_nats_history.py``):
 its slot gets them all, and the inbox each in turn.
+
+A kept topic's messages come republished by its stream, once stored; but
+nats-server republishes outside the stream's lock (ADR-28: at most once, no
+order promised), so two nodes' messages stored one after the other can come
+the other way round (seen: about one run in 40 of two nodes publishing at
+once). Each names the one stored before it on its subject
+(``Nats-Last-Sequence``), so a slot that comes early waits, outside the
+order, until that one is placed, or ``_EARLY_WAIT`` at most (a republish
+lost: the node's continuity check then reads the hole from the history).
 """
 
 from __future__ import annotations
@@ -38,6 +47,14 @@ _JS_TIMEOUT = 2.0  # a JetStream API request (history) waits this long
 LOST = object()  # in the inbox: the connection is gone; in a slot: unsubscribed
 # The header of a pack: the sizes of its events, comma-separated, in order.
 PACK = "Flask-Realtime-Pack"
+# A republished message's stream sequence, and that of the message stored
+# before it on its subject (0: none, or not known).
+_SEQUENCE = "Nats-Sequence"
+_LAST_SEQUENCE = "Nats-Last-Sequence"
+# How long a kept topic's message that came before the one stored ahead of it
+# waits for that one, and how many may wait per topic.
+_EARLY_WAIT = 0.5
+_EARLY_LIMIT = 10_000
 
 
 @functools.lru_cache(maxsize=65536)
@@ -116,6 +133,10 @@ class Link:
         self.topic_of: dict[str, str] = {}  # subject -> topic
         self.waiting: dict[str, deque[_Slot]] = {}  # subject -> its slots to fill
         self.order: deque[_Slot] = deque()
+        # Kept subjects: the stream sequence of the last message in the order,
+        # and the messages that came early, by the sequence they wait for.
+        self.placed: dict[str, int] = {}
+        self.early: dict[str, dict[int, tuple[int, _Slot]]] = {}
         self.rounds: dict[int, Round] = {}
         self.unconfirmed = unconfirmed
         self.changing = asyncio.Lock()  # one (un)subscription at a time, in order
@@ -144,9 +165,55 @@ class Link:
         topic = self.topic_of.get(msg.subject)
         if topic is not None:
             slot = _Slot(topic)
-            self.order.append(slot)
-            self.waiting[msg.subject].append(slot)
+            self.waiting[msg.subject].append(slot)  # filled in arrival order
+            headers = msg.headers
+            if headers and _SEQUENCE in headers:
+                self._place_stored(msg.subject, slot, headers)
+            else:
+                self.order.append(slot)
         return msg
+
+    def _place_stored(self, name: str, slot: _Slot, headers: dict[str, str]) -> None:
+        """Put a republished message's slot in the stream's order (see the
+        module): after the one stored before it, which may be still to come."""
+        try:
+            sequence = int(headers[_SEQUENCE])
+            before = int(headers.get(_LAST_SEQUENCE) or 0)
+        except ValueError:
+            self.order.append(slot)
+            return
+        last = self.placed.get(name)
+        if last is not None and before > last:  # that one has not come yet
+            early = self.early.get(name)
+            if early is None:
+                early = self.early[name] = {}
+                asyncio.get_running_loop().call_later(
+                    _EARLY_WAIT, self._stop_waiting, name, early
+                )
+            early[before] = (sequence, slot)
+            if len(early) > _EARLY_LIMIT:
+                self._stop_waiting(name, early)
+            return
+        self.order.append(slot)
+        self.placed[name] = sequence
+        early = self.early.get(name)
+        if early is not None:
+            while (due := early.pop(self.placed[name], None)) is not None:
+                self.placed[name] = due[0]
+                self.order.append(due[1])
+            if not early:
+                del self.early[name]
+
+    def _stop_waiting(self, name: str, early: dict[int, tuple[int, _Slot]]) -> None:
+        """The message the early ones wait for is not coming (lost, or too
+        many wait): they go in the order of their sequences."""
+        if self.early.get(name) is not early:
+            return  # placed meanwhile, or unsubscribed
+        del self.early[name]
+        for sequence, slot in sorted(early.values(), key=lambda due: due[0]):
+            self.order.append(slot)
+            self.placed[name] = sequence
+        self._release()
 
     async def _on_topic(self, msg: Msg) -> None:
         slots = self.waiting.get(msg.subject)
@@ -242,6 +309,8 @@ class Link:
                 except nats_errors.Error:
                     pass  # the connection is gone, and the subscription with it
                 del self.topic_of[subject(topic)]
+                self.placed.pop(subject(topic), None)
+                self.early.pop(subject(topic), None)  # their slots are not in the order
                 for slot in self.waiting.pop(subject(topic)):
                     slot.data = LOST
             self._release()

@@ -1,0 +1,84 @@
+"""The NATS link puts a kept topic's republished messages back in the
+stream's order: nats-server may republish two nodes' messages the other way
+round from how it stored them (see ``brokers/_nats_link.py``)."""
+
+from __future__ import annotations
+
+import asyncio
+import typing as t
+from collections import deque
+
+from nats.aio.msg import Msg
+
+from flask_realtime.brokers import _nats_link
+from flask_realtime.brokers._nats_link import Link, Unconfirmed, subject
+
+TOPIC = "c:kept.order"
+NAME = subject(TOPIC)
+
+
+def _link() -> Link:
+    link = Link(Unconfirmed())
+    link.topic_of[NAME] = TOPIC
+    link.waiting[NAME] = deque()
+    return link
+
+
+async def _arrive(link: Link, sequence: int, before: int, data: bytes) -> None:
+    """What nats-py does with a republished message: builds it through
+    ``msg_class`` in the server's order, then hands it to the callback."""
+    headers = {"Nats-Sequence": str(sequence), "Nats-Last-Sequence": str(before)}
+    msg = link.nc.msg_class(subject=NAME, data=data, headers=headers, _client=None)
+    assert isinstance(msg, Msg)
+    await link._on_topic(msg)
+
+
+def _received(link: Link) -> list[bytes]:
+    return [data for _, data in link.inbox]
+
+
+def test_a_message_that_comes_before_the_one_stored_ahead_of_it_waits() -> None:
+    async def run() -> list[bytes]:
+        link = _link()
+        await _arrive(link, 10, 7, b"a")
+        await _arrive(link, 14, 12, b"c")  # 12 is still on its way
+        assert _received(link) == [b"a"]
+        await _arrive(link, 12, 10, b"b")
+        await _arrive(link, 15, 14, b"d")
+        return _received(link)
+
+    assert asyncio.run(run()) == [b"a", b"b", b"c", b"d"]
+
+
+def test_a_message_whose_predecessor_never_comes_goes_after_a_while(
+    monkeypatch: t.Any,
+) -> None:
+    monkeypatch.setattr(_nats_link, "_EARLY_WAIT", 0.05)
+
+    async def run() -> list[list[bytes]]:
+        link = _link()
+        await _arrive(link, 3, 1, b"a")
+        await _arrive(link, 9, 5, b"c")  # 5 was lost (republish is at most once)
+        await _arrive(link, 11, 9, b"d")
+        seen = [_received(link)]
+        await asyncio.sleep(0.2)
+        seen.append(_received(link))
+        await _arrive(link, 12, 11, b"e")
+        seen.append(_received(link))
+        return seen
+
+    before, after, later = asyncio.run(run())
+    assert before == [b"a"]
+    assert after == [b"a", b"c", b"d"]
+    assert later == [b"a", b"c", b"d", b"e"]
+
+
+def test_plain_messages_and_the_first_kept_one_go_at_once() -> None:
+    async def run() -> list[bytes]:
+        link = _link()
+        msg = link.nc.msg_class(subject=NAME, data=b"plain", _client=None)
+        await link._on_topic(msg)
+        await _arrive(link, 20, 18, b"first")  # nothing placed before it here
+        return _received(link)
+
+    assert asyncio.run(run()) == [b"plain", b"first"]
