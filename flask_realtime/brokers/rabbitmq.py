@@ -50,6 +50,7 @@ from ._amqp_history import (
 )
 from ._amqp_options import Options
 from ._amqp_options import routing_key as routing_key
+from ._amqp_ready import READY_WAIT, StreamChecks
 from ._history import new_epoch, stamp
 from ._shared_reads import Answer, Ask, SharedReads
 from .base import BrokerBase, LinkLost, MessageCallback
@@ -165,6 +166,11 @@ class RabbitMQBroker(BrokerBase):
         # resumes from after a reconnect, the last offset delivered.
         self._following: dict[str, str] = {}
         self._tag_of: dict[str, str] = {}
+        # Follows waiting for their stream to be ready (``_amqp_ready.py``):
+        # topic -> the follow's token (an unfollow meanwhile drops it).
+        self._to_follow: dict[str, object] = {}
+        # Streams checked before the consumer connection uses them.
+        self._checks = StreamChecks(self._checking_link)
         self._resume: dict[str, int] = {}
         self._delivered_up_to: dict[str, int] = {}
         # Writing (module docstring of _amqp_history): the topics whose inbox
@@ -195,11 +201,16 @@ class RabbitMQBroker(BrokerBase):
             raise
         return link
 
+    def _checking_link(self) -> Link:
+        """A connection for a batch of stream checks (``_amqp_ready.py``)."""
+        return Link(self._options.parameters("checks"), self._options.password)
+
     # -- the consumer (the reader's) ---------------------------------------------
 
     def _connect(self, topics: list[str]) -> None:
         o = self._options
         link = self._link("consumer")
+        self._checks.forget_all()  # RabbitMQ may have restarted
         try:
             if not (o.keeps_queue and self._queue):
                 self._queue, self._bound = o.queue_name(), set()
@@ -229,7 +240,7 @@ class RabbitMQBroker(BrokerBase):
             link.consume(self._queue)
             # Consumers made from now on, of streams; 0 (no limit) is refused.
             link.call(channel.basic_qos, prefetch_count=_STREAM_PREFETCH)
-            self._following, self._tag_of = {}, {}
+            self._following, self._tag_of, self._to_follow = {}, {}, {}
             # New consumers of the inboxes: where the numbering is, read anew.
             self._writing, self._sequences = {}, {}
             self._inbox_calls = 0
@@ -239,7 +250,7 @@ class RabbitMQBroker(BrokerBase):
             self._consume_inboxes(link, writes)
             done = _Bound()
             self._follow(link, kept, done)
-            link.wait(lambda: bool(done.event.is_set()), CALL_TIMEOUT)
+            link.wait(lambda: bool(done.event.is_set()), READY_WAIT + CALL_TIMEOUT)
         except BaseException:
             link.abandon()
             raise
@@ -269,29 +280,69 @@ class RabbitMQBroker(BrokerBase):
 
     def _follow(self, link: Link, topics: list[str], done: _Bound) -> None:
         """In the reader: consume each kept topic's stream from where its
-        delivery stopped (new ones from the end); ``done`` once all are."""
+        delivery stopped (new ones from the end), once the stream is ready
+        (``_amqp_ready.py``: a consume too early would close this
+        connection); ``done`` once all are."""
         if not topics or link.error is not None:
             self._release(done)
             link.wake()
             return
         self._consume_inboxes(link, topics)  # a followed topic has a writer
-        for n, topic in enumerate(topics):
+        left = [len(topics)]
+
+        def consumed(_tag: str | None = None) -> None:
+            left[0] -= 1
+            if not left[0]:
+                self._release(done)
+                link.wake()
+
+        for topic in topics:
             name = self._history.name(topic)
             rule = self.retention(topic)
             assert rule is not None
+            token = self._to_follow[topic] = object()
+
+            def declared(
+                _frame: object,
+                topic: str = topic,
+                name: str = name,
+                token: object = token,
+            ) -> None:
+                self._checks.when_ready(
+                    name,
+                    lambda _ok: self._soon(
+                        link,
+                        lambda: self._consume_stream(
+                            link, topic, name, token, consumed
+                        ),
+                    ),
+                )
+
             # pika sends a channel's synchronous methods one after another.
-            link.channel.queue_declare(name, durable=True, arguments=arguments(rule))
-            last = n == len(topics) - 1
+            link.channel.queue_declare(
+                name, durable=True, arguments=arguments(rule), callback=declared
+            )
 
-            def consumed(_tag: str, last: bool = last) -> None:
-                if last:
-                    self._release(done)
-                    link.wake()
-
-            start: int | str = self._resume.get(topic, "next")
-            tag = link.consume_soon(name, {"x-stream-offset": start}, consumed)
-            self._following[tag] = topic
-            self._tag_of[topic] = tag
+    def _consume_stream(
+        self,
+        link: Link,
+        topic: str,
+        name: str,
+        token: object,
+        consumed: t.Callable[[str | None], None],
+    ) -> None:
+        """In the reader: follow ``topic``'s stream ``name`` now that it is
+        ready, unless it was unfollowed meanwhile (``token``)."""
+        if link.error is not None:
+            return  # its subscribe is released by the disconnect
+        if self._to_follow.get(topic) is not token:
+            consumed(None)
+            return
+        del self._to_follow[topic]
+        start: int | str = self._resume.get(topic, "next")
+        tag = link.consume_soon(name, {"x-stream-offset": start}, consumed)
+        self._following[tag] = topic
+        self._tag_of[topic] = tag
 
     def _want(self, topic: str) -> None:
         """Make this node one of ``topic``'s writers (from any greenlet):
@@ -399,6 +450,7 @@ class RabbitMQBroker(BrokerBase):
         for _ in range(3):  # then the tail read fails: reconnect, try again
             if not topics:
                 break
+            self._await_ready(link, topics)
             counts = link.publish(
                 [
                     ("", self._history.name(topic), b"", _fence(fences[topic]))
@@ -407,6 +459,7 @@ class RabbitMQBroker(BrokerBase):
             )
             topics = [topic for topic, n in zip(topics, counts, strict=True) if n == 0]
             for topic in topics:  # returned: the stream is gone, declare it
+                self._checks.forget(self._history.name(topic))
                 link.call(
                     link.channel.queue_declare,
                     queue=self._history.name(topic),
@@ -456,6 +509,32 @@ class RabbitMQBroker(BrokerBase):
                 received[n] = item
         return taken
 
+    def _await_ready(self, link: Link, topics: list[str]) -> None:
+        """In the reader, before appending to the streams of ``topics``:
+        wait until each is ready (``_amqp_ready.py``; a publish to a stream
+        RabbitMQ is still making closes the connection)."""
+        left = [0]
+
+        def checked() -> None:
+            left[0] -= 1
+            link.wake()
+
+        for topic in topics:
+            name = self._history.name(topic)
+            if name not in self._checks.ready:
+                left[0] += 1
+                self._checks.when_ready(name, lambda _ok: self._soon(link, checked))
+        if left[0] > 0:
+            link.wait(lambda: left[0] <= 0, READY_WAIT + CALL_TIMEOUT)
+
+    @staticmethod
+    def _soon(link: Link, callback: t.Callable[[], None]) -> None:
+        """``callback`` in ``link``'s driver (from the stream checker)."""
+        try:
+            link.soon(callback)
+        except Exception:  # noqa: BLE001 - its loop is closed: it is gone
+            pass
+
     def _taking_over(self) -> bool:
         """Whether this node's writer is taking channels over now (or took
         some over within the last second): a read waiting for its answer
@@ -503,6 +582,7 @@ class RabbitMQBroker(BrokerBase):
             # under a new epoch (what went to the old ones went with them).
             for topic in gone:
                 self._sequences.pop(topic, None)
+                self._checks.forget(self._history.name(topic))
                 rule = self.retention(topic)
                 link.call(
                     link.channel.queue_declare,
@@ -540,6 +620,7 @@ class RabbitMQBroker(BrokerBase):
 
     def _unfollow(self, link: Link, topics: list[str]) -> None:
         for topic in topics:
+            self._to_follow.pop(topic, None)
             tag = self._tag_of.pop(topic, None)
             self._resume.pop(topic, None)
             self._delivered_up_to.pop(topic, None)
@@ -579,7 +660,7 @@ class RabbitMQBroker(BrokerBase):
             # the link, so it can wait here (deliveries meanwhile queue up in
             # order), and what on_message publishes next finds the binding.
             start()
-            link.wait(done.is_set, CALL_TIMEOUT)
+            link.wait(done.is_set, READY_WAIT + CALL_TIMEOUT)
             return None
         self._waiting.update((bound, followed))
         link.soon(start)
@@ -825,6 +906,8 @@ class RabbitMQBroker(BrokerBase):
             reader.close()
         for reader in self._tail_readers:
             reader.close()
+        if self._closed:
+            self._checks.close()
         waiting, self._waiting = self._waiting, set()
         for done in waiting:
             done.event.set()  # recorded: bound again on reconnect
@@ -852,6 +935,8 @@ class RabbitMQBroker(BrokerBase):
         self._inbox_calls = 0
         self._shared = SharedReads(self._read_round)  # the parent's rounds
         self._following, self._tag_of, self._resume = {}, {}, {}
+        self._to_follow = {}
+        self._checks = StreamChecks(self._checking_link)
         self._delivered_up_to, self._writes, self._writing = {}, set(), {}
         self._sequences, self._inboxes = {}, set()
         self._held = HeldTails()
