@@ -1,4 +1,4 @@
-"""New kept channels whose streams other connections are making at the same time.
+"""Kept channels coming and going at once on RabbitMQ, and the consumer connection.
 
 RabbitMQ 3.10 answers a stream's declare at once while another connection
 is still making it; a consume of it then closes the channel
@@ -8,7 +8,9 @@ publish. A node's consumer connection follows its kept channels and appends
 to their streams as their writer: either error took it down, and reads
 meanwhile answered 503, in a storm of first subscribes to new channels. The
 node now checks each new stream first on a connection of its own
-(``brokers/_amqp_ready.py``).
+(``brokers/_amqp_ready.py``). And a node that stops following a channel
+while its events flow keeps its stream consumer (a cancel there cost the
+connection too).
 """
 
 from __future__ import annotations
@@ -19,11 +21,11 @@ import typing as t
 
 import pika
 
-from flask_realtime.brokers import _history
+from flask_realtime.brokers import _history, rabbitmq
 from flask_realtime.brokers._amqp import Link
 from flask_realtime.brokers._amqp_history import arguments
 from flask_realtime.brokers.interface import Retention
-from tests.brokerclients import broker_fixtures, in_threads
+from tests.brokerclients import broker_fixtures, in_threads, wait_until
 from tests.brokerservers import BrokerServer
 
 make, server = broker_fixtures("rabbitmq")
@@ -106,4 +108,51 @@ def test_streams_made_elsewhere_at_once_never_cost_the_consumer_connection(
         _history.offset_of(_history.envelope(inbox.payloads(topic)[0])) == 1
         for topic in followed
     )
+    assert broker._consumer is consumer
+
+
+def test_unfollowing_a_busy_stream_never_costs_the_consumer_connection(
+    server: BrokerServer, make: t.Any, monkeypatch: t.Any
+) -> None:
+    """pika rejects what a consumer receives between its cancel and the
+    answer, and a stream takes a reject for a connection error
+    (NOT_IMPLEMENTED): a node that stopped following a channel while its
+    events flowed lost its consumer connection. A stream consumer no longer
+    followed is kept, parked, and followed again if the channel comes
+    back; it is cancelled only once its stream has been quiet a while."""
+    broker, inbox = make(server.url)
+    publisher = keep(make(server.url)[0])
+    topic = f"c:kept.busy.{time.monotonic_ns()}"
+    keep(broker).subscribe(topic)
+    consumer = broker._consumer
+    flowing, stop = threading.Event(), threading.Event()
+
+    def publish() -> None:
+        n = 0
+        while not stop.is_set():
+            n += 1
+            publisher.publish(topic, b"m\n" + b'{"type":"event","data":%d}' % n)
+            if n == 50:
+                flowing.set()
+
+    thread = threading.Thread(target=publish)
+    thread.start()
+    try:
+        flowing.wait(10)
+        inbox.wait_for(lambda: len(inbox.payloads(topic)) >= 20)
+        for _ in range(5):  # unfollowed and followed again, events flowing
+            broker.unsubscribe(topic)
+            seen = len(inbox.payloads(topic))
+            broker.subscribe(topic)
+            inbox.wait_for(lambda seen=seen: len(inbox.payloads(topic)) > seen + 20)
+        broker.unsubscribe(topic)
+    finally:
+        stop.set()
+        thread.join()
+    broker.subscribe("c:plain")  # a round trip on the consumer connection
+    assert broker._consumer is consumer
+    assert broker._parked  # still there: the stream was busy a moment ago
+    monkeypatch.setattr(rabbitmq, "_PARKED_QUIET", 0.2)
+    wait_until(lambda: not broker._parked)  # quiet now: cancelled
+    broker.subscribe("c:plain.2")
     assert broker._consumer is consumer

@@ -57,6 +57,9 @@ from .base import BrokerBase, LinkLost, MessageCallback
 from .interface import Position, Retention
 
 _TICK = 1.0  # the reader looks up at least this often
+# A stream consumer no longer followed is cancelled once its stream has been
+# quiet this long (``_unfollow``).
+_PARKED_QUIET = 5.0
 _STREAM_PREFETCH = 500  # per stream consumer (RabbitMQ requires one)
 _READ_LINKS = 4  # history connections per process at most
 _TAIL_LINKS = 4  # connections a writer taking channels over reads tails on
@@ -169,6 +172,10 @@ class RabbitMQBroker(BrokerBase):
         # Follows waiting for their stream to be ready (``_amqp_ready.py``):
         # topic -> the follow's token (an unfollow meanwhile drops it).
         self._to_follow: dict[str, object] = {}
+        # Stream consumers no longer followed (``_unfollow``): topic -> tag,
+        # and tag -> when it last received.
+        self._parked: dict[str, str] = {}
+        self._parked_seen: dict[str, float] = {}
         # Streams checked before the consumer connection uses them.
         self._checks = StreamChecks(self._checking_link)
         self._resume: dict[str, int] = {}
@@ -241,6 +248,7 @@ class RabbitMQBroker(BrokerBase):
             # Consumers made from now on, of streams; 0 (no limit) is refused.
             link.call(channel.basic_qos, prefetch_count=_STREAM_PREFETCH)
             self._following, self._tag_of, self._to_follow = {}, {}, {}
+            self._parked, self._parked_seen = {}, {}
             # New consumers of the inboxes: where the numbering is, read anew.
             self._writing, self._sequences = {}, {}
             self._inbox_calls = 0
@@ -297,6 +305,14 @@ class RabbitMQBroker(BrokerBase):
                 link.wake()
 
         for topic in topics:
+            parked = self._parked.pop(topic, None)
+            if parked is not None:  # followed again: where it is, it goes on
+                del self._parked_seen[parked]
+                self._to_follow.pop(topic, None)
+                self._following[parked] = topic
+                self._tag_of[topic] = parked
+                consumed(None)
+                continue
             name = self._history.name(topic)
             rule = self.retention(topic)
             assert rule is not None
@@ -619,6 +635,16 @@ class RabbitMQBroker(BrokerBase):
                 )
 
     def _unfollow(self, link: Link, topics: list[str]) -> None:
+        """In the reader: stop delivering ``topics``' streams.
+
+        Their consumers are parked, not cancelled: pika rejects what a
+        consumer receives between its cancel and RabbitMQ's answer, and a
+        stream takes a reject for a connection error (NOT_IMPLEMENTED), so
+        cancelling a consumer of a busy stream would close this connection.
+        A parked consumer's messages are acknowledged and dropped; it is
+        followed again if its topic is (a client coming back), and cancelled
+        once its stream has been quiet ``_PARKED_QUIET`` s (``_sweep``)."""
+        now = time.monotonic()
         for topic in topics:
             self._to_follow.pop(topic, None)
             tag = self._tag_of.pop(topic, None)
@@ -626,8 +652,25 @@ class RabbitMQBroker(BrokerBase):
             self._delivered_up_to.pop(topic, None)
             if tag is not None:
                 self._following.pop(tag, None)
-                if link.error is None:
-                    link.channel.basic_cancel(tag)
+                self._parked[topic] = tag
+                self._parked_seen[tag] = now
+
+    def _sweep(self, link: Link, now: float) -> None:
+        """In the reader: cancel the parked consumers of quiet streams."""
+        quiet = [
+            tag
+            for tag, seen in self._parked_seen.items()
+            if now - seen >= _PARKED_QUIET
+        ]
+        if not quiet or link.error is not None:
+            return
+        for topic, tag in list(self._parked.items()):
+            if tag in quiet:
+                del self._parked[topic]
+                del self._parked_seen[tag]
+                # With a callback: pika forgets it at the answer (a nowait
+                # cancel's tag stays, and anything later is rejected).
+                link.channel.basic_cancel(tag, callback=lambda _frame: None)
 
     def _release(self, done: _Bound) -> None:
         self._waiting.discard(done)
@@ -693,6 +736,8 @@ class RabbitMQBroker(BrokerBase):
                 ticked = now
                 if not self._tick():
                     return
+                if self._parked_seen:
+                    self._sweep(link, now)
             link.receive(max(0.0, ticked + _TICK - now))
             unacked = last = 0
             received: list[tuple[str, bytes, t.Any]] = []  # from inboxes
@@ -703,6 +748,8 @@ class RabbitMQBroker(BrokerBase):
                     received.extend((topic, *event) for event in unpack(body, headers))
                 elif headers and tag in self._following:  # a kept topic's stream
                     self._follow_one(self._following[tag], body, headers)
+                elif tag in self._parked_seen:  # no longer followed: dropped
+                    self._parked_seen[tag] = time.monotonic()
                 else:
                     topic = self._topic_of.get(key)
                     if topic is not None:  # else unsubscribed since it was routed
@@ -935,7 +982,7 @@ class RabbitMQBroker(BrokerBase):
         self._inbox_calls = 0
         self._shared = SharedReads(self._read_round)  # the parent's rounds
         self._following, self._tag_of, self._resume = {}, {}, {}
-        self._to_follow = {}
+        self._to_follow, self._parked, self._parked_seen = {}, {}, {}
         self._checks = StreamChecks(self._checking_link)
         self._delivered_up_to, self._writes, self._writing = {}, set(), {}
         self._sequences, self._inboxes = {}, set()
