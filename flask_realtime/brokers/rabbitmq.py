@@ -57,8 +57,8 @@ from .base import BrokerBase, LinkLost, MessageCallback
 from .interface import Position, Retention
 
 _TICK = 1.0  # the reader looks up at least this often
-# A stream consumer no longer followed is cancelled once its stream has been
-# quiet this long (``_unfollow``).
+# A stream consumer no longer followed is kept this long at least, for its
+# channel's clients to come back (``_unfollow``, ``_sweep``).
 _PARKED_QUIET = 5.0
 _STREAM_PREFETCH = 500  # per stream consumer (RabbitMQ requires one)
 _READ_LINKS = 4  # history connections per process at most
@@ -173,9 +173,9 @@ class RabbitMQBroker(BrokerBase):
         # topic -> the follow's token (an unfollow meanwhile drops it).
         self._to_follow: dict[str, object] = {}
         # Stream consumers no longer followed (``_unfollow``): topic -> tag,
-        # and tag -> when it last received.
+        # and tag -> (when it last received, the last offset it received).
         self._parked: dict[str, str] = {}
-        self._parked_seen: dict[str, float] = {}
+        self._parked_seen: dict[str, tuple[float, int]] = {}
         # Streams checked before the consumer connection uses them.
         self._checks = StreamChecks(self._checking_link)
         self._resume: dict[str, int] = {}
@@ -643,29 +643,39 @@ class RabbitMQBroker(BrokerBase):
         cancelling a consumer of a busy stream would close this connection.
         A parked consumer's messages are acknowledged and dropped; it is
         followed again if its topic is (a client coming back), and cancelled
-        once its stream has been quiet ``_PARKED_QUIET`` s (``_sweep``)."""
+        when that is safe (``_sweep``)."""
         now = time.monotonic()
         for topic in topics:
             self._to_follow.pop(topic, None)
             tag = self._tag_of.pop(topic, None)
             self._resume.pop(topic, None)
-            self._delivered_up_to.pop(topic, None)
+            delivered = self._delivered_up_to.pop(topic, 0)
             if tag is not None:
                 self._following.pop(tag, None)
                 self._parked[topic] = tag
-                self._parked_seen[tag] = now
+                self._parked_seen[tag] = (now, delivered)
 
     def _sweep(self, link: Link, now: float) -> None:
-        """In the reader: cancel the parked consumers of quiet streams."""
-        quiet = [
-            tag
-            for tag, seen in self._parked_seen.items()
-            if now - seen >= _PARKED_QUIET
-        ]
-        if not quiet or link.error is not None:
+        """In the reader: cancel the parked consumers that nothing can reach
+        before the cancel does.
+
+        That is a stream this node writes (every append goes out on this
+        connection, from this reader, so after the cancel) whose consumer
+        has received the last event appended, quiet ``_PARKED_QUIET`` s
+        (a client may come back meanwhile). "Quiet for a while" alone is no
+        such promise: the recovery storm broadcast to a channel right as
+        its consumer was cancelled, and the reject closed the connection.
+        Those of streams other nodes write stay until the connection goes."""
+        if link.error is not None:
             return
         for topic, tag in list(self._parked.items()):
-            if tag in quiet:
+            seen, last = self._parked_seen[tag]
+            sequence = self._sequences.get(topic)
+            if (
+                now - seen >= _PARKED_QUIET
+                and sequence is not None
+                and last >= sequence.last
+            ):
                 del self._parked[topic]
                 del self._parked_seen[tag]
                 # With a callback: pika forgets it at the answer (a nowait
@@ -749,7 +759,9 @@ class RabbitMQBroker(BrokerBase):
                 elif headers and tag in self._following:  # a kept topic's stream
                     self._follow_one(self._following[tag], body, headers)
                 elif tag in self._parked_seen:  # no longer followed: dropped
-                    self._parked_seen[tag] = time.monotonic()
+                    offset = headers.get("o", -1) if headers else -1
+                    highest = max(self._parked_seen[tag][1], offset)
+                    self._parked_seen[tag] = (time.monotonic(), highest)
                 else:
                     topic = self._topic_of.get(key)
                     if topic is not None:  # else unsubscribed since it was routed
