@@ -36,7 +36,7 @@ from .._runtime import real_lock, sleep, spawn
 from ._amqp import CALL_TIMEOUT, Link
 from ._support import LinkLost
 
-log = logging.getLogger("flask_realtime.brokers.rabbitmq")
+log = logging.getLogger("flask_realtime")
 
 READY_WAIT = 10.0  # a stream's checks give up after this (then it is used anyway)
 _FIRST_DELAY, _MOST_DELAY = 0.01, 0.2  # between failed checks

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
+import logging
 import math
 import threading
 import time
@@ -56,10 +57,21 @@ from ._shared_reads import Answer, Ask, SharedReads
 from .base import BrokerBase, LinkLost, MessageCallback
 from .interface import Position, Retention
 
+log = logging.getLogger("flask_realtime")
+
 _TICK = 1.0  # the reader looks up at least this often
 # A stream consumer no longer followed is kept this long at least, for its
 # channel's clients to come back (``_unfollow``, ``_sweep``).
 _PARKED_QUIET = 5.0
+_NOT_FOUND = 404
+_STREAMS_LOST_AFTER = 30.0  # s of NOT_FOUND for a stream at every connect
+_STREAMS_LOST = (
+    "RabbitMQ has lost its stream queues (NOT_FOUND for a history stream at"
+    f" every connect for over {_STREAMS_LOST_AFTER:.0f} s: most likely its"
+    " stream coordinator was not restarted, as after a kill within seconds of"
+    " the first stream declared); delete the realtime history stream queues"
+    " (rabbitmqctl delete_queue) or reset RabbitMQ, then restart it"
+)
 _STREAM_PREFETCH = 500  # per stream consumer (RabbitMQ requires one)
 _READ_LINKS = 4  # history connections per process at most
 _TAIL_LINKS = 4  # connections a writer taking channels over reads tails on
@@ -178,6 +190,8 @@ class RabbitMQBroker(BrokerBase):
         self._parked_seen: dict[str, tuple[float, int]] = {}
         # Streams checked before the consumer connection uses them.
         self._checks = StreamChecks(self._checking_link)
+        self._not_found_since: float | None = None  # see _streams_lost
+        self._said_streams_lost = False
         self._resume: dict[str, int] = {}
         self._delivered_up_to: dict[str, int] = {}
         # Writing (module docstring of _amqp_history): the topics whose inbox
@@ -259,13 +273,40 @@ class RabbitMQBroker(BrokerBase):
             done = _Bound()
             self._follow(link, kept, done)
             link.wait(lambda: bool(done.event.is_set()), READY_WAIT + CALL_TIMEOUT)
-        except BaseException:
+        except BaseException as exc:
             link.abandon()
+            if self._streams_lost(link):
+                raise LinkLost(f"{link.error}; {_STREAMS_LOST}") from exc
             raise
+        self._not_found_since = None
         self._consumer = link
         missed = self._writes.difference(writes)  # wanted meanwhile
         if missed:
             link.soon(lambda: self._consume_inboxes(link, sorted(missed)))
+
+    def _streams_lost(self, link: Link) -> bool:
+        """After a failed connect: whether RabbitMQ has lost its streams.
+
+        Right after a restart RabbitMQ answers NOT_FOUND for every stream
+        until its stream coordinator restarted them (under a second here).
+        A RabbitMQ killed within a second or two of the first stream ever
+        declared on it restarts without its coordinator: NOT_FOUND for good,
+        and this node can never connect (docs/architecture.md, "RabbitMQ",
+        "Restarts"). A kept channel's stream still missing at every connect
+        after ``_STREAMS_LOST_AFTER`` s is taken for that: one ERROR with the
+        operator's fix, and the reason the health check then gives."""
+        if link.code != _NOT_FOUND or ".history." not in (link.error or ""):
+            self._not_found_since = None
+            return False
+        now = time.monotonic()
+        if self._not_found_since is None:
+            self._not_found_since = now
+        if now - self._not_found_since < _STREAMS_LOST_AFTER:
+            return False
+        if not self._said_streams_lost:
+            self._said_streams_lost = True
+            log.error("RabbitMQ at %s: %s (%s)", self.url, _STREAMS_LOST, link.error)
+        return True
 
     def _bind(self, link: Link, keys: list[str], done: _Bound) -> None:
         """In the reader: bind ``keys``; ``done`` is set once they are in place."""
