@@ -40,6 +40,7 @@ class Link:
 
     def __init__(self, params: pika.connection.Parameters, password: str) -> None:
         self.error: str | None = None
+        self.code: int | None = None  # the broker's reply code of the error
         self.interrupted = False
         self.deliveries: deque[Delivery] = deque()
         self.channel: t.Any = None
@@ -229,6 +230,7 @@ class Link:
 
     def _failed(self, _source: object, reason: object) -> None:
         if self.error is None:
+            self.code = getattr(reason, "reply_code", None)
             text = str(reason) or repr(reason)
             self.error = text.replace(self._password, "***") if self._password else text
         self._ioloop.stop()
@@ -237,6 +239,11 @@ class Link:
         """Let a wait return once its condition holds."""
         if self._done is not None and self._done():
             self._ioloop.stop()
+
+    def later(self, delay: float, callback: t.Callable[[], None]) -> None:
+        """Run ``callback`` in the link's driver after ``delay`` s (while it
+        drives the loop)."""
+        self._ioloop.call_later(delay, callback)
 
     # -- from any greenlet or thread -----------------------------------------------
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
+import logging
 import math
 import threading
 import time
@@ -50,12 +51,27 @@ from ._amqp_history import (
 )
 from ._amqp_options import Options
 from ._amqp_options import routing_key as routing_key
+from ._amqp_ready import READY_WAIT, StreamChecks
 from ._history import new_epoch, stamp
 from ._shared_reads import Answer, Ask, SharedReads
 from .base import BrokerBase, LinkLost, MessageCallback
 from .interface import Position, Retention
 
+log = logging.getLogger("flask_realtime")
+
 _TICK = 1.0  # the reader looks up at least this often
+# A stream consumer no longer followed is kept this long at least, for its
+# channel's clients to come back (``_unfollow``, ``_sweep``).
+_PARKED_QUIET = 5.0
+_NOT_FOUND = 404
+_STREAMS_LOST_AFTER = 30.0  # s of NOT_FOUND for a stream at every connect
+_STREAMS_LOST = (
+    "RabbitMQ has lost its stream queues (NOT_FOUND for a history stream at"
+    f" every connect for over {_STREAMS_LOST_AFTER:.0f} s: most likely its"
+    " stream coordinator was not restarted, as after a kill within seconds of"
+    " the first stream declared); delete the realtime history stream queues"
+    " (rabbitmqctl delete_queue) or reset RabbitMQ, then restart it"
+)
 _STREAM_PREFETCH = 500  # per stream consumer (RabbitMQ requires one)
 _READ_LINKS = 4  # history connections per process at most
 _TAIL_LINKS = 4  # connections a writer taking channels over reads tails on
@@ -165,6 +181,17 @@ class RabbitMQBroker(BrokerBase):
         # resumes from after a reconnect, the last offset delivered.
         self._following: dict[str, str] = {}
         self._tag_of: dict[str, str] = {}
+        # Follows waiting for their stream to be ready (``_amqp_ready.py``):
+        # topic -> the follow's token (an unfollow meanwhile drops it).
+        self._to_follow: dict[str, object] = {}
+        # Stream consumers no longer followed (``_unfollow``): topic -> tag,
+        # and tag -> (when it last received, the last offset it received).
+        self._parked: dict[str, str] = {}
+        self._parked_seen: dict[str, tuple[float, int]] = {}
+        # Streams checked before the consumer connection uses them.
+        self._checks = StreamChecks(self._checking_link)
+        self._not_found_since: float | None = None  # see _streams_lost
+        self._said_streams_lost = False
         self._resume: dict[str, int] = {}
         self._delivered_up_to: dict[str, int] = {}
         # Writing (module docstring of _amqp_history): the topics whose inbox
@@ -195,11 +222,16 @@ class RabbitMQBroker(BrokerBase):
             raise
         return link
 
+    def _checking_link(self) -> Link:
+        """A connection for a batch of stream checks (``_amqp_ready.py``)."""
+        return Link(self._options.parameters("checks"), self._options.password)
+
     # -- the consumer (the reader's) ---------------------------------------------
 
     def _connect(self, topics: list[str]) -> None:
         o = self._options
         link = self._link("consumer")
+        self._checks.forget_all()  # RabbitMQ may have restarted
         try:
             if not (o.keeps_queue and self._queue):
                 self._queue, self._bound = o.queue_name(), set()
@@ -229,7 +261,8 @@ class RabbitMQBroker(BrokerBase):
             link.consume(self._queue)
             # Consumers made from now on, of streams; 0 (no limit) is refused.
             link.call(channel.basic_qos, prefetch_count=_STREAM_PREFETCH)
-            self._following, self._tag_of = {}, {}
+            self._following, self._tag_of, self._to_follow = {}, {}, {}
+            self._parked, self._parked_seen = {}, {}
             # New consumers of the inboxes: where the numbering is, read anew.
             self._writing, self._sequences = {}, {}
             self._inbox_calls = 0
@@ -239,14 +272,41 @@ class RabbitMQBroker(BrokerBase):
             self._consume_inboxes(link, writes)
             done = _Bound()
             self._follow(link, kept, done)
-            link.wait(lambda: bool(done.event.is_set()), CALL_TIMEOUT)
-        except BaseException:
+            link.wait(lambda: bool(done.event.is_set()), READY_WAIT + CALL_TIMEOUT)
+        except BaseException as exc:
             link.abandon()
+            if self._streams_lost(link):
+                raise LinkLost(f"{link.error}; {_STREAMS_LOST}") from exc
             raise
+        self._not_found_since = None
         self._consumer = link
         missed = self._writes.difference(writes)  # wanted meanwhile
         if missed:
             link.soon(lambda: self._consume_inboxes(link, sorted(missed)))
+
+    def _streams_lost(self, link: Link) -> bool:
+        """After a failed connect: whether RabbitMQ has lost its streams.
+
+        Right after a restart RabbitMQ answers NOT_FOUND for every stream
+        until its stream coordinator restarted them (under a second here).
+        A RabbitMQ killed within a second or two of the first stream ever
+        declared on it restarts without its coordinator: NOT_FOUND for good,
+        and this node can never connect (docs/architecture.md, "RabbitMQ",
+        "Restarts"). A kept channel's stream still missing at every connect
+        after ``_STREAMS_LOST_AFTER`` s is taken for that: one ERROR with the
+        operator's fix, and the reason the health check then gives."""
+        if link.code != _NOT_FOUND or ".history." not in (link.error or ""):
+            self._not_found_since = None
+            return False
+        now = time.monotonic()
+        if self._not_found_since is None:
+            self._not_found_since = now
+        if now - self._not_found_since < _STREAMS_LOST_AFTER:
+            return False
+        if not self._said_streams_lost:
+            self._said_streams_lost = True
+            log.error("RabbitMQ at %s: %s (%s)", self.url, _STREAMS_LOST, link.error)
+        return True
 
     def _bind(self, link: Link, keys: list[str], done: _Bound) -> None:
         """In the reader: bind ``keys``; ``done`` is set once they are in place."""
@@ -269,29 +329,77 @@ class RabbitMQBroker(BrokerBase):
 
     def _follow(self, link: Link, topics: list[str], done: _Bound) -> None:
         """In the reader: consume each kept topic's stream from where its
-        delivery stopped (new ones from the end); ``done`` once all are."""
+        delivery stopped (new ones from the end), once the stream is ready
+        (``_amqp_ready.py``: a consume too early would close this
+        connection); ``done`` once all are."""
         if not topics or link.error is not None:
             self._release(done)
             link.wake()
             return
         self._consume_inboxes(link, topics)  # a followed topic has a writer
-        for n, topic in enumerate(topics):
+        left = [len(topics)]
+
+        def consumed(_tag: str | None = None) -> None:
+            left[0] -= 1
+            if not left[0]:
+                self._release(done)
+                link.wake()
+
+        for topic in topics:
+            parked = self._parked.pop(topic, None)
+            if parked is not None:  # followed again: where it is, it goes on
+                del self._parked_seen[parked]
+                self._to_follow.pop(topic, None)
+                self._following[parked] = topic
+                self._tag_of[topic] = parked
+                consumed(None)
+                continue
             name = self._history.name(topic)
             rule = self.retention(topic)
             assert rule is not None
+            token = self._to_follow[topic] = object()
+
+            def declared(
+                _frame: object,
+                topic: str = topic,
+                name: str = name,
+                token: object = token,
+            ) -> None:
+                self._checks.when_ready(
+                    name,
+                    lambda _ok: self._soon(
+                        link,
+                        lambda: self._consume_stream(
+                            link, topic, name, token, consumed
+                        ),
+                    ),
+                )
+
             # pika sends a channel's synchronous methods one after another.
-            link.channel.queue_declare(name, durable=True, arguments=arguments(rule))
-            last = n == len(topics) - 1
+            link.channel.queue_declare(
+                name, durable=True, arguments=arguments(rule), callback=declared
+            )
 
-            def consumed(_tag: str, last: bool = last) -> None:
-                if last:
-                    self._release(done)
-                    link.wake()
-
-            start: int | str = self._resume.get(topic, "next")
-            tag = link.consume_soon(name, {"x-stream-offset": start}, consumed)
-            self._following[tag] = topic
-            self._tag_of[topic] = tag
+    def _consume_stream(
+        self,
+        link: Link,
+        topic: str,
+        name: str,
+        token: object,
+        consumed: t.Callable[[str | None], None],
+    ) -> None:
+        """In the reader: follow ``topic``'s stream ``name`` now that it is
+        ready, unless it was unfollowed meanwhile (``token``)."""
+        if link.error is not None:
+            return  # its subscribe is released by the disconnect
+        if self._to_follow.get(topic) is not token:
+            consumed(None)
+            return
+        del self._to_follow[topic]
+        start: int | str = self._resume.get(topic, "next")
+        tag = link.consume_soon(name, {"x-stream-offset": start}, consumed)
+        self._following[tag] = topic
+        self._tag_of[topic] = tag
 
     def _want(self, topic: str) -> None:
         """Make this node one of ``topic``'s writers (from any greenlet):
@@ -399,6 +507,7 @@ class RabbitMQBroker(BrokerBase):
         for _ in range(3):  # then the tail read fails: reconnect, try again
             if not topics:
                 break
+            self._await_ready(link, topics)
             counts = link.publish(
                 [
                     ("", self._history.name(topic), b"", _fence(fences[topic]))
@@ -407,6 +516,7 @@ class RabbitMQBroker(BrokerBase):
             )
             topics = [topic for topic, n in zip(topics, counts, strict=True) if n == 0]
             for topic in topics:  # returned: the stream is gone, declare it
+                self._checks.forget(self._history.name(topic))
                 link.call(
                     link.channel.queue_declare,
                     queue=self._history.name(topic),
@@ -456,6 +566,32 @@ class RabbitMQBroker(BrokerBase):
                 received[n] = item
         return taken
 
+    def _await_ready(self, link: Link, topics: list[str]) -> None:
+        """In the reader, before appending to the streams of ``topics``:
+        wait until each is ready (``_amqp_ready.py``; a publish to a stream
+        RabbitMQ is still making closes the connection)."""
+        left = [0]
+
+        def checked() -> None:
+            left[0] -= 1
+            link.wake()
+
+        for topic in topics:
+            name = self._history.name(topic)
+            if name not in self._checks.ready:
+                left[0] += 1
+                self._checks.when_ready(name, lambda _ok: self._soon(link, checked))
+        if left[0] > 0:
+            link.wait(lambda: left[0] <= 0, READY_WAIT + CALL_TIMEOUT)
+
+    @staticmethod
+    def _soon(link: Link, callback: t.Callable[[], None]) -> None:
+        """``callback`` in ``link``'s driver (from the stream checker)."""
+        try:
+            link.soon(callback)
+        except Exception:  # noqa: BLE001 - its loop is closed: it is gone
+            pass
+
     def _taking_over(self) -> bool:
         """Whether this node's writer is taking channels over now (or took
         some over within the last second): a read waiting for its answer
@@ -503,6 +639,7 @@ class RabbitMQBroker(BrokerBase):
             # under a new epoch (what went to the old ones went with them).
             for topic in gone:
                 self._sequences.pop(topic, None)
+                self._checks.forget(self._history.name(topic))
                 rule = self.retention(topic)
                 link.call(
                     link.channel.queue_declare,
@@ -539,14 +676,52 @@ class RabbitMQBroker(BrokerBase):
                 )
 
     def _unfollow(self, link: Link, topics: list[str]) -> None:
+        """In the reader: stop delivering ``topics``' streams.
+
+        Their consumers are parked, not cancelled: pika rejects what a
+        consumer receives between its cancel and RabbitMQ's answer, and a
+        stream takes a reject for a connection error (NOT_IMPLEMENTED), so
+        cancelling a consumer of a busy stream would close this connection.
+        A parked consumer's messages are acknowledged and dropped; it is
+        followed again if its topic is (a client coming back), and cancelled
+        when that is safe (``_sweep``)."""
+        now = time.monotonic()
         for topic in topics:
+            self._to_follow.pop(topic, None)
             tag = self._tag_of.pop(topic, None)
             self._resume.pop(topic, None)
-            self._delivered_up_to.pop(topic, None)
+            delivered = self._delivered_up_to.pop(topic, 0)
             if tag is not None:
                 self._following.pop(tag, None)
-                if link.error is None:
-                    link.channel.basic_cancel(tag)
+                self._parked[topic] = tag
+                self._parked_seen[tag] = (now, delivered)
+
+    def _sweep(self, link: Link, now: float) -> None:
+        """In the reader: cancel the parked consumers that nothing can reach
+        before the cancel does.
+
+        That is a stream this node writes (every append goes out on this
+        connection, from this reader, so after the cancel) whose consumer
+        has received the last event appended, quiet ``_PARKED_QUIET`` s
+        (a client may come back meanwhile). "Quiet for a while" alone is no
+        such promise: the recovery storm broadcast to a channel right as
+        its consumer was cancelled, and the reject closed the connection.
+        Those of streams other nodes write stay until the connection goes."""
+        if link.error is not None:
+            return
+        for topic, tag in list(self._parked.items()):
+            seen, last = self._parked_seen[tag]
+            sequence = self._sequences.get(topic)
+            if (
+                now - seen >= _PARKED_QUIET
+                and sequence is not None
+                and last >= sequence.last
+            ):
+                del self._parked[topic]
+                del self._parked_seen[tag]
+                # With a callback: pika forgets it at the answer (a nowait
+                # cancel's tag stays, and anything later is rejected).
+                link.channel.basic_cancel(tag, callback=lambda _frame: None)
 
     def _release(self, done: _Bound) -> None:
         self._waiting.discard(done)
@@ -579,7 +754,7 @@ class RabbitMQBroker(BrokerBase):
             # the link, so it can wait here (deliveries meanwhile queue up in
             # order), and what on_message publishes next finds the binding.
             start()
-            link.wait(done.is_set, CALL_TIMEOUT)
+            link.wait(done.is_set, READY_WAIT + CALL_TIMEOUT)
             return None
         self._waiting.update((bound, followed))
         link.soon(start)
@@ -612,6 +787,8 @@ class RabbitMQBroker(BrokerBase):
                 ticked = now
                 if not self._tick():
                     return
+                if self._parked_seen:
+                    self._sweep(link, now)
             link.receive(max(0.0, ticked + _TICK - now))
             unacked = last = 0
             received: list[tuple[str, bytes, t.Any]] = []  # from inboxes
@@ -622,6 +799,10 @@ class RabbitMQBroker(BrokerBase):
                     received.extend((topic, *event) for event in unpack(body, headers))
                 elif headers and tag in self._following:  # a kept topic's stream
                     self._follow_one(self._following[tag], body, headers)
+                elif tag in self._parked_seen:  # no longer followed: dropped
+                    offset = headers.get("o", -1) if headers else -1
+                    highest = max(self._parked_seen[tag][1], offset)
+                    self._parked_seen[tag] = (time.monotonic(), highest)
                 else:
                     topic = self._topic_of.get(key)
                     if topic is not None:  # else unsubscribed since it was routed
@@ -825,6 +1006,8 @@ class RabbitMQBroker(BrokerBase):
             reader.close()
         for reader in self._tail_readers:
             reader.close()
+        if self._closed:
+            self._checks.close()
         waiting, self._waiting = self._waiting, set()
         for done in waiting:
             done.event.set()  # recorded: bound again on reconnect
@@ -852,6 +1035,8 @@ class RabbitMQBroker(BrokerBase):
         self._inbox_calls = 0
         self._shared = SharedReads(self._read_round)  # the parent's rounds
         self._following, self._tag_of, self._resume = {}, {}, {}
+        self._to_follow, self._parked, self._parked_seen = {}, {}, {}
+        self._checks = StreamChecks(self._checking_link)
         self._delivered_up_to, self._writes, self._writing = {}, set(), {}
         self._sequences, self._inboxes = {}, set()
         self._held = HeldTails()
