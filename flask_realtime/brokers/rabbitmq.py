@@ -709,6 +709,8 @@ class RabbitMQBroker(BrokerBase):
         Those of streams other nodes write stay until the connection goes."""
         if link.error is not None:
             return
+        answered: list[object] = []
+        sent = 0
         for topic, tag in list(self._parked.items()):
             seen, last = self._parked_seen[tag]
             sequence = self._sequences.get(topic)
@@ -721,7 +723,16 @@ class RabbitMQBroker(BrokerBase):
                 del self._parked_seen[tag]
                 # With a callback: pika forgets it at the answer (a nowait
                 # cancel's tag stays, and anything later is rejected).
-                link.channel.basic_cancel(tag, callback=lambda _frame: None)
+                link.channel.basic_cancel(
+                    tag, callback=lambda frame: link.wake(answered.append(frame))
+                )
+                sent += 1
+        if sent:
+            # Nothing is appended before RabbitMQ has taken the cancels: pika
+            # holds a cancel back behind the channel's calls still waiting
+            # for their answers (a storm's follows), but sends a publish at
+            # once, which would then reach the consumer and be rejected.
+            link.wait(lambda: len(answered) >= sent, CALL_TIMEOUT)
 
     def _release(self, done: _Bound) -> None:
         self._waiting.discard(done)
