@@ -358,6 +358,15 @@ class RabbitMQBroker(BrokerBase):
             rule = self.retention(topic)
             assert rule is not None
             token = self._to_follow[topic] = object()
+            if name in self._checks.ready:
+                # Known to run: the declare (which makes it again if it was
+                # deleted) without waiting for its answer, and the consume
+                # right behind it, as a reconnecting storm's follows need.
+                link.channel.queue_declare(
+                    name, durable=True, arguments=arguments(rule)
+                )
+                self._consume_stream(link, topic, name, token, consumed)
+                continue
 
             def declared(
                 _frame: object,
