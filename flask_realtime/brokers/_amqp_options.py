@@ -94,9 +94,11 @@ class Options:
         # Retries and their pace are the base's; an attempt must fail fast.
         params.connection_attempts, params.retry_delay = 1, 0
         params.socket_timeout = params.stack_timeout = CONNECT_TIMEOUT
-        if role == "publisher":
-            # Nobody pumps an idle publisher, so it could not answer
-            # heartbeats; a dead one is found by the next publish instead.
+        if role in ("publisher", "history"):
+            # Nobody pumps an idle publisher (nor an idle history connection:
+            # no read for minutes), so it could not answer heartbeats, and
+            # RabbitMQ reset it (a 1,000-channel recovery storm's reads got
+            # 503s); a dead one is found by the next publish or read instead.
             params.heartbeat = 0
         params.client_properties = {
             "connection_name": f"flask_realtime {role} {socket.gethostname()}"

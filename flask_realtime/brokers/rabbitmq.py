@@ -311,7 +311,7 @@ class RabbitMQBroker(BrokerBase):
     def _bind(self, link: Link, keys: list[str], done: _Bound) -> None:
         """In the reader: bind ``keys``; ``done`` is set once they are in place."""
         if not keys or link.error is not None:
-            done.event.set()
+            self._release(done)
             return
         queue, exchange = self._queue, self._options.exchange
         # Without a callback pika sends a bind nowait: all go in one stream,
@@ -358,6 +358,15 @@ class RabbitMQBroker(BrokerBase):
             rule = self.retention(topic)
             assert rule is not None
             token = self._to_follow[topic] = object()
+            if name in self._checks.ready:
+                # Known to run: the declare (which makes it again if it was
+                # deleted) without waiting for its answer, and the consume
+                # right behind it, as a reconnecting storm's follows need.
+                link.channel.queue_declare(
+                    name, durable=True, arguments=arguments(rule)
+                )
+                self._consume_stream(link, topic, name, token, consumed)
+                continue
 
             def declared(
                 _frame: object,
@@ -707,8 +716,9 @@ class RabbitMQBroker(BrokerBase):
         such promise: the recovery storm broadcast to a channel right as
         its consumer was cancelled, and the reject closed the connection.
         Those of streams other nodes write stay until the connection goes."""
-        if link.error is not None:
-            return
+        if link.error is not None or self._waiting or self._to_follow:
+            return  # not while follows wait for answers (a storm): later
+        tags: set[str] = set()
         for topic, tag in list(self._parked.items()):
             seen, last = self._parked_seen[tag]
             sequence = self._sequences.get(topic)
@@ -722,6 +732,23 @@ class RabbitMQBroker(BrokerBase):
                 # With a callback: pika forgets it at the answer (a nowait
                 # cancel's tag stays, and anything later is rejected).
                 link.channel.basic_cancel(tag, callback=lambda _frame: None)
+                tags.add(tag)
+        if tags:
+            # Nothing is appended before RabbitMQ has taken the cancels: pika
+            # holds a cancel back behind the channel's calls still waiting
+            # for their answers (a storm's follows), but sends a publish at
+            # once, which would then reach the consumer and be rejected.
+            # (pika calls every cancel's callback at the first answer: the
+            # consumers it still has tell, looked at every few ms.)
+            ends = time.monotonic() + CALL_TIMEOUT
+
+            def cancelled() -> bool:
+                return tags.isdisjoint(link.channel.consumer_tags)
+
+            while not cancelled():
+                if time.monotonic() > ends:
+                    raise LinkLost("cancelling parked stream consumers timed out")
+                link.wait(cancelled, 0.005, expire=False)
 
     def _release(self, done: _Bound) -> None:
         self._waiting.discard(done)
