@@ -5,6 +5,7 @@ round from how it stored them (see ``brokers/_nats_link.py``)."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import typing as t
 from collections import deque
 
@@ -37,6 +38,13 @@ def _received(link: Link) -> list[bytes]:
     return [data for _, data in link.inbox]
 
 
+def _run(make: t.Callable[[], t.Awaitable[t.Any]]) -> t.Any:
+    """``asyncio.run`` on a thread of its own: the browser tests' Playwright
+    leaves an event loop running in the main thread, where it refuses."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(lambda: asyncio.run(make())).result(timeout=30)
+
+
 def test_a_message_that_comes_before_the_one_stored_ahead_of_it_waits() -> None:
     async def run() -> list[bytes]:
         link = _link()
@@ -47,7 +55,7 @@ def test_a_message_that_comes_before_the_one_stored_ahead_of_it_waits() -> None:
         await _arrive(link, 15, 14, b"d")
         return _received(link)
 
-    assert asyncio.run(run()) == [b"a", b"b", b"c", b"d"]
+    assert _run(run) == [b"a", b"b", b"c", b"d"]
 
 
 def test_a_message_whose_predecessor_never_comes_goes_after_a_while(
@@ -67,7 +75,7 @@ def test_a_message_whose_predecessor_never_comes_goes_after_a_while(
         seen.append(_received(link))
         return seen
 
-    before, after, later = asyncio.run(run())
+    before, after, later = _run(run)
     assert before == [b"a"]
     assert after == [b"a", b"c", b"d"]
     assert later == [b"a", b"c", b"d", b"e"]
@@ -81,4 +89,4 @@ def test_plain_messages_and_the_first_kept_one_go_at_once() -> None:
         await _arrive(link, 20, 18, b"first")  # nothing placed before it here
         return _received(link)
 
-    assert asyncio.run(run()) == [b"plain", b"first"]
+    assert _run(run) == [b"plain", b"first"]
