@@ -44,8 +44,22 @@ def get(server: Server, path: str, **params: t.Any) -> t.Any:
 
 
 def clients_on_every_node(cluster: Cluster, per_instance: int = 6) -> list[Client]:
-    """Enough connections that each instance's two workers surely hold some."""
-    return [ws(server) for server in cluster.instances for _ in range(per_instance)]
+    """At least ``per_instance`` connections per instance, on every worker.
+
+    Which worker accepts a connection is the kernel's choice, and one busy
+    worker can leave all of a few to the other: connect more until every
+    worker holds one (a bounded number of tries).
+    """
+    clients: list[Client] = []
+    for server in cluster.instances:
+        mine = [ws(server) for _ in range(per_instance)]
+        while len({node_of(c) for c in mine}) < server.workers and len(mine) < 60:
+            mine.append(ws(server))
+        assert len({node_of(c) for c in mine}) == server.workers, (
+            f"{len(mine)} connections to {server} all reached one worker"
+        )
+        clients += mine
+    return clients
 
 
 def node_of(client: Client) -> str:
