@@ -21,7 +21,7 @@ import typing as t
 
 import pika
 
-from flask_realtime.brokers import _history, rabbitmq
+from flask_realtime.brokers import _amqp_follow, _history
 from flask_realtime.brokers._amqp import Link
 from flask_realtime.brokers._amqp_history import arguments
 from flask_realtime.brokers.interface import Retention
@@ -151,8 +151,8 @@ def test_unfollowing_a_busy_stream_never_costs_the_consumer_connection(
         thread.join()
     broker.subscribe("c:plain")  # a round trip on the consumer connection
     assert broker._consumer is consumer
-    assert broker._parked  # still there: the stream was busy a moment ago
-    monkeypatch.setattr(rabbitmq, "_PARKED_QUIET", 0.2)
-    wait_until(lambda: not broker._parked)  # quiet now: cancelled
+    assert broker._streams.parked  # still there: the stream was busy a moment ago
+    monkeypatch.setattr(_amqp_follow, "_PARKED_QUIET", 0.2)
+    wait_until(lambda: not broker._streams.parked)  # quiet now: cancelled
     broker.subscribe("c:plain.2")
     assert broker._consumer is consumer

@@ -36,8 +36,9 @@ import pika.exceptions
 from .._runtime import event
 from ..config import Settings
 from ._amqp import CALL_TIMEOUT, Link, Outgoing
+from ._amqp_follow import StreamFollows
+from ._amqp_held import HeldTails
 from ._amqp_history import (
-    HeldTails,
     StreamHistory,
     Tail,
     arguments,
@@ -52,7 +53,7 @@ from ._amqp_history import (
 from ._amqp_options import Options
 from ._amqp_options import routing_key as routing_key
 from ._amqp_ready import READY_WAIT, StreamChecks
-from ._history import new_epoch, stamp
+from ._history import new_epoch
 from ._shared_reads import Answer, Ask, SharedReads
 from .base import BrokerBase, LinkLost, MessageCallback
 from .interface import Position, Retention
@@ -60,9 +61,6 @@ from .interface import Position, Retention
 log = logging.getLogger("flask_realtime")
 
 _TICK = 1.0  # the reader looks up at least this often
-# A stream consumer no longer followed is kept this long at least, for its
-# channel's clients to come back (``_unfollow``, ``_sweep``).
-_PARKED_QUIET = 5.0
 _NOT_FOUND = 404
 _STREAMS_LOST_AFTER = 30.0  # s of NOT_FOUND for a stream at every connect
 _STREAMS_LOST = (
@@ -177,23 +175,12 @@ class RabbitMQBroker(BrokerBase):
         ]
         self._tails = self._tail_readers[0]
         self._inbox_calls = 0  # inbox consumes asked for, not yet answered
-        # Kept topics: consumer tag -> topic and back, the stream offset each
-        # resumes from after a reconnect, the last offset delivered.
-        self._following: dict[str, str] = {}
-        self._tag_of: dict[str, str] = {}
-        # Follows waiting for their stream to be ready (``_amqp_ready.py``):
-        # topic -> the follow's token (an unfollow meanwhile drops it).
-        self._to_follow: dict[str, object] = {}
-        # Stream consumers no longer followed (``_unfollow``): topic -> tag,
-        # and tag -> (when it last received, the last offset it received).
-        self._parked: dict[str, str] = {}
-        self._parked_seen: dict[str, tuple[float, int]] = {}
         # Streams checked before the consumer connection uses them.
         self._checks = StreamChecks(self._checking_link)
+        # Kept topics' streams followed (``_amqp_follow.py``).
+        self._streams = self._stream_follows()
         self._not_found_since: float | None = None  # see _streams_lost
         self._said_streams_lost = False
-        self._resume: dict[str, int] = {}
-        self._delivered_up_to: dict[str, int] = {}
         # Writing (module docstring of _amqp_history): the topics whose inbox
         # this node consumes, inbox consumer tag -> topic, the numbering of
         # those it is the active writer of, inboxes declared by the publisher.
@@ -261,8 +248,7 @@ class RabbitMQBroker(BrokerBase):
             link.consume(self._queue)
             # Consumers made from now on, of streams; 0 (no limit) is refused.
             link.call(channel.basic_qos, prefetch_count=_STREAM_PREFETCH)
-            self._following, self._tag_of, self._to_follow = {}, {}, {}
-            self._parked, self._parked_seen = {}, {}
+            self._streams.connected()
             # New consumers of the inboxes: where the numbering is, read anew.
             self._writing, self._sequences = {}, {}
             self._inbox_calls = 0
@@ -327,88 +313,29 @@ class RabbitMQBroker(BrokerBase):
         if self._options.keeps_queue:
             self._bound.update(keys)
 
+    def _stream_follows(self) -> StreamFollows:
+        """The consumer connection's stream consumers (``_amqp_follow.py``)."""
+        return StreamFollows(
+            self._checks,
+            self._history.name,
+            lambda topic: self.retention(topic),  # the node sets it later
+            self._deliver,
+            self._written,
+            self._soon,
+        )
+
     def _follow(self, link: Link, topics: list[str], done: _Bound) -> None:
-        """In the reader: consume each kept topic's stream from where its
-        delivery stopped (new ones from the end), once the stream is ready
-        (``_amqp_ready.py``: a consume too early would close this
-        connection); ``done`` once all are."""
-        if not topics or link.error is not None:
-            self._release(done)
-            link.wake()
-            return
-        self._consume_inboxes(link, topics)  # a followed topic has a writer
-        left = [len(topics)]
+        """In the reader: follow the streams of ``topics`` (each has a
+        writer: this node becomes one); ``done`` once all are followed."""
+        if topics and link.error is None:
+            self._consume_inboxes(link, topics)
+        self._streams.follow(link, topics, lambda: self._release(done))
 
-        def consumed(_tag: str | None = None) -> None:
-            left[0] -= 1
-            if not left[0]:
-                self._release(done)
-                link.wake()
-
-        for topic in topics:
-            parked = self._parked.pop(topic, None)
-            if parked is not None:  # followed again: where it is, it goes on
-                del self._parked_seen[parked]
-                self._to_follow.pop(topic, None)
-                self._following[parked] = topic
-                self._tag_of[topic] = parked
-                consumed(None)
-                continue
-            name = self._history.name(topic)
-            rule = self.retention(topic)
-            assert rule is not None
-            token = self._to_follow[topic] = object()
-            if name in self._checks.ready:
-                # Known to run: the declare (which makes it again if it was
-                # deleted) without waiting for its answer, and the consume
-                # right behind it, as a reconnecting storm's follows need.
-                link.channel.queue_declare(
-                    name, durable=True, arguments=arguments(rule)
-                )
-                self._consume_stream(link, topic, name, token, consumed)
-                continue
-
-            def declared(
-                _frame: object,
-                topic: str = topic,
-                name: str = name,
-                token: object = token,
-            ) -> None:
-                self._checks.when_ready(
-                    name,
-                    lambda _ok: self._soon(
-                        link,
-                        lambda: self._consume_stream(
-                            link, topic, name, token, consumed
-                        ),
-                    ),
-                )
-
-            # pika sends a channel's synchronous methods one after another.
-            link.channel.queue_declare(
-                name, durable=True, arguments=arguments(rule), callback=declared
-            )
-
-    def _consume_stream(
-        self,
-        link: Link,
-        topic: str,
-        name: str,
-        token: object,
-        consumed: t.Callable[[str | None], None],
-    ) -> None:
-        """In the reader: follow ``topic``'s stream ``name`` now that it is
-        ready, unless it was unfollowed meanwhile (``token``)."""
-        if link.error is not None:
-            return  # its subscribe is released by the disconnect
-        if self._to_follow.get(topic) is not token:
-            consumed(None)
-            return
-        del self._to_follow[topic]
-        start: int | str = self._resume.get(topic, "next")
-        tag = link.consume_soon(name, {"x-stream-offset": start}, consumed)
-        self._following[tag] = topic
-        self._tag_of[topic] = tag
+    def _written(self, topic: str) -> int | None:
+        """The last offset this node appended to ``topic``'s stream, when it
+        is its writer (None: it is not)."""
+        sequence = self._sequences.get(topic)
+        return None if sequence is None else sequence.last
 
     def _want(self, topic: str) -> None:
         """Make this node one of ``topic``'s writers (from any greenlet):
@@ -684,72 +611,6 @@ class RabbitMQBroker(BrokerBase):
                     topic, rule, headers["e"], headers["o"], headers["t"], body
                 )
 
-    def _unfollow(self, link: Link, topics: list[str]) -> None:
-        """In the reader: stop delivering ``topics``' streams.
-
-        Their consumers are parked, not cancelled: pika rejects what a
-        consumer receives between its cancel and RabbitMQ's answer, and a
-        stream takes a reject for a connection error (NOT_IMPLEMENTED), so
-        cancelling a consumer of a busy stream would close this connection.
-        A parked consumer's messages are acknowledged and dropped; it is
-        followed again if its topic is (a client coming back), and cancelled
-        when that is safe (``_sweep``)."""
-        now = time.monotonic()
-        for topic in topics:
-            self._to_follow.pop(topic, None)
-            tag = self._tag_of.pop(topic, None)
-            self._resume.pop(topic, None)
-            delivered = self._delivered_up_to.pop(topic, 0)
-            if tag is not None:
-                self._following.pop(tag, None)
-                self._parked[topic] = tag
-                self._parked_seen[tag] = (now, delivered)
-
-    def _sweep(self, link: Link, now: float) -> None:
-        """In the reader: cancel the parked consumers that nothing can reach
-        before the cancel does.
-
-        That is a stream this node writes (every append goes out on this
-        connection, from this reader, so after the cancel) whose consumer
-        has received the last event appended, quiet ``_PARKED_QUIET`` s
-        (a client may come back meanwhile). "Quiet for a while" alone is no
-        such promise: the recovery storm broadcast to a channel right as
-        its consumer was cancelled, and the reject closed the connection.
-        Those of streams other nodes write stay until the connection goes."""
-        if link.error is not None or self._waiting or self._to_follow:
-            return  # not while follows wait for answers (a storm): later
-        tags: set[str] = set()
-        for topic, tag in list(self._parked.items()):
-            seen, last = self._parked_seen[tag]
-            sequence = self._sequences.get(topic)
-            if (
-                now - seen >= _PARKED_QUIET
-                and sequence is not None
-                and last >= sequence.last
-            ):
-                del self._parked[topic]
-                del self._parked_seen[tag]
-                # With a callback: pika forgets it at the answer (a nowait
-                # cancel's tag stays, and anything later is rejected).
-                link.channel.basic_cancel(tag, callback=lambda _frame: None)
-                tags.add(tag)
-        if tags:
-            # Nothing is appended before RabbitMQ has taken the cancels: pika
-            # holds a cancel back behind the channel's calls still waiting
-            # for their answers (a storm's follows), but sends a publish at
-            # once, which would then reach the consumer and be rejected.
-            # (pika calls every cancel's callback at the first answer: the
-            # consumers it still has tell, looked at every few ms.)
-            ends = time.monotonic() + CALL_TIMEOUT
-
-            def cancelled() -> bool:
-                return tags.isdisjoint(link.channel.consumer_tags)
-
-            while not cancelled():
-                if time.monotonic() > ends:
-                    raise LinkLost("cancelling parked stream consumers timed out")
-                link.wait(cancelled, 0.005, expire=False)
-
     def _release(self, done: _Bound) -> None:
         self._waiting.discard(done)
         done.event.set()
@@ -796,12 +657,11 @@ class RabbitMQBroker(BrokerBase):
             raise LinkLost("not connected")
         kept = [topic for topic in topics if self.retention(topic) is not None]
         keys = [routing_key(topic) for topic in topics if topic not in kept]
-        for topic in kept:  # nothing of theirs is delivered from now on
-            self._following.pop(self._tag_of.get(topic, ""), None)
+        self._streams.stop_delivering(kept)
 
         def stop() -> None:
             self._unbind(link, keys)
-            self._unfollow(link, kept)
+            self._streams.unfollow(kept)
 
         link.soon(stop)
 
@@ -814,8 +674,7 @@ class RabbitMQBroker(BrokerBase):
                 ticked = now
                 if not self._tick():
                     return
-                if self._parked_seen:
-                    self._sweep(link, now)
+                self._streams.sweep(link, now, busy=bool(self._waiting))
             link.receive(max(0.0, ticked + _TICK - now))
             unacked = last = 0
             received: list[tuple[str, bytes, t.Any]] = []  # from inboxes
@@ -824,12 +683,8 @@ class RabbitMQBroker(BrokerBase):
                 if tag in self._writing:
                     topic = self._writing[tag]
                     received.extend((topic, *event) for event in unpack(body, headers))
-                elif headers and tag in self._following:  # a kept topic's stream
-                    self._follow_one(self._following[tag], body, headers)
-                elif tag in self._parked_seen:  # no longer followed: dropped
-                    offset = headers.get("o", -1) if headers else -1
-                    highest = max(self._parked_seen[tag][1], offset)
-                    self._parked_seen[tag] = (time.monotonic(), highest)
+                elif self._streams.received(tag, body, headers):
+                    pass  # a kept topic's stream (_amqp_follow.py)
                 else:
                     topic = self._topic_of.get(key)
                     if topic is not None:  # else unsubscribed since it was routed
@@ -848,18 +703,6 @@ class RabbitMQBroker(BrokerBase):
                 unacked += 1
             if unacked:
                 link.channel.basic_ack(last, multiple=True)
-
-    def _follow_one(self, topic: str, body: bytes, headers: dict[str, t.Any]) -> None:
-        """One message of a followed stream: delivered stamped with its
-        offset, unless it is the marker or was delivered already."""
-        self._resume[topic] = headers["x-stream-offset"] + 1
-        offset = headers.get("o")
-        if offset is None or "m" in headers:
-            return
-        if offset <= self._delivered_up_to.get(topic, 0):
-            return  # appended twice (a writer's hand-over raced a write)
-        self._delivered_up_to[topic] = offset
-        self._deliver(topic, stamp(body, offset))
 
     # -- the publisher (one driver at a time) ----------------------------------------
 
@@ -1061,10 +904,9 @@ class RabbitMQBroker(BrokerBase):
             reader.drop()
         self._inbox_calls = 0
         self._shared = SharedReads(self._read_round)  # the parent's rounds
-        self._following, self._tag_of, self._resume = {}, {}, {}
-        self._to_follow, self._parked, self._parked_seen = {}, {}, {}
         self._checks = StreamChecks(self._checking_link)
-        self._delivered_up_to, self._writes, self._writing = {}, set(), {}
+        self._streams = self._stream_follows()
+        self._writes, self._writing = set(), {}
         self._sequences, self._inboxes = {}, set()
         self._held = HeldTails()
         self._node = new_epoch()  # ids unique per process

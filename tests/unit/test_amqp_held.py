@@ -1,12 +1,12 @@
-"""The RabbitMQ writer's copy of a tail (``_amqp_history.HeldTails``): what
+"""The RabbitMQ writer's copy of a tail (``_amqp_held.HeldTails``): what
 it holds, and what it puts in an answer to a read's question."""
 
 from __future__ import annotations
 
 import pytest
 
-from flask_realtime.brokers import _amqp_history
-from flask_realtime.brokers._amqp_history import HeldTails, unpack_held
+from flask_realtime.brokers import _amqp_held
+from flask_realtime.brokers._amqp_held import HeldTails, unpack_held
 from flask_realtime.brokers.interface import Retention
 
 RULE = Retention(size=5, ttl=60.0)
@@ -61,7 +61,7 @@ def test_a_hole_or_a_new_epoch_starts_the_copy_again() -> None:
 def test_the_bytes_held_are_bounded_least_lately_appended_first(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(_amqp_history, "HELD_BYTES", 3 * len(body(1)) * 5)
+    monkeypatch.setattr(_amqp_held, "HELD_BYTES", 3 * len(body(1)) * 5)
     tails = HeldTails()
     for topic in ("a", "b", "c"):
         fill(tails, topic, range(1, 6))  # full
@@ -71,4 +71,4 @@ def test_the_bytes_held_are_bounded_least_lately_appended_first(
     assert held(tails, "a", w=2, last=6) == [2, 3, 4, 5, 6]
     assert held(tails, "c", w=1, last=5) == [1, 2, 3, 4, 5]
     assert held(tails, "d", w=1, last=5) == [1, 2, 3, 4, 5]
-    assert tails.size <= _amqp_history.HELD_BYTES
+    assert tails.size <= _amqp_held.HELD_BYTES

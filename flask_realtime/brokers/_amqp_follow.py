@@ -1,0 +1,248 @@
+"""Following kept topics' streams on the RabbitMQ consumer connection.
+
+A node delivers a kept topic's events from its stream queue: one stream
+consumer per followed topic on the node's consumer connection, started
+where delivery stopped before a reconnect (new ones from the end), once
+RabbitMQ has finished making the stream (``_amqp_ready.py``: a consume too
+early would close the connection). Each message is delivered stamped with
+its offset, at most once and in order.
+
+A consumer no longer followed is parked, not cancelled: pika rejects what a
+consumer receives between its cancel and RabbitMQ's answer, and a stream
+takes a reject for a connection error (NOT_IMPLEMENTED), so cancelling a
+consumer of a busy stream would close the connection. A parked consumer's
+messages are acknowledged and dropped; it is followed again if its topic
+is (a client coming back), and cancelled once that is safe (``sweep``).
+
+Everything here runs in the broker's reader (the consumer connection's one
+driver), except :meth:`StreamFollows.stop_delivering`.
+"""
+
+from __future__ import annotations
+
+import time
+import typing as t
+
+from ._amqp import CALL_TIMEOUT, Link
+from ._amqp_history import arguments
+from ._amqp_ready import StreamChecks
+from ._history import stamp
+from ._support import LinkLost
+from .interface import Retention
+
+# A stream consumer no longer followed is kept this long at least, for its
+# channel's clients to come back (``unfollow``, ``sweep``).
+_PARKED_QUIET = 5.0
+
+
+class StreamFollows:
+    """The stream consumers of one node's consumer connection.
+
+    ``name(topic)`` is a kept topic's stream, ``retention(topic)`` its rule,
+    ``deliver(topic, data)`` hands an event to the node, ``written(topic)``
+    is the last offset this node appended to the topic's stream as its
+    writer (None when it is not the writer), ``soon(link, callback)`` runs
+    a callback in the link's driver from the stream checker."""
+
+    def __init__(
+        self,
+        checks: StreamChecks,
+        name: t.Callable[[str], str],
+        retention: t.Callable[[str], Retention | None],
+        deliver: t.Callable[[str, bytes], None],
+        written: t.Callable[[str], int | None],
+        soon: t.Callable[[Link, t.Callable[[], None]], None],
+    ) -> None:
+        self._checks = checks
+        self._name = name
+        self._retention = retention
+        self._deliver = deliver
+        self._written = written
+        self._soon = soon
+        # Consumer tag -> topic and back, the stream offset each resumes
+        # from after a reconnect, the last offset delivered.
+        self.following: dict[str, str] = {}
+        self._tag_of: dict[str, str] = {}
+        self._resume: dict[str, int] = {}
+        self._delivered_up_to: dict[str, int] = {}
+        # Follows waiting for their stream to be ready (``_amqp_ready.py``):
+        # topic -> the follow's token (an unfollow meanwhile drops it).
+        self.to_follow: dict[str, object] = {}
+        # Stream consumers no longer followed (``unfollow``): topic -> tag,
+        # and tag -> (when it last received, the last offset it received).
+        self.parked: dict[str, str] = {}
+        self._parked_seen: dict[str, tuple[float, int]] = {}
+
+    def connected(self) -> None:
+        """A new consumer connection: no consumer yet (where each topic's
+        delivery stopped is kept, to resume from)."""
+        self.following, self._tag_of, self.to_follow = {}, {}, {}
+        self.parked, self._parked_seen = {}, {}
+
+    def follow(self, link: Link, topics: list[str], done: t.Callable[[], None]) -> None:
+        """Consume each of ``topics``' streams from where its delivery
+        stopped (new ones from the end), once the stream is ready;
+        ``done()`` once all are (then the link is woken)."""
+        if not topics or link.error is not None:
+            done()
+            link.wake()
+            return
+        left = [len(topics)]
+
+        def consumed(_tag: str | None = None) -> None:
+            left[0] -= 1
+            if not left[0]:
+                done()
+                link.wake()
+
+        for topic in topics:
+            parked = self.parked.pop(topic, None)
+            if parked is not None:  # followed again: where it is, it goes on
+                del self._parked_seen[parked]
+                self.to_follow.pop(topic, None)
+                self.following[parked] = topic
+                self._tag_of[topic] = parked
+                consumed(None)
+                continue
+            name = self._name(topic)
+            rule = self._retention(topic)
+            assert rule is not None
+            token = self.to_follow[topic] = object()
+            if name in self._checks.ready:
+                # Known to run: the declare (which makes it again if it was
+                # deleted) without waiting for its answer, and the consume
+                # right behind it, as a reconnecting storm's follows need.
+                link.channel.queue_declare(
+                    name, durable=True, arguments=arguments(rule)
+                )
+                self._consume(link, topic, name, token, consumed)
+                continue
+
+            def declared(
+                _frame: object,
+                topic: str = topic,
+                name: str = name,
+                token: object = token,
+            ) -> None:
+                self._checks.when_ready(
+                    name,
+                    lambda _ok: self._soon(
+                        link,
+                        lambda: self._consume(link, topic, name, token, consumed),
+                    ),
+                )
+
+            # pika sends a channel's synchronous methods one after another.
+            link.channel.queue_declare(
+                name, durable=True, arguments=arguments(rule), callback=declared
+            )
+
+    def _consume(
+        self,
+        link: Link,
+        topic: str,
+        name: str,
+        token: object,
+        consumed: t.Callable[[str | None], None],
+    ) -> None:
+        """Follow ``topic``'s stream ``name`` now that it is ready, unless
+        it was unfollowed meanwhile (``token``)."""
+        if link.error is not None:
+            return  # its subscribe is released by the disconnect
+        if self.to_follow.get(topic) is not token:
+            consumed(None)
+            return
+        del self.to_follow[topic]
+        start: int | str = self._resume.get(topic, "next")
+        tag = link.consume_soon(name, {"x-stream-offset": start}, consumed)
+        self.following[tag] = topic
+        self._tag_of[topic] = tag
+
+    def stop_delivering(self, topics: list[str]) -> None:
+        """From any greenlet: nothing of ``topics`` is delivered from now on
+        (their consumers are parked later, by :meth:`unfollow`)."""
+        for topic in topics:
+            self.following.pop(self._tag_of.get(topic, ""), None)
+
+    def received(self, tag: str, body: bytes, headers: dict[str, t.Any] | None) -> bool:
+        """One delivery: whether it was a stream consumer's (followed:
+        delivered; parked: dropped), else it is none of these."""
+        if tag in self.following:
+            if headers:
+                self._follow_one(self.following[tag], body, headers)
+            return True
+        if tag in self._parked_seen:  # no longer followed: dropped
+            offset = headers.get("o", -1) if headers else -1
+            highest = max(self._parked_seen[tag][1], offset)
+            self._parked_seen[tag] = (time.monotonic(), highest)
+            return True
+        return False
+
+    def _follow_one(self, topic: str, body: bytes, headers: dict[str, t.Any]) -> None:
+        """One message of a followed stream: delivered stamped with its
+        offset, unless it is the marker or was delivered already."""
+        self._resume[topic] = headers["x-stream-offset"] + 1
+        offset = headers.get("o")
+        if offset is None or "m" in headers:
+            return
+        if offset <= self._delivered_up_to.get(topic, 0):
+            return  # appended twice (a writer's hand-over raced a write)
+        self._delivered_up_to[topic] = offset
+        self._deliver(topic, stamp(body, offset))
+
+    def unfollow(self, topics: list[str]) -> None:
+        """Stop delivering ``topics``' streams: their consumers are parked
+        (see the module docstring)."""
+        now = time.monotonic()
+        for topic in topics:
+            self.to_follow.pop(topic, None)
+            tag = self._tag_of.pop(topic, None)
+            self._resume.pop(topic, None)
+            delivered = self._delivered_up_to.pop(topic, 0)
+            if tag is not None:
+                self.following.pop(tag, None)
+                self.parked[topic] = tag
+                self._parked_seen[tag] = (now, delivered)
+
+    def sweep(self, link: Link, now: float, busy: bool) -> None:
+        """Cancel the parked consumers that nothing can reach before the
+        cancel does (not while ``busy``: subscribes wait for answers).
+
+        That is a stream this node writes (every append goes out on this
+        connection, from this reader, so after the cancel) whose consumer
+        has received the last event appended, quiet ``_PARKED_QUIET`` s
+        (a client may come back meanwhile). "Quiet for a while" alone is no
+        such promise: the recovery storm broadcast to a channel right as
+        its consumer was cancelled, and the reject closed the connection.
+        Those of streams other nodes write stay until the connection goes."""
+        if not self._parked_seen or link.error is not None or busy:
+            return
+        if self.to_follow:
+            return  # not while follows wait for answers (a storm): later
+        tags: set[str] = set()
+        for topic, tag in list(self.parked.items()):
+            seen, last = self._parked_seen[tag]
+            written = self._written(topic)
+            if now - seen >= _PARKED_QUIET and written is not None and last >= written:
+                del self.parked[topic]
+                del self._parked_seen[tag]
+                # With a callback: pika forgets it at the answer (a nowait
+                # cancel's tag stays, and anything later is rejected).
+                link.channel.basic_cancel(tag, callback=lambda _frame: None)
+                tags.add(tag)
+        if tags:
+            # Nothing is appended before RabbitMQ has taken the cancels: pika
+            # holds a cancel back behind the channel's calls still waiting
+            # for their answers (a storm's follows), but sends a publish at
+            # once, which would then reach the consumer and be rejected.
+            # (pika calls every cancel's callback at the first answer: the
+            # consumers it still has tell, looked at every few ms.)
+            ends = time.monotonic() + CALL_TIMEOUT
+
+            def cancelled() -> bool:
+                return tags.isdisjoint(link.channel.consumer_tags)
+
+            while not cancelled():
+                if time.monotonic() > ends:
+                    raise LinkLost("cancelling parked stream consumers timed out")
+                link.wait(cancelled, 0.005, expire=False)
