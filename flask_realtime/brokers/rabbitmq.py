@@ -65,10 +65,10 @@ _NOT_FOUND = 404
 _STREAMS_LOST_AFTER = 30.0  # s of NOT_FOUND for a stream at every connect
 _STREAMS_LOST = (
     "RabbitMQ has lost its stream queues (NOT_FOUND for a history stream at"
-    f" every connect for over {_STREAMS_LOST_AFTER:.0f} s: most likely its"
-    " stream coordinator was not restarted, as after a kill within seconds of"
-    " the first stream declared); delete the realtime history stream queues"
-    " (rabbitmqctl delete_queue) or reset RabbitMQ, then restart it"
+    " every connect for over {after:g} s: most likely its stream coordinator"
+    " was not restarted, as after a kill within seconds of the first stream"
+    " declared); delete the realtime history stream queues (rabbitmqctl"
+    " delete_queue) or reset RabbitMQ, then restart it"
 )
 _STREAM_PREFETCH = 500  # per stream consumer (RabbitMQ requires one)
 _READ_LINKS = 4  # history connections per process at most
@@ -180,6 +180,7 @@ class RabbitMQBroker(BrokerBase):
         # Kept topics' streams followed (``_amqp_follow.py``).
         self._streams = self._stream_follows()
         self._not_found_since: float | None = None  # see _streams_lost
+        self._streams_lost_after = _STREAMS_LOST_AFTER  # (tests set less)
         self._said_streams_lost = False
         # Writing (module docstring of _amqp_history): the topics whose inbox
         # this node consumes, inbox consumer tag -> topic, the numbering of
@@ -262,7 +263,8 @@ class RabbitMQBroker(BrokerBase):
         except BaseException as exc:
             link.abandon()
             if self._streams_lost(link):
-                raise LinkLost(f"{link.error}; {_STREAMS_LOST}") from exc
+                lost = _STREAMS_LOST.format(after=self._streams_lost_after)
+                raise LinkLost(f"{link.error}; {lost}") from exc
             raise
         self._not_found_since = None
         self._consumer = link
@@ -279,7 +281,7 @@ class RabbitMQBroker(BrokerBase):
         declared on it restarts without its coordinator: NOT_FOUND for good,
         and this node can never connect (docs/architecture.md, "RabbitMQ",
         "Restarts"). A kept channel's stream still missing at every connect
-        after ``_STREAMS_LOST_AFTER`` s is taken for that: one ERROR with the
+        after ``_streams_lost_after`` s (30) is taken for that: one ERROR with the
         operator's fix, and the reason the health check then gives."""
         if link.code != _NOT_FOUND or ".history." not in (link.error or ""):
             self._not_found_since = None
@@ -287,11 +289,12 @@ class RabbitMQBroker(BrokerBase):
         now = time.monotonic()
         if self._not_found_since is None:
             self._not_found_since = now
-        if now - self._not_found_since < _STREAMS_LOST_AFTER:
+        if now - self._not_found_since < self._streams_lost_after:
             return False
         if not self._said_streams_lost:
             self._said_streams_lost = True
-            log.error("RabbitMQ at %s: %s (%s)", self.url, _STREAMS_LOST, link.error)
+            lost = _STREAMS_LOST.format(after=self._streams_lost_after)
+            log.error("RabbitMQ at %s: %s (%s)", self.url, lost, link.error)
         return True
 
     def _bind(self, link: Link, keys: list[str], done: _Bound) -> None:
