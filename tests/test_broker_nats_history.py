@@ -23,7 +23,7 @@ from flask_realtime.brokers._nats_history import (
     history_subject,
     stream_name,
 )
-from flask_realtime.brokers._nats_link import PACK, subject
+from flask_realtime.brokers._nats_link import PACK, live_message, subject
 from flask_realtime.brokers.interface import Retention
 from tests import brokerservers
 from tests.brokerclients import Inbox, broker_fixtures, in_threads, wait_until
@@ -201,7 +201,7 @@ def test_a_batchs_events_of_a_topic_are_stored_as_one_pack_and_read_one_by_one(
     assert other.history(topic, limit=1) == (broker.history(topic)[0], [last])
 
 
-def test_a_malformed_pack_is_dropped_and_delivery_goes_on(
+def test_a_malformed_live_message_is_dropped_and_delivery_goes_on(
     server: BrokerServer, make: t.Any
 ) -> None:
     broker, inbox = make(REALTIME_BROKER_URL=server.url)
@@ -211,8 +211,10 @@ def test_a_malformed_pack_is_dropped_and_delivery_goes_on(
     async def send() -> None:
         nc = await nats_py.connect(server.url)
         try:
-            await nc.publish(subject(topic), b"junk", headers={PACK: "x"})
-            await nc.publish(subject(other), b"after", headers={PACK: "2,3"})
+            await nc.publish(subject(topic), b"\x00junk")
+            await nc.publish(subject(topic), live_message(1, 0, "x", b"junk"))
+            await nc.publish(subject(topic), live_message(2, 1, "5", b"junk"))
+            await nc.publish(subject(other), live_message(3, 0, "2,3", b"after"))
         finally:
             await nc.close()
 

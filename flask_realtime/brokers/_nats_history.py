@@ -68,7 +68,7 @@ from nats.js import api
 from nats.js import errors as js_errors
 
 from ._history import POSITION_TTL, envelope, new_epoch, offset_of, stamp
-from ._nats_link import PACK, Link, Messages, subject, unpack
+from ._nats_link import PACK, Link, Messages, live_message, subject, unpack
 from ._support import LinkLost
 from .interface import Position, Retention, RetentionLookup
 
@@ -124,7 +124,6 @@ def stream_config(rule: Retention) -> api.StreamConfig:
         storage=api.StorageType.FILE,
         duplicate_window=_DUPLICATES,  # a resent message is not stored twice
         allow_direct=True,
-        republish=api.RePublish(src=source, dest="flask_realtime.t.{{wildcard(1)}}"),
     )
 
 
@@ -159,6 +158,10 @@ class _Sent(t.NamedTuple):
     subject: str
     payload: bytes
     headers: dict[str, str]
+    # The stream sequence of the topic's message stored before it: the one
+    # expected (a topic's first message in its round), or -1: the round's
+    # previous message of the topic.
+    before: int
 
 
 class _Last(t.NamedTuple):
@@ -230,6 +233,7 @@ class NatsHistory:
                     settled[i] = settled[i] or rules[i] is None
             wait = deadline - time.monotonic()
             outcome = await self._settle(sent, asked, resend, wait)
+            await self._deliver(link, sent, outcome)
             resent, todo, resend = resend, [], {}
             for entry in sent:
                 first = entry.indices[0]
@@ -353,8 +357,9 @@ class NatsHistory:
         if last is None:
             last = self._last[topic]
             headers = {_LAST_SUBJECT_SEQ: str(last.seq)}
+            stored_before = last.seq
         else:
-            headers = {}
+            headers, stored_before = {}, -1
         name = stream_name(rule)
         before = previous(name)
         if before is not None:
@@ -379,6 +384,7 @@ class NatsHistory:
             history_subject(topic, rule),
             payload,
             headers,
+            stored_before,
         )
 
     @staticmethod
@@ -419,6 +425,31 @@ class NatsHistory:
                 outcome[i] = seq
                 after[stream] = None if seq is None else seq - 1
         return outcome
+
+    @staticmethod
+    async def _deliver(
+        link: Link,
+        sent: list[_Sent],
+        outcome: dict[int, int | BaseException | None],
+    ) -> None:
+        """Publish live what the round stored, once stored: each message with
+        its stream sequence and that of the topic's message stored before it,
+        so that every node's link puts two nodes' messages in the stream's
+        order (see ``_nats_link.py``)."""
+        live: Messages = []
+        previous: dict[str, int] = {}  # topic -> the round's last stored
+        for entry in sent:
+            seq = outcome[entry.indices[0]]
+            if not isinstance(seq, int):
+                continue
+            before = entry.before
+            if before < 0:
+                before = previous.get(entry.topic, 0)  # 0: not known, goes at once
+            previous[entry.topic] = seq
+            sizes = entry.headers.get(PACK) or str(len(entry.payload))
+            live.append((entry.topic, live_message(seq, before, sizes, entry.payload)))
+        if live:
+            await link.deliver(live)
 
     def _ready(self, kept: dict[str, Retention]) -> bool:
         """Whether the streams are known and each topic's last message too."""

@@ -47,10 +47,9 @@ _JS_TIMEOUT = 2.0  # a JetStream API request (history) waits this long
 LOST = object()  # in the inbox: the connection is gone; in a slot: unsubscribed
 # The header of a pack: the sizes of its events, comma-separated, in order.
 PACK = "Flask-Realtime-Pack"
-# A republished message's stream sequence, and that of the message stored
-# before it on its subject (0: none, or not known).
-_SEQUENCE = "Nats-Sequence"
-_LAST_SEQUENCE = "Nats-Last-Sequence"
+# The head of a kept topic's live message (see ``live_message``): a byte no
+# plain payload starts with.
+LIVE = b"\x00"
 # How long a kept topic's message that came before the one stored ahead of it
 # waits for that one, and how many may wait per topic.
 _EARLY_WAIT = 0.5
@@ -80,6 +79,40 @@ def unpack(data: bytes, headers: dict[str, str] | None) -> list[bytes]:
         end = start + int(size)
         events.append(data[start:end])
         start = end
+    return events
+
+
+def live_message(seq: int, before: int, sizes: str, payload: bytes) -> bytes:
+    """A kept topic's stored message as its publisher delivers it live:
+    ``\\x00<stream sequence> <the topic's one stored before> <sizes>\\n``
+    and the stored payload (one event, or a pack's, ``sizes`` comma-separated).
+    In the payload, not in headers: nats-py parses headers at some cost."""
+    return b"%s%d %d %s\n%s" % (LIVE, seq, before, sizes.encode(), payload)
+
+
+def _live_order(data: bytes) -> tuple[int, int]:
+    """(stream sequence, the one before) of a live message; ValueError if malformed."""
+    head = data[1 : data.index(b"\n")].split(b" ", 2)
+    return int(head[0]), int(head[1])
+
+
+def _live_events(data: bytes) -> t.Any:
+    """The event (bytes) or events (a list) of a live message; ValueError if
+    malformed."""
+    end = data.index(b"\n")
+    sizes = data[1:end].split(b" ", 2)[2].split(b",")
+    start = end + 1
+    if len(sizes) == 1:
+        if len(data) - start != int(sizes[0]):
+            raise ValueError("a live message of another size")
+        return data[start:]
+    events = []
+    for size in sizes:
+        stop = start + int(size)
+        events.append(data[start:stop])
+        start = stop
+    if start != len(data):
+        raise ValueError("a live message of another size")
     return events
 
 
@@ -166,21 +199,19 @@ class Link:
         if topic is not None:
             slot = _Slot(topic)
             self.waiting[msg.subject].append(slot)  # filled in arrival order
-            headers = msg.headers
-            if headers and _SEQUENCE in headers:
-                self._place_stored(msg.subject, slot, headers)
+            if msg.data[:1] == LIVE:
+                self._place_stored(msg.subject, slot, msg.data)
             else:
                 self.order.append(slot)
         return msg
 
-    def _place_stored(self, name: str, slot: _Slot, headers: dict[str, str]) -> None:
-        """Put a republished message's slot in the stream's order (see the
-        module): after the one stored before it, which may be still to come."""
+    def _place_stored(self, name: str, slot: _Slot, data: bytes) -> None:
+        """Put a kept topic's live message's slot in the stream's order (see
+        the module): after the one stored before it, which may be still to come."""
         try:
-            sequence = int(headers[_SEQUENCE])
-            before = int(headers.get(_LAST_SEQUENCE) or 0)
+            sequence, before = _live_order(data)
         except ValueError:
-            self.order.append(slot)
+            self.order.append(slot)  # dropped by _on_topic, in its place
             return
         last = self.placed.get(name)
         if last is not None and before > last:  # that one has not come yet
@@ -218,15 +249,12 @@ class Link:
     async def _on_topic(self, msg: Msg) -> None:
         slots = self.waiting.get(msg.subject)
         if slots:
-            # An empty payload is a kept topic's epoch mark, republished by
-            # its stream (see _nats_history.py): nobody receives it.
-            data: t.Any = msg.data or LOST
-            headers = msg.headers
-            if headers and PACK in headers and data is not LOST:
+            data: t.Any = msg.data or LOST  # empty: not ours, nobody receives it
+            if data is not LOST and data[:1] == LIVE:
                 try:
-                    data = unpack(data, headers)
-                except ValueError:  # not ours: dropped, the slots go on
-                    log.warning("a malformed pack on %s", msg.subject)
+                    data = _live_events(data)
+                except (ValueError, IndexError):  # not ours: dropped, the slots go on
+                    log.warning("a malformed live message on %s", msg.subject)
                     data = LOST
             slots.popleft().data = data
             self._release()
@@ -261,6 +289,19 @@ class Link:
             done = self.rounds.get(int(batch))
             if done is not None and done.counts[int(index)] is None:
                 done.counts[int(index)] = 0
+
+    async def deliver(self, messages: Messages) -> None:
+        """Publish kept topics' stored messages live (``live_message``), then
+        a marker: they wait among the unconfirmed batches until it comes back,
+        so a connection lost before is sent them again when it comes back."""
+        number = self.unconfirmed.number()
+        self.unconfirmed.batches[number] = messages
+        for topic, data in messages:
+            try:
+                await self.nc.publish(subject(topic), data)
+            except nats_errors.MaxPayloadError:  # stored: read from the history
+                log.warning("a live message of %s bytes: too large", len(data))
+        await self.nc.publish(f"{self.control}.{number}")
 
     async def ask(
         self, name: str, data: bytes, headers: dict[str, str]

@@ -1,6 +1,6 @@
-"""The NATS link puts a kept topic's republished messages back in the
-stream's order: nats-server may republish two nodes' messages the other way
-round from how it stored them (see ``brokers/_nats_link.py``)."""
+"""The NATS link puts a kept topic's live messages in the stream's order:
+two nodes publish theirs once stored, and they may come the other way round
+from how JetStream stored them (see ``brokers/_nats_link.py``)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from collections import deque
 from nats.aio.msg import Msg
 
 from flask_realtime.brokers import _nats_link
-from flask_realtime.brokers._nats_link import Link, Unconfirmed, subject
+from flask_realtime.brokers._nats_link import Link, Unconfirmed, live_message, subject
 
 TOPIC = "c:kept.order"
 NAME = subject(TOPIC)
@@ -26,10 +26,10 @@ def _link() -> Link:
 
 
 async def _arrive(link: Link, sequence: int, before: int, data: bytes) -> None:
-    """What nats-py does with a republished message: builds it through
+    """What nats-py does with a kept topic's live message: builds it through
     ``msg_class`` in the server's order, then hands it to the callback."""
-    headers = {"Nats-Sequence": str(sequence), "Nats-Last-Sequence": str(before)}
-    msg = link.nc.msg_class(subject=NAME, data=data, headers=headers, _client=None)
+    live = live_message(sequence, before, str(len(data)), data)
+    msg = link.nc.msg_class(subject=NAME, data=live, _client=None)
     assert isinstance(msg, Msg)
     await link._on_topic(msg)
 
