@@ -11,11 +11,13 @@ import concurrent.futures
 import json
 import shutil
 import time
+import types
 import typing as t
 from pathlib import Path
 
 import nats as nats_py
 import pytest
+from nats.js import api
 
 from flask_realtime.brokers import BrokerUnavailable, _history
 from flask_realtime.brokers._nats_history import (
@@ -25,6 +27,8 @@ from flask_realtime.brokers._nats_history import (
 )
 from flask_realtime.brokers._nats_link import PACK, live_message, subject
 from flask_realtime.brokers.interface import Retention
+from flask_realtime.connection import Outbound
+from flask_realtime.node import continuity
 from tests import brokerservers
 from tests.brokerclients import Inbox, broker_fixtures, in_threads, wait_until
 from tests.brokerservers import BrokerServer
@@ -129,6 +133,14 @@ def test_two_nodes_publishing_at_once_get_one_sequence_in_order(
     topics = [f"c:kept.two-nodes.{n}.{time.monotonic_ns()}" for n in range(2)]
     for node in nodes:
         node.subscribe(*topics)
+    # A link orders a topic's live messages from the first it received on
+    # (whether one stored before that one is still on its way, it cannot
+    # know: the node's follower reads such a hole from the history).
+    for topic in topics:
+        nodes[0].publish(topic, event(-1))
+    for inbox in inboxes:
+        for topic in topics:
+            inbox.wait_for(lambda inbox=inbox, topic=topic: inbox.payloads(topic))
     per_thread, threads = 100, 8
 
     def publish(n: int) -> None:
@@ -138,7 +150,7 @@ def test_two_nodes_publishing_at_once_get_one_sequence_in_order(
             nodes[n % 2].publish(topics[(n // 2) % 2], event(n * 1000 + i))
 
     in_threads(publish, threads)
-    total = per_thread * threads // 2
+    total = per_thread * threads // 2 + 1
     for inbox in inboxes:
         for topic in topics:
             inbox.wait_for(
@@ -153,6 +165,91 @@ def test_two_nodes_publishing_at_once_get_one_sequence_in_order(
             assert mine == sorted(mine)
         assert nodes[0].history(topic) == nodes[1].history(topic)
         assert nodes[0].history(topic)[0].offset == total
+
+
+def test_a_stream_an_earlier_release_made_republishing_is_left_alone(
+    server: BrokerServer, make: t.Any
+) -> None:
+    """Live messages are the publisher's: a stream that republished them
+    too would deliver every event twice, and nats-server lets no update take
+    republishing away, so the streams have new names."""
+    rule = Retention(size=4, ttl=41.0)  # a stream of its own
+    earlier = api.StreamConfig(
+        name="flask_realtime_h_4_41000",
+        subjects=["flask_realtime.h.4_41000.*"],
+        max_msgs_per_subject=4,
+        republish=api.RePublish(
+            src="flask_realtime.h.4_41000.*", dest="flask_realtime.t.{{wildcard(1)}}"
+        ),
+    )
+
+    async def make_stream(js: t.Any) -> t.Any:
+        return await js.add_stream(earlier)
+
+    jetstream(server.url, make_stream)
+    broker = keep(make(REALTIME_BROKER_URL=server.url)[0], rule)
+    other, inbox = make(REALTIME_BROKER_URL=server.url)
+    topic, after = (f"c:kept.republished.{n}.{time.monotonic_ns()}" for n in range(2))
+    other.subscribe(topic, after)
+    for n in range(3):
+        broker.publish(topic, event(n))
+
+    async def look(js: t.Any) -> t.Any:
+        return [
+            await js.stream_info(name)
+            for name in (stream_name(rule), "flask_realtime_h_4_41000")
+        ]
+
+    ours, theirs = jetstream(server.url, look)
+    assert ours.config.republish is None and ours.state.messages == 3
+    assert theirs.state.messages == 0
+    broker.publish(after, event(3))  # its live message comes after theirs
+    inbox.wait_for(lambda: len(inbox.payloads(after)) == 1)
+    assert delivered(inbox, topic) == [(1, 0), (2, 1), (3, 2)]
+
+
+def test_a_lost_live_message_is_read_from_the_history_when_the_next_comes(
+    server: BrokerServer, make: t.Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stored event whose live message never came (its publisher was
+    killed between the two, say): the next one shows the node's follower
+    the hole, which it reads from the history."""
+    publisher = keep(make(REALTIME_BROKER_URL=server.url)[0])
+    receiver, inbox = make(REALTIME_BROKER_URL=server.url)
+    keep(receiver)
+    name = f"kept.lost.{time.monotonic_ns()}"
+    topic = "c:" + name  # the node's name for the channel's topic
+    receiver.subscribe(topic)
+    publisher.history(topic)  # connected, the epoch marked
+    link = publisher._link
+    send_live = link.deliver
+
+    async def lose_once(messages: t.Any) -> None:
+        link.deliver = send_live  # the next ones go
+
+    link.deliver = lose_once
+    publisher.publish(topic, event(1))
+    publisher.publish(topic, event(2))
+    inbox.wait_for(lambda: len(inbox.payloads(topic)) == 1)
+    assert delivered(inbox, topic) == [(2, 2)]
+    spawned: list[t.Any] = []
+    monkeypatch.setattr(continuity, "spawn", lambda f, *a: spawned.append((f, a)))
+    offsets: list[int | None] = []
+    hub = types.SimpleNamespace(
+        deliver_channel=lambda n, message, exclude=None: offsets.append(
+            _history.offset_of(message.json)
+        )
+    )
+    follower = continuity.Continuity(
+        t.cast(t.Any, types.SimpleNamespace(broker=receiver, hub=hub))
+    )
+    follower.seed(name, receiver.history(topic, after=0)[0]._replace(offset=0))
+    for payload in inbox.payloads(topic):
+        follower.deliver(name, Outbound(_history.envelope(payload)), None)
+    while spawned:  # the fill, here
+        func, args = spawned.pop(0)
+        func(*args)
+    assert offsets == [1, 2]
 
 
 def test_a_batchs_events_of_a_topic_are_stored_as_one_pack_and_read_one_by_one(

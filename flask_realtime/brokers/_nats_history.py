@@ -85,7 +85,11 @@ _DUPLICATES = 10.0  # JetStream remembers ids this long: past any batch's resend
 _CACHED = 65536  # topics whose last message a node remembers
 _KEEP_WINDOW = 2.0  # a fetch serves reads at its position this long after
 _WINDOWS = 4096  # fetches kept at most
-_PREFIX = "flask_realtime.h."
+# Streams made by releases before live delivery was the publisher's
+# (``flask_realtime_h_*`` on ``flask_realtime.h.*``) republished each message,
+# which nats-server does not let an update take away: new names, so none of
+# them delivers an event twice; they expire (``max_age``) untouched.
+_PREFIX = "flask_realtime.k."
 # A topic's new events of a round go in one message (a pack) of at most this
 # many bytes, or in several (an event as large goes alone): well under
 # nats-server's max_payload (1 MiB by default), and it bounds what a
@@ -101,7 +105,7 @@ def _rule_id(rule: Retention) -> str:
 
 
 def stream_name(rule: Retention) -> str:
-    return "flask_realtime_h_" + _rule_id(rule)
+    return "flask_realtime_k_" + _rule_id(rule)
 
 
 @functools.lru_cache(maxsize=65536)
