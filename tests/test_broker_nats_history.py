@@ -56,6 +56,17 @@ def delivered(inbox: Inbox, topic: str) -> list[tuple[int, t.Any]]:
     return found
 
 
+def once(found: list[t.Any]) -> list[t.Any]:
+    """``found`` without repeats: a live message the server had not yet
+    confirmed when the link dropped is sent again on the next (at least
+    once; a node's follower drops the second by its offset)."""
+    kept: list[t.Any] = []
+    for each in found:
+        if each not in kept:
+            kept.append(each)
+    return kept
+
+
 def kept(broker: t.Any, topic: str, after: int | None = None) -> list[t.Any]:
     events = broker.history(topic, after=after)[1]
     assert events is not None
@@ -418,8 +429,8 @@ def test_a_restart_that_kept_the_data_keeps_the_epoch_and_recovers(
     assert broker.history(topic)[0] == before
     assert kept(broker, topic, after=1) == [2, 3]  # a client at 1 recovers
     broker.publish(topic, event(4))
-    inbox.wait_for(lambda: len(inbox.payloads(topic)) == 4)
-    assert delivered(inbox, topic) == [(n, n) for n in range(1, 5)]
+    inbox.wait_for(lambda: len(once(inbox.payloads(topic))) == 4)
+    assert once(delivered(inbox, topic)) == [(n, n) for n in range(1, 5)]
     assert broker.history(topic)[0] == (4, before.epoch)
 
 
@@ -440,8 +451,8 @@ def test_lost_data_gives_a_new_epoch_and_a_new_stream(
     nats.start()
     wait_until(lambda: broker.connected)
     broker.publish(topic, event(4))  # the stream is made again
-    inbox.wait_for(lambda: len(inbox.payloads(topic)) == 4)
-    assert delivered(inbox, topic)[-1] == (1, 4)
+    inbox.wait_for(lambda: len(once(inbox.payloads(topic))) == 4)
+    assert once(delivered(inbox, topic))[-1] == (1, 4)
     after = broker.history(topic)[0]
     assert after.offset == 1 and after.epoch != before.epoch
     assert broker.history(topic, after=3)[1] is None  # a client at 3: not recovered
@@ -465,9 +476,9 @@ def test_the_outage_buffer_takes_offsets_in_publish_order(
     for n in range(1, 21):  # kept and plain, interleaved, all buffered
         assert broker.publish(topic if n % 3 else "c:plain.outage", event(n)) is None
     nats.start()
-    wait_until(lambda: len(inbox.payloads()) == 21)
+    wait_until(lambda: len(once(inbox.payloads())) == 21)
     published = [n for n in range(21) if n % 3 or n == 0]
-    assert delivered(inbox, topic) == list(enumerate(published, 1))
+    assert once(delivered(inbox, topic)) == list(enumerate(published, 1))
     plain = [json.loads(p[2:])["data"] for p in inbox.payloads("c:plain.outage")]
     assert plain == [3, 6, 9, 12, 15, 18]
     assert kept(broker, topic, after=0) == published

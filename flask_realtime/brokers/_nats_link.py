@@ -54,6 +54,8 @@ LIVE = b"\x00"
 # waits for that one, and how many may wait per topic.
 _EARLY_WAIT = 0.5
 _EARLY_LIMIT = 10_000
+# Live batches that nothing published after confirms get a marker this late.
+_MARK_AFTER = 0.05
 
 
 @functools.lru_cache(maxsize=65536)
@@ -185,6 +187,11 @@ class Link:
         self.answers: dict[str, asyncio.Future[Msg]] = {}
         self.answer_prefix = self.control + "_a."
         self._asked = 0
+        # Live batches not known to have reached the server: (answers asked
+        # before it, the last batch number then, its number).
+        self.delivered: deque[tuple[int, int, int]] = deque()
+        self._marking: asyncio.TimerHandle | None = None
+        self._marker: asyncio.Future[None] | None = None  # referenced while sent
 
     def jetstream(self) -> JetStreamContext:
         """This connection's JetStream context (history), made on first use."""
@@ -282,6 +289,8 @@ class Link:
             return
         if not index:
             self.unconfirmed.batches.pop(int(batch), None)  # late: not resent
+            if self.delivered:
+                self._confirm(marker=int(batch))
             done = self.rounds.pop(int(batch), None)
             if done is not None and not done.future.done():
                 done.future.set_result(None)
@@ -291,9 +300,11 @@ class Link:
                 done.counts[int(index)] = 0
 
     async def deliver(self, messages: Messages) -> None:
-        """Publish kept topics' stored messages live (``live_message``), then
-        a marker: they wait among the unconfirmed batches until it comes back,
-        so a connection lost before is sent them again when it comes back."""
+        """Publish kept topics' stored messages live (``live_message``). They
+        wait among the unconfirmed batches, sent again on the next connection,
+        until the server answers anything published after them: it handles a
+        connection's commands in order (a marker each would cost a lone
+        publisher two more messages a broadcast)."""
         number = self.unconfirmed.number()
         self.unconfirmed.batches[number] = messages
         for topic, data in messages:
@@ -301,7 +312,25 @@ class Link:
                 await self.nc.publish(subject(topic), data)
             except nats_errors.MaxPayloadError:  # stored: read from the history
                 log.warning("a live message of %s bytes: too large", len(data))
-        await self.nc.publish(f"{self.control}.{number}")
+        self.delivered.append((self._asked, self.unconfirmed.last, number))
+        if self._marking is None:
+            loop = asyncio.get_running_loop()
+            self._marking = loop.call_later(_MARK_AFTER, self._mark_delivered)
+
+    def _mark_delivered(self) -> None:
+        """No answer came since the last live batches: a marker asks for one
+        (a connection lost later would send them again, twice delivered)."""
+        self._marking = None
+        if self.delivered and not self.dead:
+            marker = f"{self.control}.{self.unconfirmed.number()}"
+            self._marker = asyncio.ensure_future(self.nc.publish(marker))
+
+    def _confirm(self, asked: int = -1, marker: int = -1) -> None:
+        """The live batches published before answer ``asked`` or marker
+        ``marker`` reached the server: not sent again."""
+        delivered, batches = self.delivered, self.unconfirmed.batches
+        while delivered and (delivered[0][0] < asked or delivered[0][1] < marker):
+            batches.pop(delivered.popleft()[2], None)
 
     async def ask(
         self, name: str, data: bytes, headers: dict[str, str]
@@ -320,9 +349,12 @@ class Link:
         return future
 
     async def on_answer(self, msg: Msg) -> None:
-        future = self.answers.get(msg.subject[len(self.answer_prefix) :])
+        token = msg.subject[len(self.answer_prefix) :]
+        future = self.answers.get(token)
         if future is not None and not future.done():
             future.set_result(msg)
+        if self.delivered and token.isdigit():
+            self._confirm(asked=int(token))
 
     async def subscribe(self, topics: list[str]) -> None:
         async with self.changing:

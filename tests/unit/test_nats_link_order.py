@@ -90,3 +90,48 @@ def test_plain_messages_and_the_first_kept_one_go_at_once() -> None:
         return _received(link)
 
     assert _run(run) == [b"plain", b"first"]
+
+
+class _Recorder:
+    """The link's connection, in place of nats-py's: what it publishes."""
+
+    def __init__(self) -> None:
+        self.subjects: list[str] = []
+
+    async def publish(self, subject: str, payload: bytes = b"", **_: t.Any) -> None:
+        self.subjects.append(subject)
+
+
+def test_live_batches_are_kept_until_the_server_answers_something_after_them(
+    monkeypatch: t.Any,
+) -> None:
+    """Kept for the next connection to send again, until an answer to what
+    was published after them, or a marker, says the server had them."""
+    monkeypatch.setattr(_nats_link, "_MARK_AFTER", 0.01)
+
+    def answer(link: Link, name: str) -> Msg:
+        return Msg(_client=t.cast(t.Any, None), subject=name, data=b"")
+
+    async def run() -> list[list[int]]:
+        link = _link()
+        recorder = link.nc = t.cast(t.Any, _Recorder())
+        batches = link.unconfirmed.batches
+        seen = []
+        link._asked = 3  # three acknowledgements asked for before
+        await link.deliver([(TOPIC, b"a")])
+        await link.on_answer(answer(link, link.answer_prefix + "3"))
+        seen.append(list(batches))  # an answer to one sent before: kept
+        await link.on_answer(answer(link, link.answer_prefix + "4"))
+        seen.append(list(batches))  # one sent after: the server had it
+        early = link.unconfirmed.number()  # a batch's, sent before
+        await link.deliver([(TOPIC, b"b")])
+        await link.on_control(answer(link, f"{link.control}.{early}"))
+        seen.append(list(batches))  # its marker: says nothing of this one
+        # Nothing more is published: after a while, a marker of its own.
+        while not recorder.subjects[-1].startswith(link.control):
+            await asyncio.sleep(0.005)
+        await link.on_control(answer(link, recorder.subjects[-1]))
+        seen.append(list(batches))
+        return seen
+
+    assert _run(run) == [[1], [], [3], []]
