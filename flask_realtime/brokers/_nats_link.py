@@ -312,6 +312,11 @@ class Link:
                 await self.nc.publish(subject(topic), data)
             except nats_errors.MaxPayloadError:  # stored: read from the history
                 log.warning("a live message of %s bytes: too large", len(data))
+            except (nats_errors.Error, OSError) as exc:
+                # Stored all the same: the batch is not sent again for this,
+                # its live messages are, on the next connection.
+                log.debug("delivering live on the nats broker: %s", exc)
+                return
         self.delivered.append((self._asked, self.unconfirmed.last, number))
         if self._marking is None:
             loop = asyncio.get_running_loop()
@@ -322,8 +327,13 @@ class Link:
         (a connection lost later would send them again, twice delivered)."""
         self._marking = None
         if self.delivered and not self.dead:
-            marker = f"{self.control}.{self.unconfirmed.number()}"
-            self._marker = asyncio.ensure_future(self.nc.publish(marker))
+            self._marker = asyncio.ensure_future(self._send_marker())
+
+    async def _send_marker(self) -> None:
+        try:
+            await self.nc.publish(f"{self.control}.{self.unconfirmed.number()}")
+        except (nats_errors.Error, OSError) as exc:  # lost: they are sent again
+            log.debug("marking live messages on the nats broker: %s", exc)
 
     def _confirm(self, asked: int = -1, marker: int = -1) -> None:
         """The live batches published before answer ``asked`` or marker
