@@ -320,9 +320,9 @@ def test_a_malformed_live_message_is_dropped_and_delivery_goes_on(
         nc = await nats_py.connect(server.url)
         try:
             await nc.publish(subject(topic), b"\x00junk")
-            await nc.publish(subject(topic), live_message(1, 0, "x", b"junk"))
-            await nc.publish(subject(topic), live_message(2, 1, "5", b"junk"))
-            await nc.publish(subject(other), live_message(3, 0, "2,3", b"after"))
+            await nc.publish(subject(topic), live_message("E", 1, 0, "x", b"junk"))
+            await nc.publish(subject(topic), live_message("E", 2, 1, "5", b"junk"))
+            await nc.publish(subject(other), live_message("E", 3, 0, "2,3", b"after"))
         finally:
             await nc.close()
 

@@ -451,9 +451,25 @@ class NatsHistory:
                 before = previous.get(entry.topic, 0)  # 0: not known, goes at once
             previous[entry.topic] = seq
             sizes = entry.headers.get(PACK) or str(len(entry.payload))
-            live.append((entry.topic, live_message(seq, before, sizes, entry.payload)))
+            message = live_message(entry.epoch, seq, before, sizes, entry.payload)
+            live.append((entry.topic, message))
         if live:
             await link.deliver(live)
+
+    async def floor(
+        self, link: Link, topics: list[str], retention: RetentionLookup
+    ) -> None:
+        """Tell the link each kept topic's last stored message, once its
+        subscription is in place (see ``Link.floor``)."""
+        kept = [(topic, rule) for topic in topics if (rule := retention(topic))]
+        for rule in {rule for _, rule in kept}:
+            await self.ensure_stream(link, rule)  # else a lookup waits in vain
+        found = await asyncio.gather(
+            *(self._lookup(link, topic, rule) for topic, rule in kept)
+        )
+        for (topic, _), last in zip(kept, found, strict=True):
+            if last is not None:
+                link.floor(topic, last.epoch, last.seq)
 
     def _ready(self, kept: dict[str, Retention]) -> bool:
         """Whether the streams are known and each topic's last message too."""

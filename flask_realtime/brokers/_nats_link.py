@@ -84,25 +84,30 @@ def unpack(data: bytes, headers: dict[str, str] | None) -> list[bytes]:
     return events
 
 
-def live_message(seq: int, before: int, sizes: str, payload: bytes) -> bytes:
+def live_message(
+    epoch: str, seq: int, before: int, sizes: str, payload: bytes
+) -> bytes:
     """A kept topic's stored message as its publisher delivers it live:
-    ``\\x00<stream sequence> <the topic's one stored before> <sizes>\\n``
-    and the stored payload (one event, or a pack's, ``sizes`` comma-separated).
-    In the payload, not in headers: nats-py parses headers at some cost."""
-    return b"%s%d %d %s\n%s" % (LIVE, seq, before, sizes.encode(), payload)
+    ``\\x00<epoch> <stream sequence> <the topic's one stored before>
+    <sizes>\\n`` and the stored payload (one event, or a pack's, ``sizes``
+    comma-separated). In the payload, not in headers: nats-py parses headers
+    at some cost."""
+    head = b"%s%s %d %d %s\n" % (LIVE, epoch.encode(), seq, before, sizes.encode())
+    return head + payload
 
 
-def _live_order(data: bytes) -> tuple[int, int]:
-    """(stream sequence, the one before) of a live message; ValueError if malformed."""
-    head = data[1 : data.index(b"\n")].split(b" ", 2)
-    return int(head[0]), int(head[1])
+def _live_order(data: bytes) -> tuple[bytes, int, int]:
+    """(epoch, stream sequence, the one before) of a live message;
+    ValueError if malformed."""
+    head = data[1 : data.index(b"\n")].split(b" ", 3)
+    return head[0], int(head[1]), int(head[2])
 
 
 def _live_events(data: bytes) -> t.Any:
     """The event (bytes) or events (a list) of a live message; ValueError if
     malformed."""
     end = data.index(b"\n")
-    sizes = data[1:end].split(b" ", 2)[2].split(b",")
+    sizes = data[1:end].split(b" ", 3)[3].split(b",")
     start = end + 1
     if len(sizes) == 1:
         if len(data) - start != int(sizes[0]):
@@ -171,6 +176,7 @@ class Link:
         # Kept subjects: the stream sequence of the last message in the order,
         # and the messages that came early, by the sequence they wait for.
         self.placed: dict[str, int] = {}
+        self.epochs: dict[str, bytes] = {}  # the epoch of the last placed
         self.early: dict[str, dict[int, tuple[int, _Slot]]] = {}
         self.rounds: dict[int, Round] = {}
         self.unconfirmed = unconfirmed
@@ -214,26 +220,38 @@ class Link:
 
     def _place_stored(self, name: str, slot: _Slot, data: bytes) -> None:
         """Put a kept topic's live message's slot in the stream's order (see
-        the module): after the one stored before it, which may be still to come."""
+        the module): after the one stored before it, which may be still to
+        come. One stored no later than the last placed is not placed (sent
+        again, or read by the node: see ``floor``), and never released."""
         try:
-            sequence, before = _live_order(data)
+            epoch, sequence, before = _live_order(data)
         except ValueError:
             self.order.append(slot)  # dropped by _on_topic, in its place
             return
         last = self.placed.get(name)
-        if last is not None and before > last:  # that one has not come yet
-            early = self.early.get(name)
-            if early is None:
-                early = self.early[name] = {}
-                asyncio.get_running_loop().call_later(
-                    _EARLY_WAIT, self._stop_waiting, name, early
-                )
-            early[before] = (sequence, slot)
-            if len(early) > _EARLY_LIMIT:
-                self._stop_waiting(name, early)
-            return
+        if last is not None and self.epochs.get(name) != epoch:
+            last = None  # the stream lost its data: its numbering starts anew
+        if last is not None:
+            if sequence <= last:
+                return
+            if before > last:  # that one has not come yet
+                early = self.early.get(name)
+                if early is None:
+                    early = self.early[name] = {}
+                    asyncio.get_running_loop().call_later(
+                        _EARLY_WAIT, self._stop_waiting, name, early
+                    )
+                early[before] = (sequence, slot)
+                if len(early) > _EARLY_LIMIT:
+                    self._stop_waiting(name, early)
+                return
         self.order.append(slot)
         self.placed[name] = sequence
+        self.epochs[name] = epoch
+        self._place_due(name)
+
+    def _place_due(self, name: str) -> None:
+        """Place the early ones that waited for the last placed, in turn."""
         early = self.early.get(name)
         if early is not None:
             while (due := early.pop(self.placed[name], None)) is not None:
@@ -252,6 +270,27 @@ class Link:
             self.order.append(slot)
             self.placed[name] = sequence
         self._release()
+
+    def floor(self, topic: str, epoch: str, sequence: int) -> None:
+        """The topic's last stored message once its subscription was in place:
+        every later one comes, each after the one before it; those up to it
+        are the node's to read from the history (it does, after subscribing),
+        and their live messages still on their way are not placed: the first
+        to come could be a later one, which would go out ahead of them."""
+        name = subject(topic)
+        if name not in self.topic_of:
+            return
+        last = self.placed.get(name)
+        if last is not None and last >= sequence and self.epochs.get(name) == epoch:
+            return
+        self.placed[name] = sequence
+        self.epochs[name] = epoch.encode()
+        early = self.early.get(name)
+        if early is not None:
+            for before in [b for b, (seq, _) in early.items() if seq <= sequence]:
+                del early[before]  # never released
+            self._place_due(name)
+            self._release()
 
     async def _on_topic(self, msg: Msg) -> None:
         slots = self.waiting.get(msg.subject)
@@ -393,6 +432,7 @@ class Link:
                     pass  # the connection is gone, and the subscription with it
                 del self.topic_of[subject(topic)]
                 self.placed.pop(subject(topic), None)
+                self.epochs.pop(subject(topic), None)
                 self.early.pop(subject(topic), None)  # their slots are not in the order
                 for slot in self.waiting.pop(subject(topic)):
                     slot.data = LOST

@@ -248,11 +248,14 @@ class NatsBroker(BrokerBase):
             return None
         return done
 
-    @staticmethod
-    async def _subscribe_and_check(link: Link, topics: list[str], done: Signal) -> None:
+    async def _subscribe_and_check(
+        self, link: Link, topics: list[str], done: Signal
+    ) -> None:
         try:
             await link.subscribe(topics)
             await link.send([], _CHECK_WAIT, replies=False)
+            # In place: each kept topic's live messages are ordered from here.
+            await self._history.floor(link, topics, self.retention)
         except Exception as exc:  # the link is gone: subscribed again on reconnect
             log.debug("subscribing on the nats broker: %s", exc)
         finally:

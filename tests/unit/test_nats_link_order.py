@@ -25,10 +25,12 @@ def _link() -> Link:
     return link
 
 
-async def _arrive(link: Link, sequence: int, before: int, data: bytes) -> None:
+async def _arrive(
+    link: Link, sequence: int, before: int, data: bytes, epoch: str = "E"
+) -> None:
     """What nats-py does with a kept topic's live message: builds it through
     ``msg_class`` in the server's order, then hands it to the callback."""
-    live = live_message(sequence, before, str(len(data)), data)
+    live = live_message(epoch, sequence, before, str(len(data)), data)
     msg = link.nc.msg_class(subject=NAME, data=live, _client=None)
     assert isinstance(msg, Msg)
     await link._on_topic(msg)
@@ -90,6 +92,42 @@ def test_plain_messages_and_the_first_kept_one_go_at_once() -> None:
         return _received(link)
 
     assert _run(run) == [b"plain", b"first"]
+
+
+def test_from_the_floor_on_the_first_to_come_waits_for_the_one_before() -> None:
+    """Once subscribed, the link learns the topic's last stored message (its
+    floor): a later one that comes first waits for the one before it, and
+    those up to the floor, the node's to read, never go out."""
+
+    async def run() -> list[list[bytes]]:
+        link = _link()
+        seen = []
+        await _arrive(link, 30, 20, b"old")  # on its way before the floor
+        link.floor(TOPIC, "E", 40)
+        await _arrive(link, 45, 42, b"b")  # 42 is still on its way
+        seen.append(_received(link))
+        await _arrive(link, 38, 30, b"stored before the floor")
+        await _arrive(link, 42, 40, b"a")
+        seen.append(_received(link))
+        await _arrive(link, 42, 40, b"a")  # sent again after a reconnect
+        await _arrive(link, 46, 45, b"c")
+        seen.append(_received(link))
+        return seen
+
+    assert _run(run) == [[b"old"], [b"old", b"a", b"b"], [b"old", b"a", b"b", b"c"]]
+
+
+def test_a_new_epoch_starts_the_order_anew() -> None:
+    """A server that lost its data numbers its streams from 1 again."""
+
+    async def run() -> list[bytes]:
+        link = _link()
+        await _arrive(link, 500, 499, b"old")
+        await _arrive(link, 3, 2, b"new", epoch="F")
+        await _arrive(link, 4, 3, b"next", epoch="F")
+        return _received(link)
+
+    assert _run(run) == [b"old", b"new", b"next"]
 
 
 class _Recorder:
