@@ -105,7 +105,7 @@ def own_server(tmp_path: Path) -> t.Iterator[t.Callable[[], BrokerServer]]:
         each.stop()
 
 
-def test_a_rule_is_a_stream_with_per_subject_limits_republished_once_stored(
+def test_a_rule_is_a_stream_with_per_subject_limits_delivered_once_stored(
     server: BrokerServer, make: t.Any
 ) -> None:
     rule = Retention(size=3, ttl=30.0)

@@ -1,15 +1,27 @@
 """History on NATS: a JetStream stream per retention rule, in the loop thread.
 
-Each distinct rule (size, ttl) gets a stream, ``flask_realtime_h_<size>_<ttl
-ms>``, on the subjects ``flask_realtime.h.<size>_<ttl ms>.<topic token>``,
+Each distinct rule (size, ttl) gets a stream, ``flask_realtime_k_<size>_<ttl
+ms>``, on the subjects ``flask_realtime.k.<size>_<ttl ms>.<topic token>``,
 apart from the plain ``flask_realtime.t.<topic token>``; it keeps
 ``size`` messages per subject (``max_msgs_per_subject``) for ``ttl`` +
-``POSITION_TTL`` (``max_age``), and republishes each message, once stored,
-on the topic's plain subject: subscribers keep their core subscription, get
-nothing that was not stored, and get a topic's messages in the stream's
-order, which is the offsets' order. A read leaves out the events older than
+``POSITION_TTL`` (``max_age``). A read leaves out the events older than
 ``ttl`` by the server's timestamps; the last message outlives them, and with
 it the position.
+
+Live delivery is the publisher's: once JetStream acknowledged a round, the
+node publishes what it stored on the topics' plain subjects over core NATS
+(``_deliver``), each message with its stream sequence, that of the topic's
+message stored before it and its epoch in a head of its payload
+(``_nats_link.live_message``), so every node's link puts two nodes' messages
+in the stream's order. Subscribers keep their core subscription and get
+nothing that was not stored. Before, the stream republished each message
+(``republish``): seven or eight headers for every node to parse, and twice
+the server's work; those streams (``flask_realtime_h_*``) are left as they
+are, since nats-server lets no update take republishing away. A live
+message lost (its publisher killed between the acknowledgement and the
+send) leaves a hole the node's follower reads from the history when the
+next event comes (``node/continuity.py``); one lost with the connection is
+sent again on the next.
 
 A message carries its offset in its payload (``_history.stamp``) and its
 topic's epoch at the head of its ``Nats-Msg-Id`` (``<epoch>.<node>.<n>``),
@@ -40,8 +52,8 @@ the first one not stored is refused or stored as before.
 A topic's new events of a round go as one message, a pack (``_PACK_BYTES``
 at most, else several): their stamped payloads joined, their sizes in a
 ``Flask-Realtime-Pack`` header, the epoch and chain of one message. With
-many publishers to one channel JetStream then stores, acknowledges and
-republishes one message for all of them, and every node parses one. A pack
+many publishers to one channel JetStream then stores and acknowledges one
+message for all of them, and every node parses one live message. A pack
 goes where the topic's first event of the batch was, so a topic's events
 keep their order but those of two topics in one batch may not (concurrent
 publishers have none). ``size`` messages per subject keep at least

@@ -9,14 +9,18 @@ reader's inbox gets the slots in their order as they fill. A kept topic's
 stored message may hold several events (a pack, see ``_nats_history.py``):
 its slot gets them all, and the inbox each in turn.
 
-A kept topic's messages come republished by its stream, once stored; but
-nats-server republishes outside the stream's lock (ADR-28: at most once, no
-order promised), so two nodes' messages stored one after the other can come
-the other way round (seen: about one run in 40 of two nodes publishing at
-once). Each names the one stored before it on its subject
-(``Nats-Last-Sequence``), so a slot that comes early waits, outside the
-order, until that one is placed, or ``_EARLY_WAIT`` at most (a republish
+A kept topic's stored messages come live from the node that stored each,
+once JetStream acknowledged it (see ``_nats_history.py``): two nodes' messages
+stored one after the other can come the other way round. Each names the one
+stored before it on its subject (its stream sequence, in the head of its
+payload: ``live_message``), so a slot that comes early waits, outside the
+order, until that one is placed, or ``_EARLY_WAIT`` at most (a live message
 lost: the node's continuity check then reads the hole from the history).
+Where the order starts: a subscription to a kept topic, once in place,
+looks up the topic's last stored message (``floor``); the node reads the
+history up to there itself, and live messages up to it still on their way
+are not placed (the first one to come could be a later one). Those sent
+again after a reconnect are not placed twice either.
 """
 
 from __future__ import annotations
