@@ -331,6 +331,12 @@ def test_a_malformed_live_message_is_dropped_and_delivery_goes_on(
     # Not held up behind the malformed one, which nobody receives.
     inbox.wait_for(lambda: len(inbox.payloads()) == 2)
     assert inbox.messages == [(other, b"af"), (other, b"ter")]
+    # A plain payload that starts like a live message is not one.
+    publisher = make(REALTIME_BROKER_URL=server.url)[0]
+    for data in (b"\x00", b"\x00\x00", b"\x00E 1 0 1\nx"):
+        publisher.publish(topic, data)
+    inbox.wait_for(lambda: len(inbox.payloads()) == 5)
+    assert inbox.payloads(topic) == [b"\x00", b"\x00\x00", b"\x00E 1 0 1\nx"]
 
 
 def test_a_pack_of_unknown_fate_is_sent_again_as_it_was_and_stored_once(

@@ -80,7 +80,7 @@ from nats.js import api
 from nats.js import errors as js_errors
 
 from ._history import POSITION_TTL, envelope, new_epoch, offset_of, stamp
-from ._nats_link import PACK, Link, Messages, live_message, subject, unpack
+from ._nats_link import PACK, Link, Messages, escape, live_message, subject, unpack
 from ._support import LinkLost
 from .interface import Position, Retention, RetentionLookup
 
@@ -345,7 +345,7 @@ class NatsHistory:
         asked: dict[int, asyncio.Future[t.Any]] = {}
         for entry in plan:
             if isinstance(entry, int):
-                topic, data = messages[entry]
+                [(topic, data)] = escape([messages[entry]])
                 await link.nc.publish(subject(topic), data)
             elif entry.indices[0] in ask:
                 asked[entry.indices[0]] = await link.ask(

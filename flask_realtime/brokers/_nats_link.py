@@ -51,8 +51,8 @@ _JS_TIMEOUT = 2.0  # a JetStream API request (history) waits this long
 LOST = object()  # in the inbox: the connection is gone; in a slot: unsubscribed
 # The header of a pack: the sizes of its events, comma-separated, in order.
 PACK = "Flask-Realtime-Pack"
-# The head of a kept topic's live message (see ``live_message``): a byte no
-# plain payload starts with.
+# The head of a kept topic's live message (see ``live_message``); a plain
+# payload that starts with it is sent with one more (``escape``).
 LIVE = b"\x00"
 # How long a kept topic's message that came before the one stored ahead of it
 # waits for that one, and how many may wait per topic.
@@ -98,6 +98,16 @@ def live_message(
     at some cost."""
     head = b"%s%s %d %d %s\n" % (LIVE, epoch.encode(), seq, before, sizes.encode())
     return head + payload
+
+
+def escape(messages: Messages) -> Messages:
+    """Plain messages as sent: a payload that starts like a live message
+    gets one ``LIVE`` more, which the receiving link takes away."""
+    if not any(data[:1] == LIVE for _, data in messages):
+        return messages
+    return [
+        (topic, LIVE + data if data[:1] == LIVE else data) for topic, data in messages
+    ]
 
 
 def _live_order(data: bytes) -> tuple[bytes, int, int]:
@@ -216,7 +226,7 @@ class Link:
         if topic is not None:
             slot = _Slot(topic)
             self.waiting[msg.subject].append(slot)  # filled in arrival order
-            if msg.data[:1] == LIVE:
+            if msg.data[:1] == LIVE and msg.data[1:2] != LIVE:
                 self._place_stored(msg.subject, slot, msg.data)
             else:
                 self.order.append(slot)
@@ -301,6 +311,11 @@ class Link:
         if slots:
             data: t.Any = msg.data or LOST  # empty: not ours, nobody receives it
             if data is not LOST and data[:1] == LIVE:
+                if data[1:2] == LIVE:  # a plain one, escaped
+                    data = data[1:]
+                    slots.popleft().data = data
+                    self._release()
+                    return
                 try:
                     data = _live_events(data)
                 except (ValueError, IndexError):  # not ours: dropped, the slots go on

@@ -36,7 +36,7 @@ from nats import errors as nats_errors
 
 from ..config import ConfigError, Settings
 from ._nats_history import NatsHistory
-from ._nats_link import LOST, Link, Messages, Unconfirmed
+from ._nats_link import LOST, Link, Messages, Unconfirmed, escape
 from ._nats_loop import LoopThread, Signal
 from ._support import redact
 from .base import BrokerBase, BrokerUnavailable, LinkLost, MessageCallback
@@ -191,7 +191,9 @@ class NatsBroker(BrokerBase):
             raise LinkLost("not connected")
         if any(self.retention(topic) for topic, _ in messages):
             return loop.run(self._store(link, messages), _STORE_WAIT + _LOOP_WAIT)
-        return loop.run(self._publish(link, messages), _CONFIRM_WAIT + _LOOP_WAIT)
+        # As sent (and as sent again, when unconfirmed): see _nats_link.escape.
+        sent = escape(messages)
+        return loop.run(self._publish(link, sent), _CONFIRM_WAIT + _LOOP_WAIT)
 
     async def _store(
         self, link: Link, messages: Messages
