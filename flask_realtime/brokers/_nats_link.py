@@ -294,11 +294,11 @@ class Link:
         name = subject(topic)
         if name not in self.topic_of:
             return
-        last = self.placed.get(name)
-        if last is not None and last >= sequence and self.epochs.get(name) == epoch:
+        last, mark = self.placed.get(name), epoch.encode()
+        if last is not None and last >= sequence and self.epochs.get(name) == mark:
             return
         self.placed[name] = sequence
-        self.epochs[name] = epoch.encode()
+        self.epochs[name] = mark
         early = self.early.get(name)
         if early is not None:
             for before in [b for b, (seq, _) in early.items() if seq <= sequence]:

@@ -111,6 +111,8 @@ def test_from_the_floor_on_the_first_to_come_waits_for_the_one_before() -> None:
         seen.append(_received(link))
         await _arrive(link, 42, 40, b"a")  # sent again after a reconnect
         await _arrive(link, 46, 45, b"c")
+        link.floor(TOPIC, "E", 44)  # an older floor (a subscribe again) moves nothing
+        await _arrive(link, 45, 42, b"b")
         seen.append(_received(link))
         return seen
 
