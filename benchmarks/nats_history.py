@@ -24,6 +24,7 @@ Usage::
     .venv/bin/python benchmarks/nats_history.py [--count 20000]
         [--greenlets 50] [--rounds 3] [--channels 300] [--size 100]
         [--lone 2000] [--parts storage,packed,rate,lone]
+        [--channels-of-rate 1,8,G,lone]
 """
 
 from __future__ import annotations
@@ -195,6 +196,11 @@ def main() -> None:
         "--lone", type=int, default=0, help="broadcasts of the lone greenlet"
     )
     parser.add_argument("--parts", default="storage,rate,lone")
+    parser.add_argument(
+        "--channels-of-rate",
+        default="1,8,G,lone",
+        help="the rate cases: channel counts (G: one a greenlet), lone: one greenlet",
+    )
     args = parser.parse_args()
     parts = args.parts.split(",")
     lone = args.lone or args.count // 10
@@ -206,13 +212,17 @@ def main() -> None:
             storage(server, args.channels, args.size)
         if "packed" in parts:
             packed_storage(server, 10, args.size)
+        # "G": each greenlet its own channel, so a round holds one event a
+        # channel and packs do not help (the requests of a busy chat, one a room).
         cases = [
-            (args.greenlets, 1, args.count),
-            (args.greenlets, 8, args.count),
-            # Each greenlet its own channel: a round holds one event a channel,
-            # so packs do not help (the requests of a busy chat, one a room).
-            (args.greenlets, args.greenlets, args.count),
-            (1, 1, lone),
+            (1, 1, lone)
+            if case == "lone"
+            else (
+                args.greenlets,
+                args.greenlets if case == "G" else int(case),
+                args.count,
+            )
+            for case in args.channels_of_rate.split(",")
         ]
         if "rate" not in parts:
             cases = []

@@ -1,15 +1,27 @@
 """History on NATS: a JetStream stream per retention rule, in the loop thread.
 
-Each distinct rule (size, ttl) gets a stream, ``flask_realtime_h_<size>_<ttl
-ms>``, on the subjects ``flask_realtime.h.<size>_<ttl ms>.<topic token>``,
+Each distinct rule (size, ttl) gets a stream, ``flask_realtime_k_<size>_<ttl
+ms>``, on the subjects ``flask_realtime.k.<size>_<ttl ms>.<topic token>``,
 apart from the plain ``flask_realtime.t.<topic token>``; it keeps
 ``size`` messages per subject (``max_msgs_per_subject``) for ``ttl`` +
-``POSITION_TTL`` (``max_age``), and republishes each message, once stored,
-on the topic's plain subject: subscribers keep their core subscription, get
-nothing that was not stored, and get a topic's messages in the stream's
-order, which is the offsets' order. A read leaves out the events older than
+``POSITION_TTL`` (``max_age``). A read leaves out the events older than
 ``ttl`` by the server's timestamps; the last message outlives them, and with
 it the position.
+
+Live delivery is the publisher's: once JetStream acknowledged a round, the
+node publishes what it stored on the topics' plain subjects over core NATS
+(``_deliver``), each message with its stream sequence, that of the topic's
+message stored before it and its epoch in a head of its payload
+(``_nats_link.live_message``), so every node's link puts two nodes' messages
+in the stream's order. Subscribers keep their core subscription and get
+nothing that was not stored. Before, the stream republished each message
+(``republish``): seven or eight headers for every node to parse, and twice
+the server's work; those streams (``flask_realtime_h_*``) are left as they
+are, since nats-server lets no update take republishing away. A live
+message lost (its publisher killed between the acknowledgement and the
+send) leaves a hole the node's follower reads from the history when the
+next event comes (``node/continuity.py``); one lost with the connection is
+sent again on the next.
 
 A message carries its offset in its payload (``_history.stamp``) and its
 topic's epoch at the head of its ``Nats-Msg-Id`` (``<epoch>.<node>.<n>``),
@@ -40,8 +52,8 @@ the first one not stored is refused or stored as before.
 A topic's new events of a round go as one message, a pack (``_PACK_BYTES``
 at most, else several): their stamped payloads joined, their sizes in a
 ``Flask-Realtime-Pack`` header, the epoch and chain of one message. With
-many publishers to one channel JetStream then stores, acknowledges and
-republishes one message for all of them, and every node parses one. A pack
+many publishers to one channel JetStream then stores and acknowledges one
+message for all of them, and every node parses one live message. A pack
 goes where the topic's first event of the batch was, so a topic's events
 keep their order but those of two topics in one batch may not (concurrent
 publishers have none). ``size`` messages per subject keep at least
@@ -68,7 +80,7 @@ from nats.js import api
 from nats.js import errors as js_errors
 
 from ._history import POSITION_TTL, envelope, new_epoch, offset_of, stamp
-from ._nats_link import PACK, Link, Messages, subject, unpack
+from ._nats_link import PACK, Link, Messages, escape, live_message, subject, unpack
 from ._support import LinkLost
 from .interface import Position, Retention, RetentionLookup
 
@@ -85,7 +97,11 @@ _DUPLICATES = 10.0  # JetStream remembers ids this long: past any batch's resend
 _CACHED = 65536  # topics whose last message a node remembers
 _KEEP_WINDOW = 2.0  # a fetch serves reads at its position this long after
 _WINDOWS = 4096  # fetches kept at most
-_PREFIX = "flask_realtime.h."
+# Streams made by releases before live delivery was the publisher's
+# (``flask_realtime_h_*`` on ``flask_realtime.h.*``) republished each message,
+# which nats-server does not let an update take away: new names, so none of
+# them delivers an event twice; they expire (``max_age``) untouched.
+_PREFIX = "flask_realtime.k."
 # A topic's new events of a round go in one message (a pack) of at most this
 # many bytes, or in several (an event as large goes alone): well under
 # nats-server's max_payload (1 MiB by default), and it bounds what a
@@ -101,7 +117,7 @@ def _rule_id(rule: Retention) -> str:
 
 
 def stream_name(rule: Retention) -> str:
-    return "flask_realtime_h_" + _rule_id(rule)
+    return "flask_realtime_k_" + _rule_id(rule)
 
 
 @functools.lru_cache(maxsize=65536)
@@ -124,7 +140,6 @@ def stream_config(rule: Retention) -> api.StreamConfig:
         storage=api.StorageType.FILE,
         duplicate_window=_DUPLICATES,  # a resent message is not stored twice
         allow_direct=True,
-        republish=api.RePublish(src=source, dest="flask_realtime.t.{{wildcard(1)}}"),
     )
 
 
@@ -159,6 +174,10 @@ class _Sent(t.NamedTuple):
     subject: str
     payload: bytes
     headers: dict[str, str]
+    # The stream sequence of the topic's message stored before it: the one
+    # expected (a topic's first message in its round), or -1: the round's
+    # previous message of the topic.
+    before: int
 
 
 class _Last(t.NamedTuple):
@@ -230,6 +249,7 @@ class NatsHistory:
                     settled[i] = settled[i] or rules[i] is None
             wait = deadline - time.monotonic()
             outcome = await self._settle(sent, asked, resend, wait)
+            await self._deliver(link, sent, outcome)
             resent, todo, resend = resend, [], {}
             for entry in sent:
                 first = entry.indices[0]
@@ -325,7 +345,7 @@ class NatsHistory:
         asked: dict[int, asyncio.Future[t.Any]] = {}
         for entry in plan:
             if isinstance(entry, int):
-                topic, data = messages[entry]
+                [(topic, data)] = escape([messages[entry]])
                 await link.nc.publish(subject(topic), data)
             elif entry.indices[0] in ask:
                 asked[entry.indices[0]] = await link.ask(
@@ -353,8 +373,9 @@ class NatsHistory:
         if last is None:
             last = self._last[topic]
             headers = {_LAST_SUBJECT_SEQ: str(last.seq)}
+            stored_before = last.seq
         else:
-            headers = {}
+            headers, stored_before = {}, -1
         name = stream_name(rule)
         before = previous(name)
         if before is not None:
@@ -379,6 +400,7 @@ class NatsHistory:
             history_subject(topic, rule),
             payload,
             headers,
+            stored_before,
         )
 
     @staticmethod
@@ -419,6 +441,47 @@ class NatsHistory:
                 outcome[i] = seq
                 after[stream] = None if seq is None else seq - 1
         return outcome
+
+    @staticmethod
+    async def _deliver(
+        link: Link,
+        sent: list[_Sent],
+        outcome: dict[int, int | BaseException | None],
+    ) -> None:
+        """Publish live what the round stored, once stored: each message with
+        its stream sequence and that of the topic's message stored before it,
+        so that every node's link puts two nodes' messages in the stream's
+        order (see ``_nats_link.py``)."""
+        live: Messages = []
+        previous: dict[str, int] = {}  # topic -> the round's last stored
+        for entry in sent:
+            seq = outcome[entry.indices[0]]
+            if not isinstance(seq, int):
+                continue
+            before = entry.before
+            if before < 0:
+                before = previous.get(entry.topic, 0)  # 0: not known, goes at once
+            previous[entry.topic] = seq
+            sizes = entry.headers.get(PACK) or str(len(entry.payload))
+            message = live_message(entry.epoch, seq, before, sizes, entry.payload)
+            live.append((entry.topic, message))
+        if live:
+            await link.deliver(live)
+
+    async def floor(
+        self, link: Link, topics: list[str], retention: RetentionLookup
+    ) -> None:
+        """Tell the link each kept topic's last stored message, once its
+        subscription is in place (see ``Link.floor``)."""
+        kept = [(topic, rule) for topic in topics if (rule := retention(topic))]
+        for rule in {rule for _, rule in kept}:
+            await self.ensure_stream(link, rule)  # else a lookup waits in vain
+        found = await asyncio.gather(
+            *(self._lookup(link, topic, rule) for topic, rule in kept)
+        )
+        for (topic, _), last in zip(kept, found, strict=True):
+            if last is not None:
+                link.floor(topic, last.epoch, last.seq)
 
     def _ready(self, kept: dict[str, Retention]) -> bool:
         """Whether the streams are known and each topic's last message too."""

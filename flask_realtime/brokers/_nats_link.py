@@ -9,14 +9,18 @@ reader's inbox gets the slots in their order as they fill. A kept topic's
 stored message may hold several events (a pack, see ``_nats_history.py``):
 its slot gets them all, and the inbox each in turn.
 
-A kept topic's messages come republished by its stream, once stored; but
-nats-server republishes outside the stream's lock (ADR-28: at most once, no
-order promised), so two nodes' messages stored one after the other can come
-the other way round (seen: about one run in 40 of two nodes publishing at
-once). Each names the one stored before it on its subject
-(``Nats-Last-Sequence``), so a slot that comes early waits, outside the
-order, until that one is placed, or ``_EARLY_WAIT`` at most (a republish
+A kept topic's stored messages come live from the node that stored each,
+once JetStream acknowledged it (see ``_nats_history.py``): two nodes' messages
+stored one after the other can come the other way round. Each names the one
+stored before it on its subject (its stream sequence, in the head of its
+payload: ``live_message``), so a slot that comes early waits, outside the
+order, until that one is placed, or ``_EARLY_WAIT`` at most (a live message
 lost: the node's continuity check then reads the hole from the history).
+Where the order starts: a subscription to a kept topic, once in place,
+looks up the topic's last stored message (``floor``); the node reads the
+history up to there itself, and live messages up to it still on their way
+are not placed (the first one to come could be a later one). Those sent
+again after a reconnect are not placed twice either.
 """
 
 from __future__ import annotations
@@ -47,14 +51,15 @@ _JS_TIMEOUT = 2.0  # a JetStream API request (history) waits this long
 LOST = object()  # in the inbox: the connection is gone; in a slot: unsubscribed
 # The header of a pack: the sizes of its events, comma-separated, in order.
 PACK = "Flask-Realtime-Pack"
-# A republished message's stream sequence, and that of the message stored
-# before it on its subject (0: none, or not known).
-_SEQUENCE = "Nats-Sequence"
-_LAST_SEQUENCE = "Nats-Last-Sequence"
+# The head of a kept topic's live message (see ``live_message``); a plain
+# payload that starts with it is sent with one more (``escape``).
+LIVE = b"\x00"
 # How long a kept topic's message that came before the one stored ahead of it
 # waits for that one, and how many may wait per topic.
 _EARLY_WAIT = 0.5
 _EARLY_LIMIT = 10_000
+# Live batches that nothing published after confirms get a marker this late.
+_MARK_AFTER = 0.05
 
 
 @functools.lru_cache(maxsize=65536)
@@ -80,6 +85,55 @@ def unpack(data: bytes, headers: dict[str, str] | None) -> list[bytes]:
         end = start + int(size)
         events.append(data[start:end])
         start = end
+    return events
+
+
+def live_message(
+    epoch: str, seq: int, before: int, sizes: str, payload: bytes
+) -> bytes:
+    """A kept topic's stored message as its publisher delivers it live:
+    ``\\x00<epoch> <stream sequence> <the topic's one stored before>
+    <sizes>\\n`` and the stored payload (one event, or a pack's, ``sizes``
+    comma-separated). In the payload, not in headers: nats-py parses headers
+    at some cost."""
+    head = b"%s%s %d %d %s\n" % (LIVE, epoch.encode(), seq, before, sizes.encode())
+    return head + payload
+
+
+def escape(messages: Messages) -> Messages:
+    """Plain messages as sent: a payload that starts like a live message
+    gets one ``LIVE`` more, which the receiving link takes away."""
+    if not any(data[:1] == LIVE for _, data in messages):
+        return messages
+    return [
+        (topic, LIVE + data if data[:1] == LIVE else data) for topic, data in messages
+    ]
+
+
+def _live_order(data: bytes) -> tuple[bytes, int, int]:
+    """(epoch, stream sequence, the one before) of a live message;
+    ValueError if malformed."""
+    head = data[1 : data.index(b"\n")].split(b" ", 3)
+    return head[0], int(head[1]), int(head[2])
+
+
+def _live_events(data: bytes) -> t.Any:
+    """The event (bytes) or events (a list) of a live message; ValueError if
+    malformed."""
+    end = data.index(b"\n")
+    sizes = data[1:end].split(b" ", 3)[3].split(b",")
+    start = end + 1
+    if len(sizes) == 1:
+        if len(data) - start != int(sizes[0]):
+            raise ValueError("a live message of another size")
+        return data[start:]
+    events = []
+    for size in sizes:
+        stop = start + int(size)
+        events.append(data[start:stop])
+        start = stop
+    if start != len(data):
+        raise ValueError("a live message of another size")
     return events
 
 
@@ -136,6 +190,7 @@ class Link:
         # Kept subjects: the stream sequence of the last message in the order,
         # and the messages that came early, by the sequence they wait for.
         self.placed: dict[str, int] = {}
+        self.epochs: dict[str, bytes] = {}  # the epoch of the last placed
         self.early: dict[str, dict[int, tuple[int, _Slot]]] = {}
         self.rounds: dict[int, Round] = {}
         self.unconfirmed = unconfirmed
@@ -152,6 +207,11 @@ class Link:
         self.answers: dict[str, asyncio.Future[Msg]] = {}
         self.answer_prefix = self.control + "_a."
         self._asked = 0
+        # Live batches not known to have reached the server: (answers asked
+        # before it, the last batch number then, its number).
+        self.delivered: deque[tuple[int, int, int]] = deque()
+        self._marking: asyncio.TimerHandle | None = None
+        self._marker: asyncio.Future[None] | None = None  # referenced while sent
 
     def jetstream(self) -> JetStreamContext:
         """This connection's JetStream context (history), made on first use."""
@@ -166,36 +226,46 @@ class Link:
         if topic is not None:
             slot = _Slot(topic)
             self.waiting[msg.subject].append(slot)  # filled in arrival order
-            headers = msg.headers
-            if headers and _SEQUENCE in headers:
-                self._place_stored(msg.subject, slot, headers)
+            if msg.data[:1] == LIVE and msg.data[1:2] != LIVE:
+                self._place_stored(msg.subject, slot, msg.data)
             else:
                 self.order.append(slot)
         return msg
 
-    def _place_stored(self, name: str, slot: _Slot, headers: dict[str, str]) -> None:
-        """Put a republished message's slot in the stream's order (see the
-        module): after the one stored before it, which may be still to come."""
+    def _place_stored(self, name: str, slot: _Slot, data: bytes) -> None:
+        """Put a kept topic's live message's slot in the stream's order (see
+        the module): after the one stored before it, which may be still to
+        come. One stored no later than the last placed is not placed (sent
+        again, or read by the node: see ``floor``), and never released."""
         try:
-            sequence = int(headers[_SEQUENCE])
-            before = int(headers.get(_LAST_SEQUENCE) or 0)
+            epoch, sequence, before = _live_order(data)
         except ValueError:
-            self.order.append(slot)
+            self.order.append(slot)  # dropped by _on_topic, in its place
             return
         last = self.placed.get(name)
-        if last is not None and before > last:  # that one has not come yet
-            early = self.early.get(name)
-            if early is None:
-                early = self.early[name] = {}
-                asyncio.get_running_loop().call_later(
-                    _EARLY_WAIT, self._stop_waiting, name, early
-                )
-            early[before] = (sequence, slot)
-            if len(early) > _EARLY_LIMIT:
-                self._stop_waiting(name, early)
-            return
+        if last is not None and self.epochs.get(name) != epoch:
+            last = None  # the stream lost its data: its numbering starts anew
+        if last is not None:
+            if sequence <= last:
+                return
+            if before > last:  # that one has not come yet
+                early = self.early.get(name)
+                if early is None:
+                    early = self.early[name] = {}
+                    asyncio.get_running_loop().call_later(
+                        _EARLY_WAIT, self._stop_waiting, name, early
+                    )
+                early[before] = (sequence, slot)
+                if len(early) > _EARLY_LIMIT:
+                    self._stop_waiting(name, early)
+                return
         self.order.append(slot)
         self.placed[name] = sequence
+        self.epochs[name] = epoch
+        self._place_due(name)
+
+    def _place_due(self, name: str) -> None:
+        """Place the early ones that waited for the last placed, in turn."""
         early = self.early.get(name)
         if early is not None:
             while (due := early.pop(self.placed[name], None)) is not None:
@@ -215,18 +285,41 @@ class Link:
             self.placed[name] = sequence
         self._release()
 
+    def floor(self, topic: str, epoch: str, sequence: int) -> None:
+        """The topic's last stored message once its subscription was in place:
+        every later one comes, each after the one before it; those up to it
+        are the node's to read from the history (it does, after subscribing),
+        and their live messages still on their way are not placed: the first
+        to come could be a later one, which would go out ahead of them."""
+        name = subject(topic)
+        if name not in self.topic_of:
+            return
+        last, mark = self.placed.get(name), epoch.encode()
+        if last is not None and last >= sequence and self.epochs.get(name) == mark:
+            return
+        self.placed[name] = sequence
+        self.epochs[name] = mark
+        early = self.early.get(name)
+        if early is not None:
+            for before in [b for b, (seq, _) in early.items() if seq <= sequence]:
+                del early[before]  # never released
+            self._place_due(name)
+            self._release()
+
     async def _on_topic(self, msg: Msg) -> None:
         slots = self.waiting.get(msg.subject)
         if slots:
-            # An empty payload is a kept topic's epoch mark, republished by
-            # its stream (see _nats_history.py): nobody receives it.
-            data: t.Any = msg.data or LOST
-            headers = msg.headers
-            if headers and PACK in headers and data is not LOST:
+            data: t.Any = msg.data or LOST  # empty: not ours, nobody receives it
+            if data is not LOST and data[:1] == LIVE:
+                if data[1:2] == LIVE:  # a plain one, escaped
+                    data = data[1:]
+                    slots.popleft().data = data
+                    self._release()
+                    return
                 try:
-                    data = unpack(data, headers)
-                except ValueError:  # not ours: dropped, the slots go on
-                    log.warning("a malformed pack on %s", msg.subject)
+                    data = _live_events(data)
+                except (ValueError, IndexError):  # not ours: dropped, the slots go on
+                    log.warning("a malformed live message on %s", msg.subject)
                     data = LOST
             slots.popleft().data = data
             self._release()
@@ -254,6 +347,8 @@ class Link:
             return
         if not index:
             self.unconfirmed.batches.pop(int(batch), None)  # late: not resent
+            if self.delivered:
+                self._confirm(marker=int(batch))
             done = self.rounds.pop(int(batch), None)
             if done is not None and not done.future.done():
                 done.future.set_result(None)
@@ -261,6 +356,49 @@ class Link:
             done = self.rounds.get(int(batch))
             if done is not None and done.counts[int(index)] is None:
                 done.counts[int(index)] = 0
+
+    async def deliver(self, messages: Messages) -> None:
+        """Publish kept topics' stored messages live (``live_message``). They
+        wait among the unconfirmed batches, sent again on the next connection,
+        until the server answers anything published after them: it handles a
+        connection's commands in order (a marker each would cost a lone
+        publisher two more messages a broadcast)."""
+        number = self.unconfirmed.number()
+        self.unconfirmed.batches[number] = messages
+        for topic, data in messages:
+            try:
+                await self.nc.publish(subject(topic), data)
+            except nats_errors.MaxPayloadError:  # stored: read from the history
+                log.warning("a live message of %s bytes: too large", len(data))
+            except (nats_errors.Error, OSError) as exc:
+                # Stored all the same: the batch is not sent again for this,
+                # its live messages are, on the next connection.
+                log.debug("delivering live on the nats broker: %s", exc)
+                return
+        self.delivered.append((self._asked, self.unconfirmed.last, number))
+        if self._marking is None:
+            loop = asyncio.get_running_loop()
+            self._marking = loop.call_later(_MARK_AFTER, self._mark_delivered)
+
+    def _mark_delivered(self) -> None:
+        """No answer came since the last live batches: a marker asks for one
+        (a connection lost later would send them again, twice delivered)."""
+        self._marking = None
+        if self.delivered and not self.dead:
+            self._marker = asyncio.ensure_future(self._send_marker())
+
+    async def _send_marker(self) -> None:
+        try:
+            await self.nc.publish(f"{self.control}.{self.unconfirmed.number()}")
+        except (nats_errors.Error, OSError) as exc:  # lost: they are sent again
+            log.debug("marking live messages on the nats broker: %s", exc)
+
+    def _confirm(self, asked: int = -1, marker: int = -1) -> None:
+        """The live batches published before answer ``asked`` or marker
+        ``marker`` reached the server: not sent again."""
+        delivered, batches = self.delivered, self.unconfirmed.batches
+        while delivered and (delivered[0][0] < asked or delivered[0][1] < marker):
+            batches.pop(delivered.popleft()[2], None)
 
     async def ask(
         self, name: str, data: bytes, headers: dict[str, str]
@@ -279,9 +417,12 @@ class Link:
         return future
 
     async def on_answer(self, msg: Msg) -> None:
-        future = self.answers.get(msg.subject[len(self.answer_prefix) :])
+        token = msg.subject[len(self.answer_prefix) :]
+        future = self.answers.get(token)
         if future is not None and not future.done():
             future.set_result(msg)
+        if self.delivered and token.isdigit():
+            self._confirm(asked=int(token))
 
     async def subscribe(self, topics: list[str]) -> None:
         async with self.changing:
@@ -310,6 +451,7 @@ class Link:
                     pass  # the connection is gone, and the subscription with it
                 del self.topic_of[subject(topic)]
                 self.placed.pop(subject(topic), None)
+                self.epochs.pop(subject(topic), None)
                 self.early.pop(subject(topic), None)  # their slots are not in the order
                 for slot in self.waiting.pop(subject(topic)):
                     slot.data = LOST

@@ -36,7 +36,7 @@ from nats import errors as nats_errors
 
 from ..config import ConfigError, Settings
 from ._nats_history import NatsHistory
-from ._nats_link import LOST, Link, Messages, Unconfirmed
+from ._nats_link import LOST, Link, Messages, Unconfirmed, escape
 from ._nats_loop import LoopThread, Signal
 from ._support import redact
 from .base import BrokerBase, BrokerUnavailable, LinkLost, MessageCallback
@@ -191,7 +191,9 @@ class NatsBroker(BrokerBase):
             raise LinkLost("not connected")
         if any(self.retention(topic) for topic, _ in messages):
             return loop.run(self._store(link, messages), _STORE_WAIT + _LOOP_WAIT)
-        return loop.run(self._publish(link, messages), _CONFIRM_WAIT + _LOOP_WAIT)
+        # As sent (and as sent again, when unconfirmed): see _nats_link.escape.
+        sent = escape(messages)
+        return loop.run(self._publish(link, sent), _CONFIRM_WAIT + _LOOP_WAIT)
 
     async def _store(
         self, link: Link, messages: Messages
@@ -248,11 +250,14 @@ class NatsBroker(BrokerBase):
             return None
         return done
 
-    @staticmethod
-    async def _subscribe_and_check(link: Link, topics: list[str], done: Signal) -> None:
+    async def _subscribe_and_check(
+        self, link: Link, topics: list[str], done: Signal
+    ) -> None:
         try:
             await link.subscribe(topics)
             await link.send([], _CHECK_WAIT, replies=False)
+            # In place: each kept topic's live messages are ordered from here.
+            await self._history.floor(link, topics, self.retention)
         except Exception as exc:  # the link is gone: subscribed again on reconnect
             log.debug("subscribing on the nats broker: %s", exc)
         finally:
