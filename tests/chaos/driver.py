@@ -117,6 +117,7 @@ def run(
     _at(started + plan.duration * 0.6)
     restart_broker()
     figures["broker back at"] = round(time.monotonic() - started, 1)
+    broker_back = time.time()
     results = []
     for process, out_path in swarms:
         process.wait(timeout=plan.duration + 180)
@@ -128,6 +129,14 @@ def run(
     merged["unfinished"] = [n for r in results for n in r["unfinished"]]
     merged["publishers"] = [p for r in results for p in r["publishers"]]
     verdict = judge([merged], plan.size, epoch_may_change)
+    # Events flowed through every fault: each node (the restarted one too)
+    # accepted publishes once the broker was back.
+    figures["published after the broker was back"] = after = {node: 0 for node in nodes}
+    for publisher in merged["publishers"]:
+        if publisher is not None:
+            after[publisher["node"]] += sum(
+                1 for moment in publisher["accepted_at"] if moment > broker_back
+            )
     figures["elapsed"] = round(time.monotonic() - started, 1)
     return verdict, figures
 

@@ -270,6 +270,9 @@ def publish(
 ) -> dict[str, t.Any]:
     """Numbered events to the plan's channels at ``rate``, through ``node``."""
     sent: dict[str, list[int]] = {c: [] for c in plan["channels"]}
+    accepted_at: list[
+        float
+    ] = []  # wall clock: the driver's timeline is another process's
     failed = 0
     interval = 1.0 / rate
     session = requests.Session()
@@ -289,6 +292,7 @@ def publish(
             )
             if answer.status_code == 200:
                 sent[channel].append(n)
+                accepted_at.append(time.time())
             else:
                 failed += 1
         except requests.RequestException:
@@ -296,7 +300,13 @@ def publish(
             session = requests.Session()
         n += 1
         gevent.sleep(max(0.0, started + n * interval - time.monotonic()))
-    return {"publisher": publisher, "sent": sent, "failed": failed}
+    return {
+        "publisher": publisher,
+        "node": node,
+        "sent": sent,
+        "failed": failed,
+        "accepted_at": accepted_at,
+    }
 
 
 def main(plan_path: str, out_path: str) -> None:

@@ -68,9 +68,11 @@ def test_every_event_reaches_every_client_once_in_order_through_chaos(
             instances[1].discard()  # the restarted one; the fixture ends the rest
     print(figures, verdict.summary(), sep="\n")
     assert verdict.ok, verdict.summary()
-    # Two nodes' publishers at the plan's rate, each request answered before
-    # the next: on two loaded cores they keep up an eighth of it at least
-    # (what matters is that events flowed through every cut and restart).
-    assert verdict.counts["published"] > plan.rate * plan.duration / 4
+    # Events flowed through every cut and restart: both nodes, the restarted
+    # one too, had publishes accepted after the broker came back. (How many
+    # is the swarm's CPU: it shares two cores with both nodes and the broker,
+    # and the number of all the publishes says nothing more.)
+    after = figures["published after the broker was back"]
+    assert len(after) == 2 and min(after.values()) >= 20, after
     assert verdict.counts["sessions"] > plan.clients * 3  # the cuts happened
     assert verdict.counts["subscribed.recovered=True"] > plan.clients
