@@ -100,6 +100,17 @@ class StreamFollows:
         self._channels, self._channel_of, self._unacked = channels, {}, {}
         self._cancelled = set()
 
+    def _next_channel(self) -> t.Any:
+        """The channel the next consumer or declare goes on, in turn."""
+        self._turn += 1
+        return self._channels[self._turn % len(self._channels)]
+
+    def declare(self, name: str, rule: Retention) -> None:
+        """Declare stream ``name`` (without waiting for the answer)."""
+        self._next_channel().queue_declare(
+            name, durable=True, arguments=arguments(rule)
+        )
+
     def follow(self, link: Link, topics: list[str], done: t.Callable[[], None]) -> None:
         """Consume each of ``topics``' streams from where its delivery
         stopped (new ones from the end), once the stream is ready;
@@ -129,8 +140,7 @@ class StreamFollows:
             rule = self._retention(topic)
             assert rule is not None
             token = self.to_follow[topic] = object()
-            channel = self._channels[self._turn % len(self._channels)]
-            self._turn += 1
+            channel = self._next_channel()
             if name in self._checks.ready:
                 # Known to run: the declare (which makes it again if it was
                 # deleted) without waiting for its answer, and the consume

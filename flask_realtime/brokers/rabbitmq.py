@@ -334,7 +334,7 @@ class RabbitMQBroker(BrokerBase):
         """In the reader: follow the streams of ``topics`` (each has a
         writer: this node becomes one); ``done`` once all are followed."""
         if topics and link.error is None:
-            self._consume_inboxes(link, topics)
+            self._consume_inboxes(link, topics, follows=True)
         self._streams.follow(link, topics, lambda: self._release(done))
 
     def _written(self, topic: str) -> int | None:
@@ -357,9 +357,14 @@ class RabbitMQBroker(BrokerBase):
         else:
             link.soon(lambda: self._consume_inboxes(link, [topic]))
 
-    def _consume_inboxes(self, link: Link, topics: list[str]) -> None:
+    def _consume_inboxes(
+        self, link: Link, topics: list[str], follows: bool = False
+    ) -> None:
         """In the reader: consume the inboxes of ``topics`` (one consumer of
-        each at a time receives: RabbitMQ's single active consumer)."""
+        each at a time receives: RabbitMQ's single active consumer), and
+        declare their streams, on the stream consumers' channels (RabbitMQ
+        makes a new stream in some milliseconds: on several channels at
+        once), unless their ``follows`` do."""
         if link.error is not None:
             return
         for topic in topics:
@@ -368,7 +373,8 @@ class RabbitMQBroker(BrokerBase):
                 continue
             self._writes.add(topic)  # again after a reconnect
             name = self._history.name(topic)
-            link.channel.queue_declare(name, durable=True, arguments=arguments(rule))
+            if not follows:
+                self._streams.declare(name, rule)
             link.channel.queue_declare(**inbox_declaration(inbox_name(name)))
             self._inbox_calls += 1
             tag = link.consume_soon(inbox_name(name), None, self._inbox_consumed)
