@@ -113,15 +113,45 @@ class Link:
         queue: str,
         arguments: dict[str, t.Any] | None,
         done: t.Callable[[str], None],
+        channel: t.Any = None,
     ) -> str:
-        """Ask to consume ``queue``; ``done(tag)`` once RabbitMQ confirmed."""
-        tag: str = self.channel.basic_consume(
+        """Ask to consume ``queue`` (on ``channel``, by default the link's
+        own); ``done(tag)`` once RabbitMQ confirmed."""
+        tag: str = (channel or self.channel).basic_consume(
             queue,
             self._delivered,
             arguments=arguments,
             callback=lambda frame: done(frame.method.consumer_tag),
         )
         return tag
+
+    def open_channels(self, count: int, prefetch: int) -> list[t.Any]:
+        """``count`` more channels, each with a ``prefetch`` per consumer.
+
+        RabbitMQ runs each channel apart: methods sent on several channels
+        are answered in parallel, one channel's one after another (a stream
+        consume takes it some milliseconds). Their deliveries go to
+        ``deliveries`` too; a delivery tag is its channel's."""
+        opened: list[t.Any] = []
+        for _ in range(count):
+            self.connection.channel(on_open_callback=self._opened_more(opened))
+        self.wait(lambda: len(opened) == count, CALL_TIMEOUT)
+        settled: list[object] = []
+        for channel in opened:
+            channel.basic_qos(
+                prefetch_count=prefetch,
+                callback=lambda frame: self.wake(settled.append(frame)),
+            )
+        self.wait(lambda: len(settled) == count, CALL_TIMEOUT)
+        return opened
+
+    def _opened_more(self, opened: list[t.Any]) -> t.Callable[[t.Any], None]:
+        def opened_one(channel: t.Any) -> None:
+            self._watch(channel)
+            opened.append(channel)
+            self.wake()
+
+        return opened_one
 
     def enable_confirms(self) -> None:
         self.call(self.channel.confirm_delivery, ack_nack_callback=self._confirmed)
@@ -221,12 +251,17 @@ class Link:
     # -- state changes -----------------------------------------------------------
 
     def _opened(self, channel: t.Any) -> None:
+        self._watch(channel)
+        self.channel = channel
+        self.wake()
+
+    def _watch(self, channel: t.Any) -> None:
+        """A channel closed, or a consumer of it cancelled by the broker,
+        fails the link."""
         channel.add_on_close_callback(self._failed)
         channel.add_on_cancel_callback(
             lambda _frame: self._failed(None, "the broker cancelled the consumer")
         )
-        self.channel = channel
-        self.wake()
 
     def _failed(self, _source: object, reason: object) -> None:
         if self.error is None:

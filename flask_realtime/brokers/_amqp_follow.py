@@ -14,6 +14,13 @@ consumer of a busy stream would close the connection. A parked consumer's
 messages are acknowledged and dropped; it is followed again if its topic
 is (a client coming back), and cancelled once that is safe (``sweep``).
 
+The consumers go on channels of their own (``CHANNELS`` of them, the
+topics dealt out in turn), not on the connection's first one: RabbitMQ
+answers one channel's methods one after another, and a stream consume
+takes it some milliseconds (3.4 to 5.9 ms here, more from an offset than
+from the end), so a storm's 1,000 follows took 4 to 6 s on one channel
+and 1.2 s on 8. Each channel's deliveries are acknowledged on it.
+
 Everything here runs in the broker's reader (the consumer connection's one
 driver), except :meth:`StreamFollows.stop_delivering`.
 """
@@ -33,6 +40,7 @@ from .interface import Retention
 # A stream consumer no longer followed is kept this long at least, for its
 # channel's clients to come back (``unfollow``, ``sweep``).
 _PARKED_QUIET = 5.0
+CHANNELS = 8  # for stream consumers, on the consumer connection
 
 
 class StreamFollows:
@@ -72,12 +80,36 @@ class StreamFollows:
         # and tag -> (when it last received, the last offset it received).
         self.parked: dict[str, str] = {}
         self._parked_seen: dict[str, tuple[float, int]] = {}
+        # The consumer connection's channels for them, the channel of each
+        # consumer, and per channel: deliveries not yet acknowledged, the
+        # last one's tag.
+        self._channels: list[t.Any] = []
+        self._channel_of: dict[str, t.Any] = {}
+        self._unacked: dict[t.Any, tuple[int, int]] = {}
+        self._turn = 0
+        # Consumers cancelled at the last sweep: what they received before
+        # the answer is still acknowledged on their channel.
+        self._cancelled: set[str] = set()
 
-    def connected(self) -> None:
-        """A new consumer connection: no consumer yet (where each topic's
-        delivery stopped is kept, to resume from)."""
+    def connected(self, channels: list[t.Any]) -> None:
+        """A new consumer connection, its ``channels`` for stream consumers:
+        no consumer yet (where each topic's delivery stopped is kept, to
+        resume from)."""
         self.following, self._tag_of, self.to_follow = {}, {}, {}
         self.parked, self._parked_seen = {}, {}
+        self._channels, self._channel_of, self._unacked = channels, {}, {}
+        self._cancelled = set()
+
+    def _next_channel(self) -> t.Any:
+        """The channel the next consumer or declare goes on, in turn."""
+        self._turn += 1
+        return self._channels[self._turn % len(self._channels)]
+
+    def declare(self, name: str, rule: Retention) -> None:
+        """Declare stream ``name`` (without waiting for the answer)."""
+        self._next_channel().queue_declare(
+            name, durable=True, arguments=arguments(rule)
+        )
 
     def follow(self, link: Link, topics: list[str], done: t.Callable[[], None]) -> None:
         """Consume each of ``topics``' streams from where its delivery
@@ -108,18 +140,18 @@ class StreamFollows:
             rule = self._retention(topic)
             assert rule is not None
             token = self.to_follow[topic] = object()
+            channel = self._next_channel()
             if name in self._checks.ready:
                 # Known to run: the declare (which makes it again if it was
                 # deleted) without waiting for its answer, and the consume
                 # right behind it, as a reconnecting storm's follows need.
-                link.channel.queue_declare(
-                    name, durable=True, arguments=arguments(rule)
-                )
-                self._consume(link, topic, name, token, consumed)
+                channel.queue_declare(name, durable=True, arguments=arguments(rule))
+                self._consume(link, channel, topic, name, token, consumed)
                 continue
 
             def declared(
                 _frame: object,
+                channel: t.Any = channel,
                 topic: str = topic,
                 name: str = name,
                 token: object = token,
@@ -128,18 +160,21 @@ class StreamFollows:
                     name,
                     lambda _ok: self._soon(
                         link,
-                        lambda: self._consume(link, topic, name, token, consumed),
+                        lambda: self._consume(
+                            link, channel, topic, name, token, consumed
+                        ),
                     ),
                 )
 
             # pika sends a channel's synchronous methods one after another.
-            link.channel.queue_declare(
+            channel.queue_declare(
                 name, durable=True, arguments=arguments(rule), callback=declared
             )
 
     def _consume(
         self,
         link: Link,
+        channel: t.Any,
         topic: str,
         name: str,
         token: object,
@@ -154,9 +189,10 @@ class StreamFollows:
             return
         del self.to_follow[topic]
         start: int | str = self._resume.get(topic, "next")
-        tag = link.consume_soon(name, {"x-stream-offset": start}, consumed)
+        tag = link.consume_soon(name, {"x-stream-offset": start}, consumed, channel)
         self.following[tag] = topic
         self._tag_of[topic] = tag
+        self._channel_of[tag] = channel
 
     def stop_delivering(self, topics: list[str]) -> None:
         """From any greenlet: nothing of ``topics`` is delivered from now on
@@ -164,19 +200,45 @@ class StreamFollows:
         for topic in topics:
             self.following.pop(self._tag_of.get(topic, ""), None)
 
-    def received(self, tag: str, body: bytes, headers: dict[str, t.Any] | None) -> bool:
+    def received(
+        self,
+        tag: str,
+        delivery_tag: int,
+        body: bytes,
+        headers: dict[str, t.Any] | None,
+        ack_every: int,
+    ) -> bool:
         """One delivery: whether it was a stream consumer's (followed:
-        delivered; parked: dropped), else it is none of these."""
+        delivered; parked: dropped; acknowledged on its channel, every
+        ``ack_every`` and by :meth:`acknowledge`), else it is none of these."""
+        channel = self._channel_of.get(tag)
+        if channel is None:
+            return False
         if tag in self.following:
             if headers:
                 self._follow_one(self.following[tag], body, headers)
-            return True
-        if tag in self._parked_seen:  # no longer followed: dropped
+        elif tag in self._parked_seen:  # no longer followed: dropped
             offset = headers.get("o", -1) if headers else -1
             highest = max(self._parked_seen[tag][1], offset)
             self._parked_seen[tag] = (time.monotonic(), highest)
-            return True
-        return False
+        count = self._unacked.get(channel, (0, 0))[0] + 1
+        if count >= ack_every:
+            channel.basic_ack(delivery_tag, multiple=True)
+            self._unacked.pop(channel, None)
+        else:
+            self._unacked[channel] = (count, delivery_tag)
+        return True
+
+    def owns(self, tag: str) -> bool:
+        """Whether consumer ``tag`` is one of these (on their channels)."""
+        return tag in self._channel_of
+
+    def acknowledge(self, link: Link) -> None:
+        """Acknowledge what the stream consumers received, on each channel."""
+        unacked, self._unacked = self._unacked, {}
+        if link.error is None:
+            for channel, (_, delivery_tag) in unacked.items():
+                channel.basic_ack(delivery_tag, multiple=True)
 
     def _follow_one(self, topic: str, body: bytes, headers: dict[str, t.Any]) -> None:
         """One message of a followed stream: delivered stamped with its
@@ -215,6 +277,9 @@ class StreamFollows:
         such promise: the recovery storm broadcast to a channel right as
         its consumer was cancelled, and the reject closed the connection.
         Those of streams other nodes write stay until the connection goes."""
+        for tag in self._cancelled:  # anything of theirs came before
+            self._channel_of.pop(tag, None)
+        self._cancelled = set()
         if not self._parked_seen or link.error is not None or busy:
             return
         if self.to_follow:
@@ -228,7 +293,7 @@ class StreamFollows:
                 del self._parked_seen[tag]
                 # With a callback: pika forgets it at the answer (a nowait
                 # cancel's tag stays, and anything later is rejected).
-                link.channel.basic_cancel(tag, callback=lambda _frame: None)
+                self._channel_of[tag].basic_cancel(tag, callback=lambda _frame: None)
                 tags.add(tag)
         if tags:
             # Nothing is appended before RabbitMQ has taken the cancels: pika
@@ -240,9 +305,12 @@ class StreamFollows:
             ends = time.monotonic() + CALL_TIMEOUT
 
             def cancelled() -> bool:
-                return tags.isdisjoint(link.channel.consumer_tags)
+                return all(
+                    tags.isdisjoint(channel.consumer_tags) for channel in self._channels
+                )
 
             while not cancelled():
                 if time.monotonic() > ends:
                     raise LinkLost("cancelling parked stream consumers timed out")
                 link.wait(cancelled, 0.005, expire=False)
+            self._cancelled = tags

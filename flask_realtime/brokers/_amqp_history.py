@@ -464,11 +464,15 @@ class StreamHistory:
         the stream offset of the last (where a read may start), and the
         events the reads want when the writer holds them all. The question's
         number: its answer comes to :meth:`_await`."""
-        self._declare(link, name, rule)
         inbox = inbox_name(name)
         if inbox not in self._declared:
-            link.call(link.channel.queue_declare, **inbox_declaration(inbox))
-            self._declared.add(inbox)
+            # Without waiting for the answers (a storm's first reads of many
+            # channels paid two round trips each, one read after another on
+            # the link): the question goes behind them on this channel, so
+            # RabbitMQ has made the inbox when it routes it.
+            link.channel.queue_declare(name, durable=True, arguments=arguments(rule))
+            link.channel.queue_declare(**inbox_declaration(inbox))
+            self._declared.update((name, inbox))
         self._asked += 1
         asked = self._asked
         asks = close()  # the reads the answer serves began before the question

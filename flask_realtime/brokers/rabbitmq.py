@@ -36,6 +36,7 @@ import pika.exceptions
 from .._runtime import event
 from ..config import Settings
 from ._amqp import CALL_TIMEOUT, Link, Outgoing
+from ._amqp_follow import CHANNELS as FOLLOW_CHANNELS
 from ._amqp_follow import StreamFollows
 from ._amqp_held import HeldTails
 from ._amqp_history import (
@@ -249,7 +250,9 @@ class RabbitMQBroker(BrokerBase):
             link.consume(self._queue)
             # Consumers made from now on, of streams; 0 (no limit) is refused.
             link.call(channel.basic_qos, prefetch_count=_STREAM_PREFETCH)
-            self._streams.connected()
+            self._streams.connected(
+                link.open_channels(FOLLOW_CHANNELS, _STREAM_PREFETCH)
+            )
             # New consumers of the inboxes: where the numbering is, read anew.
             self._writing, self._sequences = {}, {}
             self._inbox_calls = 0
@@ -331,7 +334,7 @@ class RabbitMQBroker(BrokerBase):
         """In the reader: follow the streams of ``topics`` (each has a
         writer: this node becomes one); ``done`` once all are followed."""
         if topics and link.error is None:
-            self._consume_inboxes(link, topics)
+            self._consume_inboxes(link, topics, follows=True)
         self._streams.follow(link, topics, lambda: self._release(done))
 
     def _written(self, topic: str) -> int | None:
@@ -354,9 +357,14 @@ class RabbitMQBroker(BrokerBase):
         else:
             link.soon(lambda: self._consume_inboxes(link, [topic]))
 
-    def _consume_inboxes(self, link: Link, topics: list[str]) -> None:
+    def _consume_inboxes(
+        self, link: Link, topics: list[str], follows: bool = False
+    ) -> None:
         """In the reader: consume the inboxes of ``topics`` (one consumer of
-        each at a time receives: RabbitMQ's single active consumer)."""
+        each at a time receives: RabbitMQ's single active consumer), and
+        declare their streams, on the stream consumers' channels (RabbitMQ
+        makes a new stream in some milliseconds: on several channels at
+        once), unless their ``follows`` do."""
         if link.error is not None:
             return
         for topic in topics:
@@ -365,7 +373,8 @@ class RabbitMQBroker(BrokerBase):
                 continue
             self._writes.add(topic)  # again after a reconnect
             name = self._history.name(topic)
-            link.channel.queue_declare(name, durable=True, arguments=arguments(rule))
+            if not follows:
+                self._streams.declare(name, rule)
             link.channel.queue_declare(**inbox_declaration(inbox_name(name)))
             self._inbox_calls += 1
             tag = link.consume_soon(inbox_name(name), None, self._inbox_consumed)
@@ -486,11 +495,13 @@ class RabbitMQBroker(BrokerBase):
         if taken:
             link.deliveries.clear()
             link.deliveries.extend(kept)
-            if kept:
-                # The caller acks up to ``taken`` with multiple: never past
-                # what is still to be handled (another topic's events, not
-                # yet appended: a crash then would lose them).
-                taken = min(taken, kept[0][0] - 1)
+            # The caller acks up to ``taken`` with multiple: never past what
+            # is still to be handled on this channel (another topic's events,
+            # not yet appended: a crash then would lose them; streams'
+            # deliveries come on channels of their own).
+            here = [d[0] for d in kept if not self._streams.owns(d[3])]
+            if here:
+                taken = min(taken, here[0] - 1)
         for topic in new:  # each publisher's events in its order again
             slots = [
                 n
@@ -671,6 +682,7 @@ class RabbitMQBroker(BrokerBase):
     def _read(self) -> None:
         link = self._consumer
         ticked = time.monotonic()
+        every = _STREAM_PREFETCH // 2
         while link is not None:
             now = time.monotonic()
             if now - ticked >= _TICK:  # busy or idle
@@ -682,12 +694,13 @@ class RabbitMQBroker(BrokerBase):
             unacked = last = 0
             received: list[tuple[str, bytes, t.Any]] = []  # from inboxes
             while link.deliveries and self._consumer is link:
-                last, key, body, tag, headers = link.deliveries.popleft()
+                number, key, body, tag, headers = link.deliveries.popleft()
+                if self._streams.received(tag, number, body, headers, every):
+                    continue  # a kept topic's stream, on a channel of its own
+                last = number
                 if tag in self._writing:
                     topic = self._writing[tag]
                     received.extend((topic, *event) for event in unpack(body, headers))
-                elif self._streams.received(tag, body, headers):
-                    pass  # a kept topic's stream (_amqp_follow.py)
                 else:
                     topic = self._topic_of.get(key)
                     if topic is not None:  # else unsubscribed since it was routed
@@ -706,6 +719,7 @@ class RabbitMQBroker(BrokerBase):
                 unacked += 1
             if unacked:
                 link.channel.basic_ack(last, multiple=True)
+            self._streams.acknowledge(link)
 
     # -- the publisher (one driver at a time) ----------------------------------------
 
