@@ -313,7 +313,8 @@ class StreamFollows:
         (a client may come back meanwhile). "Quiet for a while" alone is no
         such promise: the recovery storm broadcast to a channel right as
         its consumer was cancelled, and the reject closed the connection.
-        Those of streams other nodes write stay until the connection goes."""
+        Those of streams other nodes write go with their channel
+        (:meth:`_retire`)."""
         for tag in self._cancelled:  # anything of theirs came before
             self._channel_of.pop(tag, None)
         self._cancelled = set()
@@ -324,10 +325,11 @@ class StreamFollows:
                 if channel not in self._closed
             }
             self._closed = set()
-        if not self._parked_seen or link.error is not None:
+        if link.error is not None:
             return
-        self._retire(link)  # closing a channel rejects nothing: even if busy
-        if busy or self.to_follow:
+        if self._parked_seen or self._retiring:
+            self._retire(link)  # closing a channel rejects nothing: even if busy
+        if not self._parked_seen or busy or self.to_follow:
             return  # not while follows wait for answers (a storm): later
         self._cancel_parked(link, now)
 
