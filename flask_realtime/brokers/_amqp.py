@@ -15,6 +15,7 @@ import typing as t
 from collections import deque
 
 import pika
+import pika.exceptions
 import pika.spec
 from pika.adapters.select_connection import IOLoop, SelectConnection
 
@@ -44,6 +45,7 @@ class Link:
         self.interrupted = False
         self.deliveries: deque[Delivery] = deque()
         self.channel: t.Any = None
+        self._retiring: set[t.Any] = set()  # channels closed on purpose
         self._password = password
         self._done: t.Callable[[], bool] | None = None
         self._tag = 0  # the channel's last delivery tag
@@ -263,7 +265,18 @@ class Link:
             lambda _frame: self._failed(None, "the broker cancelled the consumer")
         )
 
+    def close_channel(self, channel: t.Any) -> None:
+        """Close one of :meth:`open_channels`' channels without failing the
+        link: its consumers end with it, and what reaches them after is
+        dropped by pika (a channel that is closing rejects nothing)."""
+        self._retiring.add(channel)
+        channel.close()
+
     def _failed(self, _source: object, reason: object) -> None:
+        if _source in self._retiring:
+            self._retiring.discard(_source)
+            if isinstance(reason, pika.exceptions.ChannelClosedByClient):
+                return  # closed by close_channel
         if self.error is None:
             self.code = getattr(reason, "reply_code", None)
             text = str(reason) or repr(reason)

@@ -13,6 +13,9 @@ takes a reject for a connection error (NOT_IMPLEMENTED), so cancelling a
 consumer of a busy stream would close the connection. A parked consumer's
 messages are acknowledged and dropped; it is followed again if its topic
 is (a client coming back), and cancelled once that is safe (``sweep``).
+Those of streams other nodes write never are: a channel holding
+``PARKED_MAX`` of them is closed instead, its followed topics consumed
+again on another channel first (``_retire``), so they stay bounded.
 
 The consumers go on channels of their own (``CHANNELS`` of them, the
 topics dealt out in turn), not on the connection's first one: RabbitMQ
@@ -41,6 +44,17 @@ from .interface import Retention
 # channel's clients to come back (``unfollow``, ``sweep``).
 _PARKED_QUIET = 5.0
 CHANNELS = 8  # for stream consumers, on the consumer connection
+# A channel holding this many parked consumers is retired (``sweep``).
+PARKED_MAX = 32
+
+
+class _Token:
+    """A follow waiting for its stream, and the channel it will go on."""
+
+    __slots__ = ("channel",)
+
+    def __init__(self, channel: t.Any) -> None:
+        self.channel = channel
 
 
 class StreamFollows:
@@ -75,7 +89,7 @@ class StreamFollows:
         self._delivered_up_to: dict[str, int] = {}
         # Follows waiting for their stream to be ready (``_amqp_ready.py``):
         # topic -> the follow's token (an unfollow meanwhile drops it).
-        self.to_follow: dict[str, object] = {}
+        self.to_follow: dict[str, _Token] = {}
         # Stream consumers no longer followed (``unfollow``): topic -> tag,
         # and tag -> (when it last received, the last offset it received).
         self.parked: dict[str, str] = {}
@@ -90,20 +104,41 @@ class StreamFollows:
         # Consumers cancelled at the last sweep: what they received before
         # the answer is still acknowledged on their channel.
         self._cancelled: set[str] = set()
+        # Channels dealt no new consumer (too many parked: ``sweep``), and
+        # those closed (what reached their consumers is dropped).
+        self._retiring: set[t.Any] = set()
+        self._closed: set[t.Any] = set()
+        self._prefetch = 1
+        self.parked_max = PARKED_MAX
+        self.retired = 0  # channels retired (for tests)
 
-    def connected(self, channels: list[t.Any]) -> None:
-        """A new consumer connection, its ``channels`` for stream consumers:
-        no consumer yet (where each topic's delivery stopped is kept, to
-        resume from)."""
+    def parked_on(self, channel: t.Any) -> list[str]:
+        """The topics whose parked consumers are on ``channel``."""
+        return [
+            topic
+            for topic, tag in self.parked.items()
+            if self._channel_of.get(tag) is channel
+        ]
+
+    def connected(self, channels: list[t.Any], prefetch: int = 1) -> None:
+        """A new consumer connection, its ``channels`` for stream consumers
+        (``prefetch`` per consumer): no consumer yet (where each topic's
+        delivery stopped is kept, to resume from)."""
         self.following, self._tag_of, self.to_follow = {}, {}, {}
         self.parked, self._parked_seen = {}, {}
         self._channels, self._channel_of, self._unacked = channels, {}, {}
-        self._cancelled = set()
+        self._cancelled, self._retiring, self._closed = set(), set(), set()
+        self._prefetch = prefetch
 
     def _next_channel(self) -> t.Any:
-        """The channel the next consumer or declare goes on, in turn."""
-        self._turn += 1
-        return self._channels[self._turn % len(self._channels)]
+        """The channel the next consumer or declare goes on, in turn (not
+        a retiring one: ``sweep`` keeps some open)."""
+        for _ in range(len(self._channels)):
+            self._turn += 1
+            channel = self._channels[self._turn % len(self._channels)]
+            if channel not in self._retiring:
+                return channel
+        return channel
 
     def declare(self, name: str, rule: Retention) -> None:
         """Declare stream ``name`` (without waiting for the answer)."""
@@ -139,8 +174,8 @@ class StreamFollows:
             name = self._name(topic)
             rule = self._retention(topic)
             assert rule is not None
-            token = self.to_follow[topic] = object()
             channel = self._next_channel()
+            token = self.to_follow[topic] = _Token(channel)
             if name in self._checks.ready:
                 # Known to run: the declare (which makes it again if it was
                 # deleted) without waiting for its answer, and the consume
@@ -154,7 +189,7 @@ class StreamFollows:
                 channel: t.Any = channel,
                 topic: str = topic,
                 name: str = name,
-                token: object = token,
+                token: _Token = token,
             ) -> None:
                 self._checks.when_ready(
                     name,
@@ -177,7 +212,7 @@ class StreamFollows:
         channel: t.Any,
         topic: str,
         name: str,
-        token: object,
+        token: _Token,
         consumed: t.Callable[[str | None], None],
     ) -> None:
         """Follow ``topic``'s stream ``name`` now that it is ready, unless
@@ -214,6 +249,8 @@ class StreamFollows:
         channel = self._channel_of.get(tag)
         if channel is None:
             return False
+        if channel in self._closed:
+            return True  # its topics, if followed, resume on another channel
         if tag in self.following:
             if headers:
                 self._follow_one(self.following[tag], body, headers)
@@ -276,14 +313,29 @@ class StreamFollows:
         (a client may come back meanwhile). "Quiet for a while" alone is no
         such promise: the recovery storm broadcast to a channel right as
         its consumer was cancelled, and the reject closed the connection.
-        Those of streams other nodes write stay until the connection goes."""
+        Those of streams other nodes write go with their channel
+        (:meth:`_retire`)."""
         for tag in self._cancelled:  # anything of theirs came before
             self._channel_of.pop(tag, None)
         self._cancelled = set()
-        if not self._parked_seen or link.error is not None or busy:
+        if self._closed:  # anything of theirs came before too
+            self._channel_of = {
+                tag: channel
+                for tag, channel in self._channel_of.items()
+                if channel not in self._closed
+            }
+            self._closed = set()
+        if link.error is not None:
             return
-        if self.to_follow:
+        if self._parked_seen or self._retiring:
+            self._retire(link)  # closing a channel rejects nothing: even if busy
+        if not self._parked_seen or busy or self.to_follow:
             return  # not while follows wait for answers (a storm): later
+        self._cancel_parked(link, now)
+
+    def _cancel_parked(self, link: Link, now: float) -> None:
+        """Cancel the parked consumers of streams this node writes that
+        have received the last event appended (see :meth:`sweep`)."""
         tags: set[str] = set()
         for topic, tag in list(self.parked.items()):
             seen, last = self._parked_seen[tag]
@@ -314,3 +366,64 @@ class StreamFollows:
                     raise LinkLost("cancelling parked stream consumers timed out")
                 link.wait(cancelled, 0.005, expire=False)
             self._cancelled = tags
+
+    def _retire(self, link: Link) -> None:
+        """Close the channels holding ``parked_max`` parked consumers or
+        more, the parked consumers of other nodes' streams with them.
+
+        A cancel cannot end those (see the module docstring), but closing
+        their channel can: pika rejects nothing on a channel that is
+        closing, and RabbitMQ ends the channel's consumers. Such a channel
+        is dealt no new consumer from then on; each topic still followed
+        on it is consumed again on another channel from its resume offset
+        (what the old consumer delivered meanwhile is dropped as delivered
+        already), then the channel is closed. A followed topic that has
+        delivered nothing yet has no resume offset ("next" on the new
+        channel could miss an event on its way to the old one): the channel
+        waits until each such topic delivers something or is unfollowed."""
+        full = [
+            channel
+            for channel in self._channels
+            if channel not in self._retiring
+            and len(self.parked_on(channel)) >= self.parked_max
+        ]
+        if len(self._retiring) + len(full) >= len(self._channels):
+            # New consumers always have a channel that is not retiring.
+            self._channels += link.open_channels(1, self._prefetch)
+        self._retiring.update(full)
+        for channel in list(self._retiring):
+            if any(token.channel is channel for token in self.to_follow.values()):
+                continue  # a follow will consume on it: later
+            # Its consumers of topics followed, or about to be unfollowed
+            # (``stop_delivering`` came, ``unfollow`` not yet).
+            on_it = [
+                (topic, tag)
+                for topic, tag in list(self._tag_of.items())
+                if self._channel_of.get(tag) is channel
+            ]
+            if any(topic not in self._resume for topic, _ in on_it):
+                continue  # later (see above)
+            for topic, tag in on_it:
+                if self.following.pop(tag, None) is None:
+                    del self._tag_of[topic]  # its unfollow finds nothing to park
+                    continue
+                moved = self._next_channel()
+                tag = link.consume_soon(
+                    self._name(topic),
+                    {"x-stream-offset": self._resume[topic]},
+                    lambda _tag: None,
+                    moved,
+                )
+                self._tag_of[topic] = tag
+                self._channel_of[tag] = moved
+                self.following[tag] = topic
+            for topic in self.parked_on(channel):
+                del self._parked_seen[self.parked.pop(topic)]
+            self._unacked.pop(channel, None)
+            self._retiring.discard(channel)
+            self._channels.remove(channel)
+            self._closed.add(channel)
+            link.close_channel(channel)
+            self.retired += 1
+            if len(self._channels) - len(self._retiring) < CHANNELS:
+                self._channels += link.open_channels(1, self._prefetch)

@@ -251,7 +251,7 @@ class RabbitMQBroker(BrokerBase):
             # Consumers made from now on, of streams; 0 (no limit) is refused.
             link.call(channel.basic_qos, prefetch_count=_STREAM_PREFETCH)
             self._streams.connected(
-                link.open_channels(FOLLOW_CHANNELS, _STREAM_PREFETCH)
+                link.open_channels(FOLLOW_CHANNELS, _STREAM_PREFETCH), _STREAM_PREFETCH
             )
             # New consumers of the inboxes: where the numbering is, read anew.
             self._writing, self._sequences = {}, {}
