@@ -80,12 +80,20 @@ def unpack(data: bytes, headers: dict[str, str] | None) -> list[bytes]:
     sizes = headers.get(PACK) if headers else None
     if not sizes:
         return [data]
-    events, start = [], 0
-    for size in sizes.split(","):
+    return _split(data, 0, sizes.split(","))[0]
+
+
+def _split(
+    data: bytes, start: int, sizes: t.Sequence[bytes | str]
+) -> tuple[list[bytes], int]:
+    """The events joined in ``data`` from ``start``, of ``sizes``; and
+    where the last ends (ValueError for a size that is not a number)."""
+    events = []
+    for size in sizes:
         end = start + int(size)
         events.append(data[start:end])
         start = end
-    return events
+    return events, start
 
 
 def live_message(
@@ -127,12 +135,8 @@ def _live_events(data: bytes) -> t.Any:
         if len(data) - start != int(sizes[0]):
             raise ValueError("a live message of another size")
         return data[start:]
-    events = []
-    for size in sizes:
-        stop = start + int(size)
-        events.append(data[start:stop])
-        start = stop
-    if start != len(data):
+    events, end = _split(data, start, sizes)
+    if end != len(data):
         raise ValueError("a live message of another size")
     return events
 
