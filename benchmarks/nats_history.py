@@ -48,11 +48,12 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO)]
 
 from benchmarks._lone import interleaved, report  # noqa: E402
+from benchmarks._rate import rate  # noqa: E402
 from benchmarks.loadgen import read_cpu_s, self_cpu_s  # noqa: E402
 from flask_realtime.brokers import create_broker  # noqa: E402
 from flask_realtime.brokers._nats_history import stream_name  # noqa: E402
 from flask_realtime.brokers.interface import Retention  # noqa: E402
-from tests.brokerclients import count_batches, settings_for  # noqa: E402
+from tests.brokerclients import settings_for  # noqa: E402
 from tests.brokerservers import BrokerServer  # noqa: E402
 
 _HEAD = b'm\n{"type":"event","channel":"chat.room.1","event":"sent","data":"'
@@ -133,58 +134,6 @@ def packed_storage(server: BrokerServer, channels: int, size: int) -> None:
     broker.close()
 
 
-def rate(
-    url: str, count: int, greenlets: int, channels: int, kept: bool
-) -> tuple[float, float, float]:
-    """(broadcasts/s, messages per batch, p99 of a broadcast in ms)."""
-    from flask import Flask
-
-    from flask_realtime import Realtime
-
-    got = [0]
-    done = gevent.event.Event()
-
-    def on_message(topic: str, data: bytes) -> None:
-        got[0] += 1
-        if got[0] == count:
-            done.set()
-
-    app = Flask(__name__)
-    app.config.update(REALTIME_BROKER="nats", REALTIME_BROKER_URL=url)
-    realtime = Realtime(app)
-    broker = realtime.node.broker
-    broker.retention = (lambda topic: RULE) if kept else (lambda topic: None)
-    stamp = time.monotonic_ns()
-    names = [f"bench.{stamp}.{c}" for c in range(channels)]
-    subscriber = create_broker(settings_for("nats", url), on_message)
-    subscriber.subscribe(*(f"c:{name}" for name in names))
-    realtime.broadcast("warm", "up", None)
-    batches = count_batches(broker)
-    calls: list[float] = []
-    data = {"text": "x" * 40, "user": 12345}
-
-    def publisher(g: int, n: int) -> None:
-        name = names[g % channels]
-        for _ in range(n):
-            started = time.perf_counter()
-            realtime.broadcast(name, "message.sent", data)
-            calls.append(time.perf_counter() - started)
-
-    started = time.perf_counter()
-    share = count // greenlets
-    gevent.joinall([gevent.spawn(publisher, g, share) for g in range(greenlets)])
-    assert done.wait(60), f"{got[0]} of {count} delivered"
-    elapsed = time.perf_counter() - started
-    if kept:
-        offsets = sum(broker.history(f"c:{n}", limit=0)[0].offset for n in names)
-        assert offsets == count, offsets
-    subscriber.close()
-    broker.close()
-    calls.sort()
-    per_batch = sum(batches) / max(1, len(batches))
-    return count / elapsed, per_batch, calls[int(len(calls) * 0.99)] * 1000
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--count", type=int, default=20000)
@@ -232,7 +181,12 @@ def main() -> None:
                     assert server.process is not None
                     cpu = (self_cpu_s(), read_cpu_s(server.process.pid))
                     per_s, per_batch, p99 = rate(
-                        server.url, count, greenlets, channels, kept
+                        "nats",
+                        server.url,
+                        count,
+                        greenlets,
+                        channels,
+                        RULE if kept else None,
                     )
                     # Where the time goes, per broadcast: this process (both
                     # brokers, the app, the loop thread) and the nats-server.

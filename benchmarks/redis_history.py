@@ -46,12 +46,14 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO)]
 
 from benchmarks._lone import interleaved, report  # noqa: E402
+from benchmarks._rate import rate  # noqa: E402
 from flask_realtime.brokers import create_broker  # noqa: E402
 from flask_realtime.brokers.interface import Retention  # noqa: E402
-from tests.brokerclients import count_batches, settings_for  # noqa: E402
+from tests.brokerclients import settings_for  # noqa: E402
 from tests.brokerservers import BrokerServer  # noqa: E402
 
 _HEAD = b'm\n{"type":"event","channel":"chat.room.1","event":"sent","data":"'
+RULE = Retention(size=100, ttl=600.0)
 # Padded so that the stamped envelope of offset 50 is 100 bytes.
 _PAD = 100 - len(b'{"offset":50,' + _HEAD[3:] + b'"}')
 
@@ -102,60 +104,11 @@ def memory(url: str, port: int, channels: int, size: int) -> None:
     broker.close()
 
 
-def rate(url: str, count: int, greenlets: int, kept: bool) -> tuple[float, ...]:
-    """(broadcasts/s, messages per batch, p99 of a broadcast in ms) through
-    ``Realtime.broadcast``, to one channel, one subscribing broker."""
-    from flask import Flask
-
-    from flask_realtime import Realtime
-
-    got = [0]
-    done = gevent.event.Event()
-
-    def on_message(topic: str, data: bytes) -> None:
-        got[0] += 1
-        if got[0] == count:
-            done.set()
-
-    app = Flask(__name__)
-    app.config.update(REALTIME_BROKER="redis", REALTIME_BROKER_URL=url)
-    realtime = Realtime(app)
-    broker = realtime.node.broker
-    rule = Retention(size=100, ttl=600.0)
-    broker.retention = (lambda topic: rule) if kept else (lambda topic: None)
-    channel = f"bench.{time.monotonic_ns()}"
-    subscriber = create_broker(settings_for("redis", url), on_message)
-    subscriber.subscribe(f"c:{channel}")
-    realtime.broadcast("warm", "up", None)
-    batches = count_batches(broker)
-    calls: list[float] = []
-    data = {"text": "x" * 40, "user": 12345}
-
-    def publisher(n: int) -> None:
-        for _ in range(n):
-            started = time.perf_counter()
-            realtime.broadcast(channel, "message.sent", data)
-            calls.append(time.perf_counter() - started)
-
-    started = time.perf_counter()
-    share = count // greenlets
-    gevent.joinall([gevent.spawn(publisher, share) for _ in range(greenlets)])
-    assert done.wait(60), f"{got[0]} of {count} delivered"
-    elapsed = time.perf_counter() - started
-    if kept:
-        assert broker.history(f"c:{channel}", limit=0)[0].offset == count
-    subscriber.close()
-    broker.close()
-    calls.sort()
-    per_batch = sum(batches) / max(1, len(batches))
-    return count / elapsed, per_batch, calls[int(len(calls) * 0.99)] * 1000
-
-
 def reads(url: str, clients: int) -> None:
     """A recovery storm's reads: ``clients`` greenlets at once, each asking
     for the 50 events it missed of a channel that keeps 100."""
     broker = create_broker(settings_for("redis", url), lambda *a: None)
-    rule = Retention(size=100, ttl=600.0)
+    rule = RULE
     broker.retention = lambda topic: rule
     topic = f"c:storm.{time.monotonic_ns()}"
     for n in range(100):
@@ -205,7 +158,9 @@ def main() -> None:
         for _ in range(args.rounds):
             for greenlets, count in cases:
                 for kept in (False, True):
-                    per_s, per_batch, p99 = rate(server.url, count, greenlets, kept)
+                    per_s, per_batch, p99 = rate(
+                        "redis", server.url, count, greenlets, 1, RULE if kept else None
+                    )
                     print(
                         f"rate {'history' if kept else 'plain':7} {greenlets:3}"
                         f" greenlets: {per_s:8.0f} broadcasts/s, {per_batch:6.1f}"
@@ -213,7 +168,7 @@ def main() -> None:
                         flush=True,
                     )
         for _ in range(args.rounds if "lone" in parts else 0):
-            figures = interleaved("redis", server.url, lone, Retention(100, 600.0))
+            figures = interleaved("redis", server.url, lone, RULE)
             print(report(figures, lone), flush=True)
     finally:
         server.stop()
