@@ -7,10 +7,10 @@ node send the topic's events to the inbox (persistent, confirmed, each with
 an id ``i``; a batch's consecutive events of one topic in one message, see
 :func:`unpack`); every node that publishes, follows or reads the topic consumes
 the inbox, and RabbitMQ lets one of them at a time receive. That one is the
-channel's writer: it numbers the events itself, ``o`` = the last number in
-the stream + 1, stamps the epoch ``e`` and its clock ``t`` (ms), appends
-them to the stream, and acknowledges them in the inbox once the stream
-confirmed them. So offsets are contiguous and in one order however many
+channel's writer (``_amqp_writer.py``): it numbers the events itself, ``o``
+= the last number in the stream + 1, stamps the epoch ``e`` and its clock
+``t`` (ms), appends them to the stream, and acknowledges them in the inbox
+once the stream confirmed them. So offsets are contiguous and in one order however many
 nodes publish, and the stream's own offsets (which skip one at each new
 segment: RabbitMQ writes a chunk of its own there) are only where to start
 reading.
