@@ -143,6 +143,12 @@ def stream_name(prefix: str, exchange: str, topic: str) -> str:
     return name
 
 
+def stream_declaration(name: str, rule: Retention) -> dict[str, t.Any]:
+    """``queue_declare``'s arguments for stream ``name``: durable, with the
+    :func:`arguments` every declarer must use."""
+    return {"queue": name, "durable": True, "arguments": arguments(rule)}
+
+
 def inbox_name(stream: str) -> str:
     """The inbox of a stream: where publishers send, the writer consumes."""
     return stream + ".in"
@@ -376,12 +382,7 @@ class StreamHistory:
 
     def _declare(self, link: Link, name: str, rule: Retention) -> None:
         if name not in self._declared:
-            link.call(
-                link.channel.queue_declare,
-                queue=name,
-                durable=True,
-                arguments=arguments(rule),
-            )
+            link.call(link.channel.queue_declare, **stream_declaration(name, rule))
             self._declared.add(name)
 
     def _read(
@@ -470,7 +471,7 @@ class StreamHistory:
             # channels paid two round trips each, one read after another on
             # the link): the question goes behind them on this channel, so
             # RabbitMQ has made the inbox when it routes it.
-            link.channel.queue_declare(name, durable=True, arguments=arguments(rule))
+            link.channel.queue_declare(**stream_declaration(name, rule))
             link.channel.queue_declare(**inbox_declaration(inbox))
             self._declared.update((name, inbox))
         self._asked += 1
@@ -541,9 +542,7 @@ class StreamHistory:
         names = [self.name(topic) for topic, _, _ in wanted]
         for name, (_, rule, _) in zip(names, wanted, strict=True):
             if name not in self._declared:  # nowait: an error closes the link
-                link.channel.queue_declare(
-                    name, durable=True, arguments=arguments(rule)
-                )
+                link.channel.queue_declare(**stream_declaration(name, rule))
                 self._declared.add(name)
         fences = [fence for _, _, fence in wanted]
         # The last chunk, to the fence: the whole tail when it holds enough
