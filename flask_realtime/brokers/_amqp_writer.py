@@ -35,12 +35,12 @@ from ._amqp_held import HeldTails
 from ._amqp_history import (
     StreamHistory,
     Tail,
-    arguments,
     inbox_declaration,
     inbox_name,
     marker_properties,
     now_ms,
     stamped_properties,
+    stream_declaration,
     unpack,
 )
 from ._amqp_options import Options
@@ -238,14 +238,8 @@ class StreamWriter:
             # under a new epoch (what went to the old ones went with them).
             for topic in gone:
                 self._sequences.pop(topic, None)
-                self._checks.forget(self._name(topic))
-                rule = self._retention(topic)
-                link.call(
-                    link.channel.queue_declare,
-                    queue=self._name(topic),
-                    durable=True,
-                    arguments=arguments(t.cast(Retention, rule)),
-                )
+                rule = t.cast(Retention, self._retention(topic))
+                self._declare_again(link, topic, rule)
             taken = max(taken, self.append(link, [r for r in received if r[0] in gone]))
         for topic, question, text, last in answers:
             if topic not in gone:
@@ -253,6 +247,13 @@ class StreamWriter:
                 properties = pika.BasicProperties(headers={"s": question["s"]})
                 link.send("", question["reply-to"], body, properties)
         return taken
+
+    def _declare_again(self, link: Link, topic: str, rule: Retention) -> None:
+        """Declare ``topic``'s stream anew (an append to it came back: it was
+        deleted), waiting for the answer; it is checked before it is used."""
+        name = self._name(topic)
+        self._checks.forget(name)
+        link.call(link.channel.queue_declare, **stream_declaration(name, rule))
 
     def _hold(
         self, outgoing: list[Outgoing], topic_of: list[str], counts: list[t.Any]
@@ -329,13 +330,7 @@ class StreamWriter:
             )
             topics = [topic for topic, n in zip(topics, counts, strict=True) if n == 0]
             for topic in topics:  # returned: the stream is gone, declare it
-                self._checks.forget(self._name(topic))
-                link.call(
-                    link.channel.queue_declare,
-                    queue=self._name(topic),
-                    durable=True,
-                    arguments=arguments(rules[topic]),
-                )
+                self._declare_again(link, topic, rules[topic])
         tails = self._read_tails(
             [(topic, rule, fences[topic]) for topic, rule in rules.items()]
         )
