@@ -212,7 +212,7 @@ def test_a_writer_lost_after_appending_hands_over_without_gap_or_duplicate(
     keep(writer).subscribe(topic)  # first to consume the inbox: the writer
     keep(watcher).subscribe(topic)
     keep(publisher)
-    append, crashed = writer._append, []
+    append, crashed = writer._writer.append, []
 
     def append_then_crash(link: t.Any, received: t.Any) -> int:
         taken = append(link, received)
@@ -221,7 +221,7 @@ def test_a_writer_lost_after_appending_hands_over_without_gap_or_duplicate(
             raise _support.LinkLost("lost before the acks")
         return t.cast(int, taken)
 
-    writer._append = append_then_crash
+    writer._writer.append = append_then_crash
     total = 300
     for n in range(total):
         publisher.publish(topic, event(n))
@@ -249,7 +249,7 @@ def test_a_take_over_never_acks_another_topics_events_it_has_not_appended(
     publisher.publish(second, event(0))  # the writer takes B over now
     inbox.wait_for(lambda: len(inbox.payloads(second)) == 1)
     behind = 5
-    tails, append, lost = writer._tails.tails, writer._append, []
+    tails, append, lost = writer._writer._tails.tails, writer._writer.append, []
 
     def tail_then_more(wanted: list[tuple[str, Retention, str]]) -> t.Any:
         found = tails(wanted)
@@ -263,12 +263,13 @@ def test_a_take_over_never_acks_another_topics_events_it_has_not_appended(
 
     def lose_before_appending(link: t.Any, received: t.Any) -> int:
         if not lost and any(topic == second for topic, _, _ in received):
-            if writer._sequences.get(first) is not None:
+            if writer._writer.written(first) is not None:
                 lost.append(len(received))
                 raise _support.LinkLost("lost before appending B's")
         return t.cast(int, append(link, received))
 
-    writer._tails.tails, writer._append = tail_then_more, lose_before_appending
+    writer._writer._tails.tails = tail_then_more
+    writer._writer.append = lose_before_appending
     publisher.publish(first, event(0))
     inbox.wait_for(lambda: len(inbox.payloads(first)) == 2)
     inbox.wait_for(lambda: len(inbox.payloads(second)) == behind + 1)

@@ -74,12 +74,12 @@ def test_a_read_waits_past_its_timeout_for_a_writer_still_taking_over(
     taking channels over, instead of failing (a 503) after its timeout."""
     monkeypatch.setattr(_amqp_history, "_SYNC_WAIT", 0.3)
     broker = keep(make(server.url)[0])
-    tails, slow = broker._tails.tails, threading.Event()
+    tails, slow = broker._writer._tails.tails, threading.Event()
 
     def slow_tails(wanted: t.Any) -> t.Any:
         slow.wait(1.0)  # a take-over three times as long as the read's wait
         return tails(wanted)
 
-    broker._tails.tails = slow_tails
+    broker._writer._tails.tails = slow_tails
     position, kept = broker.history(f"c:kept.slow.{time.monotonic_ns()}", limit=0)
     assert position.offset == 0 and kept == []

@@ -34,7 +34,7 @@ import time
 import typing as t
 
 from ._amqp import CALL_TIMEOUT, Link
-from ._amqp_history import arguments
+from ._amqp_history import stream_declaration
 from ._amqp_ready import StreamChecks
 from ._history import stamp
 from ._support import LinkLost
@@ -140,11 +140,18 @@ class StreamFollows:
                 return channel
         return channel
 
-    def declare(self, name: str, rule: Retention) -> None:
-        """Declare stream ``name`` (without waiting for the answer)."""
-        self._next_channel().queue_declare(
-            name, durable=True, arguments=arguments(rule)
-        )
+    def declare(
+        self,
+        name: str,
+        rule: Retention,
+        channel: t.Any = None,
+        declared: t.Callable[[t.Any], None] | None = None,
+    ) -> None:
+        """Declare stream ``name`` on ``channel`` (by default the next one in
+        turn) without waiting for the answer (``declared(frame)`` gets it)."""
+        if channel is None:
+            channel = self._next_channel()
+        channel.queue_declare(**stream_declaration(name, rule), callback=declared)
 
     def follow(self, link: Link, topics: list[str], done: t.Callable[[], None]) -> None:
         """Consume each of ``topics``' streams from where its delivery
@@ -180,7 +187,7 @@ class StreamFollows:
                 # Known to run: the declare (which makes it again if it was
                 # deleted) without waiting for its answer, and the consume
                 # right behind it, as a reconnecting storm's follows need.
-                channel.queue_declare(name, durable=True, arguments=arguments(rule))
+                self.declare(name, rule, channel)
                 self._consume(link, channel, topic, name, token, consumed)
                 continue
 
@@ -202,9 +209,7 @@ class StreamFollows:
                 )
 
             # pika sends a channel's synchronous methods one after another.
-            channel.queue_declare(
-                name, durable=True, arguments=arguments(rule), callback=declared
-            )
+            self.declare(name, rule, channel, declared)
 
     def _consume(
         self,

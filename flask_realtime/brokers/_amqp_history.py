@@ -7,10 +7,10 @@ node send the topic's events to the inbox (persistent, confirmed, each with
 an id ``i``; a batch's consecutive events of one topic in one message, see
 :func:`unpack`); every node that publishes, follows or reads the topic consumes
 the inbox, and RabbitMQ lets one of them at a time receive. That one is the
-channel's writer: it numbers the events itself, ``o`` = the last number in
-the stream + 1, stamps the epoch ``e`` and its clock ``t`` (ms), appends
-them to the stream, and acknowledges them in the inbox once the stream
-confirmed them. So offsets are contiguous and in one order however many
+channel's writer (``_amqp_writer.py``): it numbers the events itself, ``o``
+= the last number in the stream + 1, stamps the epoch ``e`` and its clock
+``t`` (ms), appends them to the stream, and acknowledges them in the inbox
+once the stream confirmed them. So offsets are contiguous and in one order however many
 nodes publish, and the stream's own offsets (which skip one at each new
 segment: RabbitMQ writes a chunk of its own there) are only where to start
 reading.
@@ -141,6 +141,12 @@ def stream_name(prefix: str, exchange: str, topic: str) -> str:
         digest = hashlib.sha256(topic.encode("utf-8", "surrogatepass")).hexdigest()
         name = f"{prefix[:80]}.history.{exchange[:80]}.%H{digest}"
     return name
+
+
+def stream_declaration(name: str, rule: Retention) -> dict[str, t.Any]:
+    """``queue_declare``'s arguments for stream ``name``: durable, with the
+    :func:`arguments` every declarer must use."""
+    return {"queue": name, "durable": True, "arguments": arguments(rule)}
 
 
 def inbox_name(stream: str) -> str:
@@ -376,12 +382,7 @@ class StreamHistory:
 
     def _declare(self, link: Link, name: str, rule: Retention) -> None:
         if name not in self._declared:
-            link.call(
-                link.channel.queue_declare,
-                queue=name,
-                durable=True,
-                arguments=arguments(rule),
-            )
+            link.call(link.channel.queue_declare, **stream_declaration(name, rule))
             self._declared.add(name)
 
     def _read(
@@ -470,7 +471,7 @@ class StreamHistory:
             # channels paid two round trips each, one read after another on
             # the link): the question goes behind them on this channel, so
             # RabbitMQ has made the inbox when it routes it.
-            link.channel.queue_declare(name, durable=True, arguments=arguments(rule))
+            link.channel.queue_declare(**stream_declaration(name, rule))
             link.channel.queue_declare(**inbox_declaration(inbox))
             self._declared.update((name, inbox))
         self._asked += 1
@@ -541,9 +542,7 @@ class StreamHistory:
         names = [self.name(topic) for topic, _, _ in wanted]
         for name, (_, rule, _) in zip(names, wanted, strict=True):
             if name not in self._declared:  # nowait: an error closes the link
-                link.channel.queue_declare(
-                    name, durable=True, arguments=arguments(rule)
-                )
+                link.channel.queue_declare(**stream_declaration(name, rule))
                 self._declared.add(name)
         fences = [fence for _, _, fence in wanted]
         # The last chunk, to the fence: the whole tail when it holds enough

@@ -17,6 +17,14 @@ queue it routes to, so anything published later queues behind it), and a
 message RabbitMQ returns as unroutable reached 0 receivers. A batch pays one
 confirm wait. Across a lost connection delivery is at least once: a message
 whose confirm the failure took away goes out again from the outage buffer.
+
+Kept topics (with history, ``_amqp_history.py``) are not bound: a publish
+goes to the topic's inbox instead (consecutive events of a batch packed in
+one message, :meth:`RabbitMQBroker._outgoing`). The consumer connection
+follows their streams (``_amqp_follow.py``) and carries this node's writer,
+which appends the events of the inboxes it receives to their streams
+(``_amqp_writer.py``); reads go on connections of their own, in rounds
+shared by the reads of one topic (``_shared_reads.py``).
 """
 
 from __future__ import annotations
@@ -24,11 +32,9 @@ from __future__ import annotations
 import bisect
 import itertools
 import logging
-import math
 import threading
 import time
 import typing as t
-from dataclasses import dataclass
 
 import pika
 import pika.exceptions
@@ -38,26 +44,21 @@ from ..config import Settings
 from ._amqp import CALL_TIMEOUT, Link, Outgoing
 from ._amqp_follow import CHANNELS as FOLLOW_CHANNELS
 from ._amqp_follow import StreamFollows
-from ._amqp_held import HeldTails
 from ._amqp_history import (
     StreamHistory,
-    Tail,
-    arguments,
     inbox_declaration,
     inbox_name,
     inbox_properties,
-    marker_properties,
-    now_ms,
-    stamped_properties,
     unpack,
 )
 from ._amqp_options import Options
 from ._amqp_options import routing_key as routing_key
 from ._amqp_ready import READY_WAIT, StreamChecks
+from ._amqp_writer import StreamWriter
 from ._history import new_epoch
 from ._shared_reads import Answer, Ask, SharedReads
 from .base import BrokerBase, LinkLost, MessageCallback
-from .interface import Position, Retention
+from .interface import Position
 
 log = logging.getLogger("flask_realtime")
 
@@ -73,20 +74,12 @@ _STREAMS_LOST = (
 )
 _STREAM_PREFETCH = 500  # per stream consumer (RabbitMQ requires one)
 _READ_LINKS = 4  # history connections per process at most
-_TAIL_LINKS = 4  # connections a writer taking channels over reads tails on
-_TAILS_EACH = 8  # tails a connection reads at least, when several are used
-_GATHER = 0.005  # a take-over waits this long at most for more channels
 # Consecutive events of one kept topic in a batch go as one inbox message,
 # up to these many or this size (``_amqp_history.unpack``): below RabbitMQ's
 # default queue_index_embed_msgs_below (4 KiB, headers included), a message
 # is stored with its queue, not in the shared message store, and confirmed
 # in about a third of the time (measured: 0.35 against 1.0 ms).
 _PACK_EVENTS, _PACK_BYTES = 1000, 3584
-
-
-def _fence(token: str) -> pika.BasicProperties:
-    """A writer's fence (no "o": not an event), ``token`` telling it apart."""
-    return pika.BasicProperties(headers={"f": token})
 
 
 class _Bound:
@@ -117,28 +110,6 @@ class _Both:
         return True
 
 
-@dataclass
-class _Sequence:
-    """A kept topic's numbering while this node is its writer."""
-
-    last: int  # the last offset in the stream (0: the marker; -1: empty)
-    epoch: str | None  # None: the stream is empty, a marker goes first
-    skip: frozenset[str]  # ids appended lately by the writers before us
-    # An offset of ours and its stream offset, read at the take-over: the
-    # stream's offsets grow at least as fast as ours from there.
-    anchor: tuple[int, int]
-
-    def below(self) -> int:
-        """A lower bound of the stream offset of ``last``."""
-        return self.anchor[1] + self.last - self.anchor[0]
-
-
-def _id_order(ident: str) -> tuple[str, int]:
-    """An event id, ``<node>.<counter>``, as a sort key."""
-    node, _, count = ident.rpartition(".")
-    return node, int(count)
-
-
 class RabbitMQBroker(BrokerBase):
     """Topics over a RabbitMQ exchange; see the module docstring."""
 
@@ -157,39 +128,23 @@ class RabbitMQBroker(BrokerBase):
         # Held by the publisher's driver; gevent's lock once gevent patched.
         self._pub_lock = threading.Lock()
         self._waiting: set[_Bound] = set()
-        self._history = StreamHistory(self._options, self._want, self._taking_over)
         # Reads at once go on up to _READ_LINKS connections (each opened
         # when first needed): a read waits on its round trips, not on others.
-        self._readers = [self._history] + [
-            StreamHistory(self._options, self._want, self._taking_over)
-            for _ in range(_READ_LINKS - 1)
-        ]
-        self._took_over = 0.0  # when the writer last took channels over
-        self._taking = False  # and whether it is taking some over now
+        self._readers = [self._history_reader() for _ in range(_READ_LINKS)]
+        self._history = self._readers[0]
         self._next_reader = itertools.count()
         # Reads of a topic at once share one (a recovery storm).
         self._shared = SharedReads(self._read_round)
-        # The writer's own reads of tails (a read may be waiting for it),
-        # on up to _TAIL_LINKS connections at once.
-        self._tail_readers = [
-            StreamHistory(self._options, self._want) for _ in range(_TAIL_LINKS)
-        ]
-        self._tails = self._tail_readers[0]
-        self._inbox_calls = 0  # inbox consumes asked for, not yet answered
         # Streams checked before the consumer connection uses them.
         self._checks = StreamChecks(self._checking_link)
         # Kept topics' streams followed (``_amqp_follow.py``).
         self._streams = self._stream_follows()
+        # And written, from their inboxes (``_amqp_writer.py``).
+        self._writer = self._stream_writer()
         self._not_found_since: float | None = None  # see _streams_lost
         self._streams_lost_after = _STREAMS_LOST_AFTER  # (tests set less)
         self._said_streams_lost = False
-        # Writing (module docstring of _amqp_history): the topics whose inbox
-        # this node consumes, inbox consumer tag -> topic, the numbering of
-        # those it is the active writer of, inboxes declared by the publisher.
-        self._writes: set[str] = set()
-        self._writing: dict[str, str] = {}
-        self._sequences: dict[str, _Sequence] = {}
-        self._held = HeldTails()  # the last events of those, for reads
+        # The kept topics' inboxes declared by the publisher.
         self._inboxes: set[str] = set()
         self._ids = itertools.count()
         self._node = new_epoch()
@@ -253,13 +208,10 @@ class RabbitMQBroker(BrokerBase):
             self._streams.connected(
                 link.open_channels(FOLLOW_CHANNELS, _STREAM_PREFETCH), _STREAM_PREFETCH
             )
-            # New consumers of the inboxes: where the numbering is, read anew.
-            self._writing, self._sequences = {}, {}
-            self._inbox_calls = 0
-            self._held = HeldTails()
+            self._writer.connected()
             link.enable_confirms()  # the writer appends to streams here
-            writes = sorted(self._writes)
-            self._consume_inboxes(link, writes)
+            writes = sorted(self._writer.writes)
+            self._writer.consume_inboxes(link, writes)
             done = _Bound()
             self._follow(link, kept, done)
             link.wait(lambda: bool(done.event.is_set()), READY_WAIT + CALL_TIMEOUT)
@@ -271,9 +223,9 @@ class RabbitMQBroker(BrokerBase):
             raise
         self._not_found_since = None
         self._consumer = link
-        missed = self._writes.difference(writes)  # wanted meanwhile
+        missed = self._writer.writes.difference(writes)  # wanted meanwhile
         if missed:
-            link.soon(lambda: self._consume_inboxes(link, sorted(missed)))
+            link.soon(lambda: self._writer.consume_inboxes(link, sorted(missed)))
 
     def _streams_lost(self, link: Link) -> bool:
         """After a failed connect: whether RabbitMQ has lost its streams.
@@ -319,6 +271,15 @@ class RabbitMQBroker(BrokerBase):
         if self._options.keeps_queue:
             self._bound.update(keys)
 
+    def _history_reader(self) -> StreamHistory:
+        """A connection for history reads (``_amqp_history.py``): they ask
+        this node's writer, made anew in a forked child."""
+        return StreamHistory(
+            self._options,
+            lambda topic: self._writer.want(topic),
+            lambda: self._writer.taking_over(),
+        )
+
     def _stream_follows(self) -> StreamFollows:
         """The consumer connection's stream consumers (``_amqp_follow.py``)."""
         return StreamFollows(
@@ -326,7 +287,21 @@ class RabbitMQBroker(BrokerBase):
             self._history.name,
             lambda topic: self.retention(topic),  # the node sets it later
             self._deliver,
-            self._written,
+            lambda topic: self._writer.written(topic),  # made after these
+            self._soon,
+        )
+
+    def _stream_writer(self) -> StreamWriter:
+        """This node's writer of kept topics (``_amqp_writer.py``), on the
+        consumer connection."""
+        return StreamWriter(
+            self._options,
+            self._history.name,
+            lambda topic: self.retention(topic),  # the node sets it later
+            self._checks,
+            self._streams,
+            lambda: self._consumer,
+            self._in_reader,
             self._soon,
         )
 
@@ -334,205 +309,8 @@ class RabbitMQBroker(BrokerBase):
         """In the reader: follow the streams of ``topics`` (each has a
         writer: this node becomes one); ``done`` once all are followed."""
         if topics and link.error is None:
-            self._consume_inboxes(link, topics, follows=True)
+            self._writer.consume_inboxes(link, topics, follows=True)
         self._streams.follow(link, topics, lambda: self._release(done))
-
-    def _written(self, topic: str) -> int | None:
-        """The last offset this node appended to ``topic``'s stream, when it
-        is its writer (None: it is not)."""
-        sequence = self._sequences.get(topic)
-        return None if sequence is None else sequence.last
-
-    def _want(self, topic: str) -> None:
-        """Make this node one of ``topic``'s writers (from any greenlet):
-        whoever publishes, follows or reads a kept topic, so it has one."""
-        if topic in self._writes:
-            return
-        self._writes.add(topic)
-        link = self._consumer
-        if link is None:
-            return  # _connect consumes it
-        if self._in_reader():
-            self._consume_inboxes(link, [topic])
-        else:
-            link.soon(lambda: self._consume_inboxes(link, [topic]))
-
-    def _consume_inboxes(
-        self, link: Link, topics: list[str], follows: bool = False
-    ) -> None:
-        """In the reader: consume the inboxes of ``topics`` (one consumer of
-        each at a time receives: RabbitMQ's single active consumer), and
-        declare their streams, on the stream consumers' channels (RabbitMQ
-        makes a new stream in some milliseconds: on several channels at
-        once), unless their ``follows`` do."""
-        if link.error is not None:
-            return
-        for topic in topics:
-            rule = self.retention(topic)
-            if rule is None or topic in self._writing.values():
-                continue
-            self._writes.add(topic)  # again after a reconnect
-            name = self._history.name(topic)
-            if not follows:
-                self._streams.declare(name, rule)
-            link.channel.queue_declare(**inbox_declaration(inbox_name(name)))
-            self._inbox_calls += 1
-            tag = link.consume_soon(inbox_name(name), None, self._inbox_consumed)
-            self._writing[tag] = topic
-
-    def _inbox_consumed(self, _tag: str) -> None:
-        self._inbox_calls -= 1
-
-    def _gather(self, link: Link, new: set[str]) -> None:
-        """Before taking ``new`` over: let the inbox consumes asked for
-        meanwhile (a storm of new channels) be answered, up to
-        ``_GATHER`` s, and take over every new channel whose events or
-        questions have come by then in the same round."""
-        link.wait(lambda: self._inbox_calls <= 0, _GATHER, expire=False)
-        for delivery in link.deliveries:
-            topic = self._writing.get(delivery[3])
-            if topic is not None and topic not in self._sequences:
-                new.add(topic)
-
-    def _read_tails(self, wanted: list[tuple[str, Retention, str]]) -> dict[str, Tail]:
-        """The tails of ``wanted``, on up to ``_TAIL_LINKS`` connections at
-        once (RabbitMQ answers a channel's consumes one after another)."""
-        parts = min(len(self._tail_readers), math.ceil(len(wanted) / _TAILS_EACH))
-        if parts <= 1:
-            return self._tails.tails(wanted)
-        found: dict[str, Tail] = {}
-        failed: list[BaseException] = []
-
-        def read(n: int) -> None:
-            try:
-                found.update(self._tail_readers[n].tails(wanted[n::parts]))
-            except BaseException as exc:  # raised below, in the writer
-                failed.append(exc)
-
-        workers = [threading.Thread(target=read, args=(n,)) for n in range(parts)]
-        for worker in workers:
-            worker.start()
-        for worker in workers:
-            worker.join()
-        if failed:
-            raise failed[0]
-        return found
-
-    def _take_over(self, link: Link, received: list[tuple[str, bytes, t.Any]]) -> int:
-        """Before appending, for each topic of ``received`` this node just
-        became the writer of: fence the stream, read its tail, and put the
-        events RabbitMQ gives back (the last writer's unacknowledged ones,
-        which may come after newer ones) into publishing order. The highest
-        delivery tag taken from ``link.deliveries`` meanwhile (0: none),
-        below any delivery left there."""
-        new = {topic for topic, _, _ in received if topic not in self._sequences}
-        if not new:
-            return 0
-        self._took_over, self._taking = time.monotonic(), True
-        try:
-            self._gather(link, new)
-            taken = self._fence_and_read(link, received, new)
-        finally:
-            self._took_over, self._taking = time.monotonic(), False
-        return taken
-
-    def _fence_and_read(
-        self, link: Link, received: list[tuple[str, bytes, t.Any]], new: set[str]
-    ) -> int:
-        """The take-over of ``new`` (see :meth:`_take_over`)."""
-        rules: dict[str, Retention] = {}
-        for topic in sorted(new):
-            rule = self.retention(topic)
-            if rule is not None:
-                rules[topic] = rule
-        # A fence first on each stream (its own, ``f``), all in one batch:
-        # the writer before us may have appends still on their way to the
-        # stream (its confirms timed out, say), queued ahead of ours; once
-        # the fence is confirmed they are in, and the tail read up to the
-        # fence sees them (and their ids).
-        fences = {topic: new_epoch() for topic in rules}
-        topics = list(rules)
-        for _ in range(3):  # then the tail read fails: reconnect, try again
-            if not topics:
-                break
-            self._await_ready(link, topics)
-            counts = link.publish(
-                [
-                    ("", self._history.name(topic), b"", _fence(fences[topic]))
-                    for topic in topics
-                ]
-            )
-            topics = [topic for topic, n in zip(topics, counts, strict=True) if n == 0]
-            for topic in topics:  # returned: the stream is gone, declare it
-                self._checks.forget(self._history.name(topic))
-                link.call(
-                    link.channel.queue_declare,
-                    queue=self._history.name(topic),
-                    durable=True,
-                    arguments=arguments(rules[topic]),
-                )
-        tails = self._read_tails(
-            [(topic, rule, fences[topic]) for topic, rule in rules.items()]
-        )
-        for topic, tail in tails.items():
-            self._held.drop(topic)  # from the next event on, in order
-            last = -1 if tail.last is None else tail.last
-            self._sequences[topic] = _Sequence(
-                last, tail.epoch, tail.ids, (last, tail.position)
-            )
-        # What arrived meanwhile for them joins this batch.
-        taken, kept = 0, []
-        for delivery in link.deliveries:
-            topic = self._writing.get(delivery[3], "")
-            if topic in new:
-                received.extend(
-                    (topic, body, headers)
-                    for body, headers in unpack(delivery[2], delivery[4])
-                )
-                taken = max(taken, delivery[0])
-            else:
-                kept.append(delivery)
-        if taken:
-            link.deliveries.clear()
-            link.deliveries.extend(kept)
-            # The caller acks up to ``taken`` with multiple: never past what
-            # is still to be handled on this channel (another topic's events,
-            # not yet appended: a crash then would lose them; streams'
-            # deliveries come on channels of their own).
-            here = [d[0] for d in kept if not self._streams.owns(d[3])]
-            if here:
-                taken = min(taken, here[0] - 1)
-        for topic in new:  # each publisher's events in its order again
-            slots = [
-                n
-                for n, (name, _, headers) in enumerate(received)
-                if name == topic and headers and "i" in headers
-            ]
-            items = sorted(
-                (received[n] for n in slots),
-                key=lambda item: _id_order(item[2]["i"]),
-            )
-            for n, item in zip(slots, items, strict=True):
-                received[n] = item
-        return taken
-
-    def _await_ready(self, link: Link, topics: list[str]) -> None:
-        """In the reader, before appending to the streams of ``topics``:
-        wait until each is ready (``_amqp_ready.py``; a publish to a stream
-        RabbitMQ is still making closes the connection)."""
-        left = [0]
-
-        def checked() -> None:
-            left[0] -= 1
-            link.wake()
-
-        for topic in topics:
-            name = self._history.name(topic)
-            if name not in self._checks.ready:
-                left[0] += 1
-                self._checks.when_ready(name, lambda _ok: self._soon(link, checked))
-        if left[0] > 0:
-            link.wait(lambda: left[0] <= 0, READY_WAIT + CALL_TIMEOUT)
 
     @staticmethod
     def _soon(link: Link, callback: t.Callable[[], None]) -> None:
@@ -541,89 +319,6 @@ class RabbitMQBroker(BrokerBase):
             link.soon(callback)
         except Exception:  # noqa: BLE001 - its loop is closed: it is gone
             pass
-
-    def _taking_over(self) -> bool:
-        """Whether this node's writer is taking channels over now (or took
-        some over within the last second): a read waiting for its answer
-        waits on (``StreamHistory._await``)."""
-        return self._taking or time.monotonic() - self._took_over < 1.0
-
-    def _append(self, link: Link, received: list[tuple[str, bytes, t.Any]]) -> int:
-        """In the reader, as the active writer: number ``received`` (topic,
-        body, headers, from the inboxes, in order), append them to their
-        streams, answer the reads' questions; the caller then acks them, up
-        to the delivery tag returned too (0: only what it gave)."""
-        taken = self._take_over(link, received)
-        outgoing: list[Outgoing] = []
-        topic_of: list[str] = []  # of each outgoing message
-        answers: list[tuple[str, dict[str, t.Any], str, int]] = []
-        now = now_ms()
-        for topic, body, headers in received:
-            rule = self.retention(topic)
-            if rule is None:
-                continue
-            name = self._history.name(topic)
-            sequence = self._sequences[topic]
-            if sequence.epoch is None:
-                sequence.epoch, sequence.last = new_epoch(), 0
-                sequence.anchor = (0, 0)  # a new stream: the marker first
-                outgoing.append(("", name, b"", marker_properties(sequence.epoch)))
-                topic_of.append(topic)
-            headers = headers or {}
-            if "s" in headers:  # a read's question: answered once appended
-                answer = f"{sequence.last} {sequence.epoch} {sequence.below()}"
-                answers.append((topic, headers, answer, sequence.last))
-                continue
-            ident = headers.get("i")
-            if ident is not None and ident in sequence.skip:
-                continue  # appended already by the writer before us
-            sequence.last += 1
-            properties = stamped_properties(sequence.last, sequence.epoch, now, ident)
-            outgoing.append(("", name, body, properties))
-            topic_of.append(topic)
-        counts = link.publish(outgoing) if outgoing else []
-        self._hold(outgoing, topic_of, counts)
-        gone = {topic_of[n] for n, count in enumerate(counts) if count == 0}
-        if gone:
-            # Streams deleted under us: declared anew, these go to them again
-            # under a new epoch (what went to the old ones went with them).
-            for topic in gone:
-                self._sequences.pop(topic, None)
-                self._checks.forget(self._history.name(topic))
-                rule = self.retention(topic)
-                link.call(
-                    link.channel.queue_declare,
-                    queue=self._history.name(topic),
-                    durable=True,
-                    arguments=arguments(t.cast(Retention, rule)),
-                )
-            taken = max(
-                taken, self._append(link, [r for r in received if r[0] in gone])
-            )
-        for topic, question, text, last in answers:
-            if topic not in gone:
-                body = text.encode() + self._held.answer(topic, question, last)
-                properties = pika.BasicProperties(headers={"s": question["s"]})
-                link.send("", question["reply-to"], body, properties)
-        return taken
-
-    def _hold(
-        self, outgoing: list[Outgoing], topic_of: list[str], counts: list[t.Any]
-    ) -> None:
-        """Keep what was appended in the writer's copy of each tail (the
-        events the stream confirmed, in order; any other outcome empties
-        the topic's copy, the stream then answers for it)."""
-        for topic, (_, _, body, properties), count in zip(
-            topic_of, outgoing, counts, strict=True
-        ):
-            headers = properties.headers
-            if count is not None:
-                self._held.drop(topic)
-            elif "m" not in headers:
-                rule = t.cast(Retention, self.retention(topic))
-                self._held.add(
-                    topic, rule, headers["e"], headers["o"], headers["t"], body
-                )
 
     def _release(self, done: _Bound) -> None:
         self._waiting.discard(done)
@@ -698,8 +393,8 @@ class RabbitMQBroker(BrokerBase):
                 if self._streams.received(tag, number, body, headers, every):
                     continue  # a kept topic's stream, on a channel of its own
                 last = number
-                if tag in self._writing:
-                    topic = self._writing[tag]
+                topic = self._writer.topic_of(tag)  # an inbox's: to append
+                if topic is not None:
                     received.extend((topic, *event) for event in unpack(body, headers))
                 else:
                     topic = self._topic_of.get(key)
@@ -708,14 +403,14 @@ class RabbitMQBroker(BrokerBase):
                 unacked += 1
                 if unacked >= self._ack_every:
                     if received:
-                        last = max(last, self._append(link, received))
+                        last = max(last, self._writer.append(link, received))
                         received = []
                     link.channel.basic_ack(last, multiple=True)
                     unacked = 0
             if self._consumer is not link:
                 raise LinkLost("the connection was closed")
             if received:
-                last = max(last, self._append(link, received))
+                last = max(last, self._writer.append(link, received))
                 unacked += 1
             if unacked:
                 link.channel.basic_ack(last, multiple=True)
@@ -796,7 +491,7 @@ class RabbitMQBroker(BrokerBase):
             if inbox not in self._inboxes:
                 link.call(link.channel.queue_declare, **inbox_declaration(inbox))
                 self._inboxes.add(inbox)
-                self._want(topic)
+                self._writer.want(topic)
             outgoing.append(("", inbox, data, inbox_properties(ident)))
             at = len(outgoing) - 1
             sent_in.append(at)
@@ -891,8 +586,7 @@ class RabbitMQBroker(BrokerBase):
                 publisher.interrupt()  # its driver closes it
         for reader in self._readers:
             reader.close()
-        for reader in self._tail_readers:
-            reader.close()
+        self._writer.close()
         if self._closed:
             self._checks.close()
         waiting, self._waiting = self._waiting, set()
@@ -917,13 +611,9 @@ class RabbitMQBroker(BrokerBase):
         self._queue, self._bound = "", set()
         for reader in self._readers:
             reader.drop()
-        for reader in self._tail_readers:
-            reader.drop()
-        self._inbox_calls = 0
         self._shared = SharedReads(self._read_round)  # the parent's rounds
         self._checks = StreamChecks(self._checking_link)
         self._streams = self._stream_follows()
-        self._writes, self._writing = set(), {}
-        self._sequences, self._inboxes = {}, set()
-        self._held = HeldTails()
+        self._writer = self._stream_writer()  # its tails' connections too
+        self._inboxes = set()
         self._node = new_epoch()  # ids unique per process
