@@ -105,7 +105,10 @@ def test_client_that_stops_reading_is_closed_with_4100_and_harms_nobody(
 ) -> None:
     server = live_server(
         kind,
-        env=_env(REALTIME_MAX_QUEUE_MESSAGES=100, REALTIME_MAX_QUEUE_BYTES=256 * 1024),
+        # Bounds of some 100 of the flood's messages: a reader on a loaded
+        # host may fall 0.4 s behind and still keep up (at 256 KiB, 26
+        # messages, a stalled test thread got the reader closed in CI).
+        env=_env(REALTIME_MAX_QUEUE_MESSAGES=100, REALTIME_MAX_QUEUE_BYTES=1024 * 1024),
     )
     # A modest receive buffer, so the kernel holds little on its behalf and the
     # server's queue for it fills while it does not read.
@@ -129,12 +132,13 @@ def test_client_that_stops_reading_is_closed_with_4100_and_harms_nobody(
         started = time.monotonic()
         response = requests.get(
             f"{server.url}/flood",
-            # Paced so that a client that reads keeps up; the stuck one cannot.
+            # Paced so that a client that reads keeps up; the stuck one cannot:
+            # 10 MB in all, twice what its queue and the kernel's buffers hold.
             params={
                 "channel": "firehose",
                 "count": count,
                 "size": 10_000,
-                "pause": 0.002,
+                "pause": 0.004,
             },
             timeout=60,
         )
