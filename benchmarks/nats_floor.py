@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import sys
 import tempfile
 import time
@@ -105,7 +106,7 @@ async def one_run(
                     name, _PAYLOAD, reply=inbox if last else "", headers=head or None
                 )
             answer = await acks.get()
-            seq = int(answer.data.split(b'"seq":')[1].split(b",")[0].rstrip(b"}"))
+            seq = json.loads(answer.data)["seq"]  # the batch's last one's
             last_seq = list(range(seq - batch + 1, seq + 1))
             for name in live:
                 await publisher.publish(name, _PAYLOAD)
