@@ -16,6 +16,7 @@ import pytest
 import redis as redis_py
 
 from flask_realtime.brokers import BrokerUnavailable, _history
+from flask_realtime.brokers._redis_history import Numbered
 from flask_realtime.brokers.interface import Retention
 from tests import brokerservers
 from tests.brokerclients import (
@@ -229,6 +230,74 @@ def test_a_script_flush_loses_nothing_and_duplicates_nothing(
     assert sorted(plain) == [0, 2, 4, 6]
     admin.script_flush()
     assert publisher.history("c:kept.flush")[0].offset == 5
+
+
+def test_a_batch_sent_again_after_its_answer_was_lost_is_stored_once(
+    server: BrokerServer, make: t.Any
+) -> None:
+    """A link that drops after Redis ran a batch, before its answer came,
+    leaves the outbox to send the batch again, with newer messages behind
+    it: what was stored is skipped (0 receivers), the rest stored, once."""
+    subscriber, inbox = make(REALTIME_BROKER_URL=server.url)
+    publisher = keep(make(REALTIME_BROKER_URL=server.url)[0])
+    stamp = time.monotonic_ns()
+    one, two = f"c:kept.again.{stamp}.1", f"c:kept.again.{stamp}.2"
+    plain = f"c:plain.again.{stamp}"
+    subscriber.subscribe(one, two, plain)
+    sent = [Numbered(event(n)) for n in range(4)]
+    batch = [(one, sent[0]), (two, sent[1]), (plain, event(9)), (one, sent[2])]
+    assert publisher._send_batch(batch) == [1, 1, 1, 1]
+    again = [(one, sent[0]), (two, sent[1]), (one, sent[2]), (two, sent[3])]
+    assert publisher._send_batch(again) == [0, 0, 0, 1]
+    inbox.wait_for(lambda: len(inbox.payloads()) == 5)
+    assert delivered(inbox, one) == [(1, 0), (2, 2)]
+    assert delivered(inbox, two) == [(1, 1), (2, 3)]
+    assert kept(publisher, one) == [0, 2] and kept(publisher, two) == [1, 3]
+    # Another process (a new serial count) is not taken for a resend.
+    other = keep(make(REALTIME_BROKER_URL=server.url)[0])
+    assert other._send_batch([(one, Numbered(event(4)))]) == [1]
+    assert kept(publisher, one, after=2) == [4]
+
+
+def test_a_topic_whose_keys_hold_another_type_fails_alone(
+    server: BrokerServer, make: t.Any
+) -> None:
+    """Keys clobbered by someone else (another type under the name) fail
+    that topic's messages, and nothing else of their batch; a list that is
+    not one gives its offsets back, so the topic's offsets stay contiguous."""
+    subscriber, inbox = make(REALTIME_BROKER_URL=server.url)
+    publisher = keep(make(REALTIME_BROKER_URL=server.url)[0])
+    stamp = time.monotonic_ns()
+    good, bad = f"c:kept.type.{stamp}.good", f"c:kept.type.{stamp}.bad"
+    plain = f"c:plain.type.{stamp}"
+    subscriber.subscribe(good, bad, plain)
+    admin = redis_py.Redis(host="127.0.0.1", port=server.port)
+    position, events = (
+        f"flask_realtime:0:{{{bad}}}:{key}" for key in ("position", "events")
+    )
+
+    def batch(first: int) -> list[t.Any]:
+        topics = (good, bad, plain, good)
+        return [(topic, Numbered(event(first + n))) for n, topic in enumerate(topics)]
+
+    admin.set(position, "not a hash")
+    counts = publisher._send_batch(batch(0))
+    assert counts[0::2] == [1, 1] and counts[3] == 1
+    assert isinstance(counts[1], redis_py.ResponseError)
+    admin.delete(position)
+    assert publisher._send_batch([(bad, Numbered(event(4)))]) == [1]
+    admin.delete(events)
+    admin.set(events, "not a list")
+    counts = publisher._send_batch(batch(10))
+    assert isinstance(counts[1], redis_py.ResponseError)
+    assert counts[0] == counts[2] == counts[3] == 1
+    assert int(admin.hget(position, "offset")) == 1  # given back
+    admin.delete(events)
+    assert publisher._send_batch([(bad, Numbered(event(20)))]) == [1]
+    inbox.wait_for(lambda: len(inbox.payloads()) == 8)
+    assert delivered(inbox, good) == [(1, 0), (2, 3), (3, 10), (4, 13)]
+    assert delivered(inbox, bad) == [(1, 4), (2, 20)]
+    assert len(inbox.payloads(plain)) == 2
 
 
 def test_the_outage_buffer_takes_offsets_in_publish_order(

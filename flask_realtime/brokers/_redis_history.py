@@ -1,7 +1,8 @@
 """History on Redis: a list of events and a position hash per kept topic.
 
 Keys, in the broker's database, under its prefix, the topic in braces so
-that a cluster would hash both keys of one stream to one slot:
+that a cluster would hash both keys of one stream to one slot (the
+publishing script, one call a batch, would then need a call per slot):
 
 * ``flask_realtime:<db>:{<topic>}:position``: a hash, ``epoch`` and
   ``offset`` (the latest event's); it expires ``ttl`` + ``POSITION_TTL``
@@ -12,9 +13,12 @@ that a cluster would hash both keys of one stream to one slot:
   and expiring ``ttl`` after the last one. A read leaves out events older
   than ``ttl`` by that prefix, on the server. (A stream, with Redis's clock
   in its ids, took 1.4 times the memory and more CPU: docs/architecture.md.)
+* ``flask_realtime:<db>:publisher:<process id>``: the highest serial the
+  process has stored (resends are skipped), a day after its last batch.
 
-One Lua script (``_PUBLISH``) takes the next offset, stamps, appends and
-PUBLISHes the stamped payload on the topic's channel: Redis runs a script
+One Lua script (``_PUBLISH``), one call per batch, takes each kept topic's
+next offsets, stamps, appends and PUBLISHes the stamped payloads on the
+topic's channel, and PUBLISHes the batch's plain messages: Redis runs a script
 alone, so offsets are contiguous across every publisher and live delivery
 never overtakes what is stored. Another (``_READ``) reads the position and
 the events in one step. Whoever creates a position hash gives it the
@@ -38,85 +42,125 @@ from ._history import POSITION_TTL, new_epoch
 from ._support import BrokerUnavailable
 from .interface import Position, Retention, RetentionLookup
 
-# KEYS: position, events; ARGV: channel, size, events' ttl (ms), position's
-# ttl (ms), a fresh epoch, the time (ms, 13 digits), the length that trims,
-# the publishing process's id, then a serial and a payload for each of a run
-# of consecutive messages to the topic (one call for a group commit's run:
-# the counter, the trim and the expiries once). A lone publisher pays the
-# script for every event, so it makes few calls: one HMGET and one HSET for
-# the counter and the serial, and the expiries set ttl/8 longer than asked
-# and only once that much has passed (a PTTL), so both keys always outlive
-# the last event by ttl at least, and by ttl/8 more at most. A payload
-# whose serial is not above the last one stored from this process was
-# stored already (sent again after a link dropped before Redis's answer
-# came): skipped, so a resend never stores an event twice. Answers each
-# payload's receiver count (0 for a skipped one). Without KEYS: ARGV
-# channel, payload, a plain PUBLISH (for a batch that mixes both).
-# Everything that can fail runs before the first write: Redis does not undo
-# a script's writes when it fails halfway.
+# One call per batch of the group commit (what used to be one per topic: 16
+# against 12 us of Redis's time per event with a batch over 50 channels,
+# most of a call's cost being the script's own, not its commands').
+# KEYS: the publishing process's key, then the position and events keys of
+# each kept run. ARGV: a fresh epoch, the time (ms, 13 digits), the process
+# key's ttl (ms), 1 if a message of the batch was sent before (0: none can
+# have been stored, no need to look), then the batch's runs (consecutive
+# messages to one topic) in order, each its channel, its message count and
+# its size (-1: a plain run, its payloads follow: PUBLISHed), and for a kept
+# run its events' ttl (ms), its position's ttl (ms), the length that trims,
+# then a serial and a payload per message. Offsets come from one HINCRBY a
+# run. The expiries are set ttl/8 longer than asked and only once that much
+# has passed (a PTTL), so both keys outlive the last event by ttl at least,
+# by ttl/8 more at most. Answers a receiver count per message, in order: 0
+# for a skipped one, an error for a run whose keys hold another type.
+#
+# A resend: each kept message carries its process's serial, given at its
+# first send, and batches go one at a time in the order of publishing, so
+# serials ascend; Redis runs a script whole, so a batch whose answer was
+# lost (a dropped link) was stored whole or not at all. The process's key
+# holds the highest serial stored; a message at or below it is skipped,
+# never stored twice. Everything else that can fail runs before the first
+# write: Redis does not undo a script's writes when it fails halfway.
 _PUBLISH = b"""
-if #KEYS == 0 then
-  return redis.call('PUBLISH', ARGV[1], ARGV[2])
-end
-local sent = (#ARGV - 8) / 2
-local field = 'p:' .. ARGV[8]
-local state = redis.call('HMGET', KEYS[1], 'offset', field)
-local seen = tonumber(state[2] or '0')
-local heads, bodies, receivers = {}, {}, {}
-local count, top = 0, seen
-for n = 1, sent do
-  receivers[n] = 0
-  local serial = tonumber(ARGV[7 + 2 * n])  -- 0: not numbered, always new
-  local payload = ARGV[8 + 2 * n]
-  local newline = string.find(payload, '\\n', 1, true)
-  if not newline or string.byte(payload, newline + 1) ~= 123 then
-    return redis.error_reply('ERR a kept payload is <header>\\\\n{...}')
-  end
-  if serial == 0 or serial > seen then
-    top = math.max(top, serial)
-    count = count + 1
-    heads[count] = n
-    bodies[count] = string.sub(payload, newline + 2)
-    receivers[n] = string.sub(payload, 1, newline)
+local a = 5
+while a <= #ARGV do
+  local count, size = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+  if size < 0 then
+    a = a + 3 + count
+  else
+    for n = 1, count do
+      local payload = ARGV[a + 5 + 2 * n]
+      local newline = string.find(payload, '\\n', 1, true)
+      if not newline or string.byte(payload, newline + 1) ~= 123 then
+        return redis.error_reply('ERR a kept payload is <header>\\\\n{...}')
+      end
+    end
+    a = a + 6 + 2 * count
   end
 end
-if count == 0 then
-  return receivers
+local seen = 0
+if ARGV[4] == '1' then
+  seen = tonumber(redis.call('GET', KEYS[1]) or '0')
 end
-local first = tonumber(state[1] or '0') + 1
-local last = first + count - 1
+local top, answer, k = seen, {}, 2
+a = 5
+while a <= #ARGV do
+  local channel, count, size = ARGV[a], tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+  local base = #answer
+  if size < 0 then
+    for n = 1, count do
+      answer[base + n] = redis.call('PUBLISH', channel, ARGV[a + 2 + n])
+    end
+    a = a + 3 + count
+  else
+    local position, events = KEYS[k], KEYS[k + 1]
+    local ttl, trim_at = tonumber(ARGV[a + 3]), tonumber(ARGV[a + 5])
+    local heads, bodies, fresh = {}, {}, 0
+    for n = 1, count do
+      answer[base + n] = 0
+      local serial = tonumber(ARGV[a + 4 + 2 * n])  -- 0: not numbered, new
+      if serial == 0 or serial > seen then
+        if serial > top then top = serial end
+        local payload = ARGV[a + 5 + 2 * n]
+        local newline = string.find(payload, '\\n', 1, true)
+        fresh = fresh + 1
+        heads[fresh] = base + n
+        bodies[fresh] = string.sub(payload, newline + 2)
+        answer[base + n] = string.sub(payload, 1, newline)
+      end
+    end
+    local last = 0
+    if fresh > 0 then
+      last = redis.pcall('HINCRBY', position, 'offset', fresh)
+    end
+    if type(last) == 'table' then  -- not a hash of ours: the run fails
+      for n = 1, fresh do answer[heads[n]] = last end
+    elseif fresh > 0 then
+      local first = last - fresh + 1
+      if first == 1 then  -- a new stream, or one whose position was lost
+        redis.call('DEL', events)
+        redis.call('HSETNX', position, 'epoch', ARGV[1])
+      end
+      local stored, length = {}, 0
+      for n = 1, fresh do
+        bodies[n] = string.format('{"offset":%d,', first + n - 1) .. bodies[n]
+        stored[#stored + 1] = ARGV[2] .. bodies[n]
+        if #stored == 500 or n == fresh then
+          length = redis.pcall('RPUSH', events, unpack(stored))
+          if type(length) == 'table' then break end
+          stored = {}
+        end
+      end
+      if type(length) == 'table' then  -- not a list: give the offsets back
+        redis.call('HINCRBY', position, 'offset', -fresh)
+        for n = 1, fresh do answer[heads[n]] = length end
+      else
+        if length > trim_at then
+          redis.call('LTRIM', events, length - size, -1)
+        end
+        if redis.call('PTTL', events) < ttl then
+          local slack = math.floor(ttl / 8)
+          redis.call('PEXPIRE', events, ttl + slack)
+          redis.call('PEXPIRE', position, tonumber(ARGV[a + 4]) + slack)
+        end
+        for n = 1, fresh do
+          local at = heads[n]
+          answer[at] = redis.call('PUBLISH', channel, answer[at] .. bodies[n])
+        end
+      end
+    end
+    k = k + 2
+    a = a + 6 + 2 * count
+  end
+end
 if top > seen then
-  redis.call('HSET', KEYS[1], 'offset', last, field, top)
-else
-  redis.call('HSET', KEYS[1], 'offset', last)
+  redis.call('SET', KEYS[1], top, 'PX', ARGV[3])
 end
-if first == 1 then  -- a new stream, or one whose position was lost
-  redis.call('DEL', KEYS[2])
-  redis.call('HSETNX', KEYS[1], 'epoch', ARGV[5])
-end
-local stored, length = {}, 0
-for n = 1, count do
-  bodies[n] = string.format('{"offset":%d,', first + n - 1) .. bodies[n]
-  stored[#stored + 1] = ARGV[6] .. bodies[n]
-  if #stored == 500 or n == count then
-    length = redis.call('RPUSH', KEYS[2], unpack(stored))
-    stored = {}
-  end
-end
-if length > tonumber(ARGV[7]) then
-  redis.call('LTRIM', KEYS[2], length - tonumber(ARGV[2]), -1)
-end
-local ttl = tonumber(ARGV[3])
-if redis.call('PTTL', KEYS[2]) < ttl then
-  local slack = math.floor(ttl / 8)
-  redis.call('PEXPIRE', KEYS[2], ttl + slack)
-  redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[4]) + slack)
-end
-for n = 1, count do
-  local index = heads[n]
-  receivers[index] = redis.call('PUBLISH', ARGV[1], receivers[index] .. bodies[n])
-end
-return receivers
+return answer
 """
 
 # KEYS: position, events; ARGV: a fresh epoch, after (-1: none), how many
@@ -175,30 +219,18 @@ def _ms(seconds: float) -> bytes:
     return b"%d" % max(1, round(seconds * 1000))
 
 
+# How long Redis keeps a process's highest stored serial after its last
+# batch: longer than any resend can come (the outage buffer's wait included).
+_PUBLISHER_TTL = _ms(POSITION_TTL)
+
+
 @functools.lru_cache(maxsize=64)
-def _arguments(rule: Retention) -> tuple[bytes, bytes, bytes, bytes]:
-    """A rule's part of the publishing script's arguments, encoded once."""
+def _run_head(rule: Retention) -> tuple[bytes, bytes, bytes, bytes]:
+    """A kept run's rule in the publishing script's arguments (size, ttl,
+    the position's ttl, the length that trims), encoded once."""
     trim_at = rule.size + rule.size // _SLACK + 1
     ttl, position_ttl = _ms(rule.ttl), _ms(rule.ttl + POSITION_TTL)
     return b"%d" % rule.size, ttl, position_ttl, b"%d" % trim_at
-
-
-@functools.lru_cache(maxsize=4096)
-def _head(prefix: str, topic: str, rule: Retention) -> tuple[t.Any, ...]:
-    """The publishing script's call for a kept topic, up to the epoch."""
-    size, ttl, position_ttl, _ = _arguments(rule)
-    position, events, channel = _names(prefix, topic)
-    return (
-        "EVALSHA",
-        _SHAS[_PUBLISH],
-        b"2",
-        position,
-        events,
-        channel,
-        size,
-        ttl,
-        position_ttl,
-    )
 
 
 @functools.lru_cache(maxsize=4096)
@@ -233,6 +265,7 @@ class RedisHistory:
         self._reader: Connection | None = None
         # Who publishes, and each kept message's serial (see _PUBLISH).
         self._publisher = new_epoch()
+        self._publisher_key = f"{self._prefix}publisher:{self._publisher}"
         self._serials = itertools.count(1)
         # A fresh epoch per batch, for a stream the batch may start: 48
         # random bits of this process's and a count (no system call a batch).
@@ -243,16 +276,6 @@ class RedisHistory:
     def keys(self, topic: str) -> tuple[str, str]:
         """The position hash's and the events list's names."""
         return _names(self._prefix, topic)[:2]
-
-    def _serial(self, data: bytes) -> int:
-        """A kept message's serial, given when it is first sent: sends go
-        one batch at a time, in the order of publishing, so serials ascend
-        in that order, and a resend carries the one it had."""
-        if not isinstance(data, Numbered):
-            return 0  # not numbered: always stored
-        if not data.serial:
-            data.serial = next(self._serials)
-        return data.serial
 
     @staticmethod
     def load(connection: Connection) -> None:
@@ -265,35 +288,43 @@ class RedisHistory:
     def commands(
         self, messages: list[tuple[str, bytes]], retention: RetentionLookup
     ) -> list[tuple[tuple[t.Any, ...], int]] | None:
-        """The batch's commands, each with how many messages it carries (its
-        answer is their receiver counts), all through the script so that a
-        NOSCRIPT fails the batch from one message on (None: nothing kept,
-        PUBLISH). Consecutive messages to one kept topic share one call."""
+        """The batch as one script call that carries all of its messages (its
+        answer is their receiver counts), kept or not, so that a NOSCRIPT
+        fails the whole batch (None: nothing kept, PUBLISH)."""
         rules = [retention(topic) for topic, _ in messages]
         if not any(rules):
             return None
-        sha = _SHAS[_PUBLISH]
-        epoch = f"{self._publisher[:12]}{next(self._epochs):x}"
-        now = _now()
-        commands: list[tuple[tuple[t.Any, ...], int]] = []
-        run: list[t.Any] = []  # the current run's command, payloads appended
-        run_topic = None
+        keys = [self._publisher_key]
+        runs: list[t.Any] = []
+        resending = False  # whether a kept message was sent before
+        run_topic, count_at = None, 0  # the run's topic, where its count is
         for (topic, data), rule in zip(messages, rules, strict=True):
-            if topic == run_topic:
-                run += [self._serial(data), data]
-                continue
-            if run_topic is not None:  # the run ends
-                commands.append((tuple(run), (len(run) - 13) // 2))
-                run_topic = None
+            if topic != run_topic:
+                run_topic, count_at = topic, len(runs) + 1
+                position, events, channel = _names(self._prefix, topic)
+                if rule is None:
+                    runs += [channel, 0, b"-1"]
+                else:
+                    keys += [position, events]
+                    runs += [channel, 0, *_run_head(rule)]
+            runs[count_at] += 1
             if rule is None:
-                commands.append((("EVALSHA", sha, b"0", self._prefix + topic, data), 1))
-                continue
-            run = [*_head(self._prefix, topic, rule), epoch, now]
-            run += [_arguments(rule)[3], self._publisher, self._serial(data), data]
-            run_topic = topic
-        if run_topic is not None:
-            commands.append((tuple(run), (len(run) - 13) // 2))
-        return commands
+                runs.append(data)
+            elif isinstance(data, Numbered):
+                # Its serial is given when first sent: sends go one batch at
+                # a time, in publishing order, so serials ascend in that
+                # order, and a resend carries the one it had.
+                if data.serial:
+                    resending = True
+                else:
+                    data.serial = next(self._serials)
+                runs += [data.serial, data]
+            else:
+                runs += [0, data]  # not numbered: always stored
+        epoch = f"{self._publisher[:12]}{next(self._epochs):x}"
+        head = (epoch, _now(), _PUBLISHER_TTL, b"1" if resending else b"0")
+        command = ("EVALSHA", _SHAS[_PUBLISH], len(keys), *keys, *head, *runs)
+        return [(command, len(messages))]
 
     def read(
         self,
