@@ -32,13 +32,16 @@ next, as the group commit does:
 The rate is messages over the time from the first publish to the last
 arrival at the receiver; CPU per message of this process (pika, all three
 connections) and of rabbitmq-server's process tree. Each round runs every
-case on every channel count, the cases' order turning from round to round;
-ratios are to ``plain`` of the same round and channel count.
+channel count's cases in turn, ``--slices`` times on count / slices messages
+each (so that a stall of the shared machine falls on every case), the
+order turning from round to round; ratios are to ``plain`` of the same
+round and channel count.
 
 Usage::
 
     .venv/bin/python benchmarks/rabbitmq_floor.py [--count 10000] [--batch 50]
-        [--rounds 3] [--channels 1,50] [--cases plain,stream,inbox,shared]
+        [--rounds 3] [--slices 5] [--channels 1,50]
+        [--cases plain,stream,inbox,shared]
 """
 
 from __future__ import annotations
@@ -410,7 +413,7 @@ class Floor:
             self.receiver.consume_stream(c)
 
     def run(self, case: str, count: int, batch: int, channels: int) -> float:
-        """Messages per second, first publish to last arrival."""
+        """Seconds from the first publish to the last arrival."""
         outgoing = batch_of(case, batch, channels)
         batches = count // batch
         sent = [0]
@@ -426,7 +429,7 @@ class Floor:
         self.loop.run_until(lambda: self.receiver.got >= self.receiver.want, TIMEOUT)
         returned = self.confirms.returned + self.writer.confirms.returned
         assert returned == 0, f"{returned} message(s) returned unroutable"
-        return batches * batch / (self.receiver.last_at - started)
+        return self.receiver.last_at - started
 
 
 def main() -> None:
@@ -434,6 +437,7 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=10000)
     parser.add_argument("--batch", type=int, default=50)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--slices", type=int, default=5)
     parser.add_argument("--channels", default="1,50")
     parser.add_argument("--cases", default=",".join(CASES))
     args = parser.parse_args()
@@ -453,26 +457,32 @@ def main() -> None:
         for case in cases:
             for channels in counts:
                 floor.run(case, warm, args.batch, channels)
+        # Each round runs the cases in turn, a slice of count each time, so
+        # that a stall of the shared machine falls on all of them alike.
+        share = max(args.batch, args.count // args.slices // args.batch * args.batch)
+        done = share * args.slices
         for round_ in range(args.rounds):
             turn = round_ % len(cases)
             for channels in counts:
-                measured: dict[str, tuple[float, float, float]] = {}
-                for case in cases[turn:] + cases[:turn]:
-                    cpu = (self_cpu_s(), tree_cpu_s(root))
-                    rate = floor.run(case, args.count, args.batch, channels)
-                    ours = (self_cpu_s() - cpu[0]) / args.count * 1e6
-                    theirs = (tree_cpu_s(root) - cpu[1]) / args.count * 1e6
-                    measured[case] = (rate, ours, theirs)
+                spent = {case: [0.0, 0.0, 0.0] for case in cases}  # s, ours, theirs
+                for _ in range(args.slices):
+                    for case in cases[turn:] + cases[:turn]:
+                        cpu = (self_cpu_s(), tree_cpu_s(root))
+                        spent[case][0] += floor.run(case, share, args.batch, channels)
+                        spent[case][1] += self_cpu_s() - cpu[0]
+                        spent[case][2] += tree_cpu_s(root) - cpu[1]
+                plain = done / spent["plain"][0]
+                for case in cases:
+                    elapsed, ours, theirs = spent[case]
+                    rate = done / elapsed
+                    row = (rate, rate / plain, ours / done * 1e6, theirs / done * 1e6)
+                    found.setdefault((case, channels), []).append(row)
                     print(
                         f"round {round_ + 1}, {channels:2} channel(s), {case:6}:"
-                        f" {rate:7.0f} messages/s; CPU per message:"
-                        f" Python {ours:4.0f} µs, rabbitmq-server {theirs:4.0f} µs",
+                        f" {rate:7.0f} messages/s (x{row[1]:.2f}); CPU per message:"
+                        f" Python {row[2]:4.0f} µs, rabbitmq-server {row[3]:4.0f} µs",
                         flush=True,
                     )
-                plain = measured["plain"][0]
-                for case, (rate, ours, theirs) in measured.items():
-                    row = (rate, rate / plain, ours, theirs)
-                    found.setdefault((case, channels), []).append(row)
         print(f"\n{args.rounds} rounds, batches of {args.batch}: min to max")
         print(
             "| case | channels | messages/s | ratio to plain (median) |"
