@@ -19,6 +19,8 @@ next, as the group commit does:
   time, id); the receiver consumes each stream from ``next`` (prefetch
   500, on 8 channels, as the follows do): the least any design that
   stores each channel in a stream of its own and delivers from it pays;
+* ``grouped``: the same with the batch's messages sent stream by stream
+  (each channel's in their order), as a writer could append a batch;
 * ``inbox``: flask_realtime's shape. Each run of consecutive messages of
   one channel goes as one message (packed up to 3.5 KiB), persistent and
   confirmed, to the channel's inbox (durable classic queue v2, single
@@ -41,7 +43,7 @@ Usage::
 
     .venv/bin/python benchmarks/rabbitmq_floor.py [--count 10000] [--batch 50]
         [--rounds 3] [--slices 5] [--channels 1,50]
-        [--cases plain,stream,inbox,shared]
+        [--cases plain,stream,grouped,inbox,shared]
 """
 
 from __future__ import annotations
@@ -69,7 +71,7 @@ from flask_realtime.brokers._amqp_history import (  # noqa: E402
 from flask_realtime.brokers.interface import Retention  # noqa: E402
 from tests.brokerservers import BrokerServer  # noqa: E402
 
-CASES = ("plain", "stream", "inbox", "shared")
+CASES = ("plain", "stream", "grouped", "inbox", "shared")
 RULE = Retention(size=100, ttl=600.0)  # history_rate.py's
 PAYLOAD = b'{"offset":50,"type":"event","channel":"chat.room.1",' + b"x" * 47 + b"}"
 EXCHANGE = "floor"
@@ -234,7 +236,9 @@ def batch_of(case: str, batch: int, channels: int) -> list[Outgoing]:
     events = [(n % channels, PAYLOAD) for n in range(batch)]
     if case == "plain":
         return [(EXCHANGE, f"floor.{c}", body, PERSISTENT) for c, body in events]
-    if case == "stream":
+    if case in ("stream", "grouped"):
+        if case == "grouped":  # stream by stream, each channel's in order
+            events.sort(key=lambda event: event[0])
         return [("", stream_name(c), body, STAMPED) for c, body in events]
     shared = case == "shared"
     runs: list[list[tuple[int, bytes]]] = []
