@@ -21,6 +21,10 @@ next, as the group commit does:
   stores each channel in a stream of its own and delivers from it pays;
 * ``grouped``: the same with the batch's messages sent stream by stream
   (each channel's in their order), as a writer could append a batch;
+* ``live``: each message confirmed to its channel's stream, which nobody
+  consumes, and once the batch is confirmed, the batch as in ``plain``:
+  a design storing per channel that delivers live by the exchange (as
+  ``nats_floor.py``'s stored case and flask_realtime on NATS do);
 * ``inbox``: flask_realtime's shape. Each run of consecutive messages of
   one channel goes as one message (packed up to 3.5 KiB), persistent and
   confirmed, to the channel's inbox (durable classic queue v2, single
@@ -43,7 +47,7 @@ Usage::
 
     .venv/bin/python benchmarks/rabbitmq_floor.py [--count 10000] [--batch 50]
         [--rounds 3] [--slices 5] [--channels 1,50]
-        [--cases plain,stream,grouped,inbox,shared]
+        [--cases plain,stream,grouped,live,inbox,shared]
 """
 
 from __future__ import annotations
@@ -71,7 +75,7 @@ from flask_realtime.brokers._amqp_history import (  # noqa: E402
 from flask_realtime.brokers.interface import Retention  # noqa: E402
 from tests.brokerservers import BrokerServer  # noqa: E402
 
-CASES = ("plain", "stream", "grouped", "inbox", "shared")
+CASES = ("plain", "stream", "grouped", "live", "inbox", "shared")
 RULE = Retention(size=100, ttl=600.0)  # history_rate.py's
 PAYLOAD = b'{"offset":50,"type":"event","channel":"chat.room.1",' + b"x" * 47 + b"}"
 EXCHANGE = "floor"
@@ -208,6 +212,11 @@ def stream_name(c: int) -> str:
     return f"floor.history.{c}"
 
 
+def unread_name(c: int) -> str:
+    """A stream nobody consumes (``live``: delivery goes by the exchange)."""
+    return f"floor.stored.{c}"
+
+
 def inbox_name(c: int) -> str:
     return f"floor.history.{c}.in"
 
@@ -240,6 +249,8 @@ def batch_of(case: str, batch: int, channels: int) -> list[Outgoing]:
         if case == "grouped":  # stream by stream, each channel's in order
             events.sort(key=lambda event: event[0])
         return [("", stream_name(c), body, STAMPED) for c, body in events]
+    if case == "live":  # stored; then sent as plain ones (Floor.run)
+        return [("", unread_name(c), body, STAMPED) for c, body in events]
     shared = case == "shared"
     runs: list[list[tuple[int, bytes]]] = []
     size = 0
@@ -392,6 +403,7 @@ class Floor:
         )
         for c in range(channels):
             loop.call(channel.queue_declare, **stream_declaration(stream_name(c), RULE))
+            loop.call(channel.queue_declare, **stream_declaration(unread_name(c), RULE))
             loop.call(channel.queue_declare, **inbox_declaration(inbox_name(c)))
         loop.call(channel.queue_declare, **inbox_declaration(SHARED_INBOX))
         self.writer = Writer(loop, loop.connect(url, "writer"))
@@ -419,13 +431,18 @@ class Floor:
     def run(self, case: str, count: int, batch: int, channels: int) -> float:
         """Seconds from the first publish to the last arrival."""
         outgoing = batch_of(case, batch, channels)
+        live = batch_of("plain", batch, channels)
         batches = count // batch
         sent = [0]
 
         def next_batch() -> None:
             if sent[0] < batches:
                 sent[0] += 1
-                self.confirms.publish(outgoing, next_batch)
+                then = send_live if case == "live" else next_batch
+                self.confirms.publish(outgoing, then)
+
+        def send_live() -> None:
+            self.confirms.publish(live, next_batch)
 
         self.receiver.expect(batches * batch)
         started = time.perf_counter()
@@ -482,7 +499,7 @@ def main() -> None:
                     row = (rate, rate / plain, ours / done * 1e6, theirs / done * 1e6)
                     found.setdefault((case, channels), []).append(row)
                     print(
-                        f"round {round_ + 1}, {channels:2} channel(s), {case:6}:"
+                        f"round {round_ + 1}, {channels:2} channel(s), {case:7}:"
                         f" {rate:7.0f} messages/s (x{row[1]:.2f}); CPU per message:"
                         f" Python {row[2]:4.0f} µs, rabbitmq-server {row[3]:4.0f} µs",
                         flush=True,
