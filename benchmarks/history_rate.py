@@ -33,31 +33,11 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO)]
 
 from benchmarks._rate import rate  # noqa: E402
-from benchmarks.loadgen import CLK_TCK, self_cpu_s  # noqa: E402
+from benchmarks.loadgen import self_cpu_s, tree_cpu_s  # noqa: E402
 from flask_realtime.brokers.interface import Retention  # noqa: E402
 from tests.brokerservers import BrokerServer  # noqa: E402
 
 RULE = Retention(size=100, ttl=600.0)
-
-
-def tree_cpu_s(root: int) -> float:
-    """User+system CPU seconds of a process and its live descendants
-    (rabbitmq-server's Erlang VM runs under ``su`` and a shell script)."""
-    parent, ticks = {}, {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:  # gone meanwhile
-            continue
-        pid = int(stat.parent.name)
-        parent[pid] = int(fields[1])
-        ticks[pid] = int(fields[11]) + int(fields[12])
-    total, todo = 0, [root]
-    while todo:
-        pid = todo.pop()
-        total += ticks.get(pid, 0)
-        todo.extend(child for child, up in parent.items() if up == pid)
-    return total / CLK_TCK
 
 
 def main() -> None:

@@ -32,6 +32,7 @@ import errno
 import http.client
 import json
 import os
+import pathlib
 import resource
 import select
 import socket
@@ -121,6 +122,26 @@ def read_cpu_s(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def tree_cpu_s(root: int) -> float:
+    """User+system CPU seconds of a process and its live descendants
+    (rabbitmq-server's Erlang VM runs under ``su`` and a shell script)."""
+    parent, ticks = {}, {}
+    for stat in pathlib.Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        pid = int(stat.parent.name)
+        parent[pid] = int(fields[1])
+        ticks[pid] = int(fields[11]) + int(fields[12])
+    total, todo = 0, [root]
+    while todo:
+        pid = todo.pop()
+        total += ticks.get(pid, 0)
+        todo.extend(child for child, up in parent.items() if up == pid)
+    return total / CLK_TCK
 
 
 def core_times() -> dict[str, tuple[float, float]]:
