@@ -15,8 +15,9 @@ import time
 import typing as t
 
 import pika
+import pytest
 
-from flask_realtime.brokers import _history, _support
+from flask_realtime.brokers import _history, _support, rabbitmq
 from flask_realtime.brokers._amqp_history import stream_name
 from flask_realtime.brokers.interface import Retention
 from tests.brokerclients import Inbox, broker_fixtures, in_threads, wait_until
@@ -280,8 +281,9 @@ def test_a_take_over_never_acks_another_topics_events_it_has_not_appended(
 def test_a_batch_goes_to_the_inbox_packed_and_to_the_stream_one_by_one(
     server: BrokerServer, make: t.Any
 ) -> None:
-    """Consecutive events of one topic in a batch make one inbox message;
-    the writer appends each with its own offset and id, in order."""
+    """The events of one topic in a batch make one inbox message, where the
+    topic first comes; the writer appends each with its own offset and id,
+    in order."""
     subscriber, inbox = make(server.url)
     publisher, _ = make(server.url)
     first, second = new_topic("pack.a"), new_topic("pack.b")
@@ -302,11 +304,48 @@ def test_a_batch_goes_to_the_inbox_packed_and_to_the_stream_one_by_one(
     batch += [(first, event(n)) for n in range(4, 6)]
     counts = publisher._send_batch(batch)
     assert [count != 0 for count in counts] == [True] * 8  # all accepted
-    assert sizes == [5]  # first's 0-2, the plain one, 3, second's 0, first's 4-5
+    assert sizes == [3]  # first's 0-5, the plain one, second's 0
     inbox.wait_for(lambda: len(inbox.payloads(first)) == 6)
     assert delivered(inbox, first) == [(n + 1, n) for n in range(6)]
     assert publisher.history(second)[0].offset == 1
     inbox.wait_for(lambda: inbox.payloads(plain) == [b"p0"])
+
+
+def test_a_link_lost_between_two_topics_packs_sends_no_event_twice(
+    server: BrokerServer, make: t.Any
+) -> None:
+    """[a0, b0, a1] goes out as a's pack (a0, a1), then b0. A connection
+    lost once a's pack was confirmed and before b0 was: the outbox is told
+    that a0 alone was accepted and sends b0 and a1 again; a1 does not go out
+    twice, and each topic keeps its offsets and its order."""
+    subscriber, inbox = make(server.url)
+    publisher, _ = make(server.url)
+    a, b = new_topic("lost.a"), new_topic("lost.b")
+    keep(subscriber).subscribe(a, b)
+    keep(publisher).publish(b, event(100))  # opens the publishing link
+    inbox.wait_for(lambda: len(inbox.payloads(b)) == 1)
+    link = publisher._publisher
+    real = link.publish
+    went: list[int] = []
+
+    def cut_after_one(outgoing: list[t.Any]) -> t.Any:
+        went.append(len(outgoing))
+        real(outgoing[:1])
+        raise _support.LinkLost("cut", 1)
+
+    link.publish = cut_after_one
+    batch = [(a, event(0)), (b, event(1)), (a, event(2))]
+    batch = [(topic, rabbitmq._Kept(data)) for topic, data in batch]
+    with pytest.raises(_support.LinkLost) as lost:
+        publisher._send_batch(batch)
+    assert went == [2] and lost.value.accepted == 1
+    counts = publisher._send_batch(batch[1:])  # as the outbox sends them again
+    assert counts == [None, None]
+    publisher.publish(a, event(3))  # behind anything a1 sent twice would be
+    inbox.wait_for(lambda: len(inbox.payloads(b)) == 2)
+    inbox.wait_for(lambda: delivered(inbox, a)[-1:] == [(3, 3)])
+    assert delivered(inbox, a) == [(1, 0), (2, 2), (3, 3)]
+    assert delivered(inbox, b) == [(1, 100), (2, 1)]
 
 
 def test_a_restart_that_kept_the_data_keeps_the_epoch_and_recovers(

@@ -4,7 +4,7 @@ Each kept topic has a stream queue, ``<queue_prefix>.history.<exchange>.
 <routing key>`` (a hash past 255 bytes), and an inbox, ``<stream>.in``: a
 durable classic queue (version 2) with a single active consumer. Publishers on every
 node send the topic's events to the inbox (persistent, confirmed, each with
-an id ``i``; a batch's consecutive events of one topic in one message, see
+an id ``i``; a batch's events of one topic in one message, see
 :func:`unpack`); every node that publishes, follows or reads the topic consumes
 the inbox, and RabbitMQ lets one of them at a time receive. That one is the
 channel's writer (``_amqp_writer.py``): it numbers the events itself, ``o``
@@ -178,8 +178,8 @@ def inbox_properties(
 def unpack(body: bytes, headers: dict[str, t.Any] | None) -> list[tuple[bytes, t.Any]]:
     """The events of one inbox message, each with its own headers.
 
-    A publisher sends the consecutive events of a batch for one topic as
-    one inbox message: their bodies joined, their sizes in ``l``, the id
+    A publisher sends the events of a batch for one topic as one inbox
+    message: their bodies joined, their sizes in ``l``, the id
     of the first in ``i`` (the others follow it: ``<node>.<counter + k>``).
     RabbitMQ then stores, confirms, delivers and acks one message, not one
     per event, and the stream still gets one message per event, with its

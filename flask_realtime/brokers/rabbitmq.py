@@ -19,7 +19,7 @@ confirm wait. Across a lost connection delivery is at least once: a message
 whose confirm the failure took away goes out again from the outage buffer.
 
 Kept topics (with history, ``_amqp_history.py``) are not bound: a publish
-goes to the topic's inbox instead (consecutive events of a batch packed in
+goes to the topic's inbox instead (a batch's events of one topic packed in
 one message, :meth:`RabbitMQBroker._outgoing`). The consumer connection
 follows their streams (``_amqp_follow.py``) and carries this node's writer,
 which appends the events of the inboxes it receives to their streams
@@ -29,7 +29,6 @@ shared by the reads of one topic (``_shared_reads.py``).
 
 from __future__ import annotations
 
-import bisect
 import itertools
 import logging
 import threading
@@ -74,12 +73,22 @@ _STREAMS_LOST = (
 )
 _STREAM_PREFETCH = 500  # per stream consumer (RabbitMQ requires one)
 _READ_LINKS = 4  # history connections per process at most
-# Consecutive events of one kept topic in a batch go as one inbox message,
+# The events of one kept topic in a batch go as one inbox message,
 # up to these many or this size (``_amqp_history.unpack``): below RabbitMQ's
 # default queue_index_embed_msgs_below (4 KiB, headers included), a message
 # is stored with its queue, not in the shared message store, and confirmed
 # in about a third of the time (measured: 0.35 against 1.0 ms).
 _PACK_EVENTS, _PACK_BYTES = 1000, 3584
+
+
+class _Kept(bytes):
+    """A kept message, and whether RabbitMQ confirmed it already: a batch
+    sends each topic's events together, so a lost connection can leave it
+    confirmed behind a message that was not. The outbox then sends both
+    again (it takes back all from the first one not accepted); this one is
+    answered without going out twice."""
+
+    confirmed = False
 
 
 class _Bound:
@@ -443,6 +452,11 @@ class RabbitMQBroker(BrokerBase):
                 link.close()  # disconnected meanwhile
             return counts
 
+    def publish(self, topic: str, data: bytes) -> int | None:
+        if self.retention(topic) is not None:
+            data = _Kept(data)  # a resend of a confirmed one is then told apart
+        return super().publish(topic, data)
+
     def _publish(
         self, link: Link, messages: list[tuple[str, bytes]]
     ) -> list[int | None | Exception]:
@@ -452,61 +466,78 @@ class RabbitMQBroker(BrokerBase):
         try:
             counts = link.publish(outgoing)
         except LinkLost as exc:
-            # Accepted: the messages before the first one of a pack that was not.
-            exc.accepted = bisect.bisect_left(sent_in, exc.accepted)
+            confirmed = exc.accepted  # the first of ``outgoing``
+            for n, at in enumerate(sent_in):
+                if at < confirmed and isinstance(messages[n][1], _Kept):
+                    messages[n][1].confirmed = True  # type: ignore[attr-defined]
+            # Accepted: the messages before the first one that was not.
+            exc.accepted = next(
+                (n for n, at in enumerate(sent_in) if at >= confirmed), len(sent_in)
+            )
             raise
-        return [counts[n] for n in sent_in]
+        return [None if at < 0 else counts[at] for at in sent_in]
 
     def _outgoing(
         self, link: Link, messages: list[tuple[str, bytes]]
     ) -> tuple[list[Outgoing], list[int]]:
         """The batch as published: kept topics to their inboxes (declared
-        first), each with an id, consecutive events of one topic packed in
-        one message; the rest to the exchange. And for each message, the
-        index of the one it goes in (never decreasing)."""
+        first), each event with an id, a topic's events packed in one message
+        where the topic first comes in the batch; the rest to the exchange,
+        in place. And for each message the index of the one it goes in (-1:
+        confirmed in an earlier send). So every message before a plain one
+        goes out before it, and a topic's events keep their order."""
         o = self._options
+        kept: dict[str, list[int]] = {}  # a kept topic's messages to send
+        order: list[int] = []  # the messages in the order they go out
+        for n, (topic, data) in enumerate(messages):
+            if self.retention(topic) is None:
+                order.append(n)
+            elif not getattr(data, "confirmed", False):
+                if topic not in kept:
+                    kept[topic] = []
+                    order.append(n)  # stands for the topic's pack
+                kept[topic].append(n)
         outgoing: list[Outgoing] = []
-        sent_in: list[int] = []
-        pack: list[bytes] = []  # the events of outgoing[at], if kept
-        packed, at, last_topic = 0, -1, None
-        for topic, data in messages:
-            rule = self.retention(topic)
-            if rule is None:
+        sent_in = [-1] * len(messages)
+        for first in order:
+            topic, data = messages[first]
+            if topic not in kept:
                 outgoing.append((o.exchange, routing_key(topic), data, o.properties))
-                sent_in.append(len(outgoing) - 1)
-                last_topic = None
+                sent_in[first] = len(outgoing) - 1
                 continue
-            ident = f"{self._node}.{next(self._ids)}"
-            if (
-                topic == last_topic
-                and len(pack) < _PACK_EVENTS
-                and packed + len(data) <= _PACK_BYTES
-            ):
-                pack.append(data)
-                packed += len(data)
-                sent_in.append(at)
-                continue
-            self._seal(outgoing, at, pack)
             inbox = inbox_name(self._history.name(topic))
             if inbox not in self._inboxes:
                 link.call(link.channel.queue_declare, **inbox_declaration(inbox))
                 self._inboxes.add(inbox)
                 self._writer.want(topic)
-            outgoing.append(("", inbox, data, inbox_properties(ident)))
-            at = len(outgoing) - 1
-            sent_in.append(at)
-            pack, packed, last_topic = [data], len(data), topic
-        self._seal(outgoing, at, pack)
+            pack: list[bytes] = []
+            packed = 0
+            for n in kept[topic]:
+                data = messages[n][1]
+                if pack and (
+                    len(pack) == _PACK_EVENTS or packed + len(data) > _PACK_BYTES
+                ):
+                    self._seal(outgoing, pack)
+                    pack, packed = [], 0
+                if not pack:
+                    ident = f"{self._node}.{next(self._ids)}"
+                    outgoing.append(("", inbox, data, inbox_properties(ident)))
+                else:
+                    next(self._ids)  # the pack's next ids are implied
+                pack.append(data)
+                packed += len(data)
+                sent_in[n] = len(outgoing) - 1
+            self._seal(outgoing, pack)
         return outgoing, sent_in
 
     @staticmethod
-    def _seal(outgoing: list[Outgoing], at: int, pack: list[bytes]) -> None:
-        """``outgoing[at]``, the first event of ``pack``, carries them all."""
+    def _seal(outgoing: list[Outgoing], pack: list[bytes]) -> None:
+        """``outgoing[-1]``, the first event of ``pack``, carries them all."""
         if len(pack) < 2:
             return
-        exchange, inbox, _, properties = outgoing[at]
+        exchange, inbox, _, properties = outgoing[-1]
         sizes = [len(data) for data in pack]
-        outgoing[at] = (
+        outgoing[-1] = (
             exchange,
             inbox,
             b"".join(pack),
