@@ -285,20 +285,41 @@ class RedisHistory:
             if connection.read_response() not in (sha, sha.encode()):
                 raise RedisError("SCRIPT LOAD answered another digest")
 
-    def commands(
+    def command(
         self, messages: list[tuple[str, bytes]], retention: RetentionLookup
-    ) -> list[tuple[tuple[t.Any, ...], int]] | None:
-        """The batch as one script call that carries all of its messages (its
-        answer is their receiver counts), kept or not, so that a NOSCRIPT
-        fails the whole batch (None: nothing kept, PUBLISH)."""
+    ) -> tuple[tuple[t.Any, ...], list[int]] | None:
+        """The batch as one script call that carries all of its messages,
+        kept or not, so that a NOSCRIPT fails the whole batch; and the
+        message each item of its answer (a receiver count) is for. None:
+        nothing kept, PUBLISH.
+
+        A topic's kept messages go together where the topic first comes in
+        the batch (a run of many costs the script little more than a run of
+        one), a plain message in its place: a topic's messages keep their
+        order, and those of two topics in one batch may not (concurrent
+        publishers have none; one publisher's share a batch only in a flush
+        of the outage buffer)."""
         rules = [retention(topic) for topic, _ in messages]
         if not any(rules):
             return None
+        kept: dict[str, list[int]] = {}
+        order: list[int] = []  # the messages in the order they go
+        for n, ((topic, _), rule) in enumerate(zip(messages, rules, strict=True)):
+            if rule is None:
+                order.append(n)
+            elif topic in kept:
+                kept[topic].append(n)
+            else:
+                kept[topic] = [n]
+                order.append(n)  # stands for the topic's messages
+        order = [m for n in order for m in kept.get(messages[n][0], [n])]
         keys = [self._publisher_key]
         runs: list[t.Any] = []
         resending = False  # whether a kept message was sent before
         run_topic, count_at = None, 0  # the run's topic, where its count is
-        for (topic, data), rule in zip(messages, rules, strict=True):
+        for n in order:
+            topic, data = messages[n]
+            rule = rules[n]
             if topic != run_topic:
                 run_topic, count_at = topic, len(runs) + 1
                 position, events, channel = _names(self._prefix, topic)
@@ -311,9 +332,8 @@ class RedisHistory:
             if rule is None:
                 runs.append(data)
             elif isinstance(data, Numbered):
-                # Its serial is given when first sent: sends go one batch at
-                # a time, in publishing order, so serials ascend in that
-                # order, and a resend carries the one it had.
+                # Its serial is given when first sent; a resend carries the
+                # one it had (batches go one at a time: serials ascend).
                 if data.serial:
                     resending = True
                 else:
@@ -323,8 +343,7 @@ class RedisHistory:
                 runs += [0, data]  # not numbered: always stored
         epoch = f"{self._publisher[:12]}{next(self._epochs):x}"
         head = (epoch, _now(), _PUBLISHER_TTL, b"1" if resending else b"0")
-        command = ("EVALSHA", _SHAS[_PUBLISH], len(keys), *keys, *head, *runs)
-        return [(command, len(messages))]
+        return ("EVALSHA", _SHAS[_PUBLISH], len(keys), *keys, *head, *runs), order
 
     def read(
         self,

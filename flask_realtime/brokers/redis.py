@@ -233,9 +233,14 @@ class RedisBroker(BrokerBase):
             if pub is None:
                 pub = self._pub = self._connection("pub")
                 self._history.load(pub)
-            commands = self._history.commands(messages, self.retention) or [
-                (("PUBLISH", self._prefix + topic, data), 1) for topic, data in messages
-            ]
+            kept = self._history.command(messages, self.retention)
+            if kept is None:
+                commands = [
+                    (("PUBLISH", self._prefix + topic, data), 1)
+                    for topic, data in messages
+                ]
+            else:  # one call carries them all (answers in its own order)
+                commands = [(kept[0], len(messages))]
             if _hiredis_pack is not None:
                 packed = [b"".join([_hiredis_pack(c) for c, _ in commands])]
             else:
@@ -248,8 +253,12 @@ class RedisBroker(BrokerBase):
                     raise
                 except ResponseError as exc:
                     answer = [exc] * carried
-                # A kept run's script answers a count per message it carried.
+                # The script answers a count per message it carried.
                 counts.extend(answer if isinstance(answer, list) else [answer])
+            if kept is not None:
+                answers, counts = counts, [None] * len(messages)
+                for n, answer in zip(kept[1], answers, strict=True):
+                    counts[n] = answer
             if self._pub is not pub:
                 self._close(pub)  # closed meanwhile; redis-py had reopened it
         except (RedisError, OSError) as exc:
