@@ -57,6 +57,20 @@ def kept(broker: t.Any, topic: str, after: int | None = None) -> list[t.Any]:
     return [json.loads(e)["data"] for e in events]
 
 
+def pair(
+    make: t.Any, server: BrokerServer, name: str, kept_topics: int
+) -> tuple[t.Any, Inbox, list[str]]:
+    """A publishing node keeping ``c:kept.*``, the inbox of another node
+    subscribed to ``kept_topics`` new kept topics and a plain one."""
+    subscriber, inbox = make(REALTIME_BROKER_URL=server.url)
+    publisher = keep(make(REALTIME_BROKER_URL=server.url)[0])
+    stamp = time.monotonic_ns()
+    topics = [f"c:kept.{name}.{stamp}.{n}" for n in range(kept_topics)]
+    topics.append(f"c:plain.{name}.{stamp}")
+    subscriber.subscribe(*topics)
+    return publisher, inbox, topics
+
+
 @pytest.fixture
 def own_server(tmp_path: Path) -> t.Iterator[t.Callable[..., BrokerServer]]:
     """``own_server(persistent=False)``: a Redis for this test alone."""
@@ -238,12 +252,7 @@ def test_a_batch_sent_again_after_its_answer_was_lost_is_stored_once(
     """A link that drops after Redis ran a batch, before its answer came,
     leaves the outbox to send the batch again, with newer messages behind
     it: what was stored is skipped (0 receivers), the rest stored, once."""
-    subscriber, inbox = make(REALTIME_BROKER_URL=server.url)
-    publisher = keep(make(REALTIME_BROKER_URL=server.url)[0])
-    stamp = time.monotonic_ns()
-    one, two = f"c:kept.again.{stamp}.1", f"c:kept.again.{stamp}.2"
-    plain = f"c:plain.again.{stamp}"
-    subscriber.subscribe(one, two, plain)
+    publisher, inbox, (one, two, plain) = pair(make, server, "again", 2)
     sent = [Numbered(event(n)) for n in range(4)]
     batch = [(one, sent[0]), (two, sent[1]), (plain, event(9)), (one, sent[2])]
     assert publisher._send_batch(batch) == [1, 1, 1, 1]
@@ -288,12 +297,7 @@ def test_a_topic_whose_keys_hold_another_type_fails_alone(
     """Keys clobbered by someone else (another type under the name) fail
     that topic's messages, and nothing else of their batch; a list that is
     not one gives its offsets back, so the topic's offsets stay contiguous."""
-    subscriber, inbox = make(REALTIME_BROKER_URL=server.url)
-    publisher = keep(make(REALTIME_BROKER_URL=server.url)[0])
-    stamp = time.monotonic_ns()
-    good, bad = f"c:kept.type.{stamp}.good", f"c:kept.type.{stamp}.bad"
-    plain = f"c:plain.type.{stamp}"
-    subscriber.subscribe(good, bad, plain)
+    publisher, inbox, (good, bad, plain) = pair(make, server, "type", 2)
     admin = redis_py.Redis(host="127.0.0.1", port=server.port)
     position, events = (
         f"flask_realtime:0:{{{bad}}}:{key}" for key in ("position", "events")
