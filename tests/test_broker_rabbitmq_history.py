@@ -18,7 +18,7 @@ import pika
 import pytest
 
 from flask_realtime.brokers import _history, _support, rabbitmq
-from flask_realtime.brokers._amqp_history import stream_name
+from flask_realtime.brokers._amqp_history import inbox_name, stream_name
 from flask_realtime.brokers.interface import Retention
 from tests.brokerclients import Inbox, broker_fixtures, in_threads, wait_until
 from tests.brokerservers import BrokerServer
@@ -346,6 +346,48 @@ def test_a_link_lost_between_two_topics_packs_sends_no_event_twice(
     inbox.wait_for(lambda: delivered(inbox, a)[-1:] == [(3, 3)])
     assert delivered(inbox, a) == [(1, 0), (2, 2), (3, 3)]
     assert delivered(inbox, b) == [(1, 100), (2, 1)]
+
+
+def test_a_link_lost_sending_returned_events_again_counts_the_batch_right(
+    server: BrokerServer, make: t.Any
+) -> None:
+    """Events RabbitMQ returned (their inbox deleted) go again once it is
+    declared again. A connection lost then: the outbox is told the batch's
+    messages before the first returned one were accepted (it was told the
+    count within the returned ones, and sent confirmed events twice), and
+    a confirmed event behind it is not sent again. (RabbitMQ's return is
+    played by the test: the deleted inbox comes back too soon to return.)"""
+    subscriber, inbox = make(server.url)
+    publisher, _ = make(server.url)
+    a, b = new_topic("returned.a"), new_topic("returned.b")
+    keep(subscriber).subscribe(a, b)
+    keep(publisher).publish(a, event(0))  # opens the publishing link
+    inbox.wait_for(lambda: len(inbox.payloads(a)) == 1)
+    link = publisher._publisher
+    real, calls = link.publish, []
+    returned = inbox_name(publisher._history.name(b))
+
+    def return_b_then_cut(outgoing: list[t.Any]) -> t.Any:
+        calls.append([key for _, key, _, _ in outgoing])
+        if len(calls) > 1:
+            raise _support.LinkLost("cut", 0)
+        counts = real(outgoing)
+        return [
+            0 if key == returned else n for key, n in zip(calls[0], counts, strict=True)
+        ]
+
+    link.publish = return_b_then_cut
+    batch = [(a, event(1)), (b, event(101)), (a, event(2))]
+    batch = [(topic, rabbitmq._Kept(data)) for topic, data in batch]
+    with pytest.raises(_support.LinkLost) as lost:
+        publisher._send_batch(batch)
+    assert calls[1] == [returned]
+    assert lost.value.accepted == 1  # a1; b's was not accepted
+    assert batch[2][1].confirmed  # a2 was, behind it
+    assert publisher._send_batch(batch[1:]) == [None, None]  # as the outbox
+    publisher.publish(a, event(3))
+    inbox.wait_for(lambda: delivered(inbox, a)[-1:] == [(4, 3)])
+    assert delivered(inbox, a) == [(1, 0), (2, 1), (3, 2), (4, 3)]
 
 
 def test_a_restart_that_kept_the_data_keeps_the_epoch_and_recovers(

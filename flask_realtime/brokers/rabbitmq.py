@@ -561,7 +561,18 @@ class RabbitMQBroker(BrokerBase):
             return
         for n in again:
             self._inboxes.discard(inbox_name(self._history.name(messages[n][0])))
-        retried = self._publish(link, [messages[n] for n in again])
+        for n, (_, data) in enumerate(messages):
+            if isinstance(data, _Kept) and counts[n] is None:
+                data.confirmed = True  # in its inbox: not to be sent twice
+        try:
+            retried = self._publish(link, [messages[n] for n in again])
+        except LinkLost as exc:
+            # Accepted: the batch's messages before the first one of
+            # ``again`` that was not (all others before it were, at once).
+            exc.accepted = (
+                again[exc.accepted] if exc.accepted < len(again) else len(counts)
+            )
+            raise
         for n, count in zip(again, retried, strict=True):
             counts[n] = count
 
