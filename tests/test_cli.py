@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
-import ssl
 import subprocess
 import sys
 import time
@@ -33,9 +32,13 @@ def test_serve_patches_before_the_app_is_imported(
 
 @contextlib.contextmanager
 def _serving(
-    tmp_path: Path, *args: str, env: dict[str, str] | None = None, tls: bool = False
+    tmp_path: Path,
+    *args: str,
+    env: dict[str, str] | None = None,
+    ca: Path | None = None,
 ) -> t.Iterator[tuple[int, Path]]:
-    """``flask realtime serve`` with ``args`` on a free port, until healthy."""
+    """``flask realtime serve`` with ``args`` on a free port, until healthy
+    (over TLS, trusting ``ca``, when given)."""
     port = free_port()
     log = tmp_path / "serve.log"
     with open(log, "wb") as out:
@@ -48,7 +51,7 @@ def _serving(
             stdout=out,
             stderr=subprocess.STDOUT,
         )
-    scheme = "https" if tls else "http"
+    scheme = "https" if ca else "http"
     try:
         deadline = time.monotonic() + 20
         while True:
@@ -56,7 +59,7 @@ def _serving(
                 requests.get(
                     f"{scheme}://127.0.0.1:{port}/realtime/health",
                     timeout=1,
-                    verify=False,
+                    verify=str(ca) if ca else True,
                 )
                 break
             except requests.ConnectionError:
@@ -114,22 +117,23 @@ def test_serve_speaks_tls_with_realtime_ssl(tmp_path: Path) -> None:
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(
         ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]
-        + ["-subj", "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        + ["-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"]
+        + ["-keyout", str(key), "-out", str(cert)],
         check=True,
         capture_output=True,
         timeout=60,
     )
     config = {"certfile": str(cert), "keyfile": str(key)}
     env = {"TESTAPP_REALTIME_SSL": json.dumps(config)}
-    with _serving(tmp_path, env=env, tls=True) as (port, log):
+    with _serving(tmp_path, env=env, ca=cert) as (port, log):
         health = requests.get(
-            f"https://127.0.0.1:{port}/realtime/health", timeout=5, verify=False
-        )
+            f"https://127.0.0.1:{port}/realtime/health", timeout=5, verify=str(cert)
+        )  # the server presents the certificate it was given
         assert health.json()["status"] == "ok"
         assert f"on https://127.0.0.1:{port}" in log.read_text()
         ws = websocket.create_connection(
             f"wss://127.0.0.1:{port}/realtime/ws",
-            sslopt={"cert_reqs": ssl.CERT_NONE},
+            sslopt={"ca_certs": str(cert)},
             timeout=5,
         )
         try:
