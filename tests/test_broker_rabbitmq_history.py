@@ -51,6 +51,18 @@ def new_topic(name: str) -> str:
     return f"c:kept.{name}.{time.monotonic_ns()}"
 
 
+def two_topics(
+    make: t.Any, server: BrokerServer, name: str
+) -> tuple[t.Any, Inbox, str, str]:
+    """A node keeping ``c:kept.*``, and the inbox of another one subscribed
+    to two new kept topics."""
+    subscriber, inbox = make(server.url)
+    publisher, _ = make(server.url)
+    a, b = new_topic(f"{name}.a"), new_topic(f"{name}.b")
+    keep(subscriber).subscribe(a, b)
+    return keep(publisher), inbox, a, b
+
+
 def test_two_nodes_publishing_at_once_get_contiguous_offsets_everywhere(
     server: BrokerServer, make: t.Any
 ) -> None:
@@ -318,11 +330,8 @@ def test_a_link_lost_between_two_topics_packs_sends_no_event_twice(
     lost once a's pack was confirmed and before b0 was: the outbox is told
     that a0 alone was accepted and sends b0 and a1 again; a1 does not go out
     twice, and each topic keeps its offsets and its order."""
-    subscriber, inbox = make(server.url)
-    publisher, _ = make(server.url)
-    a, b = new_topic("lost.a"), new_topic("lost.b")
-    keep(subscriber).subscribe(a, b)
-    keep(publisher).publish(b, event(100))  # opens the publishing link
+    publisher, inbox, a, b = two_topics(make, server, "lost")
+    publisher.publish(b, event(100))  # opens the publishing link
     inbox.wait_for(lambda: len(inbox.payloads(b)) == 1)
     link = publisher._publisher
     real = link.publish
@@ -357,11 +366,8 @@ def test_a_link_lost_sending_returned_events_again_counts_the_batch_right(
     count within the returned ones, and sent confirmed events twice), and
     a confirmed event behind it is not sent again. (RabbitMQ's return is
     played by the test: the deleted inbox comes back too soon to return.)"""
-    subscriber, inbox = make(server.url)
-    publisher, _ = make(server.url)
-    a, b = new_topic("returned.a"), new_topic("returned.b")
-    keep(subscriber).subscribe(a, b)
-    keep(publisher).publish(a, event(0))  # opens the publishing link
+    publisher, inbox, a, b = two_topics(make, server, "returned")
+    publisher.publish(a, event(0))  # opens the publishing link
     inbox.wait_for(lambda: len(inbox.payloads(a)) == 1)
     link = publisher._publisher
     real, calls = link.publish, []

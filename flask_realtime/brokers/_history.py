@@ -1,4 +1,5 @@
-"""Stamping a kept event with its offset, the same way in every broker.
+"""What every broker's history does the same way: stamping a kept event
+with its offset, epochs, and the order in which a batch's kept events go.
 
 A kept topic's payload is ``<header>\\n<JSON object>``; its offset goes in
 as the object's first member, so that reading it back needs no JSON parser
@@ -8,6 +9,7 @@ and the stamped bytes are still the envelope clients receive.
 from __future__ import annotations
 
 import secrets
+import typing as t
 
 _OFFSET = b'{"offset":'
 
@@ -40,3 +42,25 @@ def new_epoch() -> str:
 # a client that saw the last event of a quiet channel still recovers (with
 # nothing to replay) when it comes back after the events' ttl.
 POSITION_TTL = 86_400.0
+
+
+def grouped(topics: t.Sequence[str | None]) -> list[int]:
+    """The indices of a batch's messages in the order they go when a kept
+    topic's messages go together, where the topic first comes in the batch
+    (one store for them all), and the others (None) in their places. A
+    topic's messages keep their order, and every message before a plain one
+    goes before it; two topics' messages in one batch may change order
+    (concurrent publishers have none between them; one publisher's share a
+    batch only in a flush of the outage buffer)."""
+    together: dict[str, list[int]] = {}
+    firsts: list[int] = []
+    for n, topic in enumerate(topics):
+        if topic is None or topic not in together:
+            firsts.append(n)
+        if topic is not None:
+            together.setdefault(topic, []).append(n)
+    order: list[int] = []
+    for n in firsts:
+        topic = topics[n]
+        order.extend([n] if topic is None else together[topic])
+    return order

@@ -38,7 +38,7 @@ import typing as t
 from redis.connection import Connection
 from redis.exceptions import NoScriptError, RedisError
 
-from ._history import POSITION_TTL, new_epoch
+from ._history import POSITION_TTL, grouped, new_epoch
 from ._support import BrokerUnavailable
 from .interface import Position, Retention, RetentionLookup
 
@@ -290,29 +290,14 @@ class RedisHistory:
     ) -> tuple[tuple[t.Any, ...], list[int]] | None:
         """The batch as one script call that carries all of its messages,
         kept or not, so that a NOSCRIPT fails the whole batch; and the
-        message each item of its answer (a receiver count) is for. None:
-        nothing kept, PUBLISH.
-
-        A topic's kept messages go together where the topic first comes in
-        the batch (a run of many costs the script little more than a run of
-        one), a plain message in its place: a topic's messages keep their
-        order, and those of two topics in one batch may not (concurrent
-        publishers have none; one publisher's share a batch only in a flush
-        of the outage buffer)."""
+        message each item of its answer (a receiver count) is for, a kept
+        topic's together (``_history.grouped``). None: nothing kept, PUBLISH."""
         rules = [retention(topic) for topic, _ in messages]
         if not any(rules):
             return None
-        kept: dict[str, list[int]] = {}
-        order: list[int] = []  # the messages in the order they go
-        for n, ((topic, _), rule) in enumerate(zip(messages, rules, strict=True)):
-            if rule is None:
-                order.append(n)
-            elif topic in kept:
-                kept[topic].append(n)
-            else:
-                kept[topic] = [n]
-                order.append(n)  # stands for the topic's messages
-        order = [m for n in order for m in kept.get(messages[n][0], [n])]
+        order = grouped(
+            [topic if rules[n] else None for n, (topic, _) in enumerate(messages)]
+        )
         keys = [self._publisher_key]
         runs: list[t.Any] = []
         resending = False  # whether a kept message was sent before

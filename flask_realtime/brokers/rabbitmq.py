@@ -54,7 +54,7 @@ from ._amqp_options import Options
 from ._amqp_options import routing_key as routing_key
 from ._amqp_ready import READY_WAIT, StreamChecks
 from ._amqp_writer import StreamWriter
-from ._history import new_epoch
+from ._history import grouped, new_epoch
 from ._shared_reads import Answer, Ask, SharedReads
 from .base import BrokerBase, LinkLost, MessageCallback
 from .interface import Position
@@ -482,52 +482,50 @@ class RabbitMQBroker(BrokerBase):
     ) -> tuple[list[Outgoing], list[int]]:
         """The batch as published: kept topics to their inboxes (declared
         first), each event with an id, a topic's events packed in one message
-        where the topic first comes in the batch; the rest to the exchange,
-        in place. And for each message the index of the one it goes in (-1:
-        confirmed in an earlier send). So every message before a plain one
-        goes out before it, and a topic's events keep their order."""
+        where the topic first comes in the batch (``_history.grouped``); the
+        rest to the exchange, in place. And for each message the index of
+        the one it goes in (-1: confirmed in an earlier send)."""
         o = self._options
-        kept: dict[str, list[int]] = {}  # a kept topic's messages to send
-        order: list[int] = []  # the messages in the order they go out
-        for n, (topic, data) in enumerate(messages):
-            if self.retention(topic) is None:
-                order.append(n)
-            elif not getattr(data, "confirmed", False):
-                if topic not in kept:
-                    kept[topic] = []
-                    order.append(n)  # stands for the topic's pack
-                kept[topic].append(n)
+        sending = [
+            n
+            for n, (_, data) in enumerate(messages)
+            if not getattr(data, "confirmed", False)
+        ]
+        kept = [self.retention(topic) is not None for topic, _ in messages]
+        order = grouped([messages[n][0] if kept[n] else None for n in sending])
         outgoing: list[Outgoing] = []
         sent_in = [-1] * len(messages)
-        for first in order:
-            topic, data = messages[first]
-            if topic not in kept:
+        pack: list[bytes] = []  # the events of outgoing[-1], if kept
+        packed, last_topic = 0, None
+        for n in (sending[i] for i in order):
+            topic, data = messages[n]
+            counter = next(self._ids) if kept[n] else 0  # every kept event's
+            if (
+                kept[n]
+                and topic == last_topic
+                and len(pack) < _PACK_EVENTS
+                and packed + len(data) <= _PACK_BYTES
+            ):
+                pack.append(data)  # its id is implied: the first's + k
+                packed += len(data)
+                sent_in[n] = len(outgoing) - 1
+                continue
+            self._seal(outgoing, pack)
+            pack, packed, last_topic = [], 0, None
+            if not kept[n]:
                 outgoing.append((o.exchange, routing_key(topic), data, o.properties))
-                sent_in[first] = len(outgoing) - 1
+                sent_in[n] = len(outgoing) - 1
                 continue
             inbox = inbox_name(self._history.name(topic))
             if inbox not in self._inboxes:
                 link.call(link.channel.queue_declare, **inbox_declaration(inbox))
                 self._inboxes.add(inbox)
                 self._writer.want(topic)
-            pack: list[bytes] = []
-            packed = 0
-            for n in kept[topic]:
-                data = messages[n][1]
-                if pack and (
-                    len(pack) == _PACK_EVENTS or packed + len(data) > _PACK_BYTES
-                ):
-                    self._seal(outgoing, pack)
-                    pack, packed = [], 0
-                if not pack:
-                    ident = f"{self._node}.{next(self._ids)}"
-                    outgoing.append(("", inbox, data, inbox_properties(ident)))
-                else:
-                    next(self._ids)  # the pack's next ids are implied
-                pack.append(data)
-                packed += len(data)
-                sent_in[n] = len(outgoing) - 1
-            self._seal(outgoing, pack)
+            ident = f"{self._node}.{counter}"
+            outgoing.append(("", inbox, data, inbox_properties(ident)))
+            sent_in[n] = len(outgoing) - 1
+            pack, packed, last_topic = [data], len(data), topic
+        self._seal(outgoing, pack)
         return outgoing, sent_in
 
     @staticmethod
